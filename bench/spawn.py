@@ -1,0 +1,192 @@
+"""Launch throughput: /bin/true with nproc tasks in flight.
+
+    python bench/spawn.py [--count 4000] [--reps 5] [--rungs auto,cgroup,shepherd,pgroup]
+
+Rows, each measured ``--reps`` times, interleaved so that drifts in machine speed hit
+every row alike; the table shows medians and each row's ratio to the floor's median
+from this same invocation:
+
+- floor: ``_floor.c``, a C loop keeping nproc ``posix_spawn`` + ``waitpid`` in flight
+  (the fastest way to run programs; no capture, no deadline, no isolation);
+- floor + capture: the same with stdout and stderr read from a pipe until EOF;
+- pardo: ``pardo.spawn(["/bin/true"], timeout=60, queue=q)`` refilled from
+  ``q.get_many()`` -- output captured, a deadline armed, the isolation rung in force --
+  once with the rung pardo picks by itself ("auto") and once per rung forced through
+  ``PARDO_ISOLATION``, each in a fresh process;
+- threads: a ``ThreadPoolExecutor`` of nproc threads each calling
+  ``subprocess.run(capture_output=True, timeout=60)``, what one writes without pardo.
+
+Target: pardo >= 0.9x the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
+
+TARGET = 0.9
+TRUE = "/bin/true"
+
+
+def pardo_worker(count: int, inflight: int) -> dict:
+    """Run ``count`` tasks through pardo.spawn with ``inflight`` at a time."""
+    import pardo
+
+    q = pardo.ResultQueue()
+    pardo.run([TRUE], timeout=60)  # start the supervisor outside the timing
+    bad = []
+    t0 = time.perf_counter()
+    started = done = 0
+    for _ in range(min(inflight, count)):
+        pardo.spawn([TRUE], timeout=60, queue=q)
+        started += 1
+    while done < count:
+        for task in q.get_many():
+            done += 1
+            if task.result.status != "ok" and len(bad) < 3:
+                bad.append(repr(task.result))
+            if started < count:
+                pardo.spawn([TRUE], timeout=60, queue=q)
+                started += 1
+    elapsed = time.perf_counter() - t0
+    return {"elapsed": elapsed, "rung": str(pardo.isolation()), "bad": bad}
+
+
+def threads_worker(count: int, inflight: int) -> dict:
+    """Run ``count`` subprocess.run calls on a pool of ``inflight`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_):
+        return subprocess.run(
+            [TRUE], stdin=subprocess.DEVNULL, capture_output=True, timeout=60
+        ).returncode
+
+    with ThreadPoolExecutor(inflight) as ex:
+        one(0)  # warm the imports and the pool's first thread outside the timing
+        t0 = time.perf_counter()
+        codes = list(ex.map(one, range(count)))
+        elapsed = time.perf_counter() - t0
+    bad = [f"exit {c}" for c in codes if c][:3]
+    return {"elapsed": elapsed, "bad": bad}
+
+
+def _worker_cmd(kind: str, count: int, inflight: int) -> list[str]:
+    return [
+        sys.executable, os.path.abspath(__file__), "--worker", kind,
+        "--count", str(count), "--inflight", str(inflight),
+    ]  # fmt: skip
+
+
+def measure(row: str, count: int, inflight: int) -> tuple[float, str | None]:
+    """One repetition of one row in a fresh process.
+
+    Returns:
+        (elapsed seconds, isolation rung for pardo rows else None).
+
+    Raises:
+        RuntimeError: the row's process failed or some task did not exit 0.
+    """
+    env = dict(os.environ)
+    if row.startswith("floor"):
+        cmd = [str(C.compile_c("_floor"))] + (["-c"] if row == "floor+capture" else [])
+        p = subprocess.run(cmd + ["-a", "300", str(inflight), str(count), TRUE],
+                           stdout=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+        if p.returncode:
+            raise RuntimeError(f"{row} exited {p.returncode}")
+        return float(p.stdout.split()[1]), None
+    if row.startswith("pardo"):
+        rung = row.partition(":")[2]
+        if rung != "auto":
+            env["PARDO_ISOLATION"] = rung
+        cmd = _worker_cmd("pardo", count, inflight)
+    else:
+        cmd = _worker_cmd("threads", count, inflight)
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=600)
+    if p.returncode:
+        raise RuntimeError(f"{row} exited {p.returncode}")
+    r = json.loads(p.stdout)
+    if r["bad"]:
+        raise RuntimeError(f"{row}: tasks did not exit 0: {r['bad']}")
+    return r["elapsed"], r.get("rung")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--count", type=int, default=4000, help="tasks per repetition")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per row")
+    ap.add_argument("--inflight", type=int, default=C.nproc(), help="tasks in flight")
+    ap.add_argument(
+        "--rungs", default="auto,cgroup,shepherd,pgroup",
+        help="pardo rows: 'auto' (the rung pardo picks) and/or rungs to force",
+    )  # fmt: skip
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        C.arm_alarm(600)
+        fn = pardo_worker if a.worker == "pardo" else threads_worker
+        json.dump(fn(a.count, a.inflight), sys.stdout)
+        return
+
+    C.arm_alarm(3600)
+    C.compile_c("_floor")
+    rows = ["floor", "floor+capture"] + [f"pardo:{r}" for r in a.rungs.split(",") if r]
+    rows.append("threads")
+    times: dict[str, list[float]] = {r: [] for r in rows}
+    rung_of: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    print(
+        f"spawn.py: {a.count} x {TRUE}, {a.inflight} in flight, {a.reps} repetitions "
+        f"per row, interleaved",
+        flush=True,
+    )
+    for rep in range(a.reps):
+        for row in rows:
+            if row in errors:
+                continue
+            try:
+                elapsed, rung = measure(row, a.count, a.inflight)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                errors[row] = str(e)
+                continue
+            times[row].append(elapsed)
+            if rung:
+                rung_of[row] = rung
+        print(f"  repetition {rep + 1}/{a.reps} done", file=sys.stderr, flush=True)
+
+    floor = C.median(times["floor"]) if times["floor"] else None
+    table = []
+    for row in rows:
+        name = row
+        if row.startswith("pardo"):
+            asked = row.partition(":")[2]
+            rung = rung_of.get(row, asked)
+            name = f"pardo ({rung}{', auto' if asked == 'auto' and rung != 'auto' else ''})"
+        if row in errors:
+            table.append([name, "failed", "", "", errors[row][:60]])
+            continue
+        med = C.median(times[row])
+        rate = a.count / med
+        ratio = floor / med if floor else float("nan")
+        spread = f"{a.count / max(times[row]):.0f}..{a.count / min(times[row]):.0f}"
+        table.append([name, rate, spread, ratio, med / a.count * 1e6 * a.inflight])
+    print()
+    C.print_table(["row", "tasks/s", "range", "x floor", "us/task/slot"], table)
+    print()
+    for row in rows:
+        if row.startswith("pardo") and row not in errors and floor:
+            ratio = floor / C.median(times[row])
+            verdict = "meets" if ratio >= TARGET else "MISSES"
+            print(f"{row}: {ratio:.2f}x the floor -> {verdict} the target (>= {TARGET}x)")
+        elif row in errors:
+            print(f"{row}: FAILED: {errors[row]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+#include "cgroup.hpp"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sstream>
+
+#include "proc.hpp"
+
+namespace pardo {
+
+std::string find_cgroup2_mount(std::string* why) {
+  std::string info;
+  if (!read_file("/proc/self/mountinfo", &info)) {
+    if (why) *why = "cannot read /proc/self/mountinfo";
+    return "";
+  }
+  std::istringstream in(info);
+  std::string line;
+  while (std::getline(in, line)) {
+    // "<id> <parent> <maj:min> <root> <mount point> <opts> [optional...] - <fstype> ..."
+    size_t dash = line.find(" - ");
+    if (dash == std::string::npos) continue;
+    std::istringstream tail(line.substr(dash + 3));
+    std::string fstype;
+    tail >> fstype;
+    if (fstype != "cgroup2") continue;
+    std::istringstream head(line.substr(0, dash));
+    std::string id, parent, dev, root, mnt;
+    head >> id >> parent >> dev >> root >> mnt;
+    // Mount points escape spaces as \040.
+    std::string decoded;
+    for (size_t i = 0; i < mnt.size(); ++i) {
+      if (mnt[i] == '\\' && i + 3 < mnt.size()) {
+        decoded.push_back(static_cast<char>(strtol(mnt.substr(i + 1, 3).c_str(), nullptr, 8)));
+        i += 3;
+      } else {
+        decoded.push_back(mnt[i]);
+      }
+    }
+    return decoded;
+  }
+  if (why) *why = "no cgroup2 filesystem is mounted (only cgroup v1, or none)";
+  return "";
+}
+
+std::string own_cgroup_path() {
+  std::string s;
+  if (!read_file("/proc/self/cgroup", &s)) return "";
+  std::istringstream in(s);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("0::", 0) == 0) return line.substr(3);
+  }
+  return "";
+}
+
+int cgroup_populated(int events_fd) {
+  std::string s;
+  if (!pread_all(events_fd, &s)) return -1;
+  size_t p = s.find("populated ");
+  if (p == std::string::npos) return -1;
+  return s[p + 10] == '1' ? 1 : 0;
+}
+
+int cgroup_kill(const std::string& dir) { return write_file(dir + "/cgroup.kill", "1"); }
+
+int cgroup_remove_tree(const std::string& dir) {
+  if (DIR* d = opendir(dir.c_str())) {
+    std::vector<std::string> subdirs;
+    while (struct dirent* e = readdir(d)) {
+      if (e->d_type != DT_DIR || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+      subdirs.push_back(dir + "/" + e->d_name);
+    }
+    closedir(d);
+    for (auto& s : subdirs) cgroup_remove_tree(s);
+  }
+  if (rmdir(dir.c_str()) < 0 && errno != ENOENT) return errno;
+  return 0;
+}
+
+bool cgroup_wait_empty(const std::string& dir, int timeout_ms) {
+  int fd = open((dir + "/cgroup.events").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT;
+  int64_t end = mono_ns() + static_cast<int64_t>(timeout_ms) * 1000000;
+  bool empty = false;
+  while (true) {
+    int p = cgroup_populated(fd);
+    if (p <= 0) {
+      empty = p == 0;
+      break;
+    }
+    int64_t left = (end - mono_ns()) / 1000000;
+    if (left <= 0) break;
+    // kernfs signals a change of cgroup.events with POLLPRI.
+    struct pollfd pfd{fd, POLLPRI, 0};
+    poll(&pfd, 1, static_cast<int>(left));
+  }
+  close(fd);
+  return empty;
+}
+
+int cgroup_sweep_stale(const std::string& pardo_dir) {
+  DIR* d = opendir(pardo_dir.c_str());
+  if (!d) return 0;
+  std::vector<std::string> stale;
+  while (struct dirent* e = readdir(d)) {
+    unsigned pid = 0;
+    unsigned long long ticks = 0;
+    if (sscanf(e->d_name, "s%u-%llu", &pid, &ticks) != 2) continue;
+    if (process_start_ticks(static_cast<pid_t>(pid)) == ticks) continue;  // still alive
+    stale.push_back(pardo_dir + "/" + e->d_name);
+  }
+  closedir(d);
+  for (auto& s : stale) {
+    cgroup_kill(s);
+    cgroup_wait_empty(s, 2000);
+    cgroup_remove_tree(s);
+  }
+  return static_cast<int>(stale.size());
+}
+
+std::unique_ptr<CgroupTree> CgroupTree::create(std::string* why) {
+  std::string mnt = find_cgroup2_mount(why);
+  if (mnt.empty()) return nullptr;
+  std::string home = own_cgroup_path();
+  if (home.empty()) {
+    *why = "this process has no cgroup v2 path in /proc/self/cgroup";
+    return nullptr;
+  }
+  std::string home_dir = mnt + (home == "/" ? "" : home);
+  std::string pardo_dir = home_dir + "/pardo";
+  if (mkdir(pardo_dir.c_str(), 0755) < 0 && errno != EEXIST) {
+    int e = errno;
+    *why = "no write access to " + home_dir + " (" + strerror(e) +
+           "): run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
+    return nullptr;
+  }
+  cgroup_sweep_stale(pardo_dir);
+  auto t = std::unique_ptr<CgroupTree>(new CgroupTree());
+  t->path_ = pardo_dir + "/s" + std::to_string(getpid()) + "-" +
+             std::to_string(process_start_ticks(getpid()));
+  if (mkdir(t->path_.c_str(), 0755) < 0 && errno != EEXIST) {
+    int e = errno;
+    *why = "cannot create " + t->path_ + ": " + strerror(e);
+    return nullptr;
+  }
+  if (access((t->path_ + "/cgroup.kill").c_str(), W_OK) < 0) {
+    *why = "the kernel has no cgroup.kill (needs Linux 5.14+)";
+    rmdir(t->path_.c_str());
+    return nullptr;
+  }
+  // memory.max for memory_limit= where the memory controller is available in v2. Enabling
+  // it can fail (controller bound to v1, or the no-internal-process rule): then tasks fall
+  // back to RLIMIT_AS.
+  std::string ctl;
+  if (read_file(pardo_dir + "/cgroup.controllers", &ctl) && ctl.find("memory") != std::string::npos) {
+    write_file(pardo_dir + "/cgroup.subtree_control", "+memory");
+    t->memory_ = write_file(t->path_ + "/cgroup.subtree_control", "+memory") == 0;
+  }
+  return t;
+}
+
+CgroupTree::~CgroupTree() {
+  for (auto& l : leaves_) {
+    if (l->dir_fd >= 0) close(l->dir_fd);
+    if (l->events_fd >= 0) close(l->events_fd);
+    if (l->cpu_fd >= 0) close(l->cpu_fd);
+  }
+}
+
+Leaf* CgroupTree::acquire(std::string* why) {
+  if (!free_.empty()) {
+    Leaf* l = free_.back();
+    free_.pop_back();
+    l->in_use = true;
+    cpu_baseline(l);
+    return l;
+  }
+  auto l = std::make_unique<Leaf>();
+  l->path = path_ + "/t" + std::to_string(next_++);
+  if (mkdir(l->path.c_str(), 0755) < 0 && errno != EEXIST) {
+    *why = "cannot create cgroup " + l->path + ": " + strerror(errno);
+    return nullptr;
+  }
+  l->dir_fd = open(l->path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  l->events_fd = open((l->path + "/cgroup.events").c_str(), O_RDONLY | O_CLOEXEC);
+  l->cpu_fd = open((l->path + "/cpu.stat").c_str(), O_RDONLY | O_CLOEXEC);
+  if (l->dir_fd < 0 || l->events_fd < 0) {
+    *why = "cannot open cgroup " + l->path + ": " + strerror(errno);
+    return nullptr;
+  }
+  l->has_memory_max = memory_;
+  l->in_use = true;
+  cpu_baseline(l.get());
+  leaves_.push_back(std::move(l));
+  return leaves_.back().get();
+}
+
+void CgroupTree::release(Leaf* leaf) {
+  leaf->in_use = false;
+  if (leaf->quarantined) return;
+  if (leaf->killed) {
+    for (auto it = leaves_.begin(); it != leaves_.end(); ++it) {
+      if (it->get() != leaf) continue;
+      if (leaf->dir_fd >= 0) close(leaf->dir_fd);
+      if (leaf->events_fd >= 0) close(leaf->events_fd);
+      if (leaf->cpu_fd >= 0) close(leaf->cpu_fd);
+      if (cgroup_remove_tree(leaf->path) != 0) leaf->quarantined = true;  // removed at destroy
+      if (!leaf->quarantined) leaves_.erase(it);
+      else leaf->dir_fd = leaf->events_fd = leaf->cpu_fd = -1;
+      return;
+    }
+    return;
+  }
+  if (leaf->has_memory_max) write_file(leaf->path + "/memory.max", "max");
+  free_.push_back(leaf);
+}
+
+static void read_cpu(int fd, uint64_t* user, uint64_t* sys) {
+  *user = *sys = 0;
+  std::string s;
+  if (fd < 0 || !pread_all(fd, &s)) return;
+  std::istringstream in(s);
+  std::string k;
+  uint64_t v;
+  while (in >> k >> v) {
+    if (k == "user_usec") *user = v;
+    else if (k == "system_usec") *sys = v;
+  }
+}
+
+void CgroupTree::cpu_baseline(Leaf* leaf) { read_cpu(leaf->cpu_fd, &leaf->cpu_user_us, &leaf->cpu_sys_us); }
+
+void CgroupTree::cpu_delta(Leaf* leaf, uint64_t* user_us, uint64_t* sys_us) {
+  uint64_t u, s;
+  read_cpu(leaf->cpu_fd, &u, &s);
+  *user_us = u >= leaf->cpu_user_us ? u - leaf->cpu_user_us : 0;
+  *sys_us = s >= leaf->cpu_sys_us ? s - leaf->cpu_sys_us : 0;
+}
+
+int CgroupTree::set_memory_max(Leaf* leaf, long long bytes) {
+  if (!leaf->has_memory_max) return ENOTSUP;
+  return write_file(leaf->path + "/memory.max", std::to_string(bytes));
+}
+
+void CgroupTree::destroy() {
+  if (path_.empty()) return;
+  cgroup_kill(path_);
+  cgroup_wait_empty(path_, 5000);
+  for (auto& l : leaves_) {
+    if (l->dir_fd >= 0) close(l->dir_fd);
+    if (l->events_fd >= 0) close(l->events_fd);
+    if (l->cpu_fd >= 0) close(l->cpu_fd);
+    l->dir_fd = l->events_fd = l->cpu_fd = -1;
+  }
+  leaves_.clear();
+  free_.clear();
+  cgroup_remove_tree(path_);
+  path_.clear();
+}
+
+}  // namespace pardo

@@ -1,0 +1,75 @@
+// cgroup v2: finding the mount, owning a subtree, per-task leaves, killing and removing.
+//
+// Layout, under the cgroup this process was started in (its "home"):
+//
+//   <home>/pardo/                    shared by every supervisor started in <home>
+//   <home>/pardo/s<PID>-<TICKS>/     one supervisor's subtree (PID and start time name it,
+//                                    so a later supervisor can tell whether it is stale)
+//   <home>/pardo/s<PID>-<TICKS>/t<N> one leaf per task in flight, reused once empty
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace pardo {
+
+// The cgroup2 mount point from /proc/self/mountinfo, or "" (why says what was found).
+std::string find_cgroup2_mount(std::string* why);
+// This process's cgroup path relative to the cgroup2 mount ("0::" line), or "".
+std::string own_cgroup_path();
+
+// Read "populated" from a cgroup.events fd: 1, 0, or -1 on error.
+int cgroup_populated(int events_fd);
+// Kill every process in the cgroup and below (cgroup.kill). 0 or errno.
+int cgroup_kill(const std::string& dir);
+// Remove dir and every cgroup below it (they must be empty of processes). 0 or errno.
+int cgroup_remove_tree(const std::string& dir);
+// Wait until the cgroup is unpopulated, up to timeout_ms. True when it is.
+bool cgroup_wait_empty(const std::string& dir, int timeout_ms);
+// Kill and remove the subtrees of supervisors that are gone. Returns how many.
+int cgroup_sweep_stale(const std::string& pardo_dir);
+
+struct Leaf {
+  std::string path;
+  int dir_fd = -1;     // for CLONE_INTO_CGROUP
+  int events_fd = -1;  // cgroup.events: EPOLLPRI when "populated" changes
+  int cpu_fd = -1;     // cpu.stat
+  uint64_t cpu_user_us = 0, cpu_sys_us = 0;  // baseline at the start of the current task
+  bool has_memory_max = false;
+  bool in_use = false;
+  bool quarantined = false;  // could not be emptied: never reused
+  // cgroup.kill was written. Such a leaf is removed, not reused: on some kernels a child
+  // placed with CLONE_INTO_CGROUP into a cgroup that was ever killed gets SIGKILL at birth
+  // (its kill sequence number is compared with the parent cgroup's).
+  bool killed = false;
+};
+
+// One supervisor's subtree.
+class CgroupTree {
+ public:
+  // Create the subtree. nullptr and *why on failure.
+  static std::unique_ptr<CgroupTree> create(std::string* why);
+  ~CgroupTree();
+
+  const std::string& path() const { return path_; }
+  Leaf* acquire(std::string* why);
+  void release(Leaf* leaf);
+  // Kill everything, wait for it to be gone (bounded) and remove the subtree.
+  void destroy();
+
+  // CPU time used in the leaf since the task started, in microseconds.
+  static void cpu_delta(Leaf* leaf, uint64_t* user_us, uint64_t* sys_us);
+  static void cpu_baseline(Leaf* leaf);
+  int set_memory_max(Leaf* leaf, long long bytes);  // 0 or errno
+
+ private:
+  std::string path_;
+  bool memory_ = false;  // memory controller enabled for the leaves
+  unsigned next_ = 0;
+  std::vector<std::unique_ptr<Leaf>> leaves_;
+  std::vector<Leaf*> free_;
+};
+
+}  // namespace pardo

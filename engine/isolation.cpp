@@ -1,0 +1,475 @@
+#include "isolation.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <sstream>
+
+#include "cgroup.hpp"
+#include "proc.hpp"
+#include "shepherd.hpp"
+#include "supervisor.hpp"
+#include "task.hpp"
+
+namespace pardo {
+namespace {
+
+int64_t tv_us(const struct timeval& tv) {
+  return static_cast<int64_t>(tv.tv_sec) * 1000000 + tv.tv_usec;
+}
+
+// Reap our direct child if it has exited. True when reaped.
+bool reap(TaskState& t, int* status, struct rusage* ru) {
+  pid_t r;
+  do {
+    r = wait4(t.child_pid, status, WNOHANG, ru);
+  } while (r < 0 && errno == EINTR);
+  if (r == t.child_pid) {
+    t.child_reaped = true;
+    return true;
+  }
+  if (r < 0 && errno == ECHILD) {  // someone else reaped it (should not happen)
+    t.child_reaped = true;
+    *status = 0;
+    memset(ru, 0, sizeof *ru);
+    return true;
+  }
+  return false;
+}
+
+// ------------------------------------------------------------------ cgroup
+
+class CgroupRung : public Rung {
+ public:
+  CgroupRung(std::unique_ptr<CgroupTree> tree, int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
+      : tree_(std::move(tree)), guardian_fd_(guardian_fd), guardian_pid_(guardian_pid),
+        guardian_pidfd_(guardian_pidfd), direct_(clone3_into_cgroup_supported()) {}
+
+  const char* name() const override { return "cgroup"; }
+
+  SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
+    SpawnOutcome o;
+    std::string why;
+    Leaf* leaf = tree_->acquire(&why);
+    if (!leaf) {
+      o.stage = STAGE_CGROUP;
+      o.err = errno ? errno : EIO;
+      return o;
+    }
+    if (t.req.memory_limit > 0 && tree_->set_memory_max(leaf, t.req.memory_limit) == 0)
+      plan.rlimit_as = 0;  // the cgroup caps the whole tree; no per-process limit needed
+    // The leader dies with the supervisor thread; the guardian takes care of the rest.
+    plan.pdeathsig = SIGKILL;
+    if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
+    o = spawn_child(plan, direct_ ? leaf->dir_fd : -1);
+    if (o.stage != STAGE_NONE) {
+      tree_->release(leaf);
+      return o;
+    }
+    t.leaf = leaf;
+    t.child_pid = o.pid;
+    t.pidfd = o.pidfd;
+    t.c.pid = o.pid;
+    return o;
+  }
+
+  void on_child_exit(Supervisor& s, TaskState& t) override {
+    int st;
+    struct rusage ru;
+    if (t.child_reaped || !reap(t, &st, &ru)) return;
+    s.unwatch_fd(t.pidfd);
+    s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+    check_gone(s, t);
+  }
+
+  void on_event(Supervisor& s, TaskState& t, int kind) override {
+    if (kind == FD_EVENTS) check_gone(s, t);
+  }
+
+  void signal_tree(Supervisor& s, TaskState& t, int sig) override {
+    if (!t.leaf) return;
+    if (sig == SIGKILL) {
+      if (cgroup_populated(t.leaf->events_fd) == 0) {
+        if (t.leader_done) s.tree_gone(t);
+        return;
+      }
+      t.leaf->killed = true;
+      cgroup_kill(t.leaf->path);  // atomic: a forking tree cannot outrun it
+      watch_events(s, t);
+      return;
+    }
+    // cgroup.kill only knows SIGKILL: other signals go to each member in turn.
+    std::string procs;
+    if (!read_file(t.leaf->path + "/cgroup.procs", &procs)) return;
+    std::istringstream in(procs);
+    pid_t pid;
+    while (in >> pid) kill(pid, sig);
+  }
+
+  void finish(Supervisor& s, TaskState& t) override {
+    if (!t.leaf) return;
+    if (t.events_watched) {
+      s.unwatch_fd(t.leaf->events_fd);
+      t.events_watched = false;
+    }
+    if (t.leaf->cpu_fd >= 0) {
+      uint64_t u, y;
+      CgroupTree::cpu_delta(t.leaf, &u, &y);
+      t.c.cpu_user_us = static_cast<int64_t>(u);
+      t.c.cpu_sys_us = static_cast<int64_t>(y);
+    }
+    if (!t.leaf->quarantined && cgroup_populated(t.leaf->events_fd) != 0) t.leaf->quarantined = true;
+    tree_->release(t.leaf);
+    t.leaf = nullptr;
+  }
+
+  void shutdown() override {
+    tree_->destroy();
+    if (guardian_fd_ >= 0) close(guardian_fd_);  // EOF: the guardian finds nothing left, exits
+    guardian_fd_ = -1;
+    if (guardian_pidfd_ >= 0) {
+      struct pollfd p{guardian_pidfd_, POLLIN, 0};
+      poll(&p, 1, 2000);
+      close(guardian_pidfd_);
+      guardian_pidfd_ = -1;
+    }
+    if (guardian_pid_ > 0) waitpid(guardian_pid_, nullptr, WNOHANG);
+    guardian_pid_ = -1;
+  }
+
+  ~CgroupRung() override {
+    if (guardian_fd_ >= 0) shutdown();
+  }
+
+ private:
+  void watch_events(Supervisor& s, TaskState& t) {
+    if (t.events_watched) return;
+    t.events_watched = true;
+    s.watch_fd(t, t.leaf->events_fd, FD_EVENTS, EPOLLPRI);
+  }
+
+  void check_gone(Supervisor& s, TaskState& t) {
+    if (t.gone || !t.leaf) return;
+    int p = cgroup_populated(t.leaf->events_fd);
+    if (p == 0) {
+      if (t.events_watched) {
+        s.unwatch_fd(t.leaf->events_fd);
+        t.events_watched = false;
+      }
+      if (t.leader_done) s.tree_gone(t);
+    } else if (t.leader_done) {
+      watch_events(s, t);  // lingering or dying tree: wait for "populated 0"
+    }
+  }
+
+  std::unique_ptr<CgroupTree> tree_;
+  int guardian_fd_;
+  pid_t guardian_pid_;
+  int guardian_pidfd_;
+  bool direct_;
+};
+
+// ------------------------------------------------------------------ shepherd
+
+class ShepherdRung : public Rung {
+ public:
+  explicit ShepherdRung(std::string path) : path_(std::move(path)) {}
+  const char* name() const override { return "shepherd"; }
+
+  SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override {
+    SpawnOutcome o;
+    int ctl[2], st[2];
+    if (pipe2(ctl, O_CLOEXEC) < 0) {
+      o.stage = STAGE_CLONE;
+      o.err = errno;
+      return o;
+    }
+    if (pipe2(st, O_CLOEXEC) < 0) {
+      o.stage = STAGE_CLONE;
+      o.err = errno;
+      close(ctl[0]);
+      close(ctl[1]);
+      return o;
+    }
+    int top = 2;
+    for (auto& m : plan.fds) top = m.first > top ? m.first : top;
+    int status_target = top + 1, ctl_target = top + 2;
+    std::vector<std::string> argv{path_, "--task", "--status-fd=" + std::to_string(status_target),
+                                  "--ctl-fd=" + std::to_string(ctl_target)};
+    if (t.req.linger) argv.push_back("--linger");
+    for (auto& p : plan.exec_paths) argv.push_back("--exec=" + p);
+    argv.push_back("--");
+    for (auto& a : plan.argv) argv.push_back(a);
+    plan.argv = std::move(argv);
+    plan.exec_paths = {path_};
+    plan.pdeathsig = SIGTERM;  // the shepherd catches it and kills its tree
+    plan.fds.push_back({status_target, st[1]});
+    plan.fds.push_back({ctl_target, ctl[0]});
+    std::vector<int> temps = normalize_fds(plan.fds);
+    o = spawn_child(plan, -1);
+    for (int fd : temps) close(fd);
+    close(st[1]);
+    close(ctl[0]);
+    if (o.stage != STAGE_NONE) {
+      close(st[0]);
+      close(ctl[1]);
+      return o;
+    }
+    fcntl(st[0], F_SETFL, O_NONBLOCK);
+    fcntl(ctl[1], F_SETFL, O_NONBLOCK);
+    t.status_fd = st[0];
+    t.ctl_fd = ctl[1];
+    t.child_pid = o.pid;
+    t.pidfd = o.pidfd;
+    s.watch_fd(t, t.status_fd, FD_STATUS, EPOLLIN);
+    return o;
+  }
+
+  void on_child_exit(Supervisor& s, TaskState& t) override {
+    int st;
+    struct rusage ru;
+    if (t.child_reaped || !reap(t, &st, &ru)) return;
+    s.unwatch_fd(t.pidfd);
+    read_status(s, t);  // everything the shepherd said before it exited
+    if (!t.leader_done) {
+      // The shepherd died without reporting its task's end: it was killed from outside,
+      // or could not start. Report that rather than guess.
+      if (!t.got_started && t.c.spawn_stage == STAGE_NONE) {
+        t.c.spawn_stage = STAGE_EXEC;
+        t.c.spawn_errno = WIFEXITED(st) && WEXITSTATUS(st) == 127 ? ENOENT : ECHILD;
+      } else {
+        t.c.note = "the shepherd process died unexpectedly";
+      }
+      s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+      if (!t.got_started) s.publish_pid(t);
+    }
+    s.tree_gone(t);  // the shepherd exits only once its tree is reaped
+  }
+
+  void on_event(Supervisor& s, TaskState& t, int kind) override {
+    if (kind == FD_STATUS) read_status(s, t);
+  }
+
+  void signal_tree(Supervisor&, TaskState& t, int sig) override {
+    if (t.ctl_fd < 0 || t.child_reaped) return;
+    // After the leader's exit the shepherd kills the rest by itself (unless lingering).
+    if (sig == SIGKILL && t.leader_done && !t.req.linger) return;
+    char c = sig == SIGKILL ? CTL_KILL : CTL_TERM;
+    ssize_t r = write(t.ctl_fd, &c, 1);
+    (void)r;
+  }
+
+  void finish(Supervisor& s, TaskState& t) override {
+    if (t.status_fd >= 0) {
+      s.unwatch_fd(t.status_fd);
+      close(t.status_fd);
+      t.status_fd = -1;
+    }
+    if (t.ctl_fd >= 0) {
+      close(t.ctl_fd);
+      t.ctl_fd = -1;
+    }
+  }
+
+ private:
+  void read_status(Supervisor& s, TaskState& t) {
+    if (t.status_fd < 0) return;
+    char buf[4096];
+    while (true) {
+      ssize_t n = read(t.status_fd, buf, sizeof buf);
+      if (n > 0) {
+        t.status_buf.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0 || (n < 0 && errno != EAGAIN)) {
+        s.unwatch_fd(t.status_fd);
+        close(t.status_fd);
+        t.status_fd = -1;
+      }
+      break;
+    }
+    while (t.status_buf.size() >= sizeof(ShepherdMsg)) {
+      ShepherdMsg m;
+      memcpy(&m, t.status_buf.data(), sizeof m);
+      t.status_buf.erase(0, sizeof m);
+      switch (m.type) {
+        case MSG_STARTED:
+          t.got_started = true;
+          t.c.pid = m.a;
+          s.publish_pid(t);
+          break;
+        case MSG_EXEC_FAILED:
+          t.got_started = true;
+          t.c.spawn_stage = m.a;
+          t.c.spawn_errno = m.b;
+          t.c.pid = -1;
+          t.leader_done = true;
+          s.publish_pid(t);
+          break;
+        case MSG_LEADER_EXIT:
+          s.leader_exited(t, m.a, m.utime_us, m.stime_us, m.maxrss_kb);
+          break;
+        case MSG_TREE_GONE:
+          t.c.cpu_user_us = m.utime_us;
+          t.c.cpu_sys_us = m.stime_us;
+          if (m.maxrss_kb > t.c.max_rss_kb) t.c.max_rss_kb = m.maxrss_kb;
+          break;
+      }
+    }
+  }
+
+  std::string path_;
+};
+
+// ------------------------------------------------------------------ process group
+
+class PgroupRung : public Rung {
+ public:
+  const char* name() const override { return "pgroup"; }
+
+  SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
+    plan.pdeathsig = SIGKILL;
+    SpawnOutcome o = spawn_child(plan, -1);
+    if (o.stage == STAGE_NONE) {
+      t.child_pid = o.pid;
+      t.pidfd = o.pidfd;
+      t.c.pid = o.pid;
+    }
+    return o;
+  }
+
+  void on_child_exit(Supervisor& s, TaskState& t) override {
+    if (t.child_reaped) return;
+    // Kill the group while the unreaped leader still pins its id, so the signal cannot
+    // reach a new group that reuses the number.
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, t.child_pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0) return;
+    if (!t.req.linger) killpg(t.child_pid, SIGKILL);
+    int st;
+    struct rusage ru;
+    if (!reap(t, &st, &ru)) return;
+    s.unwatch_fd(t.pidfd);
+    t.kill_sent = true;  // as far as this rung can tell, the tree is dealt with
+    s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+    s.tree_gone(t);
+  }
+
+  void on_event(Supervisor&, TaskState&, int) override {}
+
+  void signal_tree(Supervisor&, TaskState& t, int sig) override {
+    if (!t.child_reaped) killpg(t.child_pid, sig);
+  }
+
+  void finish(Supervisor&, TaskState&) override {}
+};
+
+// Start the guardian: a pardo-shepherd that waits for EOF on its stdin and then kills and
+// removes the supervisor's cgroup subtree. EOF comes when this process dies, however it
+// dies, because only we hold the write end.
+bool start_guardian(const std::string& shepherd, const std::string& subtree, int* wfd,
+                    pid_t* pid, int* pidfd, std::string* why) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    *why = std::string("pipe: ") + strerror(errno);
+    return false;
+  }
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  ChildPlan plan;
+  plan.exec_paths = {shepherd};
+  plan.argv = {shepherd, "--guardian=" + subtree};
+  plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
+  std::vector<int> temps = normalize_fds(plan.fds);
+  SpawnOutcome o = spawn_child(plan, -1);
+  for (int fd : temps) close(fd);
+  close(p[0]);
+  close(devnull);
+  if (o.stage != STAGE_NONE) {
+    close(p[1]);
+    *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);
+    return false;
+  }
+  *wfd = p[1];
+  *pid = o.pid;
+  *pidfd = o.pidfd;
+  return true;
+}
+
+}  // namespace
+
+std::string cgroup_unavailable_reason() {
+  std::string why;
+  std::string mnt = find_cgroup2_mount(&why);
+  if (mnt.empty()) return why;
+  std::string home = own_cgroup_path();
+  if (home.empty()) return "this process has no cgroup v2 path in /proc/self/cgroup";
+  std::string dir = mnt + (home == "/" ? "" : home);
+  if (access(dir.c_str(), W_OK) < 0)
+    return "no write access to " + dir +
+           ": run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
+  if (access((dir + "/cgroup.kill").c_str(), F_OK) < 0 && home != "/")
+    return "the kernel has no cgroup.kill (needs Linux 5.14+)";
+  return "";
+}
+
+RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path) {
+  RungChoice ch;
+  bool is_auto = wanted.empty() || wanted == "auto";
+  if (!is_auto && wanted != "cgroup" && wanted != "shepherd" && wanted != "pgroup") {
+    ch.error = "unknown isolation '" + wanted + "': use auto, cgroup, shepherd or pgroup";
+    return ch;
+  }
+  bool have_shepherd = !shepherd_path.empty() && access(shepherd_path.c_str(), X_OK) == 0;
+  std::string shepherd_why =
+      have_shepherd ? "" : "the helper program " + shepherd_path + " is missing or not executable";
+  std::string cg_why;
+  if (is_auto || wanted == "cgroup") {
+    if (!have_shepherd) {
+      cg_why = shepherd_why + " (the cgroup rung needs it as its guardian)";
+    } else if (auto tree = CgroupTree::create(&cg_why)) {
+      int wfd;
+      pid_t gpid;
+      int gpidfd;
+      std::string sub = tree->path();
+      if (start_guardian(shepherd_path, sub, &wfd, &gpid, &gpidfd, &cg_why)) {
+        ch.rung = std::make_unique<CgroupRung>(std::move(tree), wfd, gpid, gpidfd);
+        ch.name = "cgroup";
+        ch.reason = "each task runs in its own cgroup v2 leaf under " + sub;
+        return ch;
+      }
+      tree->destroy();
+    }
+    if (!is_auto) {
+      ch.error = cg_why;
+      return ch;
+    }
+  }
+  if (is_auto || wanted == "shepherd") {
+    if (have_shepherd) {
+      ch.rung = std::make_unique<ShepherdRung>(shepherd_path);
+      ch.name = "shepherd";
+      ch.reason = is_auto ? "cgroup unavailable: " + cg_why : "forced by configuration";
+      return ch;
+    }
+    if (!is_auto) {
+      ch.error = shepherd_why;
+      return ch;
+    }
+  }
+  ch.rung = std::make_unique<PgroupRung>();
+  ch.name = "pgroup";
+  ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
+                      : "forced by configuration";
+  return ch;
+}
+
+}  // namespace pardo

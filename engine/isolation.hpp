@@ -1,0 +1,56 @@
+// The isolation ladder behind one small interface. Each rung answers four questions:
+// how is a task started inside its unit, how is the whole tree signalled, what happens
+// when our direct child exits, and how do we learn that the tree is gone.
+//
+//   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;
+//             gone = cgroup.events "populated 0". A guardian process kills the subtree if
+//             this process dies.
+//   shepherd  our child is pardo-shepherd: a subreaper in its own session that starts the
+//             task, reports its status, and kills/reaps the whole tree (until ECHILD);
+//             gone = the shepherd exited. It kills the tree when we die (pipe EOF, PDEATHSIG).
+//   pgroup    the task leads its own session; signals go to the process group; gone is
+//             assumed once the group was SIGKILLed. Escapees (setsid, double fork) survive.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "spawn.hpp"
+
+namespace pardo {
+
+class Supervisor;
+struct TaskState;
+
+class Rung {
+ public:
+  virtual ~Rung() = default;
+  virtual const char* name() const = 0;
+  // Spawn the task's first process. On success t.child_pid/t.pidfd are set.
+  virtual SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) = 0;
+  // Our direct child's pidfd became readable.
+  virtual void on_child_exit(Supervisor& s, TaskState& t) = 0;
+  // A rung-specific fd became ready (FD_EVENTS, FD_STATUS).
+  virtual void on_event(Supervisor& s, TaskState& t, int kind) = 0;
+  // Send sig to every process of the tree (SIGKILL: all of it, atomically where possible).
+  virtual void signal_tree(Supervisor& s, TaskState& t, int sig) = 0;
+  // The task is complete: fill CPU figures and release what the rung held.
+  virtual void finish(Supervisor& s, TaskState& t) = 0;
+  // Kill everything and remove what the rung created (supervisor shutdown).
+  virtual void shutdown() {}
+};
+
+struct RungChoice {
+  std::unique_ptr<Rung> rung;
+  std::string name;
+  std::string reason;  // why this rung (and why not the stronger ones)
+  std::string error;   // set when the requested rung is unavailable
+};
+
+// Pick the rung: "auto" takes the strongest available; a named one must be available.
+RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path);
+
+// Why the cgroup rung is or is not available here ("" when it is).
+std::string cgroup_unavailable_reason();
+
+}  // namespace pardo

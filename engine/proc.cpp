@@ -1,0 +1,122 @@
+#include "proc.hpp"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <unordered_map>
+
+namespace pardo {
+
+bool read_file(const std::string& path, std::string* out) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = pread_all(fd, out);
+  close(fd);
+  return ok;
+}
+
+bool pread_all(int fd, std::string* out) {
+  out->clear();
+  char buf[4096];
+  off_t off = 0;
+  while (true) {
+    ssize_t n = pread(fd, buf, sizeof buf, off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    if (n == 0) return true;
+    out->append(buf, static_cast<size_t>(n));
+    off += n;
+  }
+}
+
+int write_file(const std::string& path, const std::string& data) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  ssize_t n = write(fd, data.data(), data.size());
+  int err = n < 0 ? errno : 0;
+  close(fd);
+  return err;
+}
+
+// Fields of /proc/PID/stat after the command name, which may itself contain spaces and
+// parentheses: everything after the last ')'.
+static bool stat_fields(pid_t pid, std::vector<std::string>* fields) {
+  std::string s;
+  if (!read_file("/proc/" + std::to_string(pid) + "/stat", &s)) return false;
+  size_t p = s.rfind(')');
+  if (p == std::string::npos) return false;
+  fields->clear();
+  size_t i = p + 2;
+  while (i < s.size()) {
+    size_t j = s.find(' ', i);
+    if (j == std::string::npos) j = s.size();
+    fields->push_back(s.substr(i, j - i));
+    i = j + 1;
+  }
+  return true;
+}
+
+unsigned long long process_start_ticks(pid_t pid) {
+  std::vector<std::string> f;
+  // field 22 overall is index 19 after "pid (comm)" (state is field 3 -> index 0)
+  if (!stat_fields(pid, &f) || f.size() < 20) return 0;
+  return strtoull(f[19].c_str(), nullptr, 10);
+}
+
+pid_t process_ppid(pid_t pid) {
+  std::vector<std::string> f;
+  if (!stat_fields(pid, &f) || f.size() < 2) return -1;
+  return static_cast<pid_t>(atoi(f[1].c_str()));
+}
+
+std::vector<std::pair<pid_t, pid_t>> list_processes() {
+  std::vector<std::pair<pid_t, pid_t>> out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (struct dirent* e = readdir(d)) {
+    char* end;
+    long pid = strtol(e->d_name, &end, 10);
+    if (*end != '\0' || pid <= 0) continue;
+    pid_t pp = process_ppid(static_cast<pid_t>(pid));
+    if (pp >= 0) out.emplace_back(static_cast<pid_t>(pid), pp);
+  }
+  closedir(d);
+  return out;
+}
+
+std::vector<pid_t> descendants_of(pid_t root) {
+  std::unordered_multimap<pid_t, pid_t> kids;
+  for (auto& pp : list_processes()) kids.emplace(pp.second, pp.first);
+  std::vector<pid_t> out, stack{root};
+  while (!stack.empty()) {
+    pid_t p = stack.back();
+    stack.pop_back();
+    auto range = kids.equal_range(p);
+    for (auto it = range.first; it != range.second; ++it) {
+      out.push_back(it->second);
+      stack.push_back(it->second);
+    }
+  }
+  return out;
+}
+
+int64_t mono_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+int64_t wall_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+}  // namespace pardo

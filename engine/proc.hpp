@@ -1,0 +1,32 @@
+// Small readers of /proc and of cgroup files, shared by the engine and the shepherd.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pardo {
+
+// Whole contents of a (small) file; false when it cannot be read.
+bool read_file(const std::string& path, std::string* out);
+// pread from offset 0 of an open file into out; false on error.
+bool pread_all(int fd, std::string* out);
+// Write a short string to a file; returns 0 or an errno.
+int write_file(const std::string& path, const std::string& data);
+
+// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), or 0.
+unsigned long long process_start_ticks(pid_t pid);
+// Parent pid from /proc/PID/stat, or -1.
+pid_t process_ppid(pid_t pid);
+// Every pid in /proc with its parent pid.
+std::vector<std::pair<pid_t, pid_t>> list_processes();
+// All descendants of root (not root itself), found by walking parent links in /proc.
+std::vector<pid_t> descendants_of(pid_t root);
+
+// Monotonic and wall clocks in nanoseconds.
+int64_t mono_ns();
+int64_t wall_ns();
+
+}  // namespace pardo

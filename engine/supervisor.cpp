@@ -1,0 +1,649 @@
+#include "supervisor.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <stdexcept>
+#include <system_error>
+
+#include "cgroup.hpp"
+#include "isolation.hpp"
+#include "proc.hpp"
+#include "task.hpp"
+
+namespace pardo {
+
+namespace {
+constexpr uint64_t KEY_WAKE = 1, KEY_TIMER = 2;  // task keys are >= 16
+uint64_t key_of(uint64_t id, int kind) { return (id << 4) | static_cast<uint64_t>(kind); }
+
+std::system_error sys_error(const char* what) {
+  return std::system_error(errno, std::generic_category(), what);
+}
+
+void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+template <class Pred>
+bool wait_on(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, int64_t timeout_ns, Pred pred) {
+  if (timeout_ns < 0) {
+    cv.wait(lk, pred);
+    return true;
+  }
+  return cv.wait_for(lk, std::chrono::nanoseconds(timeout_ns), pred);
+}
+}  // namespace
+
+// ---------------------------------------------------------------- CompletionQueue
+
+CompletionQueue::CompletionQueue() {
+  efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (efd_ < 0) throw sys_error("eventfd");
+}
+
+CompletionQueue::~CompletionQueue() {
+  if (efd_ >= 0) close(efd_);
+}
+
+void CompletionQueue::push(std::shared_ptr<Handle> h) {
+  std::lock_guard<std::mutex> lk(mu_);
+  bool was_empty = items_.empty();
+  items_.push_back(std::move(h));
+  if (was_empty) {
+    uint64_t one = 1;
+    ssize_t r = write(efd_, &one, sizeof one);
+    (void)r;
+  }
+  cv_.notify_one();
+}
+
+std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t timeout_ns) {
+  std::unique_lock<std::mutex> lk(mu_);
+  std::vector<std::shared_ptr<Handle>> out;
+  if (!wait_on(cv_, lk, timeout_ns, [&] { return !items_.empty(); })) return out;
+  while (!items_.empty() && out.size() < max) {
+    out.push_back(std::move(items_.front()));
+    items_.pop_front();
+  }
+  if (items_.empty()) {
+    uint64_t v;
+    ssize_t r = read(efd_, &v, sizeof v);  // reset readiness
+    (void)r;
+  }
+  return out;
+}
+
+size_t CompletionQueue::size() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return items_.size();
+}
+
+// ---------------------------------------------------------------- Supervisor: API side
+
+Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
+  RungChoice choice = choose_rung(cfg.isolation, cfg.shepherd_path);
+  if (!choice.rung) throw std::invalid_argument(choice.error);
+  rung_ = std::move(choice.rung);
+  rung_name_ = choice.name;
+  rung_reason_ = choice.reason;
+
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (epfd_ < 0 || wakefd_ < 0 || timerfd_ < 0) throw sys_error("supervisor setup");
+  struct epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = KEY_WAKE;
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev);
+  ev.data.u64 = KEY_TIMER;
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, timerfd_, &ev);
+
+  // The thread starts with every signal blocked so that process-directed signals
+  // (Ctrl-C, SIGTERM, SIGCHLD) keep going to Python's main thread.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  thread_ = std::thread([this] { loop(); });
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+Supervisor::~Supervisor() {
+  shutdown();
+  if (epfd_ >= 0) close(epfd_);
+  if (wakefd_ >= 0) close(wakefd_);
+  if (timerfd_ >= 0) close(timerfd_);
+}
+
+void Supervisor::notify() {
+  if (!woken_.exchange(true)) {
+    uint64_t one = 1;
+    ssize_t r = write(wakefd_, &one, sizeof one);
+    (void)r;
+  }
+}
+
+std::shared_ptr<Handle> Supervisor::submit(Request&& req, std::shared_ptr<CompletionQueue> queue) {
+  auto h = std::make_shared<Handle>();
+  h->id = next_id_.fetch_add(1);
+  h->queue = std::move(queue);
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    pending_.push_back(Pending{h, std::move(req)});
+    ++in_flight_;
+  }
+  notify();
+  return h;
+}
+
+void Supervisor::command(uint64_t id, Op op, const volatile int64_t* slot, int64_t ns) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    commands_.push_back(Command{id, op, slot, ns});
+  }
+  notify();
+}
+
+int Supervisor::wait_started(Handle& h, int64_t timeout_ns) {
+  std::unique_lock<std::mutex> lk(mu_);
+  if (!wait_on(cv_, lk, timeout_ns, [&] { return h.pid != 0; })) return -2;
+  return h.pid;
+}
+
+bool Supervisor::wait_done(Handle& h, int64_t timeout_ns) {
+  std::unique_lock<std::mutex> lk(mu_);
+  return wait_on(cv_, lk, timeout_ns, [&] { return h.done; });
+}
+
+size_t Supervisor::in_flight() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return in_flight_;
+}
+
+void Supervisor::shutdown() {
+  if (thread_.joinable()) {
+    stop_.store(true);
+    uint64_t one = 1;
+    ssize_t r = write(wakefd_, &one, sizeof one);
+    (void)r;
+    thread_.join();
+  }
+}
+
+// ---------------------------------------------------------------- the loop
+
+void Supervisor::loop() {
+  std::vector<struct epoll_event> evs(128);
+  int64_t stop_deadline = 0;
+  while (true) {
+    if (stop_.load() && !shut_) {
+      // Shutting down: kill every tree, let them report, bounded.
+      shut_ = true;
+      stop_deadline = mono_ns() + 5000000000LL;
+      drain_requests();
+      for (auto& kv : tasks_) {
+        TaskState& t = *kv.second;
+        if (!t.c.timed_out) t.c.cancelled = true;
+        signal_tree(t, SIGKILL);
+      }
+    }
+    if (shut_ && (tasks_.empty() || mono_ns() > stop_deadline)) break;
+    int timeout_ms = shut_ ? 50 : -1;
+    int n = epoll_wait(epfd_, evs.data(), static_cast<int>(evs.size()), timeout_ms);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < n; ++i) on_event(evs[i].data.u64, evs[i].events);
+    // Tasks completed during this round are erased only now, so that events later in
+    // the same batch never see a dangling record.
+    for (auto it = tasks_.begin(); it != tasks_.end();) {
+      if (it->second->handle == nullptr) it = tasks_.erase(it);
+      else ++it;
+    }
+    arm_timerfd();
+  }
+  // Whatever is left could not be killed in time: report it, do not hang.
+  for (auto& kv : tasks_) {
+    TaskState& t = *kv.second;
+    if (!t.handle) continue;
+    t.c.note = "still running at supervisor shutdown";
+    t.gone = t.leader_done = t.child_reaped = t.drain_expired = true;
+    complete(t);
+  }
+  tasks_.clear();
+  rung_->shutdown();
+  // Requests that raced with shutdown never start.
+  std::vector<Pending> late;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    late.swap(pending_);
+  }
+  for (auto& p : late) {
+    std::lock_guard<std::mutex> lk(mu_);
+    p.handle->result.spawn_stage = STAGE_CLONE;
+    p.handle->result.spawn_errno = ECANCELED;
+    p.handle->pid = -1;
+    p.handle->done = true;
+    --in_flight_;
+  }
+  cv_.notify_all();
+  for (auto& p : late)
+    if (p.handle->queue) p.handle->queue->push(p.handle);
+}
+
+void Supervisor::on_event(uint64_t key, uint32_t events) {
+  if (key == KEY_WAKE) {
+    uint64_t v;
+    ssize_t r = read(wakefd_, &v, sizeof v);
+    (void)r;
+    woken_.store(false);
+    drain_requests();
+    return;
+  }
+  if (key == KEY_TIMER) {
+    uint64_t v;
+    ssize_t r = read(timerfd_, &v, sizeof v);
+    (void)r;
+    armed_for_ = 0;
+    fire_timers();
+    return;
+  }
+  auto it = tasks_.find(key >> 4);
+  if (it == tasks_.end() || !it->second->handle) return;
+  TaskState& t = *it->second;
+  int kind = static_cast<int>(key & 15);
+  switch (kind) {
+    case FD_CHILD:
+      rung_->on_child_exit(*this, t);
+      break;
+    case FD_OUT:
+    case FD_ERR:
+      read_stream(t, kind);
+      break;
+    case FD_IN:
+      if (events & (EPOLLERR | EPOLLHUP)) close_fd(t, FD_IN);
+      else write_input(t);
+      break;
+    default:
+      rung_->on_event(*this, t, kind);
+      break;
+  }
+  if (t.handle) maybe_complete(t);
+}
+
+void Supervisor::drain_requests() {
+  std::vector<Pending> reqs;
+  std::vector<Command> cmds;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    reqs.swap(pending_);
+    cmds.swap(commands_);
+  }
+  for (auto& p : reqs) {
+    if (shut_) {
+      std::lock_guard<std::mutex> lk(mu_);
+      pending_.push_back(std::move(p));  // reported as never started at loop exit
+      continue;
+    }
+    start_task(std::move(p));
+  }
+  for (auto& c : cmds) apply(c);
+}
+
+void Supervisor::start_task(Pending&& p) {
+  auto owned = std::make_unique<TaskState>();
+  TaskState& t = *owned;
+  t.id = p.handle->id;
+  t.handle = std::move(p.handle);
+  t.req = std::move(p.req);
+  tasks_[t.id] = std::move(owned);
+  Request& r = t.req;
+
+  ChildPlan plan;
+  plan.argv = r.argv;
+  plan.has_env = r.has_env;
+  plan.env = r.env;
+  std::string path_var;
+  if (r.has_env) {
+    for (auto& e : r.env)
+      if (e.rfind("PATH=", 0) == 0) path_var = e.substr(5);
+  } else if (const char* pv = getenv("PATH")) {
+    path_var = pv;
+  }
+  plan.exec_paths = exec_candidates(r.argv.empty() ? std::string() : r.argv[0], path_var);
+  plan.cwd = r.cwd;
+  if (!r.cpus.empty()) {
+    plan.has_cpus = true;
+    CPU_ZERO(&plan.cpus);
+    for (int c : r.cpus)
+      if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &plan.cpus);
+  }
+  plan.has_nice = r.has_nice;
+  plan.nice = r.nice;
+  plan.rlimit_as = r.memory_limit;
+
+  // Standard streams. Child-side fds are closed right after the spawn.
+  std::vector<int> child_side;
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  child_side.push_back(devnull);
+  int in_src = devnull;
+  if (r.has_input) {
+    int p2[2];
+    if (pipe2(p2, O_CLOEXEC) == 0) {
+      in_src = p2[0];
+      child_side.push_back(p2[0]);
+      t.fd_in = p2[1];
+      set_nonblock(t.fd_in);
+    }
+  }
+  auto stream_src = [&](const StreamSpec& s, int std_fd, int* parent_end) -> int {
+    switch (s.mode) {
+      case StreamSpec::CAPTURE: {
+        int p2[2];
+        if (pipe2(p2, O_CLOEXEC) < 0) return devnull;
+        *parent_end = p2[0];
+        set_nonblock(p2[0]);
+        child_side.push_back(p2[1]);
+        return p2[1];
+      }
+      case StreamSpec::FD: return s.fd;
+      case StreamSpec::INHERIT: return std_fd;
+      default: return devnull;
+    }
+  };
+  int out_src = stream_src(r.out, 1, &t.fd_out);
+  int err_src = r.err.mode == StreamSpec::TO_STDOUT ? out_src : stream_src(r.err, 2, &t.fd_err);
+  plan.fds = {{0, in_src}, {1, out_src}, {2, err_src}};
+  for (auto& m : r.extra_fds) plan.fds.push_back(m);
+  std::vector<int> temps = normalize_fds(plan.fds);
+
+  SpawnOutcome o = rung_->start(*this, t, plan);
+
+  for (int fd : child_side)
+    if (fd >= 0) close(fd);
+  for (int fd : temps) close(fd);
+  if (r.out.mode == StreamSpec::FD && r.out.fd >= 0) close(r.out.fd);
+  if (r.err.mode == StreamSpec::FD && r.err.fd >= 0) close(r.err.fd);
+  for (auto& m : r.extra_fds) close(m.second);
+  r.extra_fds.clear();
+
+  t.start_mono = mono_ns();
+  t.c.start_wall_ns = wall_ns();
+  if (o.stage != STAGE_NONE) {
+    t.c.spawn_stage = o.stage;
+    t.c.spawn_errno = o.err;
+    t.gone = t.leader_done = t.child_reaped = t.drain_expired = true;
+    complete(t);
+    return;
+  }
+  if (t.c.pid > 0) {
+    std::lock_guard<std::mutex> lk(mu_);
+    t.handle->pid = t.c.pid;
+  }
+  if (t.c.pid > 0) cv_.notify_all();
+  watch_fd(t, t.pidfd, FD_CHILD, EPOLLIN);
+  if (t.fd_out >= 0) watch_fd(t, t.fd_out, FD_OUT, EPOLLIN);
+  if (t.fd_err >= 0) watch_fd(t, t.fd_err, FD_ERR, EPOLLIN);
+  if (t.fd_in >= 0) watch_fd(t, t.fd_in, FD_IN, EPOLLOUT);
+  if (r.timeout_ns >= 0) add_timer(t, t.start_mono + r.timeout_ns, T_DEADLINE);
+}
+
+void Supervisor::apply(const Command& c) {
+  auto it = tasks_.find(c.id);
+  if (it == tasks_.end() || !it->second->handle) return;
+  TaskState& t = *it->second;
+  switch (c.op) {
+    case OP_KILL:
+      if (!t.c.timed_out) t.c.cancelled = true;
+      signal_tree(t, SIGKILL);
+      break;
+    case OP_TERM:
+      if (!t.c.timed_out) t.c.cancelled = true;
+      if (t.req.kill_grace_ns > 0 && !t.kill_sent) {
+        signal_tree(t, SIGTERM);
+        add_timer(t, mono_ns() + t.req.kill_grace_ns, T_GRACE_END);
+      } else {
+        signal_tree(t, SIGKILL);
+      }
+      break;
+    case OP_WATCH:
+      t.watch_slot = c.slot;
+      t.watch_idle_ns = c.ns > 0 ? c.ns : 1000000;
+      ++t.watch_gen;
+      timers_.push(Timer{mono_ns(), t.id, T_WATCH, t.watch_gen});
+      break;
+    case OP_UNWATCH:
+      t.watch_slot = nullptr;
+      ++t.watch_gen;
+      break;
+  }
+  maybe_complete(t);
+}
+
+// ---------------------------------------------------------------- output and input
+
+void Supervisor::read_stream(TaskState& t, int which) {
+  int fd = which == FD_OUT ? t.fd_out : t.fd_err;
+  std::string& buf = which == FD_OUT ? t.c.out : t.c.err;
+  bool& trunc = which == FD_OUT ? t.c.out_truncated : t.c.err_truncated;
+  static thread_local char chunk[65536];
+  // A bounded number of reads per wakeup keeps one flooding task from starving the
+  // others; epoll is level-triggered, so the rest comes on the next round.
+  for (int i = 0; i < 16; ++i) {
+    ssize_t n = read(fd, chunk, sizeof chunk);
+    if (n > 0) {
+      size_t room = buf.size() < t.req.max_output ? t.req.max_output - buf.size() : 0;
+      size_t take = static_cast<size_t>(n) < room ? static_cast<size_t>(n) : room;
+      buf.append(chunk, take);
+      if (take < static_cast<size_t>(n)) trunc = true;
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    close_fd(t, which);  // EOF or error
+    return;
+  }
+}
+
+void Supervisor::write_input(TaskState& t) {
+  const std::string& in = t.req.input;
+  while (t.in_off < in.size()) {
+    ssize_t n = write(t.fd_in, in.data() + t.in_off, in.size() - t.in_off);
+    if (n > 0) {
+      t.in_off += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EAGAIN) return;
+    if (n < 0 && errno == EINTR) continue;
+    break;  // EPIPE: the task does not read its input; that is its business
+  }
+  close_fd(t, FD_IN);
+}
+
+void Supervisor::close_fd(TaskState& t, int which) {
+  int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
+  if (*fd < 0) return;
+  unwatch_fd(*fd);
+  close(*fd);
+  *fd = -1;
+}
+
+// ---------------------------------------------------------------- rung callbacks
+
+void Supervisor::watch_fd(TaskState& t, int fd, int kind, uint32_t events) {
+  struct epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = key_of(t.id, kind);
+  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+}
+
+void Supervisor::unwatch_fd(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
+
+void Supervisor::leader_exited(TaskState& t, int st, int64_t utime_us, int64_t stime_us,
+                               int64_t maxrss_kb) {
+  if (t.leader_done) return;
+  t.leader_done = true;
+  if (WIFEXITED(st)) {
+    t.c.exited = true;
+    t.c.exit_code = WEXITSTATUS(st);
+  } else if (WIFSIGNALED(st)) {
+    t.c.term_signal = WTERMSIG(st);
+  }
+  t.c.cpu_user_us = utime_us;
+  t.c.cpu_sys_us = stime_us;
+  t.c.max_rss_kb = maxrss_kb;
+  // The leader is gone: whatever it left behind goes too, unless the caller asked to
+  // wait for the tree (linger), in which case the deadline still bounds it.
+  if (!t.req.linger && !t.gone) signal_tree(t, SIGKILL);
+}
+
+void Supervisor::publish_pid(TaskState& t) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (t.handle) t.handle->pid = t.c.pid > 0 ? t.c.pid : -1;
+  }
+  cv_.notify_all();
+}
+
+void Supervisor::tree_gone(TaskState& t) {
+  if (t.gone) return;
+  t.gone = true;
+  if (t.fd_out >= 0 || t.fd_err >= 0) add_timer(t, mono_ns() + cfg_.drain_ns, T_DRAIN_END);
+}
+
+void Supervisor::signal_tree(TaskState& t, int sig) {
+  if (t.gone) return;
+  if (sig == SIGKILL) {
+    if (t.kill_sent) return;
+    t.kill_sent = true;
+    add_timer(t, mono_ns() + cfg_.kill_wait_ns, T_KILL_WAIT_END);
+  }
+  rung_->signal_tree(*this, t, sig);
+}
+
+void Supervisor::maybe_complete(TaskState& t) {
+  if (!t.handle || !t.leader_done || !t.gone || !t.child_reaped) return;
+  if ((t.fd_out >= 0 || t.fd_err >= 0) && !t.drain_expired) return;
+  complete(t);
+}
+
+void Supervisor::complete(TaskState& t) {
+  ++t.timer_gen;
+  t.watch_slot = nullptr;
+  if (t.pidfd >= 0) {
+    unwatch_fd(t.pidfd);
+    close(t.pidfd);
+    t.pidfd = -1;
+  }
+  close_fd(t, FD_OUT);
+  close_fd(t, FD_ERR);
+  close_fd(t, FD_IN);
+  rung_->finish(*this, t);
+  t.c.duration_ns = mono_ns() - t.start_mono;
+  std::shared_ptr<Handle> h = std::move(t.handle);  // also marks the record for erasure
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    h->result = std::move(t.c);
+    if (h->pid == 0) h->pid = h->result.pid > 0 ? h->result.pid : -1;
+    h->done = true;
+    --in_flight_;
+  }
+  cv_.notify_all();
+  if (h->queue) h->queue->push(h);
+}
+
+// ---------------------------------------------------------------- timers
+
+void Supervisor::add_timer(TaskState& t, int64_t when_ns, int kind) {
+  timers_.push(Timer{when_ns, t.id, kind, t.timer_gen});
+}
+
+void Supervisor::arm_timerfd() {
+  while (!timers_.empty()) {
+    const Timer& top = timers_.top();
+    auto it = tasks_.find(top.id);
+    bool live = it != tasks_.end() && it->second->handle &&
+                (top.kind == T_WATCH ? top.gen == it->second->watch_gen
+                                     : top.gen == it->second->timer_gen);
+    if (live) break;
+    timers_.pop();
+  }
+  if (timers_.empty()) return;  // a disarmed timerfd costs nothing; a stale one is harmless
+  int64_t when = timers_.top().when;
+  if (when == armed_for_) return;
+  struct itimerspec its{};
+  if (when <= 0) when = 1;
+  its.it_value.tv_sec = when / 1000000000LL;
+  its.it_value.tv_nsec = when % 1000000000LL;
+  timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &its, nullptr);
+  armed_for_ = when;
+}
+
+void Supervisor::deadline(TaskState& t) {
+  t.c.timed_out = true;
+  t.c.cancelled = false;
+  if (t.req.kill_grace_ns > 0 && !t.kill_sent) {
+    signal_tree(t, SIGTERM);
+    add_timer(t, mono_ns() + t.req.kill_grace_ns, T_GRACE_END);
+  } else {
+    signal_tree(t, SIGKILL);
+  }
+}
+
+void Supervisor::fire_timers() {
+  int64_t now = mono_ns();
+  while (!timers_.empty() && timers_.top().when <= now) {
+    Timer tm = timers_.top();
+    timers_.pop();
+    auto it = tasks_.find(tm.id);
+    if (it == tasks_.end() || !it->second->handle) continue;
+    TaskState& t = *it->second;
+    if (tm.kind == T_WATCH ? tm.gen != t.watch_gen : tm.gen != t.timer_gen) continue;
+    switch (tm.kind) {
+      case T_DEADLINE:
+        if (!t.gone) deadline(t);
+        break;
+      case T_GRACE_END:
+        signal_tree(t, SIGKILL);
+        break;
+      case T_DRAIN_END:
+        t.drain_expired = true;
+        close_fd(t, FD_OUT);
+        close_fd(t, FD_ERR);
+        break;
+      case T_KILL_WAIT_END:
+        if (!t.gone) {
+          t.c.note = "the process tree did not die within " +
+                     std::to_string(cfg_.kill_wait_ns / 1000000000LL) +
+                     " s of SIGKILL (a process stuck in the kernel?)";
+          if (t.leaf) t.leaf->quarantined = true;
+          t.gone = t.leader_done = t.drain_expired = true;
+          t.child_reaped = true;
+        }
+        break;
+      case T_WATCH: {
+        if (!t.watch_slot) break;
+        int64_t d = __atomic_load_n(const_cast<const int64_t*>(t.watch_slot), __ATOMIC_ACQUIRE);
+        if (d != 0 && now >= d) {
+          t.c.watch_seq = static_cast<uint64_t>(
+              __atomic_load_n(const_cast<const int64_t*>(t.watch_slot + 1), __ATOMIC_ACQUIRE));
+          t.watch_slot = nullptr;
+          deadline(t);
+        } else {
+          timers_.push(Timer{d != 0 ? d : now + t.watch_idle_ns, t.id, T_WATCH, t.watch_gen});
+        }
+        break;
+      }
+    }
+    maybe_complete(t);
+    now = mono_ns();
+  }
+}
+
+}  // namespace pardo

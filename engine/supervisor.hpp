@@ -1,0 +1,204 @@
+// The Supervisor: one native thread that owns every process tree the Python process starts.
+//
+//   Python threads                      supervisor thread (all signals blocked, no GIL)
+//   ──────────────                      ────────────────────────────────────────────────
+//   submit(Request) ──► pending_ ──► eventfd ──► epoll_wait ──► spawn (clone3 into rung)
+//   signal/watch    ──► commands_ ─┘                 │
+//                                                   ├─ pidfd readable   → reap leader, kill rest of tree
+//                                                   ├─ stdout/stderr    → capture (bounded) or drop
+//                                                   ├─ stdin writable   → feed input
+//                                                   ├─ cgroup.events    → tree gone (cgroup rung)
+//                                                   ├─ shepherd status  → leader status (shepherd rung)
+//                                                   └─ timerfd          → deadline: TERM tree, grace, KILL;
+//                                                                         watch slots; output drain bound
+//   Handle.wait / CompletionQueue.pop ◄── complete(): tree gone + pipes drained
+//
+// - Requests and commands are queued under mu_ and signalled through one eventfd.
+// - Deadlines live in a min-heap of (time, task, kind, generation); one timerfd is armed at
+//   the earliest. Stale entries are skipped by generation, never searched for.
+// - How a tree is contained, signalled and known to be gone is the Rung's business
+//   (isolation.hpp): cgroup, shepherd or process group.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <queue>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+namespace pardo {
+
+struct StreamSpec {
+  enum Mode { CAPTURE, FD, DEVNULL, INHERIT, TO_STDOUT };
+  Mode mode = CAPTURE;
+  int fd = -1;  // FD mode: owned by the request (a dup made at submit)
+};
+
+struct Request {
+  std::vector<std::string> argv;
+  bool has_env = false;
+  std::vector<std::string> env;
+  std::string cwd;
+  bool has_input = false;
+  std::string input;
+  StreamSpec out, err;
+  size_t max_output = 16u << 20;
+  std::vector<std::pair<int, int>> extra_fds;  // (target, source); sources owned by the request
+  int64_t timeout_ns = -1;
+  int64_t kill_grace_ns = 2000000000;
+  std::vector<int> cpus;
+  bool has_nice = false;
+  int nice = 0;
+  long long memory_limit = 0;
+  bool linger = false;
+};
+
+struct Completion {
+  int pid = -1;
+  int spawn_stage = 0, spawn_errno = 0;  // != 0: could not start
+  bool exited = false;
+  int exit_code = 0;
+  int term_signal = 0;
+  bool timed_out = false, cancelled = false;
+  std::string out, err;
+  bool out_truncated = false, err_truncated = false;
+  int64_t start_wall_ns = 0, duration_ns = 0;
+  int64_t cpu_user_us = 0, cpu_sys_us = 0, max_rss_kb = 0;
+  uint64_t watch_seq = 0;
+  std::string note;  // something the user should know (e.g. a tree that would not die)
+};
+
+class CompletionQueue;
+
+// Python's view of one task. pid and done change under the supervisor's mutex.
+struct Handle {
+  uint64_t id = 0;
+  int pid = 0;  // 0: not started yet; -1: could not start
+  bool done = false;
+  Completion result;
+  std::shared_ptr<CompletionQueue> queue;
+};
+
+// Finished handles, in completion order, for consumers that run many tasks at once.
+class CompletionQueue {
+ public:
+  CompletionQueue();
+  ~CompletionQueue();
+  int fd() const { return efd_; }  // readable while the queue is non-empty
+  void push(std::shared_ptr<Handle> h);
+  // Up to max handles; waits up to timeout_ns (-1: forever) for the first one.
+  std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns);
+  size_t size();
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<Handle>> items_;
+  int efd_ = -1;
+};
+
+struct TaskState;
+class Rung;
+
+class Supervisor {
+ public:
+  struct Config {
+    std::string isolation = "auto";  // auto | cgroup | shepherd | pgroup
+    std::string shepherd_path;
+    int64_t drain_ns = 500000000;      // how long pipes may stay open once the tree is gone
+    int64_t kill_wait_ns = 10000000000;  // how long a killed tree may take to die
+  };
+
+  explicit Supervisor(const Config& cfg);  // throws std::system_error / std::runtime_error
+  ~Supervisor();
+
+  std::shared_ptr<Handle> submit(Request&& req, std::shared_ptr<CompletionQueue> queue);
+  enum Op { OP_KILL, OP_TERM, OP_WATCH, OP_UNWATCH };
+  void command(uint64_t id, Op op, const volatile int64_t* slot = nullptr, int64_t ns = 0);
+  // Block until the handle's process exists (or failed); returns its pid or -1. -2: timeout.
+  int wait_started(Handle& h, int64_t timeout_ns);
+  // Block until done; false on timeout.
+  bool wait_done(Handle& h, int64_t timeout_ns);
+  // Kill every tree, wait for them, remove what the rung created, stop the thread.
+  void shutdown();
+
+  const std::string& rung_name() const { return rung_name_; }
+  const std::string& rung_reason() const { return rung_reason_; }
+  size_t in_flight();
+
+  // --- used by the rungs (supervisor thread only) ---
+  void watch_fd(TaskState& t, int fd, int kind, uint32_t events);
+  void unwatch_fd(int fd);
+  void leader_exited(TaskState& t, int wait_status, int64_t utime_us, int64_t stime_us,
+                     int64_t maxrss_kb);
+  void tree_gone(TaskState& t);
+  void publish_pid(TaskState& t);  // the task's leader pid is known (or never will be)
+  void add_timer(TaskState& t, int64_t when_ns, int kind);
+  const Config& config() const { return cfg_; }
+
+ private:
+  struct Pending {
+    std::shared_ptr<Handle> handle;
+    Request req;
+  };
+  struct Command {
+    uint64_t id;
+    Op op;
+    const volatile int64_t* slot;
+    int64_t ns;
+  };
+  struct Timer {
+    int64_t when;
+    uint64_t id;
+    int kind;
+    uint64_t gen;
+    bool operator>(const Timer& o) const { return when > o.when; }
+  };
+
+  void loop();
+  void drain_requests();
+  void start_task(Pending&& p);
+  void apply(const Command& c);
+  void on_event(uint64_t key, uint32_t events);
+  void read_stream(TaskState& t, int which);
+  void write_input(TaskState& t);
+  void fire_timers();
+  void arm_timerfd();
+  void deadline(TaskState& t);
+  void signal_tree(TaskState& t, int sig);
+  void maybe_complete(TaskState& t);
+  void complete(TaskState& t);
+  void close_fd(TaskState& t, int which);
+  void notify();
+
+  Config cfg_;
+  std::unique_ptr<Rung> rung_;
+  std::string rung_name_, rung_reason_;
+  int epfd_ = -1, wakefd_ = -1, timerfd_ = -1;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> woken_{false};
+
+  std::mutex mu_;  // guards pending_, commands_, handle pid/done, in_flight_
+  std::condition_variable cv_;
+  std::vector<Pending> pending_;
+  std::vector<Command> commands_;
+  std::atomic<uint64_t> next_id_{1};
+  size_t in_flight_ = 0;
+
+  // supervisor thread only
+  std::unordered_map<uint64_t, std::unique_ptr<TaskState>> tasks_;
+  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
+  int64_t armed_for_ = 0;
+  bool shut_ = false;
+};
+
+}  // namespace pardo

@@ -1,0 +1,67 @@
+// The supervisor thread's record of one task in flight (internal to the engine).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "supervisor.hpp"
+
+namespace pardo {
+
+struct Leaf;
+
+// epoll keys are (task id << 4) | kind; these kinds name the fd.
+enum FdKind : int {
+  FD_CHILD = 1,   // pidfd of our direct child (leader, or the shepherd)
+  FD_OUT = 2,
+  FD_ERR = 3,
+  FD_IN = 4,
+  FD_EVENTS = 5,  // cgroup.events of the task's leaf
+  FD_STATUS = 6,  // shepherd -> supervisor messages
+};
+
+// Timer kinds.
+enum TimerKind : int {
+  T_DEADLINE = 1,
+  T_GRACE_END = 2,
+  T_DRAIN_END = 3,
+  T_KILL_WAIT_END = 4,
+  T_WATCH = 5,
+};
+
+struct TaskState {
+  uint64_t id = 0;
+  std::shared_ptr<Handle> handle;
+  Request req;
+  Completion c;
+
+  pid_t child_pid = -1;  // our direct child: the leader, or the shepherd
+  int pidfd = -1;
+  int fd_out = -1, fd_err = -1, fd_in = -1;
+  size_t in_off = 0;
+
+  int64_t start_mono = 0;
+  bool leader_done = false;
+  bool child_reaped = false;
+  bool gone = false;          // the whole tree is gone
+  bool kill_sent = false;     // SIGKILL sent to the tree
+  bool drain_expired = false;
+  uint64_t timer_gen = 1;     // bumps invalidate pending timers of this task
+
+  // watchdog (pool workers)
+  const volatile int64_t* watch_slot = nullptr;
+  int64_t watch_idle_ns = 0;
+  uint64_t watch_gen = 0;
+
+  // rung state
+  Leaf* leaf = nullptr;
+  int ctl_fd = -1, status_fd = -1;
+  std::string status_buf;
+  bool events_watched = false;
+  bool got_started = false;
+};
+
+}  // namespace pardo

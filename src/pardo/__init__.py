@@ -1,0 +1,66 @@
+"""pardo: run commands and Python callables on every core, with deadlines that kill
+whole process trees, results that are recorded, and runs that can be resumed.
+
+The public surface is exactly ``__all__``; everything else is private and may change.
+Heavy or optional parts (the pool, the batch runner) are imported on first use.
+"""
+
+from ._errors import (
+    IsolationUnavailable,
+    PardoError,
+    TaskCrashed,
+    TaskError,
+    TaskTimeout,
+)
+from ._result import Result, Status
+from ._run import DEVNULL, INHERIT, STDOUT, ResultQueue, Task, run, run_async, spawn
+from ._supervisor import configure, isolation
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEVNULL",
+    "INHERIT",
+    "STDOUT",
+    "IsolationUnavailable",
+    "PardoError",
+    "Pool",
+    "Result",
+    "ResultQueue",
+    "Status",
+    "Task",
+    "TaskCrashed",
+    "TaskError",
+    "TaskTimeout",
+    "configure",
+    "isolation",
+    "map_commands",
+    "progress",
+    "releases_gil",
+    "run",
+    "run_async",
+    "spawn",
+]
+
+# name -> module that defines it; imported lazily so that `import pardo` stays cheap
+_LAZY = {
+    "map_commands": "._batch",
+    "Pool": "._pool",
+    "progress": "._pool",
+    "releases_gil": "._pool",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pardo' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,503 @@
+"""The batch scheduler behind :func:`pardo.map_commands` and ``pardo run``.
+
+::
+
+    inputs ──► records ──► -N groups ──► _Job(seq, args) ──┐  (pulled lazily, one per free slot)
+                                                           ▼
+      free slots ──► _start(): template.argv() or sh -c ──► pardo.spawn(queue=q, tag=job)
+                                                           │   engine thread: spawn, deadline,
+                                                           ▼   kill, reap — no GIL
+      select([q.fileno(), wake fd]) ──► q.get_many() ──► _finish(): retry? halt? timeout N%?
+                                                           │
+                                       keep_order: hold until every earlier seq is out
+                                                           ▼
+                                                  yield Result (+ seq, slot, command...)
+
+- The loop keeps at most ``jobs`` tasks running; it pulls the next job from the input iterator
+  only when a slot is free, so inputs stream.
+- Deadlines in seconds are the engine's (armed at spawn). ``N%`` deadlines depend on the median
+  runtime of successful tasks, which changes while tasks run, so the loop enforces those itself:
+  it sleeps until the earliest task would pass the current limit and terminates it.
+- ``stop()`` (the CLI calls it from a signal handler) only sets a flag and writes to the wake
+  fd; the loop then kills every running tree and drains the queue.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+import selectors
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from ._inputs import Source, encode, group_records, records
+from ._result import Status
+from ._template import Template
+
+__all__ = ["map_commands", "Batch", "HaltPolicy", "parse_jobs", "parse_timeout", "BatchError"]
+
+_MEDIAN_MIN_SAMPLES = 3  # a percentage deadline needs a few successful runs to mean anything
+
+
+class BatchError(ValueError):
+    """A batch option has a value that cannot be used."""
+
+
+def parse_jobs(spec, ncpu: int) -> int:
+    """GNU's ``-j``: ``N``, ``N%`` of the CPUs, ``+N``/``-N`` relative to them, 0 = no limit."""
+    if spec is None:
+        return ncpu
+    s = str(spec).strip()
+    try:
+        if s.endswith("%"):
+            n = int(float(s[:-1]) * ncpu / 100)
+        elif s[:1] in "+-":
+            n = ncpu + int(s)
+        else:
+            n = int(float(s))
+            if n == 0:
+                n = 1024  # GNU: "as many as possible"; bounded by the fd and process limits
+    except ValueError:
+        raise BatchError(f"-j/--jobs: {spec!r} is not N, N%, +N or -N") from None
+    return max(1, n)
+
+
+def parse_timeout(spec):
+    """``--timeout``: seconds, or ``N%`` of the median runtime. Returns (seconds, fraction)."""
+    if spec is None:
+        return None, None
+    if isinstance(spec, (int, float)):
+        secs = float(spec)
+        return (secs if secs > 0 else None), None
+    s = str(spec).strip()
+    try:
+        if s.endswith("%"):
+            return None, float(s[:-1]) / 100
+        secs = float(s)
+    except ValueError:
+        raise BatchError(f"--timeout: {spec!r} is not seconds or N%") from None
+    return (secs if secs > 0 else None), None
+
+
+@dataclass(frozen=True)
+class HaltPolicy:
+    """GNU's ``--halt when,why=N[%]``.
+
+    Attributes:
+        when: "now" (kill running tasks) or "soon" (let them finish).
+        why: "fail", "success" or "done".
+        count: absolute threshold, or None when ``fraction`` is used.
+        fraction: threshold as a fraction of finished tasks (``N%``).
+    """
+
+    when: str
+    why: str
+    count: int | None
+    fraction: float | None
+
+    @classmethod
+    def parse(cls, spec):
+        if spec is None or spec == "never" or isinstance(spec, HaltPolicy):
+            return spec if isinstance(spec, HaltPolicy) else None
+        s = str(spec)
+        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1"}
+        if s in short:
+            return cls.parse(short[s])
+        m = re.fullmatch(r"(now|soon)?,?(fail|success|done)=(\d+(?:\.\d+)?)(%?)", s)
+        if not m:
+            raise BatchError(
+                f"--halt: {spec!r} is not now|soon,fail|success|done=N[%] (e.g. now,fail=1)"
+            )
+        when, why, num, pct = m.groups()
+        if pct:
+            return cls(when or "now", why, None, float(num) / 100)
+        return cls(when or "now", why, max(1, int(float(num))), None)
+
+
+class _RunningMedian:
+    """Exact running median with two heaps: O(log n) per sample."""
+
+    def __init__(self):
+        self._lo = []  # max-heap (negated)
+        self._hi = []
+
+    def __len__(self):
+        return len(self._lo) + len(self._hi)
+
+    def add(self, x):
+        if self._lo and x > -self._lo[0]:
+            heapq.heappush(self._hi, x)
+        else:
+            heapq.heappush(self._lo, -x)
+        if len(self._lo) > len(self._hi) + 1:
+            heapq.heappush(self._hi, -heapq.heappop(self._lo))
+        elif len(self._hi) > len(self._lo):
+            heapq.heappush(self._lo, -heapq.heappop(self._hi))
+
+    def value(self):
+        if len(self._lo) > len(self._hi):
+            return -self._lo[0]
+        return (-self._lo[0] + self._hi[0]) / 2
+
+
+class _Job:
+    __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
+                 "argv", "shell_line")
+
+    def __init__(self, seq, args, argv=None):
+        self.seq = seq
+        self.args = args
+        self.argv = argv  # a fixed command (from --retry-failed), else rendered per attempt
+        self.slot = 0
+        self.attempts = 0
+        self.task = None
+        self.started = 0.0
+        self.kill_reason = None
+        self.result = None
+        self.shell_line = None
+
+
+class Batch:
+    """One batch run: the iterator of results and its controls.
+
+    Built by :func:`map_commands` and by the CLI, which also calls :meth:`stop` from its
+    signal handlers and reads the counters for the summary and exit status.
+    """
+
+    def __init__(self, template: Template, jobs_iter, *, jobs=None, timeout=None,
+                 kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
+                 nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
+                 stdout=None, stderr=None, shell="/bin/sh", results=None):
+        import pardo
+
+        self._pardo = pardo
+        self.template = template
+        self._jobs_iter = jobs_iter
+        cpus = sorted(os.sched_getaffinity(0))
+        self.jobs = parse_jobs(jobs, len(cpus))
+        self.timeout, self.timeout_fraction = parse_timeout(timeout)
+        self.retries = max(1, int(retries or 1))
+        self.halt = HaltPolicy.parse(halt)
+        self.keep_order = keep_order
+        self.delay = float(delay or 0.0)
+        self._pin = [[cpus[(s - 1) % len(cpus)]] for s in range(self.jobs + 1)] if pin else None
+        self._shell = encode(shell)
+        self._results_dir = results
+        kw = {"kill_grace": kill_grace}
+        for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
+                     ("env", env), ("cwd", cwd), ("max_output", max_output),
+                     ("stdout", stdout), ("stderr", stderr)):
+            if v is not None:
+                kw[k] = v
+        self._spawn_kw = kw
+        self._stop_reason = None  # signal number, or "halt"
+        self._wake_r = self._wake_w = -1  # made when iteration starts
+        # counters the CLI reads
+        self.started = 0
+        self.finished = 0
+        self.failed = 0
+        self.succeeded = 0
+        self.by_status: dict[str, int] = {}
+        self.halt_exit = None  # exit status decided by a halt policy
+        self.running: dict = {}
+        self._median = _RunningMedian() if self.timeout_fraction else None
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self, reason=None):
+        """Stop starting tasks and kill every running tree (safe from a signal handler)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason if reason is not None else "stop"
+        try:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full: a wake-up is already pending
+
+    @property
+    def stopped_by(self):
+        return self._stop_reason
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _command_args(self, job, slot):
+        if job.argv is not None:
+            return job.argv
+        argv = self.template.argv(job.args, job.seq, slot)
+        if argv is not None:
+            return [encode(a) for a in argv]
+        line = self.template.command(job.args, job.seq, slot)
+        job.shell_line = line
+        return [self._shell, b"-c", encode(line)]
+
+    def command_line(self, job_or_result):
+        """The shell command line of a job, as GNU parallel would show it."""
+        j = job_or_result
+        if j.shell_line is None:
+            if j.argv is not None:
+                j.shell_line = j.argv[-1].decode("utf-8", "surrogateescape")
+            else:
+                j.shell_line = self.template.command(j.args, j.seq, j.slot)
+        return j.shell_line
+
+    def _start(self, job, slot, q):
+        job.slot = slot
+        job.attempts += 1
+        job.kill_reason = None
+        kw = self._spawn_kw
+        if self._pin is not None:
+            kw = dict(kw, cpus=self._pin[slot])
+        job.started = time.monotonic()
+        job.task = self._pardo.spawn(self._command_args(job, slot), queue=q, tag=job, **kw)
+        self.running[job.task] = job
+        self.started += 1
+
+    def _limit(self):
+        """The current N%-of-median deadline in seconds, or None."""
+        if self._median is None or len(self._median) < _MEDIAN_MIN_SAMPLES:
+            return None
+        return self._median.value() * self.timeout_fraction
+
+    def _enforce_fraction(self, now):
+        """Terminate tasks past the N% deadline; return seconds until the next could be."""
+        limit = self._limit()
+        if limit is None:
+            return None
+        nxt = None
+        for job in self.running.values():
+            if job.kill_reason is not None:
+                continue
+            left = job.started + limit - now
+            if left <= 0:
+                job.kill_reason = "timeout"
+                job.task.terminate()
+            elif nxt is None or left < nxt:
+                nxt = left
+        return nxt
+
+    def _halt_check(self, result):
+        h = self.halt
+        if h is None or self._stop_reason is not None:
+            return
+        ok = result.status == Status.OK
+        n = {"fail": self.failed, "success": self.succeeded, "done": self.finished}[h.why]
+        if h.why == "fail" and ok or h.why == "success" and not ok:
+            return
+        hit = n >= h.count if h.count is not None else n >= h.fraction * self.finished
+        if hit:
+            if h.why == "fail":
+                rc = result.returncode if result.status == Status.FAILED else 1
+                self.halt_exit = rc if 0 < rc < 256 else 1
+            elif h.why == "success":
+                self.halt_exit = 0
+            self._stop_reason = "halt"
+            if h.when == "now":
+                for job in self.running.values():
+                    job.task.kill()
+
+    def _finish(self, task, q):
+        """Handle one completed task; return its job if that job is done for good."""
+        job = self.running.pop(task)
+        r = task.result
+        if job.kill_reason == "timeout":
+            r.status = Status.TIMEOUT
+            r.deadline = self._limit()
+        if (r.status != Status.OK and job.attempts < self.retries and self._stop_reason is None
+                and r.status != Status.CANCELLED):
+            self._start(job, job.slot, q)
+            return None
+        job.task = None
+        job.result = r
+        r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
+        r.job = job
+        self.finished += 1
+        st = r.status.value
+        self.by_status[st] = self.by_status.get(st, 0) + 1
+        if r.status == Status.OK:
+            self.succeeded += 1
+            if self._median is not None:
+                self._median.add(r.duration)
+        else:
+            self.failed += 1
+        if self._results_dir is not None:
+            write_results(self._results_dir, job, r)
+        self._halt_check(r)
+        return job
+
+    def __iter__(self):
+        pardo = self._pardo
+        q = pardo.ResultQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        sel = selectors.DefaultSelector()
+        sel.register(q.fileno(), selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        free = list(range(self.jobs, 0, -1))  # pop() hands out the lowest slot first
+        order = deque()
+        source = iter(self._jobs_iter)
+        exhausted = False
+        next_start = 0.0
+        killed = False
+        try:
+            while True:
+                wait = None
+                while free and not exhausted and self._stop_reason is None:
+                    if self.delay:
+                        now = time.monotonic()
+                        if now < next_start:
+                            wait = next_start - now
+                            break
+                        next_start = now + self.delay
+                    job = next(source, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    self._start(job, free.pop(), q)
+                    if self.keep_order:
+                        order.append(job)
+                if self._stop_reason is not None and not killed and self._stop_reason != "halt":
+                    killed = True
+                    for job in self.running.values():
+                        job.task.kill()
+                if not self.running:
+                    break
+                if self._median is not None:
+                    nxt = self._enforce_fraction(time.monotonic())
+                    if nxt is not None:
+                        wait = nxt if wait is None else min(wait, nxt)
+                done = q.get_many(timeout=0)
+                if not done:
+                    for key, _ in sel.select(wait):
+                        if key.fd == self._wake_r:
+                            try:
+                                os.read(self._wake_r, 4096)
+                            except BlockingIOError:
+                                pass
+                    done = q.get_many(timeout=0)
+                for task in done:
+                    job = self._finish(task, q)
+                    if job is None:
+                        continue
+                    free.append(job.slot)
+                    if not self.keep_order:
+                        yield job.result
+                while order and order[0].result is not None:
+                    yield order.popleft().result
+        finally:
+            # Reached on normal end, on an exception in the consumer, and on close(): no
+            # task may outlive the batch.
+            for job in list(self.running.values()):
+                job.task.kill()
+            for task in list(self.running):
+                try:
+                    task.wait()
+                except Exception:
+                    pass
+            self.running.clear()
+            sel.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+
+def _results_path_part(v: str) -> str:
+    # GNU parallel's escaping of a value used as a directory name
+    return v.replace("\\", "\\\\").replace("/", "\\_") or "\\_"  # noqa: E501
+
+
+def write_results(directory, job, result):
+    """``--results DIR``: DIR/1/<value>/2/<value>/{seq,stdout,stderr} as GNU parallel."""
+    parts = [directory]
+    for i, v in enumerate(job.args, 1):
+        parts += [str(i), _results_path_part(v)]
+    d = os.path.join(*[encode(p) for p in parts])
+    os.makedirs(d, exist_ok=True)
+    for name, data in ((b"seq", f"{job.seq}\n".encode()), (b"stdout", result.stdout or b""),
+                       (b"stderr", result.stderr or b"")):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+
+
+def _as_record(item):
+    if isinstance(item, tuple):
+        return tuple(_as_str(v) for v in item)
+    if isinstance(item, list):
+        return tuple(_as_str(v) for v in item)
+    return (_as_str(item),)
+
+
+def _as_str(v):
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "surrogateescape")
+    return v if isinstance(v, str) else str(v)
+
+
+def numbered_jobs(arg_groups, skip=None, start=1):
+    """Number argument tuples into jobs, leaving out the seqs in *skip* (resume)."""
+    seq = start - 1
+    for args in arg_groups:
+        seq += 1
+        if skip is not None and seq in skip:
+            continue
+        yield _Job(seq, args)
+
+
+def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0, retries=1,
+                 halt=None, keep_order=False, max_args=None, colsep=None, replace="{}",
+                 pin=False, delay=0.0, nice=None, memory_limit=None, env=None, cwd=None,
+                 max_output=None, stdout=None, stderr=None, results=None):
+    """Run a command template once per input, in parallel, and yield each task's Result.
+
+    The template speaks GNU parallel: ``command`` is shell code in which ``{}`` stands for
+    the input (also ``{.}`` ``{/}`` ``{//}`` ``{/.}`` ``{#}`` ``{%}``, and ``{1}`` ``{2}`` ...
+    for the columns of a tuple input). Values are shell-quoted, so an input is always data;
+    when the command needs nothing of a shell it is exec'd directly. ``{}`` is appended when
+    the command names no replacement string.
+
+    Inputs are consumed lazily, one per free slot, so an input of any length streams::
+
+        for r in pardo.map_commands("gzip -9 {}", pathlib.Path(".").glob("*.log"),
+                                    timeout=60, jobs=8):
+            print(r.inputs[0], r.status)
+
+    Args:
+        command: the template, a str (or a list of words, joined by spaces).
+        inputs: an iterable of values (str, bytes, paths, numbers) or of tuples of values.
+        jobs: parallel slots; default the CPUs this process may run on. GNU forms such as
+            ``"50%"`` or ``"+1"`` are accepted.
+        timeout: per-task deadline in seconds, or ``"N%"`` of the median runtime of
+            successful tasks. The whole process tree of a late task is killed.
+        kill_grace: seconds between SIGTERM and SIGKILL when a deadline fires.
+        retries: attempts per task (GNU's ``--retries``: 3 means up to 3 runs).
+        halt: GNU's ``--halt`` policy, e.g. ``"now,fail=1"`` or ``"soon,success=50%"``.
+        keep_order: yield in input order instead of completion order.
+        max_args: GNU's ``-N``: that many inputs per command.
+        colsep: regex splitting each input value into columns ``{1}`` ``{2}`` ...
+        pin: run slot i on its own CPU (for benchmark harnesses).
+        delay: minimum seconds between two task starts.
+        nice, memory_limit, env, cwd, max_output, stdout, stderr: passed to
+            :func:`pardo.spawn` for every task (default: output captured in the Result).
+        results: a directory to save each task's output in, laid out as GNU's ``--results``.
+
+    Yields:
+        :class:`pardo.Result`, with extra attributes ``seq`` (1-based input number),
+        ``slot``, ``inputs`` (the tuple of values), ``attempts`` and ``job``.
+        Closing the generator early kills the tasks still running.
+    """
+    words = [command] if isinstance(command, str) else list(command)
+    template = Template(words, replace=replace, context=max_args is not None)
+    if isinstance(inputs, Source) or (isinstance(inputs, list) and inputs
+                                      and all(isinstance(s, Source) for s in inputs)):
+        recs = records(inputs if isinstance(inputs, list) else [inputs], colsep=colsep)
+    else:
+        recs = (_as_record(i) for i in inputs)
+        if colsep is not None:
+            split = re.compile(colsep).split
+            recs = (tuple(c for v in r for c in split(v)) for r in recs)
+    batch = Batch(template, numbered_jobs(group_records(recs, max_args)), jobs=jobs,
+                  timeout=timeout, kill_grace=kill_grace, retries=retries, halt=halt,
+                  keep_order=keep_order, pin=pin, delay=delay, nice=nice,
+                  memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
+                  stdout=stdout, stderr=stderr, results=results)
+    return iter(batch)

@@ -1,0 +1,778 @@
+"""Process backend of pardo.Pool: worker processes started and watched by the engine.
+
+```
+ caller threads                 manager thread (one per pool)             worker processes
+ submit()/map() ──► pending ──► batch: pickle args, ──► task pipe ──► run task k:
+   (deque+lock)     (WorkItem)  frame, non-blocking        (per worker)  slot = (deadline, k)
+                     eventfd ──► write; watch slot                       fn(*args) ...
+ futures / map runs ◄── settle ◄── decode frames ◄──── result pipe ◄── results, progress
+                                   ▲
+ engine (native thread) ── kills a worker whose slot deadline passed; its Task completes
+                          into a ResultQueue whose fd the manager polls ─┘ (deaths)
+```
+
+- **Caller threads** append WorkItems to ``pending`` under ``_lock`` and wake the manager
+  through an eventfd (at most one wake-up in flight).
+- **The manager thread** owns everything else: the workers, their pipes and in-flight
+  tables, batching and fault handling. It blocks in ``select`` on the result pipes, the
+  eventfd, and the engine's ResultQueue; writes to task pipes are non-blocking, so a worker
+  that stops reading can never stall it.
+- **A worker** (:mod:`pardo._worker`) runs a batch task by task, writing its slot in the
+  shared mapping before and after each task (layout in :mod:`pardo._pool_wire`).
+- **The engine** reads the slot of every worker that has work in flight (``Task.watch``)
+  and kills the worker's whole tree once its deadline passes — natively, so a task stuck in
+  C holding the GIL dies on time. The manager learns of any death from the ResultQueue,
+  blames the task the slot names (TaskTimeout or TaskCrashed), re-queues the rest of the
+  worker's in-flight tasks at the front, and starts a fresh worker in its place.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import itertools
+import mmap
+import os
+import pickle
+import secrets
+import selectors
+import sys
+import threading
+import time
+
+from . import _pool_wire as wire
+from . import _shm
+from ._errors import TaskCrashed, TaskTimeout
+from ._pool_items import describe_call, decode_error, report_callback_error
+
+# A worker that dies this many times with a task in flight without being blamed for it
+# fails that task rather than retrying it forever.
+MAX_TRIES = 3
+# Workers that die before reporting READY this many times in a row break the pool:
+# the interpreter cannot start, an import fails, the machine is out of memory...
+MAX_START_FAILURES = 3
+# How often the engine re-reads an idle slot (no task with a deadline running). A deadline
+# longer than this is met exactly; a shorter one may be late by up to this much.
+IDLE_RECHECK = 0.005
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+
+_WAKE, _READ, _WRITE, _DEATHS = range(4)
+
+
+class BatchSizer:
+    """Chooses how many tasks go into one batch, from how long tasks have been taking.
+
+    Batches aim at ``target_ns`` of work: long enough that the per-batch cost (a frame, two
+    pipe writes, a wake-up on each side) is noise, short enough that workers stay balanced
+    and a dying worker takes little finished-but-unreported work with it. Until the first
+    result arrives nothing is known, so batches start at one task.
+    """
+
+    def __init__(self, target_ns: int = 4_000_000, max_size: int = 2048):
+        self.target_ns = target_ns
+        self.max_size = max_size
+        self.per_task_ns = None
+
+    def observe(self, busy_ns: int, count: int) -> None:
+        if count <= 0:
+            return
+        sample = busy_ns / count
+        old = self.per_task_ns
+        self.per_task_ns = sample if old is None else 0.7 * old + 0.3 * sample
+
+    def size(self) -> int:
+        if self.per_task_ns is None:
+            return 1
+        return max(1, min(self.max_size, int(self.target_ns / max(self.per_task_ns, 1.0))))
+
+
+class _WorkerHandle:
+    __slots__ = (
+        "index",
+        "task",
+        "wfd",
+        "rfd",
+        "reader",
+        "outbuf",
+        "inflight",
+        "assigned",
+        "ready",
+        "pid",
+        "where",
+        "watched",
+        "retiring",
+        "wfd_closed",
+        "watch_buf",
+        "dead",
+    )
+
+    def __init__(self, index):
+        self.index = index
+        self.task = None
+        self.reader = wire.FrameReader()
+        self.outbuf = bytearray()
+        self.inflight = {}  # seq -> WorkItem, in dispatch order
+        self.assigned = 0
+        self.ready = False
+        self.pid = None
+        self.where = "a pool worker"
+        self.watched = False
+        self.retiring = False
+        self.wfd_closed = False
+        self.dead = False
+
+
+class ProcessBackend:
+    """Runs WorkItems in worker processes. Thread-safe entry points: :meth:`put_many`,
+    :meth:`shutdown`, :meth:`terminate`."""
+
+    def __init__(
+        self,
+        jobs: int,
+        *,
+        initializer=None,
+        initargs=(),
+        max_tasks_per_child=None,
+        kill_grace=0.5,
+        memory_limit=None,
+        nice=None,
+        broken_error=None,
+    ):
+        from . import _run
+
+        self._engine = _run
+        self.jobs = jobs
+        self._max_tasks = max_tasks_per_child
+        self._kill_grace = kill_grace
+        self._memory_limit = memory_limit
+        self._nice = nice
+        self._broken_error = broken_error
+        self._init_payload = None
+        if initializer is not None:
+            self._init_payload = _shm.dumps((initializer, tuple(initargs)))
+
+        self._lock = threading.Lock()
+        self._pending = collections.deque()
+        self._wake_armed = False
+        self._shutdown = False
+        self._terminating = False
+        self._broken = None  # the exception new work fails with once the pool is broken
+        self._thread = None
+
+        self.token = f"pardo-{os.getpid()}-{secrets.token_hex(4)}"
+        self._arena = _shm.BufferArena(self.token + "-p")
+        self._sizer = BatchSizer()
+        self._seq = itertools.count(1)
+        self._fn_cache = {}  # id(fn) -> (fn, payload), valid for one dispatch round
+        self._touched = set()
+        self._start_failures = 0
+        self._workers = [None] * jobs
+        self._by_task = {}
+        self._sel = None
+        self._queue = None
+        self._wake_fd = None
+        self._slot_fd = None
+        self._slots = None
+
+    # -- caller side -------------------------------------------------------------------
+
+    def put_many(self, items) -> None:
+        """Queue items (FIFO). Raises the pool's broken error if it is broken."""
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken_error(str(self._broken))
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._pending.extend(items)
+            if self._thread is None:
+                self._start()
+            wake = not self._wake_armed
+            self._wake_armed = True
+        if wake:
+            os.eventfd_write(self._wake_fd, 1)
+
+    def batch_hint(self) -> int:
+        """Tasks per batch at the moment (map runs size their window from it)."""
+        return self._sizer.size()
+
+    def shutdown(self, wait=True, cancel_futures=False) -> None:
+        with self._lock:
+            self._shutdown = True
+            cancelled = self._take_pending() if cancel_futures else ()
+            thread = self._thread
+        for item in cancelled:
+            item.sink.cancel(item)
+        if thread is None:
+            self._close_resources()
+            return
+        self._wake()
+        if wait and thread is not threading.current_thread():
+            thread.join()
+
+    def terminate(self, reason: BaseException, join_timeout=10.0) -> None:
+        """Stop now: cancel what is queued, kill the workers, fail what was running."""
+        with self._lock:
+            self._shutdown = True
+            self._terminating = reason
+            cancelled = self._take_pending()
+            thread = self._thread
+        for item in cancelled:
+            item.sink.cancel(item)
+        if thread is None:
+            self._close_resources()
+            return
+        self._wake()
+        if thread is not threading.current_thread():
+            thread.join(join_timeout)
+
+    def _take_pending(self):
+        items = list(self._pending)
+        self._pending.clear()
+        return items
+
+    def _wake(self):
+        with self._lock:
+            wake = not self._wake_armed
+            self._wake_armed = True
+        if wake and self._wake_fd is not None:
+            os.eventfd_write(self._wake_fd, 1)
+
+    # -- manager thread ------------------------------------------------------------------
+
+    def _start(self):
+        """Called under _lock by the first put_many."""
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        size = max(mmap.PAGESIZE, self.jobs * wire.SLOT_SIZE)
+        self._slot_fd = os.memfd_create("pardo-pool-slots", os.MFD_CLOEXEC)
+        os.ftruncate(self._slot_fd, size)
+        self._slots = mmap.mmap(self._slot_fd, size)
+        self._queue = self._engine.ResultQueue()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._wake_fd, selectors.EVENT_READ, (_WAKE, None))
+        self._sel.register(self._queue.fileno(), selectors.EVENT_READ, (_DEATHS, None))
+        self._thread = threading.Thread(target=self._manage, name="pardo-pool-manager", daemon=True)
+        self._thread.start()
+
+    def _manage(self):
+        try:
+            for i in range(self.jobs):
+                self._spawn(i)
+            while not self._finished():
+                for key, mask in self._sel.select():
+                    kind, w = key.data
+                    if kind == _READ:
+                        self._on_readable(w)
+                    elif kind == _WRITE:
+                        self._flush_out(w)
+                    elif kind == _WAKE:
+                        self._on_wake()
+                    else:
+                        self._on_deaths()
+                if self._terminating:
+                    self._kill_all()
+                elif self._broken is None:
+                    self._dispatch()
+                self._notify()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            report_callback_error("the pool manager thread", exc)
+            self._break(self._make_broken(f"the pool's manager thread failed: {exc!r}"))
+            self._kill_all()
+        finally:
+            self._notify()
+            self._close_resources()
+
+    def _make_broken(self, message):
+        return self._broken_error(message)
+
+    def _finished(self) -> bool:
+        if not self._shutdown and self._broken is None:
+            return False
+        with self._lock:
+            if self._pending and self._broken is None and not self._terminating:
+                return False
+        alive = [w for w in self._workers if w is not None]
+        if any(w.inflight for w in alive) and not self._terminating:
+            return False
+        # Nothing left to do: let the workers run out of input, then wait for their deaths.
+        for w in alive:
+            self._close_input(w)
+        return not alive
+
+    def _on_wake(self):
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            self._wake_armed = False
+
+    def _spawn(self, index):
+        w = _WorkerHandle(index)
+        base = index * wire.SLOT_SIZE
+        self._slots[base : base + wire.SLOT_SIZE] = bytes(wire.SLOT_SIZE)
+        w.watch_buf = memoryview(self._slots)[base : base + 16]
+        task_r, task_w = os.pipe2(os.O_CLOEXEC)
+        res_r, res_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (task_w, res_r):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size: the default size still works
+            os.set_blocking(fd, False)
+        argv = [sys.executable, "-m", "pardo._worker", "3", "4", "5", str(index), self.token]
+        try:
+            w.task = self._engine.spawn(
+                argv,
+                queue=self._queue,
+                pass_fds={3: task_r, 4: res_w, 5: self._slot_fd},
+                stdout=self._engine.INHERIT,
+                stderr=self._engine.INHERIT,
+                kill_grace=self._kill_grace,
+                memory_limit=self._memory_limit,
+                nice=self._nice,
+                tag=("pardo.Pool worker", index),
+            )
+        finally:
+            os.close(task_r)
+            os.close(res_w)
+        w.wfd, w.rfd = task_w, res_r
+        self._workers[index] = w
+        self._by_task[w.task.id] = w
+        self._sel.register(w.rfd, selectors.EVENT_READ, (_READ, w))
+        w.outbuf += wire.frame((wire.INIT, list(sys.path), self._init_payload))
+        self._flush_out(w)
+
+    def _close_input(self, w):
+        if w.wfd_closed:
+            return
+        if w.outbuf:
+            w.retiring = True  # closed by _flush_out once the buffer is written
+            return
+        w.wfd_closed = True
+        try:
+            self._sel.unregister(w.wfd)
+        except KeyError:
+            pass
+        os.close(w.wfd)
+
+    def _flush_out(self, w):
+        if w.wfd_closed or w.dead:
+            return
+        if w.outbuf:
+            try:
+                n = os.write(w.wfd, w.outbuf)
+                del w.outbuf[:n]
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                w.outbuf.clear()  # the worker is dead; its death is on its way
+        registered = self._sel.get_map().get(w.wfd) is not None
+        if w.outbuf and not registered:
+            self._sel.register(w.wfd, selectors.EVENT_WRITE, (_WRITE, w))
+        elif not w.outbuf and registered:
+            self._sel.unregister(w.wfd)
+        if not w.outbuf and w.retiring:
+            self._close_input(w)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self):
+        self._fn_cache.clear()
+        live = [w for w in self._workers if w is not None and not w.retiring and not w.wfd_closed]
+        if not live:
+            return
+        size = self._sizer.size()
+        progress = True
+        while progress:
+            progress = False
+            with self._lock:
+                npending = len(self._pending)
+                fixed = getattr(self._pending[0].sink, "chunksize", None) if npending else None
+            if not npending:
+                break
+            # Spread the tail evenly instead of handing it all to the first worker.
+            share = fixed or min(size, max(1, -(-npending // len(live))))
+            for w in live:
+                if len(w.inflight) < share and not w.retiring:
+                    if self._send_batch(w, share):
+                        progress = True
+        self._fn_cache.clear()
+
+    def _send_batch(self, w, n) -> bool:
+        if self._max_tasks:
+            n = min(n, self._max_tasks - w.assigned)
+        with self._lock:
+            pending = self._pending
+            items = [pending.popleft() for _ in range(min(n, len(pending)))]
+        if not items:
+            return False
+        fn_index = {}
+        fns = []
+        tasks = []
+        inflight = w.inflight
+        deadline_used = False
+        for item in items:
+            if not item.claimed:
+                if not item.sink.claim(item):
+                    continue
+                item.claimed = True
+            payload = item.payload
+            if payload is None:
+                payload = self._encode_args(item)
+                if payload is None:
+                    continue
+            fp = item.fn_payload
+            if fp is None:
+                fp = self._encode_fn(item)
+                if fp is None:
+                    continue
+            fi = fn_index.get(id(fp))
+            if fi is None:
+                fi = fn_index[id(fp)] = len(fns)
+                fns.append(fp)
+            seq = next(self._seq)
+            inflight[seq] = item
+            tasks.append((seq, fi, payload, item.timeout_ns))
+            if item.timeout_ns:
+                deadline_used = True
+        self._notify()
+        if not tasks:
+            return True
+        w.assigned += len(tasks)
+        if deadline_used and not w.watched:
+            w.task.watch(w.watch_buf, IDLE_RECHECK)
+            w.watched = True
+        w.outbuf += wire.frame((wire.BATCH, fns, tasks))
+        if self._max_tasks and w.assigned >= self._max_tasks:
+            w.retiring = True
+        self._flush_out(w)
+        return True
+
+    def _encode_args(self, item):
+        try:
+            payload = _shm.dumps((item.args, item.kwargs or None), self._arena)
+        except Exception as exc:
+            item.sink.fail(item, _pickling_error(item, exc))
+            self._touched.add(item.sink)
+            return None
+        item.payload = payload
+        item.args = item.kwargs = None  # only the pickled form is needed from now on
+        return payload
+
+    def _encode_fn(self, item):
+        fn = item.fn
+        hit = self._fn_cache.get(id(fn))
+        if hit is not None and hit[0] is fn:
+            return hit[1]
+        try:
+            fp = _shm.dumps(fn)
+            if type(fp) is not bytes:
+                raise pickle.PicklingError("a callable cannot carry out-of-band buffers")
+        except Exception as exc:
+            err = pickle.PicklingError(
+                f"the callable {fn!r} cannot be pickled to send it to a worker: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            err.__cause__ = exc
+            item.sink.fail(item, err)
+            self._touched.add(item.sink)
+            return None
+        self._fn_cache[id(fn)] = (fn, fp)
+        return fp
+
+    # -- results -------------------------------------------------------------------------
+
+    def _on_readable(self, w):
+        if w.dead:
+            return  # its death was handled earlier in this round of events
+        try:
+            chunk = os.read(w.rfd, _PIPE_SIZE)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._sel.unregister(w.rfd)  # end of file: the death follows from the queue
+            return
+        self._handle_messages(w, w.reader.feed(chunk))
+
+    def _drain(self, w):
+        """Read whatever a dead worker left in its result pipe."""
+        while True:
+            try:
+                chunk = os.read(w.rfd, _PIPE_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            self._handle_messages(w, w.reader.feed(chunk))
+
+    def _handle_messages(self, w, messages):
+        for msg in messages:
+            kind = msg[0]
+            if kind == wire.RESULTS:
+                self._on_results(w, msg[1], msg[2])
+            elif kind == wire.PROGRESS:
+                self._on_progress(w, msg[1], msg[2])
+            elif kind == wire.READY:
+                w.ready = True
+                w.pid = msg[1]
+                w.where = f"worker pid {msg[1]} on {msg[2]}"
+                self._start_failures = 0
+            elif kind == wire.INIT_FAILED:
+                cause = decode_error(msg[1], w.where)
+                err = self._make_broken(f"the pool's initializer failed in {w.where}: {cause}")
+                err.__cause__ = cause
+                self._break(err)
+
+    def _on_results(self, w, results, busy_ns):
+        inflight = w.inflight
+        touched = self._touched
+        where = w.where
+        for seq, ok, payload in results:
+            item = inflight.pop(seq, None)
+            if item is None:
+                continue
+            item.sink.settle_encoded(item, ok, payload, where)
+            touched.add(item.sink)
+            if type(item.payload) is not bytes:
+                _release_payload(item)
+        self._sizer.observe(busy_ns, len(results))
+        if not inflight and w.watched:
+            w.task.unwatch()
+            w.watched = False
+        if w.retiring and not inflight:
+            self._close_input(w)
+
+    def _on_progress(self, w, seq, payload):
+        item = w.inflight.get(seq)
+        try:
+            value = _shm.loads(payload, unlink_after=True)
+        except Exception as exc:
+            report_callback_error("unpickling a progress value", exc)
+            return
+        callback = item.on_progress if item is not None else None
+        if callback is None:
+            return
+        try:
+            callback(value)
+        except Exception as exc:
+            report_callback_error(f"the on_progress callback {callback!r}", exc)
+
+    def _notify(self):
+        touched = self._touched
+        while touched:
+            touched.pop().notify()
+
+    # -- deaths --------------------------------------------------------------------------
+
+    def _on_deaths(self):
+        try:
+            tasks = self._queue.get_many(1024, timeout=0)
+        except (TimeoutError, RuntimeError):  # RuntimeError: nothing in flight
+            return
+        for task in tasks:
+            w = self._by_task.pop(task.id, None)
+            if w is not None:
+                self._on_death(w, task.result)
+
+    def _on_death(self, w, result):
+        self._drain(w)
+        try:
+            self._sel.unregister(w.rfd)
+        except KeyError:
+            pass
+        os.close(w.rfd)
+        if not w.wfd_closed:
+            w.outbuf.clear()
+            self._close_input(w)
+        w.dead = True
+        self._workers[w.index] = None
+        slot = memoryview(self._slots)[w.index * wire.SLOT_SIZE :][: wire.SLOT_SIZE].cast("q")
+        deadline_ns, watch_seq, running = slot[0], slot[1], slot[2]
+        slot.release()
+        status = str(result.status)
+        seen_ns = time.monotonic_ns()
+        _shm.sweep(f"{self.token}-w{result.pid or w.pid}-")
+
+        if status == "timeout":
+            blame = result.watch_seq or watch_seq
+        elif status == "cancelled":
+            blame = 0  # we killed it (terminate); nobody is to blame
+        else:
+            blame = running
+        culprit = w.inflight.pop(blame, None) if blame else None
+        if culprit is not None:
+            err = self._death_error(w, result, status, culprit, deadline_ns, seen_ns)
+            culprit.sink.fail(culprit, err)
+            self._touched.add(culprit.sink)
+            _release_payload(culprit)
+        self._requeue(w, result)
+
+        if self._broken is not None or self._terminating:
+            return
+        if not w.ready and status != "ok":
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                self._break(
+                    self._make_broken(
+                        f"{self._start_failures} pool workers in a row died before they were "
+                        f"ready (last: {result.describe()}); see their stderr above"
+                    )
+                )
+                return
+        if not self._shutdown or self._pending_or_inflight():
+            self._spawn(w.index)
+
+    def _pending_or_inflight(self):
+        with self._lock:
+            if self._pending:
+                return True
+        return any(w is not None and w.inflight for w in self._workers)
+
+    def _death_error(self, w, result, status, item, deadline_ns, seen_ns):
+        pid = result.pid or w.pid
+        call = describe_call(item.fn) if item.fn is not None else "the task"
+        if status == "timeout":
+            late_ms = (seen_ns - deadline_ns) / 1e6 if deadline_ns else float("nan")
+            err = TaskTimeout(
+                f"{call} ran past its {item.timeout_ns / 1e9:g} s deadline; worker pid {pid} "
+                f"and its child processes were killed (reported {late_ms:.1f} ms after the "
+                f"deadline)",
+                result,
+            )
+            err.late = late_ms / 1e3
+            return err
+        signum = result.signal
+        if signum:
+            how = f"was killed by {_signal_name(signum)}"
+        else:
+            how = f"exited with code {result.returncode} (os._exit, or a fault in native code)"
+        return TaskCrashed(
+            f"worker pid {pid} running {call} {how}; the pool goes on with a new worker",
+            result,
+            signal=signum,
+            exitcode=result.returncode,
+            pid=pid,
+        )
+
+    def _requeue(self, w, result):
+        """Put a dead worker's remaining in-flight tasks back at the front, in order."""
+        again = []
+        for item in w.inflight.values():
+            if self._terminating:
+                item.sink.fail(item, self._terminating)
+                self._touched.add(item.sink)
+                continue
+            item.tries += 1
+            if item.tries >= MAX_TRIES:
+                err = TaskCrashed(
+                    f"{MAX_TRIES} workers died while {describe_call(item.fn)} was queued on "
+                    f"them (last: {result.describe()}); giving up on it",
+                    result,
+                    signal=result.signal,
+                    exitcode=result.returncode,
+                    pid=result.pid,
+                )
+                item.sink.fail(item, err)
+                self._touched.add(item.sink)
+                _release_payload(item)
+            else:
+                again.append(item)
+        w.inflight.clear()
+        if again:
+            with self._lock:
+                self._pending.extendleft(reversed(again))
+
+    def _break(self, err):
+        """The pool cannot go on: fail everything queued or running with ``err``."""
+        if self._broken is None:
+            with self._lock:
+                self._broken = err
+                items = self._take_pending()
+            for w in self._workers:
+                if w is not None:
+                    items.extend(w.inflight.values())
+                    w.inflight.clear()
+            for item in items:
+                item.sink.fail(item, err)
+                self._touched.add(item.sink)
+                _release_payload(item)
+        self._kill_all()
+
+    def _kill_all(self):
+        for w in self._workers:
+            if w is not None and w.task is not None:
+                try:
+                    w.task.kill()
+                except Exception:
+                    pass  # already gone
+
+    def _close_resources(self):
+        for w in self._workers:
+            if w is None:
+                continue
+            for fd in (w.rfd, None if w.wfd_closed else w.wfd):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        self._workers = [None] * self.jobs
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+        if self._wake_fd is not None:
+            os.close(self._wake_fd)
+            self._wake_fd = None
+        if self._slot_fd is not None:
+            os.close(self._slot_fd)
+            self._slot_fd = None
+        _shm.sweep(self.token + "-")
+
+
+def _release_payload(item):
+    payload = item.payload
+    if payload is not None and type(payload) is not bytes:
+        for name in _shm.payload_files(payload):
+            _shm.unlink(name)
+    item.payload = None
+
+
+def _pickling_error(item, exc):
+    """A PicklingError that names the argument that could not be pickled."""
+    culprit = None
+    args = list(enumerate(item.args or ()))
+    kwargs = list((item.kwargs or {}).items())
+    for key, value in args + kwargs:
+        try:
+            _shm.dumps(value)
+        except Exception:
+            culprit = (key, value)
+            break
+    call = describe_call(item.fn)
+    if culprit is None:
+        what = "the arguments"
+    elif isinstance(culprit[0], int):
+        what = f"argument {culprit[0]} ({_short_repr(culprit[1])})"
+    else:
+        what = f"keyword argument {culprit[0]!r} ({_short_repr(culprit[1])})"
+    err = pickle.PicklingError(
+        f"{what} of {call} cannot be pickled to send to a worker: {type(exc).__name__}: {exc}"
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _short_repr(obj):
+    import reprlib
+
+    try:
+        return reprlib.repr(obj)
+    except Exception:
+        return f"<{type(obj).__qualname__} object>"
+
+
+def _signal_name(signum):
+    from ._result import signal_name
+
+    return signal_name(signum)

@@ -1,0 +1,542 @@
+"""Running one command: :func:`run`, :func:`spawn`, :func:`run_async`, :class:`Task`,
+:class:`ResultQueue`.
+
+Everything here converts and checks arguments, then hands a request to the native
+supervisor (``pardo._engine``), which spawns, enforces the deadline, kills the tree and
+reaps on its own thread. Waiting releases the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import subprocess
+import weakref
+from collections.abc import Iterable, Mapping
+
+from . import _supervisor
+from ._result import Result, Status
+
+WATCH_SLOT_SIZE = 16
+DEFAULT_MAX_OUTPUT = 16 * 2**20
+
+
+class _Special:
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"pardo.{self.name}"
+
+
+DEVNULL = _Special("DEVNULL")  # discard the stream (stdin is always /dev/null unless input=)
+INHERIT = _Special("INHERIT")  # the stream goes where this process's own stream goes
+STDOUT = _Special("STDOUT")  # stderr=STDOUT: merge stderr into stdout
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(value) -> int:
+    """Bytes from an int or a string such as ``"512M"`` or ``"2G"``."""
+    if isinstance(value, bool):
+        raise TypeError("memory_limit must be a number of bytes or a string like '512M'")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError(f"memory_limit must be positive, not {value}")
+        return value
+    if isinstance(value, str):
+        s = value.strip().upper().removesuffix("B").removesuffix("I")
+        unit = s[-1:] if s[-1:] in _UNITS and s[-1:] != "" else ""
+        num = s[: -1] if unit else s
+        try:
+            n = float(num)
+        except ValueError:
+            raise ValueError(f"cannot read {value!r} as a size: use bytes or e.g. '512M', '2G'") from None
+        if n <= 0 or not math.isfinite(n):
+            raise ValueError(f"memory_limit must be positive, not {value!r}")
+        return int(n * _UNITS[unit])
+    raise TypeError(f"memory_limit must be int or str, not {type(value).__name__}")
+
+
+def _seconds_to_ns(value, name) -> int:
+    if value is None:
+        return -1
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, not {value}")
+    if math.isinf(value):
+        return -1
+    return int(value * 1e9)
+
+
+def _arg_bytes(a, what) -> bytes:
+    if isinstance(a, bytes):
+        return a
+    if isinstance(a, str):
+        return a.encode("utf-8", "surrogateescape")
+    if isinstance(a, os.PathLike):
+        return os.fsencode(a)
+    raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(a).__name__}: {a!r}")
+
+
+def _argv(args, shell):
+    if shell:
+        if not isinstance(args, (str, bytes)):
+            raise TypeError("with shell=True, args must be one command string")
+        return [b"/bin/sh", b"-c", _arg_bytes(args, "the command")]
+    if isinstance(args, (str, bytes, os.PathLike)):
+        args = [args]
+    argv = [_arg_bytes(a, "each argument") for a in args]
+    if not argv:
+        raise ValueError("args is empty: give at least the program to run")
+    for a in argv:
+        if b"\0" in a:
+            raise ValueError(f"an argument contains a NUL byte: {a!r}")
+    return argv
+
+
+def _env(env):
+    if env is None:
+        return None
+    if not isinstance(env, Mapping):
+        raise TypeError(f"env must be a mapping of names to values, not {type(env).__name__}")
+    out = []
+    for k, v in env.items():
+        if not isinstance(k, (str, bytes)) or not isinstance(v, (str, bytes)):
+            raise TypeError(
+                f"env names and values must be str or bytes: env[{k!r}] is {type(v).__name__}"
+                if isinstance(k, (str, bytes))
+                else f"env names must be str or bytes, not {type(k).__name__}"
+            )
+        kb, vb = _arg_bytes(k, "env name"), _arg_bytes(v, "env value")
+        if not kb or b"=" in kb or b"\0" in kb or b"\0" in vb:
+            raise ValueError(f"invalid environment variable name or value: {k!r}")
+        out.append(kb + b"=" + vb)
+    return out
+
+
+def _stream(spec, which, to_close):
+    """(mode, fd) for the engine."""
+    from . import _engine
+
+    if spec is None:
+        return _engine.OUT_CAPTURE, -1
+    if spec is DEVNULL or spec is subprocess.DEVNULL:
+        return _engine.OUT_DEVNULL, -1
+    if spec is INHERIT:
+        return _engine.OUT_INHERIT, -1
+    if spec is STDOUT or spec is subprocess.STDOUT:
+        if which != "stderr":
+            raise ValueError("STDOUT is only meaningful for stderr=")
+        return _engine.OUT_TO_STDOUT, -1
+    if isinstance(spec, bool):
+        raise TypeError(f"{which}= takes None, DEVNULL, INHERIT, a path, a file or an fd")
+    if isinstance(spec, int):
+        if spec < 0:
+            raise ValueError(f"{which}={spec} is not a file descriptor")
+        return _engine.OUT_FD, spec
+    if isinstance(spec, (str, os.PathLike)):
+        fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        to_close.append(fd)
+        return _engine.OUT_FD, fd
+    if hasattr(spec, "fileno"):
+        if hasattr(spec, "flush"):
+            spec.flush()
+        return _engine.OUT_FD, spec.fileno()
+    raise TypeError(f"{which}= takes None, DEVNULL, INHERIT, a path, a file or an fd, not {spec!r}")
+
+
+def _cpus(cpus):
+    if cpus is None:
+        return []
+    if isinstance(cpus, int):
+        cpus = [cpus]
+    out = [int(c) for c in cpus]
+    if not out or any(c < 0 for c in out):
+        raise ValueError(f"cpus must be a non-empty list of CPU numbers, not {cpus!r}")
+    return out
+
+
+def _pass_fds(pass_fds):
+    if not pass_fds:
+        return []
+    if isinstance(pass_fds, Mapping):
+        pairs = [(int(k), int(v)) for k, v in pass_fds.items()]
+    else:
+        pairs = [(int(fd), int(fd)) for fd in pass_fds]
+    for target, _ in pairs:
+        if target < 3:
+            raise ValueError("pass_fds targets must be >= 3; use stdout=/stderr= for 0-2")
+    return pairs
+
+
+class Task:
+    """A command in flight, returned by :func:`spawn`.
+
+    Attributes:
+        args: the command as given.
+        tag: any object given to :func:`spawn`, for the caller's bookkeeping.
+    """
+
+    __slots__ = ("_h", "_sup", "args", "tag", "deadline", "_result", "_watch_buf", "_cwd", "__weakref__")
+
+    def __init__(self, handle, sup, args, tag, deadline, cwd):
+        self._h = handle
+        self._sup = sup
+        self.args = args
+        self.tag = tag
+        self.deadline = deadline
+        self._result = None
+        self._watch_buf = None
+        self._cwd = cwd
+
+    @property
+    def id(self) -> int:
+        return self._h.id
+
+    @property
+    def pid(self) -> int | None:
+        """The leader's pid; waits for the process to exist. None if it could not start."""
+        pid = self._sup.wait_started(self._h, -1)
+        return pid if pid > 0 else None
+
+    def done(self) -> bool:
+        return self._result is not None or self._sup.wait_done(self._h, 0)
+
+    @property
+    def result(self) -> Result | None:
+        """The :class:`Result` once the task has finished, else None."""
+        if self._result is None and self._sup.wait_done(self._h, 0):
+            self._finish()
+        return self._result
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait for the task and its whole tree to finish; return its :class:`Result`.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (the task keeps running; this
+                is a limit on waiting, not the task's deadline).
+        """
+        if self._result is None:
+            ns = _seconds_to_ns(timeout, "timeout")
+            if not self._sup.wait_done(self._h, ns):
+                raise TimeoutError(f"task {self.id} ({_short(self.args)}) still running after {timeout} s")
+            self._finish()
+        return self._result
+
+    def kill(self) -> None:
+        """SIGKILL the whole tree now. The task ends with status ``"cancelled"``."""
+        self._sup.kill(self._h.id)
+
+    def terminate(self) -> None:
+        """SIGTERM the whole tree, SIGKILL it after ``kill_grace``; status ``"cancelled"``."""
+        self._sup.terminate(self._h.id)
+
+    def watch(self, buf, idle_recheck: float = 0.001) -> None:
+        """Let the engine enforce deadlines written into ``buf`` by the task itself (see
+        ``WATCH_SLOT_SIZE``). Keeps a reference to ``buf`` until :meth:`unwatch`."""
+        self._watch_buf = buf
+        self._sup.watch(self._h.id, buf, int(idle_recheck * 1e9))
+
+    def unwatch(self) -> None:
+        self._sup.unwatch(self._h.id)
+        self._watch_buf = None
+
+    def _finish(self):
+        if self._result is None:
+            self._result = _make_result(self, self._h.result())
+            self._watch_buf = None
+        return self._result
+
+    def __repr__(self):
+        state = self._result.status.value if self._result is not None else "running"
+        return f"<pardo.Task {self.id} {_short(self.args)} {state}>"
+
+
+def _short(args):
+    s = args if isinstance(args, (str, bytes)) else " ".join(
+        a.decode("utf-8", "replace") if isinstance(a, bytes) else str(a) for a in args
+    )
+    s = s.decode("utf-8", "replace") if isinstance(s, bytes) else s
+    return repr(s if len(s) <= 60 else s[:57] + "...")
+
+
+def _spawn_error(task, stage, err):
+    from . import _engine
+
+    name = _engine.stage_name(stage)
+    reason = os.strerror(err) if err else "unknown error"
+    args = task.args
+    prog = args if isinstance(args, (str, bytes)) else (list(args)[0] if args else "")
+    prog = os.fsdecode(prog) if isinstance(prog, (bytes, os.PathLike)) else str(prog)
+    if name == "exec":
+        hint = ""
+        if err == 13 and os.path.isdir(prog):
+            hint = " (it is a directory)"
+        elif err == 13 and os.path.exists(prog):
+            hint = " (the file is not executable)"
+        elif err == 7:
+            hint = " (the arguments and environment exceed the system's limit)"
+        return f"{reason}: {prog!r}{hint}"
+    if name == "chdir":
+        return f"cannot change to directory {os.fsdecode(task._cwd)!r}: {reason}"
+    if name == "affinity":
+        return f"cannot pin to the requested CPUs: {reason}"
+    if name == "nice":
+        return f"cannot set the nice value: {reason}"
+    if name == "rlimit":
+        return f"cannot set the memory limit: {reason}"
+    return f"{name} failed: {reason} (starting {prog!r})"
+
+
+def _make_result(task, t):
+    (pid, stage, err, exited, code, sig, timed_out, cancelled, out, errb, trunc,
+     start_ns, dur_ns, cu, cs, rss_kb, watch_seq, note) = t
+    error = None
+    if stage:
+        status = Status.ERROR
+        error = _spawn_error(task, stage, err)
+    elif timed_out:
+        status = Status.TIMEOUT
+    elif cancelled:
+        status = Status.CANCELLED
+    elif not exited:
+        status = Status.SIGNALED
+    elif code == 0:
+        status = Status.OK
+    else:
+        status = Status.FAILED
+    return Result(
+        args=task.args,
+        status=status,
+        returncode=code if exited and not stage else None,
+        signal=sig if (sig and not exited) else None,
+        stdout=out,
+        stderr=errb,
+        output_truncated=trunc,
+        started_at=start_ns / 1e9,
+        duration=dur_ns / 1e9,
+        cpu_user=cu / 1e6,
+        cpu_sys=cs / 1e6,
+        max_rss=rss_kb * 1024,
+        error=error,
+        pid=pid if pid > 0 else None,
+        deadline=task.deadline,
+        watch_seq=watch_seq,
+        note=note or None,
+    )
+
+
+class ResultQueue:
+    """Finished tasks, in the order they finished. Give it to :func:`spawn` (``queue=``)
+    to run many tasks from one thread::
+
+        q = pardo.ResultQueue()
+        for f in files:
+            pardo.spawn(["gzip", "-t", f], timeout=60, queue=q, tag=f)
+        while len(q):
+            task = q.get()
+            print(task.tag, task.result.status)
+    """
+
+    def __init__(self):
+        from . import _engine
+
+        self._q = _engine.CompletionQueue()
+        self._tasks = {}
+
+    def _add(self, task):
+        self._tasks[task.id] = task
+
+    def __len__(self) -> int:
+        """Tasks given to this queue and not yet taken out of it."""
+        return len(self._tasks)
+
+    def fileno(self) -> int:
+        """An fd that is readable while finished tasks wait in the queue."""
+        return self._q.fileno()
+
+    def get(self, timeout: float | None = None) -> Task:
+        """The next finished task (its ``result`` is set). Raises TimeoutError."""
+        got = self.get_many(1, timeout)
+        if not got:
+            raise TimeoutError(f"no task finished within {timeout} s")
+        return got[0]
+
+    def get_many(self, max_items: int = 1024, timeout: float | None = None) -> list[Task]:
+        """Up to ``max_items`` finished tasks; waits up to ``timeout`` for the first one
+        (an empty list when none came). Waiting with nothing in flight is an error."""
+        if not self._tasks:
+            raise RuntimeError("no task is in flight on this queue")
+        handles = self._q.pop(max_items, _seconds_to_ns(timeout, "timeout"))
+        tasks = self._tasks
+        out = []
+        for h in handles:
+            task = tasks.pop(h.id)
+            task._finish()
+            out.append(task)
+        return out
+
+
+def spawn(
+    args,
+    *,
+    timeout: float | None = None,
+    kill_grace: float = 2.0,
+    cwd=None,
+    env: Mapping | None = None,
+    input: bytes | str | None = None,
+    shell: bool = False,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    stdout=None,
+    stderr=None,
+    cpus: Iterable[int] | None = None,
+    nice: int | None = None,
+    memory_limit: int | str | None = None,
+    linger: bool = False,
+    queue: ResultQueue | None = None,
+    pass_fds=None,
+    tag=None,
+) -> Task:
+    """Start a command and return at once with its :class:`Task`.
+
+    Takes the arguments of :func:`run`, and:
+
+    Args:
+        queue: deliver the finished task to this :class:`ResultQueue` (it can still be
+            waited for with :meth:`Task.wait`).
+        pass_fds: more fds for the child: ``{child_fd: our_fd}`` or fds kept at the same
+            number. They are duplicated before ``spawn`` returns; close yours when you like.
+        tag: any object, kept on the task as ``task.tag``.
+    """
+    sup = _supervisor.get()
+    argv = _argv(args, shell)
+    timeout_ns = _seconds_to_ns(timeout, "timeout")
+    grace_ns = _seconds_to_ns(kill_grace, "kill_grace")
+    if grace_ns < 0:
+        grace_ns = 0
+    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+        raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
+    env_list = _env(env)
+    cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
+    if isinstance(input, str):
+        input = input.encode()
+    elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
+        raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
+    if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
+        raise TypeError(f"nice must be an int, not {type(nice).__name__}")
+    mem = parse_size(memory_limit) if memory_limit is not None else 0
+    to_close = []
+    try:
+        out_mode, out_fd = _stream(stdout, "stdout", to_close)
+        err_mode, err_fd = _stream(stderr, "stderr", to_close)
+        h = sup.submit(
+            argv, env_list, cwd_b, None if input is None else bytes(input), out_mode, out_fd,
+            err_mode, err_fd, max_output, _pass_fds(pass_fds), timeout_ns, grace_ns,
+            _cpus(cpus), nice, mem, bool(linger), queue._q if queue is not None else None,
+        )
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    task = Task(h, sup, args, tag, timeout, cwd_b)
+    if queue is not None:
+        queue._add(task)
+    return task
+
+
+def run(
+    args,
+    *,
+    timeout: float | None = None,
+    kill_grace: float = 2.0,
+    cwd=None,
+    env: Mapping | None = None,
+    input: bytes | str | None = None,
+    shell: bool = False,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    stdout=None,
+    stderr=None,
+    cpus: Iterable[int] | None = None,
+    nice: int | None = None,
+    memory_limit: int | str | None = None,
+    linger: bool = False,
+) -> Result:
+    """Run a command to completion and return its :class:`Result`. Never raises for what
+    the command did: look at ``result.status`` (or call ``result.check()``).
+
+    The command runs in its own isolation unit (see ``pardo doctor``). When ``timeout``
+    seconds have passed, its whole process tree gets SIGTERM and, ``kill_grace`` seconds
+    later, SIGKILL; the status is then ``"timeout"``. When the command's first process
+    exits, whatever it left running is killed, so nothing outlives the task (pass
+    ``linger=True`` to wait for those processes instead, still bounded by ``timeout``).
+
+    Args:
+        args: the program and its arguments (str, bytes or path-like; the program is
+            looked up in ``PATH``), or with ``shell=True`` one string for ``/bin/sh -c``.
+        timeout: seconds the task may run, or None for no limit.
+        kill_grace: seconds between SIGTERM and SIGKILL (0: SIGKILL at once).
+        cwd: directory to run in.
+        env: the complete environment for the command (default: this process's).
+        input: bytes (or str, UTF-8 encoded) fed to its stdin; else stdin is /dev/null.
+        max_output: bytes kept per captured stream; the rest is read and dropped, and
+            ``result.output_truncated`` is set. Memory stays bounded under any flood.
+        stdout, stderr: None to capture; ``pardo.DEVNULL``; ``pardo.INHERIT``; a path,
+            file object or fd to write into directly; ``stderr=pardo.STDOUT`` merges.
+        cpus: CPU numbers the task may run on (``sched_setaffinity``).
+        nice: niceness for the task (higher is lower priority).
+        memory_limit: bytes or a string like ``"512M"``: the cgroup's ``memory.max``
+            where available, else ``RLIMIT_AS`` of each process.
+        linger: wait for the leader's leftover processes instead of killing them.
+
+    Raises:
+        TypeError, ValueError: the arguments themselves are wrong (e.g. a negative
+            timeout, env values that are not strings).
+        IsolationUnavailable: the isolation forced by ``PARDO_ISOLATION`` cannot be had.
+    """
+    return spawn(
+        args, timeout=timeout, kill_grace=kill_grace, cwd=cwd, env=env, input=input,
+        shell=shell, max_output=max_output, stdout=stdout, stderr=stderr, cpus=cpus,
+        nice=nice, memory_limit=memory_limit, linger=linger,
+    ).wait()
+
+
+class _LoopWaiter:
+    """Per event loop: one ResultQueue whose fd the loop watches; futures by task id."""
+
+    def __init__(self, loop):
+        self.queue = ResultQueue()
+        self.futures = {}
+        loop.add_reader(self.queue.fileno(), self._ready)
+
+    def _ready(self):
+        if not len(self.queue):
+            return
+        for task in self.queue.get_many(timeout=0):
+            fut = self.futures.pop(task.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(task.result)
+
+
+_waiters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaiter]" = weakref.WeakKeyDictionary()
+
+
+async def run_async(args, **kwargs) -> Result:
+    """:func:`run` for asyncio: awaits the task without a thread per task (the event loop
+    watches the engine's completion fd). Cancelling the awaiting coroutine kills the task's
+    tree."""
+    loop = asyncio.get_running_loop()
+    waiter = _waiters.get(loop)
+    if waiter is None:
+        waiter = _waiters[loop] = _LoopWaiter(loop)
+    task = spawn(args, queue=waiter.queue, **kwargs)
+    fut = loop.create_future()
+    waiter.futures[task.id] = fut
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        task.kill()
+        raise
