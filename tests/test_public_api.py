@@ -1,0 +1,58 @@
+"""The public surface is exactly what __all__ says, and every name in it resolves."""
+
+import inspect
+
+import pardo
+
+EXPECTED = {
+    "DEVNULL", "INHERIT", "STDOUT", "IsolationUnavailable", "PardoError", "Pool", "Result",
+    "ResultQueue", "Status", "Task", "TaskCrashed", "TaskError", "TaskTimeout", "configure",
+    "isolation", "map_commands", "progress", "releases_gil", "run", "run_async", "spawn",
+}
+
+
+def test_all_is_pinned():
+    assert set(pardo.__all__) == EXPECTED
+
+
+def test_every_public_name_resolves():
+    for name in pardo.__all__:
+        assert getattr(pardo, name) is not None, name
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    try:
+        pardo.no_such_name
+    except AttributeError as e:
+        assert "no_such_name" in str(e)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_status_compares_equal_to_strings():
+    for value in ("ok", "failed", "timeout", "signaled", "error", "cancelled", "crashed"):
+        assert pardo.Status(value) == value
+        assert str(pardo.Status(value)) == value
+
+
+def test_run_signature_is_the_contract():
+    params = inspect.signature(pardo.run).parameters
+    assert list(params)[0] == "args"
+    for kw in ("timeout", "kill_grace", "cwd", "env", "input", "shell", "max_output", "stdout",
+               "stderr", "cpus", "nice", "memory_limit"):
+        assert params[kw].kind is inspect.Parameter.KEYWORD_ONLY, kw
+    assert params["timeout"].default is None
+    assert params["kill_grace"].default == 2.0
+
+
+def test_exceptions_subclass_what_users_catch():
+    assert issubclass(pardo.TaskTimeout, TimeoutError)
+    assert issubclass(pardo.IsolationUnavailable, OSError)
+    for cls in (pardo.TaskError, pardo.TaskTimeout, pardo.TaskCrashed, pardo.IsolationUnavailable):
+        assert issubclass(cls, pardo.PardoError)
+
+
+def test_pool_is_an_executor():
+    import concurrent.futures
+
+    assert issubclass(pardo.Pool, concurrent.futures.Executor)
