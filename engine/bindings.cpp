@@ -14,6 +14,7 @@
 #include "cgroup.hpp"
 #include "isolation.hpp"
 #include "probe.hpp"
+#include "proc.hpp"
 #include "spawn.hpp"
 #include "supervisor.hpp"
 
@@ -60,6 +61,31 @@ int dup_cloexec(int fd) {
   return d;
 }
 
+// Block in slices with the GIL released, so that Ctrl-C (and any Python signal handler)
+// runs within a fraction of a second: a condition variable wait is not interrupted by
+// signals. The engine itself is event-driven; only this wait is sliced.
+constexpr int64_t kSliceNs = 50000000;
+
+template <class WaitFor>
+bool wait_interruptibly(int64_t timeout_ns, WaitFor wait_for) {
+  int64_t deadline = timeout_ns < 0 ? -1 : mono_ns() + timeout_ns;
+  while (true) {
+    int64_t slice = kSliceNs;
+    if (deadline >= 0) {
+      int64_t left = deadline - mono_ns();
+      if (left < slice) slice = left > 0 ? left : 0;
+    }
+    bool done;
+    {
+      py::gil_scoped_release nogil;
+      done = wait_for(slice);
+    }
+    if (done) return true;
+    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    if (deadline >= 0 && mono_ns() >= deadline) return false;
+  }
+}
+
 py::tuple result_tuple(Handle& h) {
   Completion& c = h.result;
   return py::make_tuple(c.pid, c.spawn_stage, c.spawn_errno, c.exited, c.exit_code, c.term_signal,
@@ -87,7 +113,17 @@ PYBIND11_MODULE(_engine, m) {
       .def(py::init<>())
       .def("fileno", &CompletionQueue::fd)
       .def("__len__", &CompletionQueue::size)
-      .def("pop", &CompletionQueue::pop, py::arg("max"), py::arg("timeout_ns"), release_gil());
+      .def(
+          "pop",
+          [](CompletionQueue& q, size_t max, int64_t timeout_ns) {
+            std::vector<std::shared_ptr<Handle>> got;
+            wait_interruptibly(timeout_ns, [&](int64_t slice) {
+              got = q.pop(max, slice);
+              return !got.empty();
+            });
+            return got;
+          },
+          py::arg("max"), py::arg("timeout_ns"));
 
   py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle")
       .def_readonly("id", &Handle::id)
@@ -150,14 +186,19 @@ PYBIND11_MODULE(_engine, m) {
             s.command(id, Supervisor::OP_WATCH, static_cast<const volatile int64_t*>(info.ptr), idle_ns);
           })
       .def("unwatch", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_UNWATCH); })
-      .def(
-          "wait_started",
-          [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) { return s.wait_started(*h, timeout_ns); },
-          release_gil())
-      .def(
-          "wait_done",
-          [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) { return s.wait_done(*h, timeout_ns); },
-          release_gil());
+      .def("wait_started",
+           [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) {
+             int pid = -2;
+             wait_interruptibly(timeout_ns, [&](int64_t slice) {
+               pid = s.wait_started(*h, slice);
+               return pid != -2;
+             });
+             return pid;
+           })
+      .def("wait_done", [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) {
+        if (timeout_ns == 0) return s.wait_done(*h, 0);
+        return wait_interruptibly(timeout_ns, [&](int64_t slice) { return s.wait_done(*h, slice); });
+      });
 
   m.def("supervisor", &get_supervisor, py::arg("isolation"), py::arg("shepherd"), py::arg("drain_ns") = 0,
         py::return_value_policy::reference, release_gil());

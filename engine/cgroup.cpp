@@ -180,7 +180,8 @@ Leaf* CgroupTree::acquire(std::string* why) {
     Leaf* l = free_.back();
     free_.pop_back();
     l->in_use = true;
-    cpu_baseline(l);
+    if (!l->baseline_fresh) cpu_baseline(l);
+    l->baseline_fresh = false;
     return l;
   }
   auto l = std::make_unique<Leaf>();
@@ -225,15 +226,13 @@ void CgroupTree::release(Leaf* leaf) {
 
 static void read_cpu(int fd, uint64_t* user, uint64_t* sys) {
   *user = *sys = 0;
-  std::string s;
-  if (fd < 0 || !pread_all(fd, &s)) return;
-  std::istringstream in(s);
-  std::string k;
-  uint64_t v;
-  while (in >> k >> v) {
-    if (k == "user_usec") *user = v;
-    else if (k == "system_usec") *sys = v;
-  }
+  char buf[1024];
+  ssize_t n = fd < 0 ? -1 : pread(fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return;
+  buf[n] = '\0';
+  // "usage_usec N\nuser_usec N\nsystem_usec N\n..."
+  if (const char* p = strstr(buf, "user_usec ")) *user = strtoull(p + 10, nullptr, 10);
+  if (const char* p = strstr(buf, "system_usec ")) *sys = strtoull(p + 12, nullptr, 10);
 }
 
 void CgroupTree::cpu_baseline(Leaf* leaf) { read_cpu(leaf->cpu_fd, &leaf->cpu_user_us, &leaf->cpu_sys_us); }
@@ -243,6 +242,10 @@ void CgroupTree::cpu_delta(Leaf* leaf, uint64_t* user_us, uint64_t* sys_us) {
   read_cpu(leaf->cpu_fd, &u, &s);
   *user_us = u >= leaf->cpu_user_us ? u - leaf->cpu_user_us : 0;
   *sys_us = s >= leaf->cpu_sys_us ? s - leaf->cpu_sys_us : 0;
+  // The leaf is empty now, so this reading is the next task's baseline.
+  leaf->cpu_user_us = u;
+  leaf->cpu_sys_us = s;
+  leaf->baseline_fresh = true;
 }
 
 int CgroupTree::set_memory_max(Leaf* leaf, long long bytes) {

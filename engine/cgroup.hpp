@@ -37,6 +37,7 @@ struct Leaf {
   int events_fd = -1;  // cgroup.events: EPOLLPRI when "populated" changes
   int cpu_fd = -1;     // cpu.stat
   uint64_t cpu_user_us = 0, cpu_sys_us = 0;  // baseline at the start of the current task
+  bool baseline_fresh = false;  // cpu_* were read when the leaf last became empty
   bool has_memory_max = false;
   bool in_use = false;
   bool quarantined = false;  // could not be emptied: never reused

@@ -91,7 +91,50 @@ std::vector<std::pair<pid_t, pid_t>> list_processes() {
   return out;
 }
 
+// Children of every thread of pid, from /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN).
+// False when the kernel does not offer those files.
+static bool children_of(pid_t pid, std::vector<pid_t>* out) {
+  std::string base = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(base.c_str());
+  if (!d) return errno == ENOENT;  // the process is gone: no children
+  bool ok = true;
+  while (struct dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::string s;
+    if (!read_file(base + "/" + e->d_name + "/children", &s)) {
+      if (errno == ENOENT && access((base + "/" + e->d_name).c_str(), F_OK) != 0) continue;
+      ok = false;
+      break;
+    }
+    const char* p = s.c_str();
+    while (*p) {
+      char* end;
+      long c = strtol(p, &end, 10);
+      if (end == p) break;
+      out->push_back(static_cast<pid_t>(c));
+      p = end;
+      while (*p == ' ') ++p;
+    }
+  }
+  closedir(d);
+  return ok;
+}
+
 std::vector<pid_t> descendants_of(pid_t root) {
+  // Walk down from root through the children files: proportional to the tree, not to
+  // every process on the machine.
+  {
+    std::vector<pid_t> out, stack{root};
+    bool ok = true;
+    while (ok && !stack.empty()) {
+      pid_t p = stack.back();
+      stack.pop_back();
+      size_t before = out.size();
+      ok = children_of(p, &out);
+      for (size_t i = before; i < out.size(); ++i) stack.push_back(out[i]);
+    }
+    if (ok) return out;
+  }
   std::unordered_multimap<pid_t, pid_t> kids;
   for (auto& pp : list_processes()) kids.emplace(pp.second, pp.first);
   std::vector<pid_t> out, stack{root};

@@ -172,6 +172,7 @@ class Supervisor {
   void write_input(TaskState& t);
   void fire_timers();
   void arm_timerfd();
+  bool timer_live(const Timer& tm);
   void deadline(TaskState& t);
   void signal_tree(TaskState& t, int sig);
   void maybe_complete(TaskState& t);
@@ -182,7 +183,7 @@ class Supervisor {
   Config cfg_;
   std::unique_ptr<Rung> rung_;
   std::string rung_name_, rung_reason_;
-  int epfd_ = -1, wakefd_ = -1, timerfd_ = -1;
+  int epfd_ = -1, wakefd_ = -1, timerfd_ = -1, devnull_ = -1;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> woken_{false};
@@ -196,6 +197,7 @@ class Supervisor {
 
   // supervisor thread only
   std::unordered_map<uint64_t, std::unique_ptr<TaskState>> tasks_;
+  std::vector<uint64_t> finished_;  // completed this round; erased after the event batch
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
   int64_t armed_for_ = 0;
   bool shut_ = false;

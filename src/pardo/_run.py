@@ -413,35 +413,51 @@ def spawn(
             number. They are duplicated before ``spawn`` returns; close yours when you like.
         tag: any object, kept on the task as ``task.tag``.
     """
-    sup = _supervisor.get()
-    argv = _argv(args, shell)
-    timeout_ns = _seconds_to_ns(timeout, "timeout")
-    grace_ns = _seconds_to_ns(kill_grace, "kill_grace")
-    if grace_ns < 0:
-        grace_ns = 0
-    if isinstance(max_output, bool) or not isinstance(max_output, int) or max_output < 0:
+    sup = _supervisor._sup or _supervisor.get()
+    # The common case (a list of str, no deadline or a plain number, captured output)
+    # takes the short path: this function runs once per task of a large batch.
+    if not shell and args.__class__ is list and all(a.__class__ is str for a in args) and args:
+        argv = [a.encode("utf-8", "surrogateescape") for a in args]
+        if any(b"\0" in a for a in argv):
+            raise ValueError("an argument contains a NUL byte")
+    else:
+        argv = _argv(args, shell)
+    if timeout is None:
+        timeout_ns = -1
+    else:
+        timeout_ns = _seconds_to_ns(timeout, "timeout")
+    grace_ns = 2_000_000_000 if kill_grace == 2.0 else max(0, _seconds_to_ns(kill_grace, "kill_grace"))
+    if max_output.__class__ is not int or max_output < 0:
         raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
-    env_list = _env(env)
+    env_list = None if env is None else _env(env)
     cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
-    if isinstance(input, str):
-        input = input.encode()
-    elif input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
-        raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
+    if input is not None:
+        if isinstance(input, str):
+            input = input.encode()
+        elif isinstance(input, (bytes, bytearray, memoryview)):
+            input = bytes(input)
+        else:
+            raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
     if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
         raise TypeError(f"nice must be an int, not {type(nice).__name__}")
-    mem = parse_size(memory_limit) if memory_limit is not None else 0
-    to_close = []
-    try:
-        out_mode, out_fd = _stream(stdout, "stdout", to_close)
-        err_mode, err_fd = _stream(stderr, "stderr", to_close)
-        h = sup.submit(
-            argv, env_list, cwd_b, None if input is None else bytes(input), out_mode, out_fd,
-            err_mode, err_fd, max_output, _pass_fds(pass_fds), timeout_ns, grace_ns,
-            _cpus(cpus), nice, mem, bool(linger), queue._q if queue is not None else None,
-        )
-    finally:
-        for fd in to_close:
-            os.close(fd)
+    mem = 0 if memory_limit is None else parse_size(memory_limit)
+    cpu_list = [] if cpus is None else _cpus(cpus)
+    fds = _pass_fds(pass_fds) if pass_fds else []
+    qh = None if queue is None else queue._q
+    if stdout is None and stderr is None:
+        h = sup.submit(argv, env_list, cwd_b, input, 0, -1, 0, -1, max_output, fds, timeout_ns,
+                       grace_ns, cpu_list, nice, mem, bool(linger), qh)
+    else:
+        to_close = []
+        try:
+            out_mode, out_fd = _stream(stdout, "stdout", to_close)
+            err_mode, err_fd = _stream(stderr, "stderr", to_close)
+            h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
+                           max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem,
+                           bool(linger), qh)
+        finally:
+            for fd in to_close:
+                os.close(fd)
     task = Task(h, sup, args, tag, timeout, cwd_b)
     if queue is not None:
         queue._add(task)
@@ -497,11 +513,18 @@ def run(
             timeout, env values that are not strings).
         IsolationUnavailable: the isolation forced by ``PARDO_ISOLATION`` cannot be had.
     """
-    return spawn(
+    task = spawn(
         args, timeout=timeout, kill_grace=kill_grace, cwd=cwd, env=env, input=input,
         shell=shell, max_output=max_output, stdout=stdout, stderr=stderr, cpus=cpus,
         nice=nice, memory_limit=memory_limit, linger=linger,
-    ).wait()
+    )
+    try:
+        return task.wait()
+    except BaseException:
+        # Interrupted (Ctrl-C, an exception from a signal handler): the task must not
+        # outlive the call that started it.
+        task.kill()
+        raise
 
 
 class _LoopWaiter:
