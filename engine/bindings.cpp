@@ -173,8 +173,8 @@ PYBIND11_MODULE(_engine, m) {
           py::arg("out_fd"), py::arg("err_mode"), py::arg("err_fd"), py::arg("max_output"),
           py::arg("extra_fds"), py::arg("timeout_ns"), py::arg("grace_ns"), py::arg("cpus"),
           py::arg("nice"), py::arg("memory_limit"), py::arg("linger"), py::arg("queue"))
-      .def("kill", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_KILL); })
-      .def("terminate", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_TERM); })
+      .def("kill", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_KILL); }, py::arg("id"))
+      .def("terminate", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_TERM); }, py::arg("id"))
       .def(
           "watch",
           [](Supervisor& s, uint64_t id, py::buffer buf, int64_t idle_ns) {
@@ -184,8 +184,9 @@ PYBIND11_MODULE(_engine, m) {
             if (reinterpret_cast<uintptr_t>(info.ptr) % 8 != 0)
               throw py::value_error("a watch slot must be 8-byte aligned");
             s.command(id, Supervisor::OP_WATCH, static_cast<const volatile int64_t*>(info.ptr), idle_ns);
-          })
-      .def("unwatch", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_UNWATCH); })
+          },
+          py::arg("id"), py::arg("slot"), py::arg("idle_ns"))
+      .def("unwatch", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_UNWATCH); }, py::arg("id"))
       .def("wait_started",
            [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) {
              int pid = -2;
@@ -194,11 +195,12 @@ PYBIND11_MODULE(_engine, m) {
                return pid != -2;
              });
              return pid;
-           })
+           },
+           py::arg("handle"), py::arg("timeout_ns"))
       .def("wait_done", [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) {
         if (timeout_ns == 0) return s.wait_done(*h, 0);
         return wait_interruptibly(timeout_ns, [&](int64_t slice) { return s.wait_done(*h, slice); });
-      });
+      }, py::arg("handle"), py::arg("timeout_ns"));
 
   m.def("supervisor", &get_supervisor, py::arg("isolation"), py::arg("shepherd"), py::arg("drain_ns") = 0,
         py::return_value_policy::reference, release_gil());

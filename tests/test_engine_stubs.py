@@ -1,0 +1,22 @@
+"""The checked-in type stubs of pardo._engine match the compiled module.
+
+Regenerate with: pybind11-stubgen pardo._engine -o /tmp/stubs &&
+cp /tmp/stubs/pardo/_engine.pyi src/pardo/_engine.pyi
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+STUB = Path(__file__).resolve().parents[1] / "src" / "pardo" / "_engine.pyi"
+
+
+def test_stubs_are_current(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pybind11_stubgen", "pardo._engine", "-o", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    fresh = (tmp_path / "pardo" / "_engine.pyi").read_text()
+    assert fresh == STUB.read_text(), (
+        "src/pardo/_engine.pyi is out of date; regenerate it (see this test's docstring)")
