@@ -150,10 +150,15 @@ def pids_with_token(token: str) -> list[int]:
     return found
 
 
-def zombies_named(comm: str) -> list[int]:
-    """Zombie processes whose comm (first 15 bytes of the program name) is ``comm``."""
+def zombies_named(comm: str) -> dict[int, int]:
+    """Zombie processes whose comm (first 15 bytes of the program name) is ``comm``.
+
+    Returns:
+        {pid: parent pid}: a zombie of PID 1 waits for init to reap it; one of any other
+        parent is that parent's leak.
+    """
     comm = comm[:15]
-    found = []
+    found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -163,9 +168,9 @@ def zombies_named(comm: str) -> list[int]:
         except OSError:
             continue
         name = stat[stat.find("(") + 1 : stat.rfind(")")]
-        state = stat[stat.rfind(")") + 2 :].split(" ", 1)[0]
+        state, ppid = stat[stat.rfind(")") + 2 :].split(" ", 2)[:2]
         if name == comm and state == "Z":
-            found.append(int(entry.name))
+            found[int(entry.name)] = int(ppid)
     return found
 
 

@@ -7,13 +7,18 @@
  *
  * Driven by lines on stdin, answering one line on stdout per command:
  *   begin                  forget earlier events -> "ok"
- *   end ROOT DEADLINE_NS   replay the events since begin for the tree grown by
+ *   end ROOT DEADLINE_NS RETURN_NS
+ *                          replay the events since begin for the tree grown by
  *                          forks from ROOT (by fork lineage, so reparenting does not
  *                          hide anyone) -> "ROOT_FORK_NS LAST_EXIT_NS TOTAL AT_DEADLINE
- *                          FORKS_AFTER LOST ALIVE" where LAST_EXIT_NS is 0 while any
- *                          process of the tree lives, AT_DEADLINE is how many were alive
- *                          at DEADLINE_NS, FORKS_AFTER counts forks at or after it, LOST
- *                          is 1 if the kernel dropped events (ENOBUFS), and ALIVE lists
+ *                          FORKS_AFTER LOST LAST_PID LAST_FORK_NS AT_RETURN ALIVE" where
+ *                          LAST_EXIT_NS is 0 while any process of the tree lives,
+ *                          AT_DEADLINE is how many were alive at DEADLINE_NS, FORKS_AFTER
+ *                          counts forks at or after it, LOST is 1 if the kernel dropped
+ *                          events (ENOBUFS), LAST_PID is the process that died last and
+ *                          LAST_FORK_NS when it was forked (to tell a slow kill from a
+ *                          fork that raced it), AT_RETURN how many were alive at
+ *                          RETURN_NS (when the caller's call returned), and ALIVE lists
  *                          the live pids comma-separated, or "-".
  * Usage: _procwatch ALARM_S   (it exits when stdin closes, or at the alarm)
  */
@@ -83,37 +88,53 @@ static int find(const int32_t *set, size_t n, int32_t pid) {
     return -1;
 }
 
-static void replay(int32_t root, uint64_t deadline) {
+static void replay(int32_t root, uint64_t deadline, uint64_t returned) {
     size_t cap = 1024, n = 1;
     int32_t *live = malloc(cap * sizeof *live);
+    uint64_t *born = malloc(cap * sizeof *born);
     live[0] = root;
+    born[0] = 0;
+    int32_t last_pid = 0;
+    uint64_t last_fork = 0;
     uint64_t root_fork = 0, last_exit = 0;
-    long total = 1, at_deadline = -1, forks_after = 0;
+    long total = 1, at_deadline = -1, at_return = -1, forks_after = 0;
     for (size_t i = 0; i < log_len && n > 0; i++) {
         struct event *e = &log_[i];
         if (at_deadline < 0 && e->ts >= deadline) at_deadline = (long)n;
+        if (at_return < 0 && e->ts >= returned) at_return = (long)n;
         if (e->parent >= 0) {
-            if (e->pid == root) root_fork = e->ts;
+            if (e->pid == root) root_fork = born[0] = e->ts;
             if (find(live, n, e->parent) < 0) continue;
-            if (n == cap) live = realloc(live, (cap *= 2) * sizeof *live);
+            if (n == cap) {
+                cap *= 2;
+                live = realloc(live, cap * sizeof *live);
+                born = realloc(born, cap * sizeof *born);
+            }
+            born[n] = e->ts;
             live[n++] = e->pid;
             total++;
             if (e->ts >= deadline) forks_after++;
         } else {
             int k = find(live, n, e->pid);
             if (k < 0) continue;
+            last_pid = live[k];
+            last_fork = born[k];
             live[k] = live[--n];
+            born[k] = born[n];
             if (n == 0) last_exit = e->ts;
         }
     }
     if (at_deadline < 0) at_deadline = (long)n;
-    printf("%llu %llu %ld %ld %ld %d ", (unsigned long long)root_fork,
-           (unsigned long long)last_exit, total, at_deadline, forks_after, lost);
+    if (at_return < 0) at_return = (long)n;
+    printf("%llu %llu %ld %ld %ld %d %d %llu %ld ", (unsigned long long)root_fork,
+           (unsigned long long)last_exit, total, at_deadline, forks_after, lost, last_pid,
+           (unsigned long long)last_fork, at_return);
     if (n == 0) printf("-");
     for (size_t i = 0; i < n; i++) printf(i ? ",%d" : "%d", live[i]);
     printf("\n");
     fflush(stdout);
     free(live);
+    free(born);
 }
 
 int main(int argc, char **argv) {
@@ -161,9 +182,9 @@ int main(int argc, char **argv) {
             fflush(stdout);
         } else if (strncmp(line, "end ", 4) == 0) {
             int root;
-            unsigned long long deadline;
-            if (sscanf(line + 4, "%d %llu", &root, &deadline) != 2) return 2;
-            replay(root, deadline);
+            unsigned long long deadline, returned;
+            if (sscanf(line + 4, "%d %llu %llu", &root, &deadline, &returned) != 3) return 2;
+            replay(root, deadline, returned);
         } else {
             return 2;
         }

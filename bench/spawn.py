@@ -35,6 +35,15 @@ TARGET = 0.9
 TRUE = "/bin/true"
 
 
+def _cpu() -> float:
+    """CPU seconds used so far by this process and the children it reaped."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def pardo_worker(count: int, inflight: int) -> dict:
     """Run ``count`` tasks through pardo.spawn with ``inflight`` at a time."""
     import pardo
@@ -42,6 +51,7 @@ def pardo_worker(count: int, inflight: int) -> dict:
     q = pardo.ResultQueue()
     pardo.run([TRUE], timeout=60)  # start the supervisor outside the timing
     bad = []
+    cpu0 = _cpu()
     t0 = time.perf_counter()
     started = done = 0
     for _ in range(min(inflight, count)):
@@ -56,7 +66,8 @@ def pardo_worker(count: int, inflight: int) -> dict:
                 pardo.spawn([TRUE], timeout=60, queue=q)
                 started += 1
     elapsed = time.perf_counter() - t0
-    return {"elapsed": elapsed, "rung": str(pardo.isolation()), "bad": bad}
+    cpu = _cpu() - cpu0
+    return {"elapsed": elapsed, "cpu": cpu, "rung": str(pardo.isolation()), "bad": bad}
 
 
 def threads_worker(count: int, inflight: int) -> dict:
@@ -70,11 +81,13 @@ def threads_worker(count: int, inflight: int) -> dict:
 
     with ThreadPoolExecutor(inflight) as ex:
         one(0)  # warm the imports and the pool's first thread outside the timing
+        cpu0 = _cpu()
         t0 = time.perf_counter()
         codes = list(ex.map(one, range(count)))
         elapsed = time.perf_counter() - t0
+        cpu = _cpu() - cpu0
     bad = [f"exit {c}" for c in codes if c][:3]
-    return {"elapsed": elapsed, "bad": bad}
+    return {"elapsed": elapsed, "cpu": cpu, "bad": bad}
 
 
 def _worker_cmd(kind: str, count: int, inflight: int) -> list[str]:
@@ -84,11 +97,12 @@ def _worker_cmd(kind: str, count: int, inflight: int) -> list[str]:
     ]  # fmt: skip
 
 
-def measure(row: str, count: int, inflight: int) -> tuple[float, str | None]:
+def measure(row: str, count: int, inflight: int) -> tuple[float, float, str | None]:
     """One repetition of one row in a fresh process.
 
     Returns:
-        (elapsed seconds, isolation rung for pardo rows else None).
+        (elapsed seconds, CPU seconds of the launcher and its tasks, isolation rung for
+        pardo rows else None).
 
     Raises:
         RuntimeError: the row's process failed or some task did not exit 0.
@@ -100,7 +114,8 @@ def measure(row: str, count: int, inflight: int) -> tuple[float, str | None]:
                            stdout=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
         if p.returncode:
             raise RuntimeError(f"{row} exited {p.returncode}")
-        return float(p.stdout.split()[1]), None
+        _count, elapsed, cpu = p.stdout.split()
+        return float(elapsed), float(cpu), None
     if row.startswith("pardo"):
         rung = row.partition(":")[2]
         if rung != "auto":
@@ -114,7 +129,7 @@ def measure(row: str, count: int, inflight: int) -> tuple[float, str | None]:
     r = json.loads(p.stdout)
     if r["bad"]:
         raise RuntimeError(f"{row}: tasks did not exit 0: {r['bad']}")
-    return r["elapsed"], r.get("rung")
+    return r["elapsed"], r["cpu"], r.get("rung")
 
 
 def main() -> None:
@@ -139,6 +154,10 @@ def main() -> None:
     rows = ["floor", "floor+capture"] + [f"pardo:{r}" for r in a.rungs.split(",") if r]
     rows.append("threads")
     times: dict[str, list[float]] = {r: [] for r in rows}
+    cpus: dict[str, list[float]] = {r: [] for r in rows}
+    # Ratios are paired: each row's time against the floor's time of the same repetition,
+    # measured moments apart, so drifts in machine speed cancel out.
+    ratios: dict[str, list[float]] = {r: [] for r in rows}
     rung_of: dict[str, str] = {}
     errors: dict[str, str] = {}
     print(
@@ -151,16 +170,18 @@ def main() -> None:
             if row in errors:
                 continue
             try:
-                elapsed, rung = measure(row, a.count, a.inflight)
+                elapsed, cpu, rung = measure(row, a.count, a.inflight)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 errors[row] = str(e)
                 continue
             times[row].append(elapsed)
+            cpus[row].append(cpu)
+            if len(times["floor"]) == rep + 1:
+                ratios[row].append(times["floor"][rep] / elapsed)
             if rung:
                 rung_of[row] = rung
         print(f"  repetition {rep + 1}/{a.reps} done", file=sys.stderr, flush=True)
 
-    floor = C.median(times["floor"]) if times["floor"] else None
     table = []
     for row in rows:
         name = row
@@ -168,20 +189,29 @@ def main() -> None:
             asked = row.partition(":")[2]
             rung = rung_of.get(row, asked)
             name = f"pardo ({rung}{', auto' if asked == 'auto' and rung != 'auto' else ''})"
-        if row in errors:
-            table.append([name, "failed", "", "", errors[row][:60]])
+        if row in errors or not times[row]:
+            table.append([name, "failed", "", "", ""])
             continue
         med = C.median(times[row])
-        rate = a.count / med
-        ratio = floor / med if floor else float("nan")
         spread = f"{a.count / max(times[row]):.0f}..{a.count / min(times[row]):.0f}"
-        table.append([name, rate, spread, ratio, med / a.count * 1e6 * a.inflight])
+        ratio = C.median(ratios[row]) if ratios[row] else float("nan")
+        cpu = C.median(cpus[row])
+        cpu_ratio = C.median(cpus["floor"]) / cpu if cpus["floor"] else float("nan")
+        table.append([name, a.count / med, spread, ratio, cpu / a.count * 1e6, cpu_ratio])
     print()
-    C.print_table(["row", "tasks/s", "range", "x floor", "us/task/slot"], table)
+    headers = ["row", "tasks/s", "range", "x floor", "CPU us/task", "x floor CPU"]
+    C.print_table(headers, table)
+    print(
+        "\nx floor: median over repetitions of floor time / row time, each pair measured "
+        "back to back.\nCPU: user+system time of the launcher and of its tasks, per task. "
+        "x floor CPU: floor CPU / row CPU;\nwith nproc tasks in flight on nproc CPUs the work "
+        "is CPU-bound, so this is the throughput\nratio to expect on a quiet machine, and "
+        "outside load barely moves it."
+    )
     print()
     for row in rows:
-        if row.startswith("pardo") and row not in errors and floor:
-            ratio = floor / C.median(times[row])
+        if row.startswith("pardo") and row not in errors and ratios[row]:
+            ratio = C.median(ratios[row])
             verdict = "meets" if ratio >= TARGET else "MISSES"
             print(f"{row}: {ratio:.2f}x the floor -> {verdict} the target (>= {TARGET}x)")
         elif row in errors:

@@ -99,6 +99,8 @@ def cpu_load(zoo: Zoo, procs: int | None = None):
     try:
         time.sleep(0.1)  # let them get going
         yield busy
+        dead = [p.pid for p in busy if p.poll() is not None]
+        assert not dead, f"busy loops {dead} ended early: the load was not there throughout"
     finally:
         for p in busy:
             p.kill()
@@ -148,6 +150,19 @@ def no_leaks(engine_started):
     assert not zombies, f"zombie children left: {zombies}"
     assert not kids, f"live children left: {kids}"
     assert not leaks, f"leaked fds: {leaks}"
+
+
+@pytest.fixture(scope="session")
+def nobody_pythonpath(zoo):
+    """A PYTHONPATH under which user nobody can import pardo with /usr/bin/python3."""
+    if os.geteuid() != 0:
+        pytest.skip("the unprivileged rung is tested by switching to user nobody, which needs root")
+    return copy_package_for_nobody(zoo.dir / "nobody")
+
+
+def nobody_env(pythonpath, home) -> dict:
+    """A minimal environment for a process run as nobody."""
+    return {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pythonpath), "HOME": str(home)}
 
 
 def cgroup2_writable() -> str | None:
@@ -227,5 +242,5 @@ def as_nobody_argv(argv: list) -> list:
 
 
 def _as_nobody(argv, pythonpath, cwd):
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pythonpath), "HOME": str(cwd)}
-    return subprocess.run(as_nobody_argv(argv), env=env, cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(as_nobody_argv(argv), env=nobody_env(pythonpath, cwd), cwd=cwd,
+                          capture_output=True, text=True)

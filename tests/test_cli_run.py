@@ -57,6 +57,8 @@ def test_unknown_option_suggests_the_closest():
     (["--timeout", "soon", "echo", ":::", "a"], "--timeout"),
     (["echo {= 1 =}", ":::", "a"], "perl"),
     (["--resume", "echo", ":::", "a"], "--joblog"),
+    (["echo", "{3}", ":::", "a", ":::", "b"], "{3} refers to input 3, but there are only 2"),
+    (["-N2", "echo", "{3}", ":::", "a"], "{3}"),
 ])
 def test_bad_input_is_one_line_not_a_traceback(args, needle):
     p = run(args)
@@ -82,7 +84,7 @@ def test_argument_over_the_system_limit_fails_that_task_only():
 
 def test_non_utf8_input_passes_through():
     data = b"\xff\xfe a\n\x80\n"
-    p = run(["-k", "printf", "%s\\n"], stdin=data)
+    p = run(["-k", "printf '%s\\n'"], stdin=data)
     assert p.stdout == data
 
 
@@ -119,9 +121,9 @@ def test_retries(tmp_path):
     assert counter.read_text().count("x") == 3
     counter.write_text("")
     # succeeds on the second attempt: not a failure, one output
-    p = run(["--retries", "3", f"echo x >> {counter}; test $(wc -l < {counter}) -ge 2 && echo done",
+    p = run(["--retries", "3", f"echo x >> {counter}; test $(wc -l < {counter}) -ge 2 && echo done {{}}",
              ":::", "a"])
-    assert p.returncode == 0 and p.stdout == b"done\n"
+    assert p.returncode == 0 and p.stdout == b"done a\n"
 
 
 def test_halt_now_kills_running_and_exits_with_the_failing_status():
@@ -252,3 +254,81 @@ def _survivors(token):
                 and b"pardo run" not in cmd.replace(b"\0", b" "):
             n += 1
     return n
+
+
+def _first_line_within(cmd, seconds, stdin=None):
+    """Start cmd; return (first stdout line, seconds it took), then clean up."""
+    p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.monotonic()
+        line = p.stdout.readline()
+        return p, line, time.monotonic() - t0
+    finally:
+        if stdin is None:
+            p.kill()
+            p.wait()
+
+
+def test_line_buffer_prints_lines_while_the_task_runs():
+    p, line, took = _first_line_within(pardo_cmd() + ["--line-buffer", "--tag",
+                                                      "echo start; sleep 20", ":::", "x"], 10)
+    assert line == b"x\tstart\n"
+    assert took < 5
+
+
+def test_group_mode_prints_a_task_whole_when_it_ends():
+    p = run(["-j2", "--tag", "echo 1{}; sleep 0.{}; echo 2{}", ":::", "3", "1"])
+    assert p.stdout == b"1\t11\n1\t21\n3\t13\n3\t23\n"
+
+
+def test_stdin_streams_tasks_start_before_input_ends():
+    p = subprocess.Popen(pardo_cmd() + ["echo", "got"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        p.stdin.write(b"first\n")
+        p.stdin.flush()
+        t0 = time.monotonic()
+        assert p.stdout.readline() == b"got first\n"  # while stdin is still open
+        assert time.monotonic() - t0 < 10
+        p.stdin.write(b"second\n")
+        p.stdin.close()
+        assert p.stdout.read() == b"got second\n"
+        assert p.wait(timeout=10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_nothing_extra_on_stderr_when_it_is_not_a_terminal():
+    p = run(["--bar", "echo", ":::", "a"])
+    assert p.stdout == b"a\n" and p.stderr == b""
+
+
+def test_bar_and_summary_on_a_terminal():
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(pardo_cmd() + ["--bar", "-j2", "sleep 0.3; echo {}", ":::", "1", "2",
+                                            "3"], stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        out, _ = p.communicate(timeout=30)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert sorted(out.split()) == [b"1", b"2", b"3"]
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).decode("utf-8", "replace")
+    assert "3/3" in text and "ok 3" in text  # the bar, with counts per status
+    assert "pardo: 3 tasks in" in text and "(3 ok)" in text  # the summary

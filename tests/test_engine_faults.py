@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import os
 import select
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ import time
 import pytest
 
 import pardo
-from conftest import audit, cgroup2_writable
+from conftest import as_nobody_argv, audit, cgroup2_writable, nobody_env
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -82,33 +83,29 @@ def _cgroup_of(pid):
     return None
 
 
-def _cgroup2_mount():
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[:1] == ["cgroup2"]:
-                return left.split()[4]
-    return None
-
-
-@pytest.mark.parametrize("rung", ["cgroup", "shepherd"])
-def test_supervisor_killed_leaves_no_survivors(zoo, rung, tmp_path):
-    """SIGKILL the Python process that owns running trees (one with escapees and a TERM
-    ignorer): every task process dies within 2 s; in the cgroup rung a later supervisor
-    leaves no cgroup of the dead one behind."""
+@pytest.mark.parametrize("rung", ["cgroup", "shepherd", "shepherd-nobody"])
+def test_supervisor_killed_leaves_no_survivors(zoo, rung, request):
+    """SIGKILL the Python process that owns running trees (one with escapees, a TERM
+    ignorer and a fork storm): every task process dies within 2 s; in the cgroup rung a
+    later supervisor leaves no cgroup of the dead one behind."""
     if rung == "cgroup" and not cgroup2_writable():
         pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
     token = zoo.token()
-    script = tmp_path / "owner.py"
+    script = zoo.dir / f"owner-{token}.py"
     script.write_text(SUPERVISOR_SCRIPT)
+    script.chmod(0o644)
+    argv = [sys.executable, str(script), str(zoo.bin), token]
     env = {**os.environ, "PARDO_ISOLATION": rung}
-    p = subprocess.Popen([sys.executable, str(script), str(zoo.bin), token], env=env,
+    if rung == "shepherd-nobody":
+        argv = as_nobody_argv(["/usr/bin/python3", *argv[1:]])
+        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    p = subprocess.Popen(argv, env=env, cwd=zoo.dir,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         ready, _, _ = select.select([p.stdout], [], [], 60)
         assert ready, "the supervisor process never reported its tasks"
         line = p.stdout.readline().split()
-        assert line and line[0].decode() == rung, (line, p.stderr.read1(4000))
+        assert line and line[0].decode() == rung.split("-")[0], (line, p.stderr.read1(4000))
         end = time.monotonic() + 5
         while len(audit.token_processes(token)) < SUPERVISOR_TREES and time.monotonic() < end:
             time.sleep(0.02)
@@ -118,17 +115,19 @@ def test_supervisor_killed_leaves_no_survivors(zoo, rung, tmp_path):
         p.kill()
         p.wait()
         left = audit.survivors(token, settle=2.0)
-        assert left == [], f"{len(left)} task process(es) outlived their SIGKILLed supervisor"
+        assert left == [], (f"{len(left)} task process(es) outlived their SIGKILLed "
+                            f"supervisor: {left[:8]}")
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
         p.stdout.close()
         p.stderr.close()
+        script.unlink()
         audit.kill_all(audit.token_processes(token))
 
     if rung == "cgroup":
-        mount = _cgroup2_mount()
+        mount = audit.cgroup2_mount()
         leaves = [g for g in groups if g and g != "/"]
         assert leaves, f"task processes were not in a cgroup of their own: {groups}"
         # A new supervisor sweeps what dead ones left.
@@ -137,6 +136,103 @@ def test_supervisor_killed_leaves_no_survivors(zoo, rung, tmp_path):
         assert r.stdout.strip() == "ok", r.stderr
         stale = [g for g in leaves if os.path.exists(mount + g)]
         assert not stale, f"cgroups of the dead supervisor still there: {stale}"
+
+
+def test_cgroup_leaf_pool_stays_bounded(engine_started):
+    """The cgroup rung may keep task leaves open for reuse, but their number follows the
+    tasks in flight at once, not the tasks run."""
+    if engine_started != "cgroup":
+        pytest.skip(f"this process runs the {engine_started} rung")
+    mount = audit.cgroup2_mount()
+
+    def cgroup_fds():
+        return sum(t.startswith(mount + "/") for t in audit.fd_table().values())
+
+    def batch(n):
+        for t in [pardo.spawn(["/bin/true"]) for _ in range(n)]:
+            assert t.wait(timeout=30).ok
+
+    batch(20)
+    after_first = cgroup_fds()
+    for _ in range(5):
+        batch(20)
+    for _ in range(50):
+        batch(1)
+    assert cgroup_fds() <= after_first, (after_first, cgroup_fds())
+
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import sys, time, pardo
+    zoo, token = sys.argv[1], sys.argv[2]
+    env = {"PARDO_ZOO_TOKEN": token, "PATH": "/usr/bin:/bin"}
+    print("running", flush=True)
+    t0 = time.monotonic()
+    try:
+        pardo.run([zoo, "tree", token], env=env, timeout=30)
+        print("returned", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", round(time.monotonic() - t0, 3), flush=True)
+    time.sleep(30)  # stays alive: the tree must be gone without this process exiting
+""")
+
+
+@pytest.mark.parametrize("rung", ["cgroup", "shepherd"])
+def test_ctrl_c_during_run_raises_and_kills_the_tree(zoo, rung):
+    """SIGINT while run() waits: KeyboardInterrupt comes at once, and the task's tree is
+    killed although the Python process lives on."""
+    if rung == "cgroup" and not cgroup2_writable():
+        pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
+    token = zoo.token()
+    p = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(zoo.bin), token],
+                         env={**os.environ, "PARDO_ISOLATION": rung},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready and p.stdout.readline() == b"running\n", p.stderr.read1(4000)
+        _wait_for_procs(token, 1 + 13)
+        p.send_signal(signal.SIGINT)
+        ready, _, _ = select.select([p.stdout], [], [], 5)
+        assert ready, "no KeyboardInterrupt within 5 s of SIGINT"
+        line = p.stdout.readline().split()
+        assert line[:1] == [b"interrupted"], (line, p.stderr.read1(4000))
+        end = time.monotonic() + 2.0  # the owner carries the token in its argv: not counted
+        while (left := [x for x in audit.token_processes(token) if x["pid"] != p.pid]):
+            assert time.monotonic() < end, f"the tree outlived the interrupted run(): {left[:5]}"
+            time.sleep(0.02)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        audit.kill_all(audit.token_processes(token))
+
+
+OUT_OF_FDS_SCRIPT = textwrap.dedent("""
+    import collections, resource, pardo
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+    tasks = [pardo.spawn(["sleep", "0.3"]) for _ in range(150)]
+    kinds = collections.Counter()
+    for t in tasks:
+        r = t.wait(timeout=60)
+        kinds["ok" if r.ok else f"{r.status}: {r.error}"] += 1
+    after = pardo.run(["echo", "after"])
+    print(dict(kinds))
+    print(after.status, after.stdout)
+""")
+
+
+def test_out_of_descriptors_is_a_clear_error_and_the_engine_recovers():
+    """More tasks at once than RLIMIT_NOFILE allows: each task either runs or ends with
+    status "error" naming the cause; nothing hangs, and later tasks run again."""
+    r = subprocess.run([sys.executable, "-c", OUT_OF_FDS_SCRIPT], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kinds_line, after_line = r.stdout.strip().splitlines()
+    kinds = eval(kinds_line)  # a dict printed by our own script
+    assert sum(kinds.values()) == 150
+    assert all(k == "ok" or ("error" in k and "Too many open files" in k) for k in kinds), kinds
+    assert after_line == "ok b'after\\n'", after_line
 
 
 # --- bad input: each a clear error --------------------------------------------------
@@ -298,9 +394,30 @@ def test_result_queue_delivers_every_task():
     assert sorted(t.tag for t in got) == list(range(20))
     assert all(t.done() and t.result.status == "ok" for t in got)
     assert {id(t) for t in got} == {id(t) for t in tasks}
+    assert len(q) == 0
+    slow = pardo.spawn(["sleep", "5"], queue=q)
     with pytest.raises(TimeoutError):
         q.get(timeout=0.05)
-    assert len(q) == 0
+    assert q.get_many(timeout=0.05) == []
+    slow.kill()
+    assert q.get(timeout=5) is slow and slow.result.status == "cancelled"
+    with pytest.raises(RuntimeError):  # nothing in flight: waiting would never end
+        q.get()
+
+
+def test_dropped_queue_with_undelivered_tasks_frees_its_fd():
+    """A ResultQueue dropped while finished tasks still sit in it must not keep its
+    descriptor (or the tasks) alive; no_leaks checks the fd."""
+    import gc
+
+    q = pardo.ResultQueue()
+    t = pardo.spawn(["sh", "-c", "echo done > /dev/null"], queue=q)
+    end = time.monotonic() + 10
+    while not t.done() and time.monotonic() < end:
+        time.sleep(0.01)
+    time.sleep(0.1)  # finished by now in any case: it is in the queue, undelivered
+    del q, t
+    gc.collect()
 
 
 def test_result_queue_fileno_with_selectors():

@@ -2,8 +2,6 @@
 
 import io
 import itertools
-import os
-import resource
 import subprocess
 import sys
 

@@ -18,34 +18,29 @@ import time
 
 import pytest
 
-from conftest import as_nobody_argv, audit, cgroup2_writable, copy_package_for_nobody, cpu_load
+from conftest import as_nobody_argv, audit, cgroup2_writable, cpu_load, nobody_env
 
 import driver  # tests/zoo/driver.py (conftest put tests/zoo on sys.path)
 
 RUNGS = ["cgroup", "shepherd", "shepherd-nobody"]
 LOADS = ["idle", "loaded"]
-ADVERSARIES = list(driver.ADVERSARIES)
+ADVERSARIES = driver.CASES
 DRIVER_TIMEOUT = 150  # seconds; a driver normally takes well under 20
 
 
 class Matrix:
     """Runs one driver per (rung, load) on first demand and keeps its report."""
 
-    def __init__(self, zoo):
+    def __init__(self, zoo, request):
         self.zoo = zoo
         self.reports = {}
-        self._nobody_path = None
+        self._request = request
 
     def report(self, rung, load):
         key = (rung, load)
         if key not in self.reports:
             self.reports[key] = self._run(rung, load)
         return self.reports[key]
-
-    def nobody_pythonpath(self):
-        if self._nobody_path is None:
-            self._nobody_path = copy_package_for_nobody(self.zoo.dir / "nobody")
-        return self._nobody_path
 
     def driver_command(self, rung, load, only=(), keep_survivors=False):
         """(argv, env, cwd) running the driver for ``rung``."""
@@ -57,8 +52,7 @@ class Matrix:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARDO_")}
         if rung == "shepherd-nobody":
             # Not forced: the unprivileged process must pick the shepherd rung by itself.
-            env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.nobody_pythonpath()),
-                   "HOME": str(self.zoo.dir)}
+            env = nobody_env(self._request.getfixturevalue("nobody_pythonpath"), self.zoo.dir)
             return as_nobody_argv(["/usr/bin/python3", *args]), env, self.zoo.dir
         env["PARDO_ISOLATION"] = rung
         return [sys.executable, *args], env, None
@@ -86,15 +80,15 @@ class Matrix:
         # As root, look again for anything carrying a case's token (the unprivileged
         # driver cannot see processes of other users), and clean up what we find.
         for case in rep["cases"].values():
-            late = audit.survivors(case["token"], settle=0)
+            late = [p for t in case["tokens"] for p in audit.survivors(t, settle=0)]
             audit.kill_all(late)
             case["late_survivors"] = late
         return rep
 
 
 @pytest.fixture(scope="session")
-def matrix(zoo):
-    return Matrix(zoo)
+def matrix(zoo, request):
+    return Matrix(zoo, request)
 
 
 def _require_rung(rep, rung):

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import heapq
 import os
+import queue
 import re
 import selectors
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -144,7 +146,7 @@ class _RunningMedian:
 
 class _Job:
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line")
+                 "argv", "shell_line", "pipes")
 
     def __init__(self, seq, args, argv=None):
         self.seq = seq
@@ -157,6 +159,68 @@ class _Job:
         self.kill_reason = None
         self.result = None
         self.shell_line = None
+        self.pipes = None  # line mode: {read fd: (stream number, pending partial line)}
+
+
+_NOT_YET = object()
+_END = object()
+
+
+class _Prefetch:
+    """Reads jobs from a possibly blocking iterator on a daemon thread into a bounded queue.
+
+    ``next()`` never blocks: it gives a job, ``_NOT_YET`` (the thread writes to the wake fd
+    when one arrives), or raises StopIteration at the end. An exception raised by the
+    iterator is re-raised in the loop's thread.
+    """
+
+    def __init__(self, it, wake_fd, size):
+        self._q = queue.Queue(size)
+        self._wake_fd = wake_fd
+        # The thread may still be blocked on a read when the batch ends; once closed it
+        # must not write to the wake fd, whose number may by then belong to another file.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._t = threading.Thread(target=self._run, args=(iter(it),), daemon=True,
+                                   name="pardo-input")
+        self._t.start()
+
+    def _run(self, it):
+        try:
+            for job in it:
+                self._q.put(job)
+                self._wake()
+        except BaseException as e:  # noqa: BLE001 - handed to the loop's thread
+            self._q.put(e)
+        self._q.put(_END)
+        self._wake()
+
+    def _wake(self):
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_fd, b"i")
+            except OSError:
+                pass  # full: a wake-up is pending already
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            item = self._q.get_nowait()
+        except queue.Empty:
+            return _NOT_YET
+        if item is _END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
 
 class Batch:
@@ -169,7 +233,8 @@ class Batch:
     def __init__(self, template: Template, jobs_iter, *, jobs=None, timeout=None,
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
-                 stdout=None, stderr=None, shell="/bin/sh", results=None):
+                 stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
+                 input_may_block=False):
         import pardo
 
         self._pardo = pardo
@@ -185,6 +250,13 @@ class Batch:
         self._pin = [[cpus[(s - 1) % len(cpus)]] for s in range(self.jobs + 1)] if pin else None
         self._shell = encode(shell)
         self._results_dir = results
+        # line mode (--line-buffer): output comes through our own pipes, whole lines at a
+        # time, to line_sink(job, stream, data) while tasks run
+        self._line_sink = line_sink
+        # An input that can block (a pipe, a terminal) is read on a thread, so that the
+        # loop keeps reaping and starting tasks while it waits for the next line.
+        self._input_may_block = input_may_block
+        self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
                      ("env", env), ("cwd", cwd), ("max_output", max_output),
@@ -250,9 +322,39 @@ class Batch:
         if self._pin is not None:
             kw = dict(kw, cpus=self._pin[slot])
         job.started = time.monotonic()
-        job.task = self._pardo.spawn(self._command_args(job, slot), queue=q, tag=job, **kw)
+        if self._line_sink is None:
+            job.task = self._pardo.spawn(self._command_args(job, slot), queue=q, tag=job, **kw)
+        else:
+            (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
+            try:
+                job.task = self._pardo.spawn(self._command_args(job, slot), queue=q, tag=job,
+                                             **dict(kw, stdout=w1, stderr=w2))
+            finally:
+                os.close(w1)  # the engine holds its own copies now
+                os.close(w2)
+            job.pipes = {r1: [1, b""], r2: [2, b""]}
+            for fd in job.pipes:
+                self._sel.register(fd, selectors.EVENT_READ, job)
         self.running[job.task] = job
         self.started += 1
+
+    def _pipe_readable(self, job, fd):
+        """Read what a line-mode pipe has; hand complete lines (or the last, unterminated
+        one at EOF) to the sink."""
+        entry = job.pipes[fd]
+        data = os.read(fd, 1 << 16)
+        if data:
+            buf = entry[1] + data
+            cut = buf.rfind(b"\n") + 1
+            if cut:
+                self._line_sink(job, entry[0], buf[:cut])
+            entry[1] = buf[cut:]
+            return
+        if entry[1]:
+            self._line_sink(job, entry[0], entry[1])
+        self._sel.unregister(fd)
+        os.close(fd)
+        del job.pipes[fd]
 
     def _limit(self):
         """The current N%-of-median deadline in seconds, or None."""
@@ -301,6 +403,11 @@ class Batch:
         """Handle one completed task; return its job if that job is done for good."""
         job = self.running.pop(task)
         r = task.result
+        if job.pipes:
+            # The whole tree is gone, so every writer is closed: read to EOF.
+            for fd in list(job.pipes):
+                while fd in job.pipes:
+                    self._pipe_readable(job, fd)
         if job.kill_reason == "timeout":
             r.status = Status.TIMEOUT
             r.deadline = self._limit()
@@ -330,12 +437,16 @@ class Batch:
         pardo = self._pardo
         q = pardo.ResultQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        sel = selectors.DefaultSelector()
-        sel.register(q.fileno(), selectors.EVENT_READ)
+        sel = self._sel = selectors.DefaultSelector()
+        qfd = q.fileno()
+        sel.register(qfd, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
         free = list(range(self.jobs, 0, -1))  # pop() hands out the lowest slot first
         order = deque()
-        source = iter(self._jobs_iter)
+        if self._input_may_block:
+            source = _Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * self.jobs))
+        else:
+            source = iter(self._jobs_iter)
         exhausted = False
         next_start = 0.0
         killed = False
@@ -353,6 +464,8 @@ class Batch:
                     if job is None:
                         exhausted = True
                         break
+                    if job is _NOT_YET:
+                        break  # the prefetch thread wakes us when the next one is read
                     self._start(job, free.pop(), q)
                     if self.keep_order:
                         order.append(job)
@@ -360,21 +473,25 @@ class Batch:
                     killed = True
                     for job in self.running.values():
                         job.task.kill()
-                if not self.running:
+                if not self.running and (exhausted or self._stop_reason is not None):
                     break
                 if self._median is not None:
                     nxt = self._enforce_fraction(time.monotonic())
                     if nxt is not None:
                         wait = nxt if wait is None else min(wait, nxt)
-                done = q.get_many(timeout=0)
-                if not done:
-                    for key, _ in sel.select(wait):
-                        if key.fd == self._wake_r:
-                            try:
-                                os.read(self._wake_r, 4096)
-                            except BlockingIOError:
-                                pass
-                    done = q.get_many(timeout=0)
+                # Wait on the queue's fd first and pop only when it is readable: a pop that
+                # finds the queue empty costs a timed condition-variable wait.
+                done = ()
+                for key, _ in sel.select(wait):
+                    if key.fd == qfd:
+                        done = q.get_many(timeout=0)
+                    elif key.data is not None:
+                        self._pipe_readable(key.data, key.fd)
+                    else:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
                 for task in done:
                     job = self._finish(task, q)
                     if job is None:
@@ -394,6 +511,11 @@ class Batch:
                     task.wait()
                 except Exception:
                     pass
+            if isinstance(source, _Prefetch):
+                source.close()
+            for job in list(self.running.values()):
+                for fd in job.pipes or ():
+                    os.close(fd)
             self.running.clear()
             sel.close()
             os.close(self._wake_r)

@@ -274,6 +274,8 @@ def main(argv: list[str]) -> int:
     except UsageError as e:
         print(f"pardo run: {e}", file=sys.stderr)
         return 255
+    except KeyboardInterrupt:  # Ctrl-C before the batch loop took over the signal
+        return 130
     except OSError as e:
         where = f" {e.filename!r}" if e.filename else ""
         print(f"pardo run: {e.strerror or e}{where}", file=sys.stderr)
@@ -303,15 +305,22 @@ def _main(argv):
     per_job = n_replace if n_replace is not None else n_args
     template = Template(command, replace=opts.get("replace") or "{}",
                         context=n_replace is not None)
-    if template.max_position and not sources:
-        pass  # stdin: positions come from --colsep columns
     if not sources:
         if opts.get("retry_failed"):
             sources = []
         elif sys.stdin is None or sys.stdin.closed:
             raise UsageError("no input: give ::: values, :::: files, -a FILE, or pipe stdin")
+        elif not command and os.isatty(sys.stdin.fileno()):
+            raise UsageError("missing command: pardo run COMMAND ::: VALUES (see --help)")
         else:
             sources = [Source(path="-")]
+    n_sources = len(sources) * (per_job or 1)
+    if (template.max_position > n_sources and opts.get("colsep") is None
+            and not opts.get("retry_failed")):
+        raise UsageError(
+            f"{{{template.max_position}}} refers to input {template.max_position}, but there "
+            f"{'is only 1' if n_sources == 1 else f'are only {n_sources}'}; add an input "
+            "source or use --colsep")
     for s in sources:
         s.open(stdin=sys.stdin.buffer if s.path == "-" else None)
     if opts.get("null"):
@@ -362,7 +371,7 @@ def _main(argv):
     kill_grace = _float(opts, "kill_grace", 2.0)
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
-    ungroup = opts.get("ungroup") or opts.get("line_buffer")
+    view = _View(opts)
     import pardo
 
     batch = Batch(
@@ -371,69 +380,94 @@ def _main(argv):
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
         delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
         memory_limit=_size(opts["memory_limit"]) if opts.get("memory_limit") else None,
-        max_output=None if ungroup else _size(opts.get("max_output", "256M")),
-        stdout=pardo.INHERIT if ungroup else None, stderr=pardo.INHERIT if ungroup else None,
+        max_output=_size(opts.get("max_output", "256M")) if view.mode == "group" else None,
+        stdout=pardo.INHERIT if view.mode == "ungroup" else None,
+        stderr=pardo.INHERIT if view.mode == "ungroup" else None,
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
+        line_sink=view.line if view.mode == "line" else None,
+        input_may_block=any(s.may_block() for s in sources),
     )
-    return _execute(batch, opts, total, joblog_path, resuming)
+    return _execute(batch, view, opts, total, joblog_path, resuming)
 
 
-def _execute(batch, opts, total, joblog_path, resuming):
+class _View:
+    """How task output reaches our stdout/stderr: grouped per task (default), line by line
+    (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
+
+    def __init__(self, opts):
+        self.out, self.err = _Out(1), _Out(2)
+        self.mode = ("ungroup" if opts.get("ungroup") else
+                     "line" if opts.get("line_buffer") else "group")
+        self._tag = bool(opts.get("tag"))
+        self._tag_template = None
+        if opts.get("tagstring") is not None:
+            from ._template import Template
+
+            self._tag_template = Template([opts["tagstring"]])
+            self._tag_template.quote = False  # GNU: the tag shows values as they are
+        self.verbose = opts.get("verbose")
+
+    def tag_of(self, inputs, seq, slot):
+        if self._tag_template is not None:
+            t = self._tag_template.command(inputs, seq, slot)
+        elif self._tag:
+            t = " ".join(inputs)
+        else:
+            return None
+        return t.encode("utf-8", "surrogateescape") + b"\t"
+
+    def line(self, job, stream, data):
+        """Batch's line sink: whole lines of a running task."""
+        tag = self.tag_of(job.args, job.seq, job.slot)
+        (self.out if stream == 1 else self.err).write(_tagged(data, tag) if tag else data)
+
+    def grouped(self, r, line):
+        """A finished task's captured output, all at once."""
+        if self.verbose:
+            self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        so, se = r.stdout, r.stderr
+        tag = self.tag_of(r.inputs, r.seq, r.slot)
+        if tag:
+            so = _tagged(so, tag) if so else so
+            se = _tagged(se, tag) if se else se
+        self.out.write(so)
+        self.err.write(se)
+        if r.output_truncated:
+            self.err.write(f"pardo: output of task {r.seq} was cut at --max-output\n".encode())
+
+
+def _execute(batch, view, opts, total, joblog_path, resuming):
     from ._joblog import JobLog, exit_fields
     from ._report import Progress, Summary
     from ._result import Status
 
-    out, err = _Out(1), _Out(2)
+    out, err = view.out, view.err
     joblog = JobLog(joblog_path, append=bool(resuming)) if joblog_path else None
     tty = os.isatty(2)
     want_summary = opts.get("summary") or (tty and not opts.get("no_summary"))
     summary = Summary() if want_summary else None
-    tag = opts.get("tag")
-    tagstring = opts.get("tagstring")
-    tag_template = None
-    if tagstring is not None:
-        from ._template import Template
-
-        tag_template = Template([tagstring])
-        tag_template.quote = False
-    verbose = opts.get("verbose")
-    ungroup = opts.get("ungroup") or opts.get("line_buffer")
+    needs_line = joblog is not None or view.verbose or summary is not None
 
     def on_signal(signum, frame):
         batch.stop(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     progress = None
-    if tty and (opts.get("bar") or not os.isatty(1)) and not opts.get("no_bar"):
+    if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, total)
     try:
         if progress is not None:
             progress.__enter__()
         for r in batch:
             job = r.job
-            needs_line = joblog is not None or verbose or summary is not None
             line = batch.command_line(job) if needs_line else None
             if r.status == Status.ERROR:
                 err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
             elif r.status == Status.TIMEOUT:
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +
                           batch.command_line(job).encode("utf-8", "surrogateescape") + b"\n")
-            if not ungroup and r.status != Status.CANCELLED:
-                if verbose:
-                    out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-                so, se = r.stdout, r.stderr
-                if tag or tag_template is not None:
-                    if tag_template is not None:
-                        t = tag_template.command(r.inputs, r.seq, r.slot)
-                    else:
-                        t = " ".join(r.inputs)
-                    t = t.encode("utf-8", "surrogateescape") + b"\t"
-                    so = _tagged(so, t) if so else so
-                    se = _tagged(se, t) if se else se
-                out.write(so)
-                err.write(se)
-                if r.output_truncated:
-                    err.write(f"pardo: output of task {r.seq} was cut at --max-output\n".encode())
+            if view.mode == "group" and r.status != Status.CANCELLED:
+                view.grouped(r, line)
             if joblog is not None:
                 ev, sig = exit_fields(r)
                 joblog.write(r.seq, r.started_at, r.duration, ev, sig, line)

@@ -60,6 +60,19 @@ class Source:
         except OSError as e:
             raise InputError(f"cannot open input file {self.path!r}: {e.strerror}") from None
 
+    def may_block(self) -> bool:
+        """True when reading may wait on another process (stdin, a pipe, a terminal)."""
+        if self.path is None:
+            return False
+        if self.path == "-":
+            return True
+        import stat
+
+        try:
+            return not stat.S_ISREG(os.stat(self.path).st_mode)
+        except OSError:
+            return False
+
     def close(self):
         if self._fh is not None and self.path != "-":
             self._fh.close()
@@ -148,11 +161,3 @@ def group_records(recs, n: int | None):
             yield sum(chunk, ())
 
     return gen()
-
-
-def read_args_file(path):
-    """Check that *path* can be read (``-`` is stdin); raise InputError with the reason."""
-    if path != "-" and not os.access(path, os.R_OK):
-        if not os.path.exists(path):
-            raise InputError(f"cannot open input file {path!r}: No such file or directory")
-        raise InputError(f"cannot open input file {path!r}: Permission denied")

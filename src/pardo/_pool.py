@@ -1,18 +1,20 @@
 """pardo.Pool: Python callables on every core, each task with its own deadline.
 
 ```
- Pool.submit / schedule ──► WorkItem + Future ──┐
- Pool.map ──► _MapRun: pulls the iterables      ├──► backend ──► settle into Future / _MapRun
-              lazily, a window at a time ───────┘   (process: _pool_process; thread: _pool_thread)
+ Pool.submit / schedule ──► WorkItem (1 call) + Future ──┐
+ Pool.map ──► _MapRun: pulls the iterables lazily, cuts  ├─► backend ─► settle into
+              them into WorkItems of many calls ─────────┘   │          Future / _MapRun
+                                            process: _pool_process; thread: _pool_thread
 ```
 
 - :class:`Pool` validates, builds WorkItems, and owns the public contract
   (``concurrent.futures.Executor``). Everything that runs tasks sits behind the backend
   interface: ``put_many(items)``, ``shutdown(wait, cancel_futures)``, ``terminate(reason)``,
   ``batch_hint()``.
-- :class:`_MapRun` is one ``map`` call: it keeps at most a window of tasks in flight
-  (enough to keep every worker's batches full), collects outcomes behind one condition
-  variable, and yields them in order (or as they complete with ``ordered=False``).
+- :class:`_MapRun` is one ``map`` call: it keeps at most a window of calls in flight
+  (enough to keep every worker's batches full), in chunks as long as the backend's current
+  batch size, collects outcomes behind one condition variable, and yields them in order
+  (or as they complete with ``ordered=False``).
 - A pool still open at interpreter exit is terminated there (queued tasks cancelled,
   workers killed), so a forgotten pool neither hangs the exit nor leaves processes behind.
 """
@@ -30,7 +32,14 @@ import weakref
 
 from . import _channel, _shm
 from ._errors import PardoError
-from ._pool_items import FUTURE_SINK, WorkItem, decode_error, decode_outcome
+from ._pool_items import (
+    FUTURE_SINK,
+    MAX_CHUNK,
+    WHOLE_CHUNK,
+    WorkItem,
+    decode_error,
+    decode_value,
+)
 
 __all__ = ["Pool", "BrokenPool", "progress", "releases_gil"]
 
@@ -194,6 +203,7 @@ class Pool(concurrent.futures.Executor):
         self._on_progress = on_progress
         self._shutdown_lock = threading.Lock()
         self._closed = False
+        self._backend.on_done = _forget
         with _live_lock:
             _live_backends.add(self._backend)
         # A pool dropped without shutdown() finishes its work in the background and exits.
@@ -231,7 +241,7 @@ class Pool(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         fut = concurrent.futures.Future()
-        item = WorkItem(fn, args, kwargs, timeout_ns, FUTURE_SINK, fut, 0, on_progress)
+        item = WorkItem(fn, [args], [kwargs] if kwargs else None, timeout_ns, FUTURE_SINK, fut, 0, on_progress)
         with self._shutdown_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -270,8 +280,14 @@ class Pool(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         if chunksize != "auto":
-            if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
-                raise ValueError(f"chunksize must be 'auto' or a positive int, got {chunksize!r}")
+            if (
+                isinstance(chunksize, bool)
+                or not isinstance(chunksize, int)
+                or not 1 <= chunksize < WHOLE_CHUNK
+            ):
+                raise ValueError(
+                    f"chunksize must be 'auto' or an int from 1 to {WHOLE_CHUNK - 1}, got {chunksize!r}"
+                )
         else:
             chunksize = None
         tns = self._task_timeout(task_timeout, "task_timeout")
@@ -315,6 +331,11 @@ class Pool(concurrent.futures.Executor):
         return f"<pardo.Pool jobs={self.jobs} backend={self._backend_name!r} {state}>"
 
 
+def _forget(backend):
+    with _live_lock:
+        _live_backends.discard(backend)
+
+
 def _finalize(backend):
     backend.shutdown(wait=False)
 
@@ -327,9 +348,15 @@ def _thread_cannot(name):
 
 
 class _MapRun:
-    """The sink of one ``Pool.map`` call (see :mod:`pardo._pool_items`)."""
+    """The sink of one ``Pool.map`` call (interface in :class:`pardo._pool_items.FutureSink`).
 
-    batched = True
+    Outcomes are stored by the map position of their first call, as
+    ``(kind, data, where, n)`` covering ``n`` calls: kind 0 one plain value (thread
+    backend), 1 a pickled list of values, 2 a list of per-call ``(ok, payload)``, 3 an
+    exception. Re-sent parts of a chunk get their own entries, so entries always tile the
+    positions; the consumer walks them in order (or in arrival order, unordered).
+    """
+
     MIN_WINDOW = 256
 
     def __init__(self, pool, fn, iterator, timeout_ns, ordered, chunksize, on_progress, deadline, bar):
@@ -339,13 +366,12 @@ class _MapRun:
         self._iterator = iterator
         self._timeout_ns = timeout_ns
         self._ordered = ordered
-        self.chunksize = chunksize
+        self._chunksize = chunksize
         self._on_progress = on_progress
         self._deadline = deadline
         self._bar = bar
         self._cond = threading.Condition(threading.Lock())
         self._done = {} if ordered else collections.deque()
-        self._settled = itertools.count(1)
         self._n_settled = 0
         self.closed = False
         self._submitted = 0
@@ -366,19 +392,22 @@ class _MapRun:
             self._done[index] = outcome
         else:
             self._done.append(outcome)
-        self._n_settled = next(self._settled)
+        self._n_settled += outcome[3]  # only for the bar: a lost update costs nothing
 
-    def settle_encoded(self, item, ok, payload, where):
-        self._store(item.index, (1 if ok else 2, payload, where))
+    def settle_chunk(self, item, offset, n, mode, data, where):
+        self._store(item.index + offset, (1 if mode == 0 else 2, data, where, n))
 
-    def settle(self, item, value):
-        self._store(item.index, (0, value, None))
+    def settle(self, item, offset, value):
+        self._store(item.index + offset, (0, value, None, 1))
 
-    def fail(self, item, exc):
-        self._store(item.index, (3, exc, None))
+    def fail(self, item, offset, exc):
+        self._store(item.index + offset, (3, exc, None, 1))
+
+    def fail_rest(self, item, exc):
+        self._store(item.index + item.reported, (3, exc, None, item.count - item.reported))
 
     def cancel(self, item):
-        self._store(item.index, (3, concurrent.futures.CancelledError(), None))
+        self.fail_rest(item, concurrent.futures.CancelledError())
 
     def notify(self):
         with self._cond:
@@ -388,8 +417,8 @@ class _MapRun:
 
     # consumer side
 
-    def _window(self) -> int:
-        return max(self.MIN_WINDOW, 4 * self._pool.jobs * (self.chunksize or self._backend.batch_hint()))
+    def _chunk(self) -> int:
+        return self._chunksize or max(1, min(MAX_CHUNK, self._backend.batch_hint()))
 
     def prime(self):
         try:
@@ -399,7 +428,9 @@ class _MapRun:
             raise
 
     def _top_up(self):
-        room = self._window() - (self._submitted - self._yielded)
+        chunk = self._chunk()
+        window = max(self.MIN_WINDOW, 4 * self._pool.jobs * chunk)
+        room = window - (self._submitted - self._yielded)
         if room <= 0 or self._exhausted:
             return
         items = []
@@ -408,13 +439,18 @@ class _MapRun:
         fp = self._fn_payload
         progress_cb = self._on_progress
         index = self._submitted
-        for args in itertools.islice(self._iterator, room):
+        iterator = self._iterator
+        islice = itertools.islice
+        while room > 0:
+            args = list(islice(iterator, min(chunk, room)))
+            if not args:
+                self._exhausted = True
+                break
             item = WorkItem(fn, args, None, tns, self, None, index, progress_cb)
             item.fn_payload = fp
             items.append(item)
-            index += 1
-        if len(items) < room:
-            self._exhausted = True
+            index += len(args)
+            room -= len(args)
         if items:
             with self._pool._shutdown_lock:
                 if self._pool._closed:
@@ -422,47 +458,65 @@ class _MapRun:
                 self._backend.put_many(items)
             self._submitted = index
 
-    def results(self):
+    def _next_outcome(self):
+        """Wait for the next outcome; None when every call has been yielded."""
         cond = self._cond
         done = self._done
-        ordered = self._ordered
+        with cond:
+            while True:
+                if self._ordered:
+                    outcome = done.pop(self._yielded, None)
+                else:
+                    outcome = done.popleft() if done else None
+                if outcome is not None:
+                    return outcome
+                if self._exhausted and self._yielded >= self._submitted:
+                    return None
+                if self._deadline is None:
+                    cond.wait()
+                else:
+                    remaining = self._deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise concurrent.futures.TimeoutError()
+                    cond.wait(remaining)
+
+    def results(self):
         try:
             while True:
-                with cond:
-                    while True:
-                        if ordered:
-                            outcome = done.pop(self._yielded, None)
-                        else:
-                            outcome = done.popleft() if done else None
-                        if outcome is not None:
-                            break
-                        if self._exhausted and self._yielded >= self._submitted:
-                            return
-                        if self._deadline is None:
-                            cond.wait()
-                        else:
-                            remaining = self._deadline - time.monotonic()
-                            if remaining <= 0:
-                                raise concurrent.futures.TimeoutError()
-                            cond.wait(remaining)
-                self._yielded += 1
-                if not self._exhausted and self._submitted - self._yielded <= self._window() // 2:
-                    self._top_up()
-                kind, value, where = outcome
+                outcome = self._next_outcome()
+                if outcome is None:
+                    return
+                kind, data, where, n = outcome
                 outcome = None
-                if kind == 0:
-                    yield value
-                elif kind == 1:
-                    yield decode_outcome(True, value, where)
+                self._yielded += n
+                if not self._exhausted and self._submitted - self._yielded <= self._window_low():
+                    self._top_up()
+                if kind == 1:
+                    ok, values = decode_value(data, where)
+                    if not ok:
+                        raise values
+                    yield from values
+                elif kind == 0:
+                    yield data
                 elif kind == 2:
-                    raise decode_error(value, where)
+                    for ok, payload in data:
+                        if ok:
+                            ok, value = decode_value(payload, where)
+                            if not ok:
+                                raise value
+                            yield value
+                        else:
+                            raise decode_error(payload, where)
                 else:
-                    raise value
+                    raise data
         finally:
             self.close()
 
+    def _window_low(self) -> int:
+        return max(self.MIN_WINDOW, 4 * self._pool.jobs * self._chunk()) // 2
+
     def close(self):
-        """Stop: tasks not yet dispatched are dropped, results not yet taken released."""
+        """Stop: calls not yet dispatched are dropped, results not yet taken released."""
         if self.closed:
             return
         self.closed = True
@@ -472,10 +526,17 @@ class _MapRun:
         with self._cond:
             leftovers = list(self._done.values() if self._ordered else self._done)
             self._done.clear()
-        for kind, value, _ in leftovers:
-            if kind in (1, 2) and type(value) is not bytes:
-                for name in _shm.payload_files(value):
-                    _shm.unlink(name)
+        for kind, data, _, _ in leftovers:
+            if kind == 1:
+                _release(data)
+            elif kind == 2:
+                for _, payload in data:
+                    _release(payload)
+
+
+def _release(payload):
+    for name in _shm.payload_files(payload):
+        _shm.unlink(name)
 
 
 class GilVerdict:
@@ -501,7 +562,7 @@ class GilVerdict:
         )
 
     def __str__(self):
-        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        name = getattr(self.fn, "__name__", None) or repr(self.fn)
         if self.releases:
             advice = "it releases the GIL: backend='thread' suits it"
         else:

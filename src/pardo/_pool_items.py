@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import traceback
 
 from . import _shm
 from ._errors import TaskError
@@ -19,21 +20,38 @@ from ._errors import TaskError
 log = logging.getLogger("pardo.pool")
 
 
+# A call inside a chunk is known by (chunk seq << ELEMENT_BITS) | offset: that is the seq a
+# worker writes into its slot, so a deadline or a crash names the very call to blame.
+ELEMENT_BITS = 16
+MAX_CHUNK = 2048  # < 2**ELEMENT_BITS - 1
+WHOLE_CHUNK = (1 << ELEMENT_BITS) - 1  # offset meaning "the chunk as a whole" (pickling)
+
+
 class WorkItem:
-    """One call to run: ``fn(*args, **kwargs)`` under an optional deadline.
+    """A chunk of calls ``fn(*args[i], **kwargs[i])`` sharing one callable and deadline.
+
+    ``submit`` makes chunks of one call; ``map`` makes chunks as long as the current batch
+    size, so that arguments and results cross the pipe as one pickle per chunk.
 
     Attributes:
-        timeout_ns: the task's deadline, counted from its start in the worker (0 = none).
-        payload: the pickled ``(args, kwargs)`` once dispatched, kept for a re-dispatch.
+        args: list of argument tuples, one per call (kept until the chunk is settled: a
+            dead worker's unfinished calls are re-sent from it).
+        kwargs: list of keyword dicts, one per call, or None when there are none.
+        count: number of calls.
+        index: position of the first call in its map (0 for submit).
+        timeout_ns: each call's deadline, counted from its start in the worker (0 = none).
+        payload: the pickled ``(args, kwargs)``, once dispatched.
         fn_payload: the pickled ``fn`` when the producer already has it (map runs).
         claimed: the sink has agreed to run it (a future moved to "running").
-        tries: how many workers died while it was in flight without it being the culprit.
+        reported: how many calls from the front have been settled.
+        tries: how many workers died with it in flight without it being to blame.
     """
 
     __slots__ = (
         "fn",
         "args",
         "kwargs",
+        "count",
         "timeout_ns",
         "sink",
         "future",
@@ -42,6 +60,7 @@ class WorkItem:
         "payload",
         "fn_payload",
         "claimed",
+        "reported",
         "tries",
     )
 
@@ -49,6 +68,7 @@ class WorkItem:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.count = len(args)
         self.timeout_ns = timeout_ns
         self.sink = sink
         self.future = future
@@ -57,12 +77,43 @@ class WorkItem:
         self.payload = None
         self.fn_payload = None
         self.claimed = False
+        self.reported = 0
         self.tries = 0
+
+    def part(self, start, stop):
+        """A new item for calls ``start:stop`` of this one (to re-send them)."""
+        kw = None if self.kwargs is None else self.kwargs[start:stop]
+        sub = WorkItem(self.fn, self.args[start:stop], kw, self.timeout_ns, self.sink,
+                       self.future, self.index + start, self.on_progress)
+        sub.fn_payload = self.fn_payload
+        sub.claimed = self.claimed
+        sub.tries = self.tries
+        return sub
 
 
 def describe_call(fn) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
     return f"{name}()"
+
+
+def detach(exc):
+    """Drop the tracebacks of ``exc`` and of the exceptions chained to it.
+
+    An exception raised on the pool's manager thread carries frames that reference the
+    manager, and through it the whole pool: handing it to a caller as is would keep the
+    pool's pipes and processes alive for as long as the caller keeps the exception.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        if exc.__context__ is not None and exc.__cause__ is None:
+            exc = exc.__context__
+        else:
+            if exc.__context__ is not None:
+                detach(exc.__context__)
+            exc = exc.__cause__
+    return exc
 
 
 class RemoteTraceback(Exception):
@@ -83,6 +134,7 @@ def decode_error(payload, where: str) -> BaseException:
     try:
         exc, tb_text, desc = _shm.loads(payload, unlink_after=True)
     except Exception as err:  # the error payload itself is broken: say so, keep going
+        detach(err)
         return TaskError(f"a task failed in {where} and its error could not be read: {err!r}")
     if exc is None:
         exc = TaskError(f"task raised {desc} (the exception could not be pickled)")
@@ -90,46 +142,75 @@ def decode_error(payload, where: str) -> BaseException:
     return exc
 
 
+def decode_value(payload, where):
+    """The value a worker sent, or an UnpicklingError for it (returned, not raised)."""
+    try:
+        return True, _shm.loads(payload, unlink_after=True)
+    except Exception as err:
+        detach(err)
+        exc = pickle.UnpicklingError(
+            f"the result sent by {where} cannot be unpickled here: {type(err).__name__}: {err}"
+        )
+        exc.__cause__ = err
+        return False, exc
+
+
 def decode_outcome(ok: bool, payload, where: str):
     """The value a worker sent, or raise the exception it sent."""
     if ok:
-        try:
-            return _shm.loads(payload, unlink_after=True)
-        except Exception as err:
-            raise pickle.UnpicklingError(
-                f"the result sent by {where} cannot be unpickled here: {type(err).__name__}: {err}"
-            ) from err
+        ok, value = decode_value(payload, where)
+        if ok:
+            return value
+        raise value
     raise decode_error(payload, where)
 
 
 class FutureSink:
-    """Settles ``item.future``. One instance serves every future of a pool."""
+    """Settles ``item.future`` (items of one call). One instance serves every future.
 
-    batched = False  # every settle is visible at once; nothing to notify
+    The sink interface, shared with map runs (``pardo._pool._MapRun``):
+    ``claim(item)``; ``settle_chunk(item, offset, n, mode, data, where)`` with what a
+    worker sent for calls ``offset:offset+n``; ``settle(item, offset, value)`` and
+    ``fail(item, offset, exc)`` for one call; ``fail_rest(item, exc)`` for every call not
+    yet settled; ``cancel(item)``; ``notify()`` once a round of settles is done.
+    """
 
     def claim(self, item) -> bool:
         return item.future.set_running_or_notify_cancel()
 
-    def settle_encoded(self, item, ok, payload, where):
-        try:
-            value = decode_outcome(ok, payload, where)
-        except BaseException as exc:
-            self.fail(item, exc)
+    def settle_chunk(self, item, offset, n, mode, data, where):
+        # Never raise here: a traceback through the manager's frames would keep the
+        # whole pool alive for as long as the caller keeps the exception.
+        if mode == 0:
+            ok, value = decode_value(data, where)
+            if ok:
+                value = value[0]
         else:
-            self.settle(item, value)
+            ok, payload = data[0]
+            if ok:
+                ok, value = decode_value(payload, where)
+            else:
+                value = decode_error(payload, where)
+        if ok:
+            self.settle(item, 0, value)
+        else:
+            self.fail(item, 0, value)
 
-    def settle(self, item, value):
+    def settle(self, item, offset, value):
         fut = item.future
         if not fut.done():
             fut.set_result(value)
 
-    def fail(self, item, exc):
+    def fail(self, item, offset, exc):
         fut = item.future
         if not fut.done():
             # A pending future (never claimed) must become running before it can fail.
             if not item.claimed and not fut.set_running_or_notify_cancel():
                 return
             fut.set_exception(exc)
+
+    def fail_rest(self, item, exc):
+        self.fail(item, 0, exc)
 
     def cancel(self, item):
         item.future.cancel()
@@ -142,4 +223,8 @@ FUTURE_SINK = FutureSink()
 
 
 def report_callback_error(what, exc):
-    log.error("pardo.Pool: %s raised", what, exc_info=exc)
+    # Log the traceback as text: a record holding the exception itself (exc_info) would
+    # keep the manager's frames, and the whole pool, alive as long as the record lives.
+    text = "".join(traceback.format_exception(exc))
+    detach(exc)
+    log.error("pardo.Pool: %s raised:\n%s", what, text)

@@ -2,28 +2,34 @@
 
 ```
  caller threads                 manager thread (one per pool)             worker processes
- submit()/map() ──► pending ──► batch: pickle args, ──► task pipe ──► run task k:
-   (deque+lock)     (WorkItem)  frame, non-blocking        (per worker)  slot = (deadline, k)
-                     eventfd ──► write; watch slot                       fn(*args) ...
- futures / map runs ◄── settle ◄── decode frames ◄──── result pipe ◄── results, progress
-                                   ▲
+ submit()/map() ──► pending ──► batch of chunks: pickle ──► task pipe ──► per call k:
+  (WorkItem =       (deque      each chunk's args once,     (per worker)  slot = (deadline, k)
+   chunk of calls)   + lock)    frame, non-blocking write,                fn(*args) ...
+                     eventfd ─► watch the worker's slot
+ futures / map runs ◄── settle ◄── decode frames ◄──────── result pipe ◄── results in parts,
+                                   ▲                                       progress values
  engine (native thread) ── kills a worker whose slot deadline passed; its Task completes
                           into a ResultQueue whose fd the manager polls ─┘ (deaths)
 ```
 
 - **Caller threads** append WorkItems to ``pending`` under ``_lock`` and wake the manager
-  through an eventfd (at most one wake-up in flight).
+  through an eventfd (at most one wake-up in flight). A WorkItem is a *chunk*: one call for
+  ``submit``, as many as the current batch size for ``map`` — arguments and results cross
+  the pipes as one pickle per chunk, which is what makes tiny tasks cheap.
 - **The manager thread** owns everything else: the workers, their pipes and in-flight
   tables, batching and fault handling. It blocks in ``select`` on the result pipes, the
   eventfd, and the engine's ResultQueue; writes to task pipes are non-blocking, so a worker
   that stops reading can never stall it.
-- **A worker** (:mod:`pardo._worker`) runs a batch task by task, writing its slot in the
-  shared mapping before and after each task (layout in :mod:`pardo._pool_wire`).
+- **A worker** (:mod:`pardo._worker`) runs the calls of a chunk one by one, writing its
+  slot in the shared mapping around each call (layout in :mod:`pardo._pool_wire`): the
+  call's own seq and, with a deadline, the absolute time it must end by.
 - **The engine** reads the slot of every worker that has work in flight (``Task.watch``)
-  and kills the worker's whole tree once its deadline passes — natively, so a task stuck in
+  and kills the worker's whole tree once its deadline passes — natively, so a call stuck in
   C holding the GIL dies on time. The manager learns of any death from the ResultQueue,
-  blames the task the slot names (TaskTimeout or TaskCrashed), re-queues the rest of the
-  worker's in-flight tasks at the front, and starts a fresh worker in its place.
+  fails the call the slot names (TaskTimeout or TaskCrashed), re-queues the worker's other
+  unfinished calls at the front, and starts a fresh worker in its place. A death while a
+  chunk was (un)pickled as a whole re-sends its calls one by one, so that a second death
+  names the culprit.
 """
 
 from __future__ import annotations
@@ -42,8 +48,16 @@ import time
 
 from . import _pool_wire as wire
 from . import _shm
-from ._errors import TaskCrashed, TaskTimeout
-from ._pool_items import describe_call, decode_error, report_callback_error
+from ._errors import TaskCrashed
+from ._pool_errors import death_error, pickling_error
+from ._pool_items import (
+    ELEMENT_BITS,
+    WHOLE_CHUNK,
+    decode_error,
+    describe_call,
+    detach,
+    report_callback_error,
+)
 
 # A worker that dies this many times with a task in flight without being blamed for it
 # fails that task rather than retrying it forever.
@@ -105,6 +119,7 @@ class _WorkerHandle:
         "wfd_closed",
         "watch_buf",
         "dead",
+        "load",
     )
 
     def __init__(self, index):
@@ -112,7 +127,8 @@ class _WorkerHandle:
         self.task = None
         self.reader = wire.FrameReader()
         self.outbuf = bytearray()
-        self.inflight = {}  # seq -> WorkItem, in dispatch order
+        self.inflight = {}  # chunk seq -> WorkItem, in dispatch order
+        self.load = 0  # calls in flight, not yet settled
         self.assigned = 0
         self.ready = False
         self.pid = None
@@ -148,6 +164,7 @@ class ProcessBackend:
         self._memory_limit = memory_limit
         self._nice = nice
         self._broken_error = broken_error
+        self.on_done = None  # called with this backend once it has stopped for good
         self._init_payload = None
         if initializer is not None:
             self._init_payload = _shm.dumps((initializer, tuple(initargs)))
@@ -168,6 +185,7 @@ class ProcessBackend:
         self._touched = set()
         self._start_failures = 0
         self._workers = [None] * jobs
+        self._env = None
         self._by_task = {}
         self._sel = None
         self._queue = None
@@ -201,10 +219,11 @@ class ProcessBackend:
             self._shutdown = True
             cancelled = self._take_pending() if cancel_futures else ()
             thread = self._thread
-        for item in cancelled:
-            item.sink.cancel(item)
+        _cancel_all(cancelled)
         if thread is None:
             self._close_resources()
+            if self.on_done is not None:
+                self.on_done(self)
             return
         self._wake()
         if wait and thread is not threading.current_thread():
@@ -217,10 +236,11 @@ class ProcessBackend:
             self._terminating = reason
             cancelled = self._take_pending()
             thread = self._thread
-        for item in cancelled:
-            item.sink.cancel(item)
+        _cancel_all(cancelled)
         if thread is None:
             self._close_resources()
+            if self.on_done is not None:
+                self.on_done(self)
             return
         self._wake()
         if thread is not threading.current_thread():
@@ -281,6 +301,8 @@ class ProcessBackend:
         finally:
             self._notify()
             self._close_resources()
+            if self.on_done is not None:
+                self.on_done(self)
 
     def _make_broken(self, message):
         return self._broken_error(message)
@@ -321,6 +343,12 @@ class ProcessBackend:
                 pass  # above /proc/sys/fs/pipe-max-size: the default size still works
             os.set_blocking(fd, False)
         argv = [sys.executable, "-m", "pardo._worker", "3", "4", "5", str(index), self.token]
+        if self._env is None:
+            # The worker must import this very pardo, even when the caller found it through
+            # a sys.path entry of its own rather than an installed package.
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            path = os.environ.get("PYTHONPATH")
+            self._env = dict(os.environ, PYTHONPATH=here + (os.pathsep + path if path else ""))
         try:
             w.task = self._engine.spawn(
                 argv,
@@ -329,6 +357,7 @@ class ProcessBackend:
                 stdout=self._engine.INHERIT,
                 stderr=self._engine.INHERIT,
                 kill_grace=self._kill_grace,
+                env=self._env,
                 memory_limit=self._memory_limit,
                 nice=self._nice,
                 tag=("pardo.Pool worker", index),
@@ -388,13 +417,17 @@ class ProcessBackend:
             progress = False
             with self._lock:
                 npending = len(self._pending)
-                fixed = getattr(self._pending[0].sink, "chunksize", None) if npending else None
             if not npending:
                 break
-            # Spread the tail evenly instead of handing it all to the first worker.
-            share = fixed or min(size, max(1, -(-npending // len(live))))
+            # Spread the tail evenly instead of handing it all to the first worker (counted
+            # in chunks here, as that is all the queue length tells).
+            share = min(size, max(1, -(-npending // len(live))))
+            # Top a worker up while it has less than one batch left, so that the next batch
+            # is in its pipe before it runs dry — for slow calls too (one running, one
+            # queued), unless the queue is down to its tail, which goes to whoever is free.
+            cap = max(2, share) if npending > len(live) else share
             for w in live:
-                if len(w.inflight) < share and not w.retiring:
+                if w.load < cap and not w.retiring:
                     if self._send_batch(w, share):
                         progress = True
         self._fn_cache.clear()
@@ -402,16 +435,27 @@ class ProcessBackend:
     def _send_batch(self, w, n) -> bool:
         if self._max_tasks:
             n = min(n, self._max_tasks - w.assigned)
+        items = []
+        calls = 0
         with self._lock:
             pending = self._pending
-            items = [pending.popleft() for _ in range(min(n, len(pending)))]
+            while pending and calls < n:
+                item = pending.popleft()
+                if self._max_tasks and calls + item.count > n:
+                    # This worker may run only n more calls: split the chunk.
+                    _release_payload(item)
+                    pending.appendleft(item.part(n - calls, item.count))
+                    item = item.part(0, n - calls)
+                items.append(item)
+                calls += item.count
         if not items:
             return False
         fn_index = {}
         fns = []
-        tasks = []
+        chunks = []
         inflight = w.inflight
         deadline_used = False
+        sent = 0
         for item in items:
             if not item.claimed:
                 if not item.sink.claim(item):
@@ -433,17 +477,19 @@ class ProcessBackend:
                 fns.append(fp)
             seq = next(self._seq)
             inflight[seq] = item
-            tasks.append((seq, fi, payload, item.timeout_ns))
+            chunks.append((seq, fi, payload, item.timeout_ns, item.count))
+            sent += item.count
             if item.timeout_ns:
                 deadline_used = True
         self._notify()
-        if not tasks:
+        if not chunks:
             return True
-        w.assigned += len(tasks)
+        w.load += sent
+        w.assigned += sent
         if deadline_used and not w.watched:
             w.task.watch(w.watch_buf, IDLE_RECHECK)
             w.watched = True
-        w.outbuf += wire.frame((wire.BATCH, fns, tasks))
+        w.outbuf += wire.frame((wire.BATCH, fns, chunks))
         if self._max_tasks and w.assigned >= self._max_tasks:
             w.retiring = True
         self._flush_out(w)
@@ -451,13 +497,18 @@ class ProcessBackend:
 
     def _encode_args(self, item):
         try:
-            payload = _shm.dumps((item.args, item.kwargs or None), self._arena)
+            payload = _shm.dumps((item.args, item.kwargs), self._arena)
         except Exception as exc:
-            item.sink.fail(item, _pickling_error(item, exc))
-            self._touched.add(item.sink)
+            detach(exc)
+            if item.count > 1:
+                # Some call's arguments cannot be pickled: send each call on its own, so
+                # that exactly the offending ones fail.
+                self._requeue_front([item.part(i, i + 1) for i in range(item.count)])
+            else:
+                item.sink.fail(item, 0, pickling_error(item, exc))
+                self._touched.add(item.sink)
             return None
         item.payload = payload
-        item.args = item.kwargs = None  # only the pickled form is needed from now on
         return payload
 
     def _encode_fn(self, item):
@@ -467,19 +518,22 @@ class ProcessBackend:
             return hit[1]
         try:
             fp = _shm.dumps(fn)
-            if type(fp) is not bytes:
-                raise pickle.PicklingError("a callable cannot carry out-of-band buffers")
         except Exception as exc:
+            detach(exc)
             err = pickle.PicklingError(
                 f"the callable {fn!r} cannot be pickled to send it to a worker: "
                 f"{type(exc).__name__}: {exc}"
             )
             err.__cause__ = exc
-            item.sink.fail(item, err)
+            item.sink.fail_rest(item, err)
             self._touched.add(item.sink)
             return None
         self._fn_cache[id(fn)] = (fn, fp)
         return fp
+
+    def _requeue_front(self, items):
+        with self._lock:
+            self._pending.extendleft(reversed(items))
 
     # -- results -------------------------------------------------------------------------
 
@@ -510,7 +564,7 @@ class ProcessBackend:
         for msg in messages:
             kind = msg[0]
             if kind == wire.RESULTS:
-                self._on_results(w, msg[1], msg[2])
+                self._on_results(w, msg[1], msg[2], msg[3])
             elif kind == wire.PROGRESS:
                 self._on_progress(w, msg[1], msg[2])
             elif kind == wire.READY:
@@ -524,19 +578,34 @@ class ProcessBackend:
                 err.__cause__ = cause
                 self._break(err)
 
-    def _on_results(self, w, results, busy_ns):
+    def _on_results(self, w, entries, busy_ns, calls):
         inflight = w.inflight
         touched = self._touched
         where = w.where
-        for seq, ok, payload in results:
-            item = inflight.pop(seq, None)
+        for seq, offset, n, mode, data in entries:
+            item = inflight.get(seq)
             if item is None:
                 continue
-            item.sink.settle_encoded(item, ok, payload, where)
+            if mode == wire.SPLIT:
+                del inflight[seq]
+                w.load -= item.count - item.reported
+                if item.count == 1:
+                    item.sink.fail(item, 0, decode_error(data, where))
+                    touched.add(item.sink)
+                    _release_payload(item)
+                else:
+                    _release_payload(item)
+                    self._requeue_front([item.part(i, i + 1) for i in range(item.count)])
+                continue
+            item.sink.settle_chunk(item, offset, n, mode, data, where)
             touched.add(item.sink)
-            if type(item.payload) is not bytes:
-                _release_payload(item)
-        self._sizer.observe(busy_ns, len(results))
+            item.reported = offset + n
+            w.load -= n
+            if item.reported >= item.count:
+                del inflight[seq]
+                if type(item.payload) is not bytes:
+                    _release_payload(item)
+        self._sizer.observe(busy_ns, calls)
         if not inflight and w.watched:
             w.task.unwatch()
             w.watched = False
@@ -544,7 +613,7 @@ class ProcessBackend:
             self._close_input(w)
 
     def _on_progress(self, w, seq, payload):
-        item = w.inflight.get(seq)
+        item = w.inflight.get(seq >> ELEMENT_BITS)
         try:
             value = _shm.loads(payload, unlink_after=True)
         except Exception as exc:
@@ -586,6 +655,8 @@ class ProcessBackend:
             w.outbuf.clear()
             self._close_input(w)
         w.dead = True
+        w.watched = False
+        w.watch_buf.release()  # the engine stopped reading it when the worker died
         self._workers[w.index] = None
         slot = memoryview(self._slots)[w.index * wire.SLOT_SIZE :][: wire.SLOT_SIZE].cast("q")
         deadline_ns, watch_seq, running = slot[0], slot[1], slot[2]
@@ -600,13 +671,28 @@ class ProcessBackend:
             blame = 0  # we killed it (terminate); nobody is to blame
         else:
             blame = running
-        culprit = w.inflight.pop(blame, None) if blame else None
-        if culprit is not None:
-            err = self._death_error(w, result, status, culprit, deadline_ns, seen_ns)
-            culprit.sink.fail(culprit, err)
-            self._touched.add(culprit.sink)
-            _release_payload(culprit)
-        self._requeue(w, result)
+        item = w.inflight.pop(blame >> ELEMENT_BITS, None) if blame else None
+        again = []
+        if item is not None:
+            offset = blame & WHOLE_CHUNK
+            left = item.count - item.reported
+            if offset == WHOLE_CHUNK and left > 1:
+                # It died (un)pickling the chunk as a whole: run each call on its own, so
+                # that if it happens again the call to blame is known.
+                again += [item.part(i, i + 1) for i in range(item.reported, item.count)]
+            else:
+                if offset == WHOLE_CHUNK:
+                    offset = item.reported
+                err = death_error(result, status, item, result.pid or w.pid, deadline_ns, seen_ns)
+                item.sink.fail(item, offset, err)
+                self._touched.add(item.sink)
+                # Calls before it whose results had not been sent yet run again.
+                if offset > item.reported:
+                    again.append(item.part(item.reported, offset))
+                if offset + 1 < item.count:
+                    again.append(item.part(offset + 1, item.count))
+            _release_payload(item)
+        self._requeue(w, result, again)
 
         if self._broken is not None or self._terminating:
             return
@@ -629,59 +715,40 @@ class ProcessBackend:
                 return True
         return any(w is not None and w.inflight for w in self._workers)
 
-    def _death_error(self, w, result, status, item, deadline_ns, seen_ns):
-        pid = result.pid or w.pid
-        call = describe_call(item.fn) if item.fn is not None else "the task"
-        if status == "timeout":
-            late_ms = (seen_ns - deadline_ns) / 1e6 if deadline_ns else float("nan")
-            err = TaskTimeout(
-                f"{call} ran past its {item.timeout_ns / 1e9:g} s deadline; worker pid {pid} "
-                f"and its child processes were killed (reported {late_ms:.1f} ms after the "
-                f"deadline)",
-                result,
-            )
-            err.late = late_ms / 1e3
-            return err
-        signum = result.signal
-        if signum:
-            how = f"was killed by {_signal_name(signum)}"
-        else:
-            how = f"exited with code {result.returncode} (os._exit, or a fault in native code)"
-        return TaskCrashed(
-            f"worker pid {pid} running {call} {how}; the pool goes on with a new worker",
-            result,
-            signal=signum,
-            exitcode=result.returncode,
-            pid=pid,
-        )
-
-    def _requeue(self, w, result):
-        """Put a dead worker's remaining in-flight tasks back at the front, in order."""
-        again = []
+    def _requeue(self, w, result, again):
+        """Put a dead worker's unfinished calls back at the front, in order."""
         for item in w.inflight.values():
-            if self._terminating:
-                item.sink.fail(item, self._terminating)
-                self._touched.add(item.sink)
-                continue
-            item.tries += 1
-            if item.tries >= MAX_TRIES:
-                err = TaskCrashed(
-                    f"{MAX_TRIES} workers died while {describe_call(item.fn)} was queued on "
-                    f"them (last: {result.describe()}); giving up on it",
-                    result,
-                    signal=result.signal,
-                    exitcode=result.returncode,
-                    pid=result.pid,
-                )
-                item.sink.fail(item, err)
-                self._touched.add(item.sink)
+            if item.reported:
                 _release_payload(item)
-            else:
-                again.append(item)
+                item = item.part(item.reported, item.count)
+            if w.ready:  # a worker that never started ran nothing: no call is suspect
+                item.tries += 1
+            again.append(item)
         w.inflight.clear()
-        if again:
-            with self._lock:
-                self._pending.extendleft(reversed(again))
+        w.load = 0
+        keep = []
+        for item in again:
+            if self._terminating:
+                item.sink.fail_rest(item, self._terminating)
+            elif item.tries >= MAX_TRIES:
+                item.sink.fail_rest(
+                    item,
+                    TaskCrashed(
+                        f"{MAX_TRIES} workers died while {describe_call(item.fn)} was queued on "
+                        f"them (last: {result.describe()}); giving up on it",
+                        result,
+                        signal=result.signal,
+                        exitcode=result.returncode,
+                        pid=result.pid,
+                    ),
+                )
+            else:
+                keep.append(item)
+                continue
+            self._touched.add(item.sink)
+            _release_payload(item)
+        if keep:
+            self._requeue_front(keep)
 
     def _break(self, err):
         """The pool cannot go on: fail everything queued or running with ``err``."""
@@ -693,8 +760,9 @@ class ProcessBackend:
                 if w is not None:
                     items.extend(w.inflight.values())
                     w.inflight.clear()
+                    w.load = 0
             for item in items:
-                item.sink.fail(item, err)
+                item.sink.fail_rest(item, err)
                 self._touched.add(item.sink)
                 _release_payload(item)
         self._kill_all()
@@ -717,6 +785,9 @@ class ProcessBackend:
                         os.close(fd)
                     except OSError:
                         pass
+        for w in self._workers:
+            if w is not None:
+                w.watch_buf.release()
         self._workers = [None] * self.jobs
         if self._sel is not None:
             self._sel.close()
@@ -724,9 +795,13 @@ class ProcessBackend:
         if self._wake_fd is not None:
             os.close(self._wake_fd)
             self._wake_fd = None
+        if self._slots is not None:
+            self._slots.close()  # mmap holds its own dup of the memfd
+            self._slots = None
         if self._slot_fd is not None:
             os.close(self._slot_fd)
             self._slot_fd = None
+        self._queue = None  # its fd closes with it
         _shm.sweep(self.token + "-")
 
 
@@ -738,41 +813,11 @@ def _release_payload(item):
     item.payload = None
 
 
-def _pickling_error(item, exc):
-    """A PicklingError that names the argument that could not be pickled."""
-    culprit = None
-    args = list(enumerate(item.args or ()))
-    kwargs = list((item.kwargs or {}).items())
-    for key, value in args + kwargs:
-        try:
-            _shm.dumps(value)
-        except Exception:
-            culprit = (key, value)
-            break
-    call = describe_call(item.fn)
-    if culprit is None:
-        what = "the arguments"
-    elif isinstance(culprit[0], int):
-        what = f"argument {culprit[0]} ({_short_repr(culprit[1])})"
-    else:
-        what = f"keyword argument {culprit[0]!r} ({_short_repr(culprit[1])})"
-    err = pickle.PicklingError(
-        f"{what} of {call} cannot be pickled to send to a worker: {type(exc).__name__}: {exc}"
-    )
-    err.__cause__ = exc
-    return err
-
-
-def _short_repr(obj):
-    import reprlib
-
-    try:
-        return reprlib.repr(obj)
-    except Exception:
-        return f"<{type(obj).__qualname__} object>"
-
-
-def _signal_name(signum):
-    from ._result import signal_name
-
-    return signal_name(signum)
+def _cancel_all(items):
+    """Cancel queued items (from a caller thread) and wake whoever waits on their sinks."""
+    sinks = set()
+    for item in items:
+        item.sink.cancel(item)
+        sinks.add(item.sink)
+    for sink in sinks:
+        sink.notify()

@@ -33,6 +33,8 @@ class ThreadBackend:
         self._threads = []
         self._shutdown = False
         self._broken = None
+        self._running = 0
+        self.on_done = None  # called with this backend once its last thread has ended
 
     def put_many(self, items) -> None:
         with self._lock:
@@ -43,6 +45,7 @@ class ThreadBackend:
             if not self._threads:
                 for i in range(self.jobs):
                     t = threading.Thread(target=self._work, name=f"pardo-pool-thread-{i}", daemon=True)
+                    self._running += 1
                     t.start()
                     self._threads.append(t)
             put = self._queue.put
@@ -50,6 +53,16 @@ class ThreadBackend:
                 put(item)
 
     def _work(self):
+        try:
+            self._serve()
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0 and self._shutdown
+            if last and self.on_done is not None:
+                self.on_done(self)
+
+    def _serve(self):
         if self._initializer is not None:
             try:
                 self._initializer(*self._initargs)
@@ -65,30 +78,33 @@ class ThreadBackend:
                 return
             sink = item.sink
             if self._broken is not None:
-                sink.fail(item, self._broken)
+                sink.fail_rest(item, self._broken)
                 sink.notify()
                 continue
             if not item.claimed:
                 if not sink.claim(item):
                     continue
                 item.claimed = True
+            fn, args, kwargs = item.fn, item.args, item.kwargs
             _channel.set_thread_emitter(item.on_progress)
             try:
-                value = item.fn(*item.args, **item.kwargs) if item.kwargs else item.fn(*item.args)
-            except BaseException as exc:
-                sink.fail(item, exc)
-            else:
-                sink.settle(item, value)
+                for i in range(item.count):
+                    try:
+                        value = fn(*args[i]) if kwargs is None else fn(*args[i], **kwargs[i])
+                    except BaseException as exc:
+                        sink.fail(item, i, exc)
+                    else:
+                        sink.settle(item, i, value)
             finally:
                 _channel.set_thread_emitter(None)
-            item = None
+            item = fn = args = kwargs = None
             sink.notify()
 
     def _break(self, err):
         with self._lock:
             if self._broken is None:
                 self._broken = err
-        self._drain(lambda item: item.sink.fail(item, err))
+        self._drain(lambda item: item.sink.fail_rest(item, err))
 
     def _drain(self, action):
         stops = 0
@@ -115,6 +131,8 @@ class ThreadBackend:
         if first:
             for _ in threads:
                 self._queue.put(_STOP)
+            if not threads and self.on_done is not None:
+                self.on_done(self)
         if wait:
             me = threading.current_thread()
             for t in threads:

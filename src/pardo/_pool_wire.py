@@ -8,17 +8,24 @@ unpickle and the parent can fail exactly that task.
 
 parent -> worker (task pipe):
     (INIT, sys_path, initializer_payload_or_None)   first message, once
-    (BATCH, fns, tasks)      fns: list of pickled callables; tasks: list of
-                             (seq, fn_index, args_payload, timeout_ns)   (0 = no deadline)
+    (BATCH, fns, chunks)     fns: list of pickled callables; chunks: list of
+                             (seq, fn_index, args_payload, timeout_ns, count) where the
+                             payload unpickles to (args list, kwargs list or None) of
+                             ``count`` calls, each with its own deadline (0 = none)
     end of file              finish what was sent, flush, exit 0
 
 worker -> parent (result pipe):
     (READY, pid, host)                   initializer done; tasks will run
     (INIT_FAILED, exc_payload, tb_text)  initializer raised; the worker exits 1
-    (RESULTS, [(seq, ok, payload)], busy_ns)
-                             ok: payload is the pickled return value; else a pickled
-                             (exception_or_None, traceback_text, description)
-    (PROGRESS, seq, payload) a value sent by pardo.progress() from task ``seq``
+    (RESULTS, entries, busy_ns, calls)   entries: (seq, offset, n, mode, data) for calls
+                             offset..offset+n-1 of chunk seq (a long chunk is reported in
+                             several parts, in order). mode OK_LIST: data is the pickled list
+                             of the n return values. mode EACH: data is a list of n
+                             (ok, payload) — a pickled value, or a pickled
+                             (exception or None, traceback text, description). mode SPLIT:
+                             the chunk's arguments could not be unpickled as a whole (data is
+                             the error payload); the parent re-sends each call on its own.
+    (PROGRESS, seq, payload) a value sent by pardo.progress() from call ``seq``
 
 The worker also writes to its slot in the pool's shared memory (see :data:`SLOT_SIZE`).
 """
@@ -30,14 +37,16 @@ import pickle
 import struct
 
 INIT, BATCH, READY, INIT_FAILED, RESULTS, PROGRESS = range(6)
+OK_LIST, EACH, SPLIT = range(3)
 
 _HEADER = struct.Struct("<Q")
 HEADER_SIZE = _HEADER.size
 
 # Each worker owns SLOT_SIZE bytes of one shared mapping, read as int64 words:
 #   [0] absolute CLOCK_MONOTONIC deadline (ns) of the running task, 0 = none  } the engine's
-#   [1] seq of the task that deadline belongs to                               } watch slot
-#   [2] seq of the task the worker is busy with (unpickling, running, pickling), 0 = none
+#   [1] seq of the call that deadline belongs to                               } watch slot
+#   [2] seq of the call the worker is busy with, (chunk seq << 16) | 0xFFFF while it
+#       (un)pickles a chunk as a whole, 0 = none
 # Word 2 is pardo's own: after a crash it names the task to blame. A whole cache line per
 # worker keeps the workers from sharing one.
 SLOT_SIZE = 64

@@ -20,11 +20,13 @@ pickles them by value.
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import itertools
 import mmap
 import os
 import pickle
+import weakref
 
 import cloudpickle
 
@@ -68,13 +70,33 @@ class BufferArena:
         return name
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
 def load_buffer(name: str):
-    """Map the buffer file ``name`` (read-write, shared); the file itself is left in place."""
+    """Map the buffer file ``name`` (read-write, shared); the file itself is left in place.
+
+    Returns a writable byte buffer that unmaps itself when the last object built on it
+    (say, a numpy array) is freed. Python's ``mmap.mmap`` would keep a duplicate of the
+    file descriptor open for as long as the mapping lives — one fd per received array,
+    until the process runs out of them — so the mapping is made with libc directly.
+    """
     fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CLOEXEC)
     try:
-        return mmap.mmap(fd, os.fstat(fd).st_size)
+        size = os.fstat(fd).st_size
+        addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot map {name}: {os.strerror(err)}")
     finally:
         os.close(fd)
+    buf = (ctypes.c_ubyte * size).from_address(addr)
+    weakref.finalize(buf, _libc.munmap, addr, size)
+    return memoryview(buf)
 
 
 def unlink(name: str) -> None:
@@ -103,21 +125,20 @@ def dumps(obj, arena: BufferArena | None = None):
         Whatever cloudpickle raises for an object that cannot be pickled at all.
     """
     buffers = []
-    callback = None
-    if arena is not None and arena.enabled:
 
-        def callback(buf):
-            # A false return sends the buffer out of band; small or non-contiguous ones
-            # stay in the pickle stream.
-            try:
-                raw = buf.raw()
-            except BufferError:
-                return True
-            if raw.nbytes < OOB_MIN:
-                return True
-            buffers.append(raw)
-            return False
+    def out_of_band(buf):
+        # A false return sends the buffer out of band; small or non-contiguous ones stay
+        # in the pickle stream.
+        try:
+            raw = buf.raw()
+        except BufferError:
+            return True
+        if raw.nbytes < OOB_MIN:
+            return True
+        buffers.append(raw)
+        return False
 
+    callback = out_of_band if arena is not None and arena.enabled else None
     try:
         data = pickle.dumps(obj, 5, buffer_callback=callback)
         if _MAIN_MARK in data:

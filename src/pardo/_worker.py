@@ -1,15 +1,15 @@
 """A pardo.Pool worker process: ``python -m pardo._worker TASK_FD RESULT_FD SLOT_FD SLOT PREFIX``.
 
-Started by the engine (never forked from the parent), it reads batches of tasks from
-TASK_FD, runs them one after the other, and writes results to RESULT_FD (protocol in
-:mod:`pardo._pool_wire`). Around each task it writes into its slot of the shared mapping on
-SLOT_FD: the seq of the task it is busy with, and, for a task with a deadline, the absolute
-monotonic deadline the engine enforces by killing this process's whole tree.
+Started by the engine (never forked from the parent), it reads batches of chunks of calls
+from TASK_FD, runs the calls one after the other, and writes results to RESULT_FD (protocol
+in :mod:`pardo._pool_wire`). Around each call it writes into its slot of the shared mapping
+on SLOT_FD: the seq of the call it is busy with, and, for a call with a deadline, the
+absolute monotonic deadline the engine enforces by killing this process's whole tree.
 
 Results are written back in groups, not one by one: a group is flushed when a batch ends,
-when a task starts more than ``FLUSH_NS`` after the last flush, and before progress values.
-So a slow task's result leaves as soon as the next task starts, while a stream of tiny tasks
-costs one write per ~``FLUSH_NS`` of work. If this process dies, the parent re-runs the tasks
+when a call starts more than ``FLUSH_NS`` after the last flush, and before progress values.
+So a slow call's result leaves as soon as the next call starts, while a stream of tiny calls
+costs one write per ~``FLUSH_NS`` of work. If this process dies, the parent re-runs the calls
 whose results had not reached it — at most the last ``FLUSH_NS`` worth of completed work.
 """
 
@@ -21,11 +21,13 @@ import pickle
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 
 # Flush completed results at least this often (ns) while a batch runs.
 FLUSH_NS = 2_000_000
+from ._pool_items import ELEMENT_BITS, WHOLE_CHUNK
 
 
 def _describe_call(fn) -> str:
@@ -63,14 +65,19 @@ class _Worker:
         self.busy_ns = 0
         self.last_flush = time.monotonic_ns()
         self.current_seq = 0
+        self.send_lock = threading.Lock()
         _channel.set_process_emitter(self._emit_progress)
 
     def send(self, message):
-        self.wire.write_all(self.result_fd, self.wire.frame(message))
+        data = self.wire.frame(message)
+        # A task may call pardo.progress() from a thread of its own: frames must not mix.
+        with self.send_lock:
+            self.wire.write_all(self.result_fd, data)
 
     def flush(self):
         if self.out:
-            self.send((self.wire.RESULTS, self.out, self.busy_ns))
+            calls = sum(entry[2] for entry in self.out)
+            self.send((self.wire.RESULTS, self.out, self.busy_ns, calls))
             self.out = []
             self.busy_ns = 0
         self.last_flush = time.monotonic_ns()
@@ -106,58 +113,98 @@ class _Worker:
             self.fn_cache[data] = fn
         return fn
 
-    def run_batch(self, fns, tasks):
+    def run_batch(self, fns, chunks):
         slot = self.slot
-        shm = self.shm
-        arena = self.arena
-        out = self.out
-        clock = time.monotonic_ns
-        for seq, fi, payload, timeout_ns in tasks:
-            start = clock()
-            if out and start - self.last_flush >= FLUSH_NS:
-                self.flush()
-                out = self.out
-            slot[2] = seq
-            if timeout_ns:
-                slot[1] = seq
-                slot[0] = start + timeout_ns
-            self.current_seq = seq
+        for seq, fi, payload, timeout_ns, count in chunks:
+            whole = (seq << ELEMENT_BITS) | WHOLE_CHUNK
+            slot[2] = whole  # a crash from here to the first call: blame the whole chunk
+            self.current_seq = whole
             fn = None
             try:
                 fn = self.load_fn(fns[fi])
-                try:
-                    args, kwargs = shm.loads(payload)
-                except Exception as exc:
-                    raise _ArgumentsUnpickling(exc) from exc
-                value = fn(*args, **kwargs) if kwargs else fn(*args)
-                if timeout_ns:
-                    slot[0] = 0
-                try:
-                    data = shm.dumps(value, arena)
-                except Exception as exc:
-                    err = pickle.PicklingError(
-                        f"the result of {_describe_call(fn)} cannot be pickled: "
-                        f"{_short_repr(value)} ({type(exc).__name__}: {exc})"
-                    )
-                    err.__cause__ = exc
-                    out.append((seq, False, _encode_error(err, shm)))
-                else:
-                    out.append((seq, True, data))
-            except BaseException as exc:
-                if timeout_ns:
-                    slot[0] = 0
-                if isinstance(exc, _ArgumentsUnpickling):
-                    cause = exc.__cause__
-                    exc = pickle.UnpicklingError(
-                        f"the arguments of {_describe_call(fn)} cannot be unpickled in the "
-                        f"worker ({type(cause).__name__}: {cause})"
-                    )
-                    exc.__cause__ = cause
-                out.append((seq, False, _encode_error(exc, shm)))
+                args, kwargs = self.shm.loads(payload)
+            except Exception as exc:
+                what = "the callable" if fn is None else f"the arguments of {_describe_call(fn)}"
+                err = pickle.UnpicklingError(
+                    f"{what} cannot be unpickled in the worker ({type(exc).__name__}: {exc})"
+                )
+                err.__cause__ = exc
+                self.out.append((seq, 0, count, self.wire.SPLIT, _encode_error(err, self.shm)))
+            else:
+                self.run_chunk(seq, fn, args, kwargs, timeout_ns)
             self.current_seq = 0
             slot[2] = 0
-            self.busy_ns += clock() - start
         self.flush()
+
+    def run_chunk(self, seq, fn, args, kwargs, timeout_ns):
+        """Run the calls of one chunk; their results go to ``self.out`` in parts."""
+        slot = self.slot
+        clock = time.monotonic_ns
+        base = seq << ELEMENT_BITS
+        values = []
+        errors = None  # {index in values: exception}
+        first = 0  # offset of values[0] in the chunk
+        started = clock()
+        for i, a in enumerate(args):
+            now = clock()
+            if now - self.last_flush >= FLUSH_NS and (values or self.out):
+                self.emit(seq, first, fn, values, errors)
+                self.busy_ns += now - started
+                started = now
+                self.flush()
+                values = []
+                errors = None
+                first = i
+            eseq = base | i
+            slot[2] = eseq
+            self.current_seq = eseq
+            if timeout_ns:
+                slot[1] = eseq
+                slot[0] = now + timeout_ns
+            try:
+                value = fn(*a) if kwargs is None else fn(*a, **kwargs[i])
+            except BaseException as exc:
+                value = None
+                if errors is None:
+                    errors = {}
+                errors[len(values)] = exc
+            if timeout_ns:
+                slot[0] = 0
+            values.append(value)
+        self.emit(seq, first, fn, values, errors)
+        self.busy_ns += clock() - started
+
+    def emit(self, seq, first, fn, values, errors):
+        """Queue the results of calls ``first:first+len(values)`` of chunk ``seq``."""
+        if not values:
+            return
+        wire, shm, arena = self.wire, self.shm, self.arena
+        base = seq << ELEMENT_BITS
+        self.slot[2] = base | WHOLE_CHUNK
+        if errors is None:
+            try:
+                data = shm.dumps(values, arena)
+            except Exception:
+                pass  # some value cannot be pickled: find it, one by one
+            else:
+                self.out.append((seq, first, len(values), wire.OK_LIST, data))
+                return
+        entries = []
+        for j, value in enumerate(values):
+            self.slot[2] = base | (first + j)  # a crash while pickling this one: blame it
+            exc = errors.get(j) if errors else None
+            if exc is None:
+                try:
+                    entries.append((True, shm.dumps(value, arena)))
+                    continue
+                except Exception as err:
+                    exc = pickle.PicklingError(
+                        f"the result of {_describe_call(fn)} cannot be pickled: "
+                        f"{_short_repr(value)} ({type(err).__name__}: {err})"
+                    )
+                    exc.__cause__ = err
+            entries.append((False, _encode_error(exc, shm)))
+        self.out.append((seq, first, len(values), wire.EACH, entries))
 
     def serve(self):
         wire = self.wire
@@ -173,12 +220,8 @@ class _Worker:
             if message is None:
                 self.flush()
                 return 0
-            _, fns, tasks = message
-            self.run_batch(fns, tasks)
-
-
-class _ArgumentsUnpickling(Exception):
-    pass
+            _, fns, chunks = message
+            self.run_batch(fns, chunks)
 
 
 def _short_repr(obj) -> str:

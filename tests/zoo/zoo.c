@@ -180,6 +180,62 @@ static int mode_termignore(void) {
     return 0;
 }
 
+/* Three "hoppers", each forever forking a child into a new session and exiting, so the
+ * live process keeps changing pid and session while pardo kills the tree (a tree walk
+ * that reads the children and then signals them always lags one hop behind). A hop
+ * every 5 ms keeps the number of processes made bounded (~200 per second per hopper). */
+static int mode_hopper(void) {
+    ready_open();
+    for (int i = 0; i < 3; i++) {
+        if (zfork() == 0) {
+            ready_signal();
+            for (;;) {
+                if (zfork() != 0)
+                    _exit(0);
+                setsid();
+                sleep_ms(5);
+            }
+        }
+    }
+    ready_wait(3);
+    say(1, "hopping\n");
+    hang();
+    return 0;
+}
+
+/* A child replaces itself with /bin/sleep: the token survives only in its environment
+ * (and the alarm survives exec). */
+static int mode_execsleep(void) {
+    ready_open();
+    if (zfork() == 0) {
+        ready_signal();
+        close(ready_pipe[1]);
+        execl("/bin/sleep", "sleep", "30", (char *)NULL);
+        die("execl");
+    }
+    ready_wait(1);
+    sleep_ms(50);  /* let the exec happen */
+    say(1, "exec done\n");
+    hang();
+    return 0;
+}
+
+/* Leader and child stop themselves (SIGSTOP): SIGTERM stays pending on a stopped
+ * process, so only SIGKILL (or a SIGCONT after the TERM) ends them. */
+static int mode_stopped(void) {
+    ready_open();
+    if (zfork() == 0) {
+        ready_signal();
+        raise(SIGSTOP);
+        hang();
+    }
+    ready_wait(1);
+    say(1, "stopping\n");
+    raise(SIGSTOP);
+    hang();
+    return 0;
+}
+
 static void on_term(int sig) {
     (void)sig;
     say(1, "got TERM\n");
@@ -377,6 +433,12 @@ int main(int argc, char **argv) {
         return mode_escape(0);
     if (!strcmp(m, "termignore"))
         return mode_termignore();
+    if (!strcmp(m, "hopper"))
+        return mode_hopper();
+    if (!strcmp(m, "execsleep"))
+        return mode_execsleep();
+    if (!strcmp(m, "stopped"))
+        return mode_stopped();
     if (!strcmp(m, "graceful"))
         return mode_graceful();
     if (!strcmp(m, "forkstorm"))
