@@ -130,7 +130,10 @@ class CgroupRung : public Rung {
     if (!read_file(t.leaf->path + "/cgroup.procs", &procs)) return;
     std::istringstream in(procs);
     pid_t pid;
-    while (in >> pid) kill(pid, sig);
+    while (in >> pid) {
+      kill(pid, sig);
+      if (sig == SIGTERM) kill(pid, SIGCONT);  // a stopped process cannot act on TERM
+    }
   }
 
   void finish(Supervisor& s, TaskState& t) override {
@@ -386,7 +389,9 @@ class PgroupRung : public Rung {
   void on_event(Supervisor&, TaskState&, int) override {}
 
   void signal_tree(Supervisor&, TaskState& t, int sig) override {
-    if (!t.child_reaped) killpg(t.child_pid, sig);
+    if (t.child_reaped) return;
+    killpg(t.child_pid, sig);
+    if (sig == SIGTERM) killpg(t.child_pid, SIGCONT);  // a stopped process cannot act on TERM
   }
 
   void finish(Supervisor&, TaskState&) override {}

@@ -83,8 +83,10 @@ void signal_tree(int sig) {
   // unreaped and so pins the group id; then every descendant found in /proc, which
   // catches setsid/setpgid escapees that still descend from us.
   if (!g_leader_reaped) kill(-g_leader, sig);
+  if (!g_leader_reaped && sig == SIGTERM) kill(-g_leader, SIGCONT);
   for (pid_t p : descendants_of(getpid())) {
     kill(p, sig);
+    if (sig == SIGTERM) kill(p, SIGCONT);  // a stopped process cannot act on TERM
     // A process with SIGKILL pending can only die; where we may, let it do so before the
     // busy processes of a saturated machine (it cannot run its own code again).
     if (sig == SIGKILL) setpriority(PRIO_PROCESS, static_cast<id_t>(p), -20);

@@ -126,6 +126,13 @@ int child_main(void* arg) {
     child_fail(plan, STAGE_AFFINITY, errno);
   if (plan->has_nice && setpriority(PRIO_PROCESS, 0, plan->nice) < 0)
     child_fail(plan, STAGE_NICE, errno);
+  if (plan->nofile_soft >= 0) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+      rl.rlim_cur = static_cast<rlim_t>(plan->nofile_soft);
+      setrlimit(RLIMIT_NOFILE, &rl);
+    }
+  }
   if (plan->rlimit_as > 0) {
     struct rlimit rl;
     rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(plan->rlimit_as);
@@ -299,6 +306,17 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
     out.err = ce.err;
   }
   return out;
+}
+
+long long raise_nofile_limit() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return -1;
+  rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
+  if (want > 1048576) want = 1048576;
+  if (rl.rlim_cur >= want) return -1;
+  long long old = static_cast<long long>(rl.rlim_cur);
+  rl.rlim_cur = want;
+  return setrlimit(RLIMIT_NOFILE, &rl) == 0 ? old : -1;
 }
 
 bool clone3_into_cgroup_supported() {

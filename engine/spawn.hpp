@@ -45,6 +45,7 @@ struct ChildPlan {
   bool has_nice = false;
   int nice = 0;
   long long rlimit_as = 0;  // bytes; 0: none
+  long long nofile_soft = -1;  // >= 0: restore this soft RLIMIT_NOFILE in the child
   std::string cgroup_procs;  // fallback placement: the child writes itself into this file
 
   // Filled by finalize(): pointer arrays into the strings above.
@@ -72,6 +73,11 @@ std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds);
 // with clone3(CLONE_INTO_CGROUP). Never throws; failures come back in the outcome. The
 // child's exit status is reaped here when it could not exec.
 SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd);
+
+// Raise this process's soft RLIMIT_NOFILE towards the hard limit (each task in flight
+// holds a few fds) and return the soft limit it had, which children get back; -1 when
+// nothing changed.
+long long raise_nofile_limit();
 
 // True when clone3 with CLONE_INTO_CGROUP|CLONE_PIDFD is usable (probed once).
 bool clone3_into_cgroup_supported();

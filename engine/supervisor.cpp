@@ -91,6 +91,9 @@ size_t CompletionQueue::size() {
 // ---------------------------------------------------------------- Supervisor: API side
 
 Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
+  // Each task in flight holds a few fds (pidfd, pipes, its cgroup leaf): the common
+  // default soft limit of 1024 would cap a batch at a couple of hundred tasks.
+  nofile_soft_ = raise_nofile_limit();
   RungChoice choice = choose_rung(cfg.isolation, cfg.shepherd_path);
   if (!choice.rung) throw std::invalid_argument(choice.error);
   rung_ = std::move(choice.rung);
@@ -242,7 +245,7 @@ void Supervisor::loop() {
   }
   cv_.notify_all();
   for (auto& p : late)
-    if (p.handle->queue) p.handle->queue->push(p.handle);
+    if (auto q = p.handle->queue.lock()) q->push(p.handle);
 }
 
 void Supervisor::on_event(uint64_t key, uint32_t events) {
@@ -335,6 +338,7 @@ void Supervisor::start_task(Pending&& p) {
   plan.has_nice = r.has_nice;
   plan.nice = r.nice;
   plan.rlimit_as = r.memory_limit;
+  plan.nofile_soft = nofile_soft_;  // programs start with the limit this process had
 
   // Standard streams. Child-side fds are closed right after the spawn.
   std::vector<int> child_side;
@@ -562,7 +566,7 @@ void Supervisor::complete(TaskState& t) {
     --in_flight_;
   }
   cv_.notify_all();
-  if (h->queue) h->queue->push(h);
+  if (auto q = h->queue.lock()) q->push(h);
 }
 
 // ---------------------------------------------------------------- timers

@@ -84,7 +84,9 @@ struct Handle {
   int pid = 0;  // 0: not started yet; -1: could not start
   bool done = false;
   Completion result;
-  std::shared_ptr<CompletionQueue> queue;
+  // Weak: a queue holds its finished handles, so a strong pointer back would be a cycle
+  // that keeps a dropped queue (and its eventfd) alive forever.
+  std::weak_ptr<CompletionQueue> queue;
 };
 
 // Finished handles, in completion order, for consumers that run many tasks at once.
@@ -184,6 +186,7 @@ class Supervisor {
   std::unique_ptr<Rung> rung_;
   std::string rung_name_, rung_reason_;
   int epfd_ = -1, wakefd_ = -1, timerfd_ = -1, devnull_ = -1;
+  long long nofile_soft_ = -1;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> woken_{false};

@@ -561,5 +561,6 @@ async def run_async(args, **kwargs) -> Result:
     try:
         return await fut
     except asyncio.CancelledError:
+        waiter.futures.pop(task.id, None)
         task.kill()
         raise
