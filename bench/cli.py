@@ -34,11 +34,12 @@ from _common import arm_alarm, compile_c, median, nproc, print_table  # noqa: E4
 PARDO = [sys.executable, "-m", "pardo"]
 
 
-def _timed(cmd, stdin=None):
+def _timed(cmd, stdin=None, env=None):
     """Wall seconds of one command; raises if it fails."""
     t0 = time.monotonic()
     with open(stdin, "rb") if stdin else open(os.devnull, "rb") as f:
-        p = subprocess.run(cmd, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.run(cmd, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           env=env)
     dt = time.monotonic() - t0
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[:4]}... exited {p.returncode}: {p.stderr[-300:]!r}")
@@ -63,6 +64,8 @@ def main():
     ap.add_argument("--startup-reps", type=int, default=15)
     ap.add_argument("--rss-inputs", type=int, default=1_000_000)
     ap.add_argument("--no-parallel", action="store_true", help="skip GNU parallel (slow)")
+    ap.add_argument("--extra-rows", action="store_true",
+                    help="also pardo run with inputs on stdin, and with each isolation rung")
     args = ap.parse_args()
     arm_alarm(7200)
 
@@ -73,20 +76,26 @@ def main():
         inputs = os.path.join(tmp, "in")
         with open(inputs, "w") as f:
             f.writelines(f"{i}\n" for i in range(args.count))
+        pardo_cmd = PARDO + ["run", f"-j{n}", "true", "::::", inputs]
         rows = {
             "floor (C posix_spawn+wait)": ([str(floor), str(n), str(args.count), "/bin/true"],
-                                           None),
-            "pardo run": (PARDO + ["run", f"-j{n}", "true", "::::", inputs], None),
-            "xargs -P": (["xargs", "-P", str(n), "-n", "1", "true"], inputs),
+                                           None, None),
+            "pardo run": (pardo_cmd, None, None),
+            "xargs -P": (["xargs", "-P", str(n), "-n", "1", "true"], inputs, None),
         }
+        if args.extra_rows:
+            rows["pardo run (inputs on stdin)"] = (PARDO + ["run", f"-j{n}", "true"], inputs, None)
+            for rung in ("cgroup", "shepherd", "pgroup"):
+                rows[f"pardo run ({rung})"] = (pardo_cmd, None,
+                                               dict(os.environ, PARDO_ISOLATION=rung))
         gnu = shutil.which("parallel")
         if gnu and not args.no_parallel:
             rows["GNU parallel"] = ([gnu, "--will-cite", f"-j{n}", "true", "::::", inputs],
-                                    None)
+                                    None, None)
         times = {k: [] for k in rows}
         for _ in range(args.reps):
-            for name, (cmd, stdin) in rows.items():
-                times[name].append(_timed(cmd, stdin))
+            for name, (cmd, stdin, env) in rows.items():
+                times[name].append(_timed(cmd, stdin, env))
         med = {k: median(v) for k, v in times.items()}
         f = med["floor (C posix_spawn+wait)"]
         p = med["pardo run"]

@@ -246,7 +246,7 @@ def _row(key: tuple, res: dict) -> list[object]:
     if "failed" in res:
         name += f" [worker exited {res['failed']}]"
     if not s:
-        return [name, grace, load, 0] + [""] * 11
+        return [name, grace, load, 0] + [""] * 12
     gone = [x["gone_ms"] for x in s if x["gone_ms"] is not None]
     ret = [x["return_ms"] for x in s]
     eng = [x["engine_ms"] for x in s if x["engine_ms"] is not None]
@@ -266,6 +266,7 @@ def _row(key: tuple, res: dict) -> list[object]:
         len(s),
         pct([x["start_ms"] for x in s], 99),
         pct(gone, 50) if not never else "never",
+        pct(gone, 90) if not never else "never",
         pct(gone, 99) if not never else "never",
         max(gone) if gone and not never else "never",
         pct(ret, 50),
@@ -349,9 +350,9 @@ def main() -> None:
         done += chunk
         print(f"  {done}/{a.runs} runs per row done", file=sys.stderr, flush=True)
     headers = [
-        "tool", "grace", "load", "runs", "start p99", "gone p50", "gone p99", "gone max",
-        "return p50", "return p99", "engine p99", "alive at return", "left behind", "zombies",
-        "size/forks",
+        "tool", "grace", "load", "runs", "start p99", "gone p50", "gone p90", "gone p99",
+        "gone max", "return p50", "return p99", "engine p99", "alive at return", "left behind",
+        "zombies", "size/forks",
     ]  # fmt: skip
     print()
     C.print_table(headers, [_row(k, r) for k, r in results.items()])

@@ -151,21 +151,73 @@ def bench_throughput(jobs, repeat, scale):
 # -- parallel efficiency --------------------------------------------------------------------
 
 
+FLOOR_CHILD = """
+import sys
+def burn(iterations):
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    return total
+iters, count = int(sys.argv[1]), int(sys.argv[2])
+for line in sys.stdin:
+    for _ in range(count):
+        burn(iters)
+    sys.stdout.write("done\\n")
+    sys.stdout.flush()
+"""
+
+
+class Floor:
+    """``jobs`` bare processes, each running its share of the tasks in a plain loop when
+    told to: what the cores deliver with no pool at all (two busy cores of a VM can be
+    slower than one busy core alone; this shows how much)."""
+
+    def __init__(self, jobs, iters, n_tasks):
+        import subprocess
+
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", FLOOR_CHILD, str(iters), str(n_tasks // jobs)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(jobs)
+        ]
+
+    def run(self):
+        start = time.perf_counter()
+        for p in self.procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in self.procs:
+            p.stdout.readline()
+        return time.perf_counter() - start
+
+    def close(self):
+        for p in self.procs:
+            p.stdin.close()
+            p.wait()
+
+
 def bench_efficiency(jobs, rounds, n_tasks):
     """Parallel efficiency on CPU-bound ~20 ms tasks.
 
     Each round runs ``n_tasks`` tasks one after the other in this process, then the same
-    tasks on pardo.Pool and on ProcessPoolExecutor, back to back; a round's efficiency is
-    serial time / (jobs x pool wall time), and the median over rounds is reported. Doing
-    the serial reference in every round, next to the pool runs, keeps a virtual machine
-    whose CPU speed drifts (steal time, frequency) from skewing the ratio.
+    tasks on pardo.Pool, on ProcessPoolExecutor and on ``jobs`` bare looping processes,
+    back to back; a round's efficiency is serial time / (jobs x wall time), and the median
+    over rounds is reported. The serial reference is re-measured in every round, next to
+    the pool runs, so that a virtual machine whose CPU speed drifts (steal time, other
+    load) skews the ratios as little as possible.
 
     Returns:
-        (median single-task seconds, pardo efficiency, ProcessPoolExecutor efficiency)
+        (median single-task seconds, {name: median efficiency})
     """
     iters = calibrate_20ms()
     tasks = [iters] * n_tasks
-    singles, effs, effs_ppe = [], [], []
+    singles = []
+    effs = {"pardo": [], "ppe": [], "bare": []}
+    floor = Floor(jobs, iters, n_tasks)
     with pardo.Pool(jobs, task_timeout=60) as pool, cf.ProcessPoolExecutor(
         jobs, mp_context=multiprocessing.get_context("forkserver")
     ) as ex:
@@ -179,11 +231,13 @@ def bench_efficiency(jobs, rounds, n_tasks):
             singles.append(serial / n_tasks)
             start = time.perf_counter()
             list(pool.map(burn, tasks))
-            effs.append(serial / (jobs * (time.perf_counter() - start)))
+            effs["pardo"].append(serial / (jobs * (time.perf_counter() - start)))
             start = time.perf_counter()
             list(ex.map(burn, tasks))
-            effs_ppe.append(serial / (jobs * (time.perf_counter() - start)))
-    return statistics.median(singles), statistics.median(effs), statistics.median(effs_ppe)
+            effs["ppe"].append(serial / (jobs * (time.perf_counter() - start)))
+            effs["bare"].append(serial / (jobs * floor.run()))
+    floor.close()
+    return statistics.median(singles), {k: statistics.median(v) for k, v in effs.items()}
 
 
 # -- kill latency ---------------------------------------------------------------------------
@@ -239,12 +293,15 @@ def main():
     print(f"   target >= 100,000/s: {'met' if ours >= 100_000 else 'MISSED'}"
           + (f"; >= 2x joblib: {'met' if ours >= 2 * joblib_rate else 'MISSED'}" if joblib_rate else ""))
 
-    single, eff, eff_ppe = bench_efficiency(args.jobs, 3 if args.quick else 9, 8 if args.quick else 40)
+    single, effs = bench_efficiency(args.jobs, 3 if args.quick else 5, 10 if args.quick else 100)
+    eff = effs["pardo"]
     print(f"\n2. CPU-bound tasks of {single * 1e3:.1f} ms: parallel efficiency, "
           f"serial time / (jobs x wall), median of rounds")
-    print(f"   pardo.Pool.map (deadline per task)   {eff:6.1%}   "
+    print(f"   pardo.Pool.map (deadline per task)    {eff:6.1%}   "
           f"target >= 95%: {'met' if eff >= 0.95 else 'MISSED'}")
-    print(f"   ProcessPoolExecutor.map               {eff_ppe:6.1%}")
+    print(f"   ProcessPoolExecutor.map                {effs['ppe']:6.1%}")
+    print(f"   {args.jobs} bare processes, plain loop (no pool) {effs['bare']:6.1%}   "
+          f"pardo reaches {eff / effs['bare']:.1%} of it")
 
     lates, pebble_lates = bench_gil_kill(5 if args.quick else 15)
     print("\n3. task stuck in C holding the GIL, deadline 0.2 s: reported this long after it")

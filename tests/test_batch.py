@@ -181,3 +181,33 @@ def test_hostile_values_arrive_byte_exact_exec_and_shell(values):
     for template in ("/usr/bin/printf %s. {}", "printf %s. {}"):  # direct exec, then sh -c
         out = list(pardo.map_commands(template, values, keep_order=True))
         assert [r.stdout for r in out] == expected, template
+
+
+def test_joblog_round_trip_and_torn_last_row(tmp_path):
+    from pardo._joblog import HEADER, JobLog, read_joblog
+
+    path = tmp_path / "log"
+    log = JobLog(str(path))
+    log.write(1, 1700000000.5, 0.25, 0, 0, "echo 'a b'")
+    log.write(2, 1700000001.0, 1.0, -1, 15, "sleep 9")
+    log.close()
+    text = path.read_text()
+    assert text.startswith(HEADER)
+    assert text.splitlines()[1] == "1\t:\t1700000000.500\t     0.250\t0\t0\t0\t0\techo 'a b'"
+    with open(path, "a") as f:
+        f.write("3\t:\t17000")  # pardo killed mid-row
+    jobs = read_joblog(str(path))
+    assert sorted(jobs) == [1, 2]
+    assert jobs[1].ok and not jobs[2].ok and jobs[2].command == "sleep 9"
+    log = JobLog(str(path), append=True)  # no second header; the torn row is cut off
+    log.write(3, 1700000002.0, 0.5, 0, 0, "true")
+    log.close()
+    lines = path.read_text().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == ["Seq", "1", "2", "3"]
+
+
+def test_halt_percent_counts_against_the_total_when_known():
+    out = list(pardo.map_commands("exit {}", ["1", "0", "0", "0"], jobs=1, halt="soon,fail=50%"))
+    assert len(out) == 4  # 1 failure of 4 is 25%
+    out = list(pardo.map_commands("exit {}", ["1", "1", "0", "0"], jobs=1, halt="soon,fail=50%"))
+    assert len(out) == 2

@@ -332,3 +332,46 @@ def test_bar_and_summary_on_a_terminal():
     text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", seen).decode("utf-8", "replace")
     assert "3/3" in text and "ok 3" in text  # the bar, with counts per status
     assert "pardo: 3 tasks in" in text and "(3 ok)" in text  # the summary
+
+
+def test_sigkill_mid_run_then_resume_runs_exactly_the_rest(tmp_path):
+    log = tmp_path / "log"
+    out = tmp_path / "out"
+    args = ["--joblog", str(log), "-j1", f"echo {{}} >> {out}; sleep 0.2", ":::"] + [
+        str(i) for i in range(1, 9)]
+    p = subprocess.Popen(pardo_cmd() + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text().count("\n") >= 3:  # header + 2 rows
+                break
+            time.sleep(0.02)
+        p.kill()
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    done_before = [r.split("\t")[0] for r in log.read_text().splitlines()[1:]]
+    assert 2 <= len(done_before) < 8
+    assert run(["--resume"] + args).returncode == 0
+    seqs = [int(r.split("\t")[0]) for r in log.read_text().splitlines()[1:]]
+    assert sorted(seqs) == list(range(1, 9))  # every job logged exactly once
+    assert set(out.read_text().split()) == {str(i) for i in range(1, 9)}
+
+
+def test_closed_stdout_stops_the_run_with_141():
+    p = subprocess.Popen(pardo_cmd() + ["-j1", "echo {}; sleep 0.1", ":::"] +
+                         [str(i) for i in range(50)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"0\n"
+        p.stdout.close()
+        t0 = time.monotonic()
+        assert p.wait(timeout=20) == 141
+        assert time.monotonic() - t0 < 4  # it did not run the remaining 48 tasks
+        assert b"Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

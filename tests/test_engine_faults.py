@@ -20,7 +20,10 @@ import time
 import pytest
 
 import pardo
-from conftest import as_nobody_argv, audit, cgroup2_writable, nobody_env
+
+# tests/zoo is on sys.path (conftest.py puts it there)
+import audit
+from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -97,7 +100,7 @@ def test_supervisor_killed_leaves_no_survivors(zoo, rung, request):
     argv = [sys.executable, str(script), str(zoo.bin), token]
     env = {**os.environ, "PARDO_ISOLATION": rung}
     if rung == "shepherd-nobody":
-        argv = as_nobody_argv(["/usr/bin/python3", *argv[1:]])
+        argv = as_nobody_argv([SYSTEM_PYTHON, *argv[1:]])
         env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
     p = subprocess.Popen(argv, env=env, cwd=zoo.dir,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)

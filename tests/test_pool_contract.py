@@ -197,6 +197,61 @@ def test_map_close_early_leaves_pool_usable(pool):
     assert pool.submit(add, 1, 1).result(timeout=30) == 2
 
 
+class Thing:
+    def method(self):
+        return "called"
+
+
+def make_thing(_):
+    return Thing()
+
+
+class FalseyError(Exception):
+    def __bool__(self):
+        return False
+
+
+def raise_falsey():
+    raise FalseyError("falsey")
+
+
+def test_map_submits_without_iteration(backend, tmp_path):
+    with pardo.Pool(2, backend=backend) as p:
+        p.map(touch, [str(tmp_path / f"f{i}") for i in range(10)])
+    assert sorted(os.listdir(tmp_path)) == sorted(f"f{i}" for i in range(10))
+
+
+def touch(path):
+    open(path, "w").close()
+
+
+def test_map_keeps_no_reference_to_results(pool):
+    import gc
+
+    for obj in pool.map(make_thing, range(10)):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
+
+
+def test_no_stale_reference_to_the_callable(pool):
+    thing = Thing()
+    collected = threading.Event()
+    ref = weakref.ref(thing, lambda _: collected.set())
+    fut = pool.submit(thing.method)
+    del thing
+    assert fut.result(timeout=30) == "called"
+    assert collected.wait(10), ref
+
+
+def test_falsey_exception_still_raises(pool):
+    # (Future.result() itself swallows falsey exceptions before CPython 3.12, so only the
+    # pool's own map path is checked here.)
+    with pytest.raises(FalseyError):
+        list(pool.map(lambda _: raise_falsey(), range(3)))
+
+
 # -- shutdown --------------------------------------------------------------------------
 
 

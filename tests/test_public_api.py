@@ -5,7 +5,7 @@ import inspect
 import pardo
 
 EXPECTED = {
-    "DEVNULL", "INHERIT", "STDOUT", "IsolationUnavailable", "PardoError", "Pool", "Result",
+    "BrokenPool", "DEVNULL", "INHERIT", "STDOUT", "IsolationUnavailable", "PardoError", "Pool", "Result",
     "ResultQueue", "Status", "Task", "TaskCrashed", "TaskError", "TaskTimeout", "configure",
     "isolation", "map_commands", "progress", "releases_gil", "run", "run_async", "spawn",
 }
@@ -54,5 +54,7 @@ def test_exceptions_subclass_what_users_catch():
 
 def test_pool_is_an_executor():
     import concurrent.futures
+    import concurrent.futures.process
 
     assert issubclass(pardo.Pool, concurrent.futures.Executor)
+    assert issubclass(pardo.BrokenPool, concurrent.futures.process.BrokenProcessPool)

@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import as_nobody_argv, audit, cgroup2_writable, cpu_load, nobody_env
-
-import driver  # tests/zoo/driver.py (conftest put tests/zoo on sys.path)
+# tests/zoo is on sys.path (conftest.py puts it there)
+import audit
+import driver
+from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, cpu_load, nobody_env
 
 RUNGS = ["cgroup", "shepherd", "shepherd-nobody"]
 LOADS = ["idle", "loaded"]
@@ -53,7 +53,7 @@ class Matrix:
         if rung == "shepherd-nobody":
             # Not forced: the unprivileged process must pick the shepherd rung by itself.
             env = nobody_env(self._request.getfixturevalue("nobody_pythonpath"), self.zoo.dir)
-            return as_nobody_argv(["/usr/bin/python3", *args]), env, self.zoo.dir
+            return as_nobody_argv([SYSTEM_PYTHON, *args]), env, self.zoo.dir
         env["PARDO_ISOLATION"] = rung
         return [sys.executable, *args], env, None
 

@@ -19,6 +19,7 @@ from ._supervisor import configure, isolation
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokenPool",
     "DEVNULL",
     "INHERIT",
     "STDOUT",
@@ -45,6 +46,7 @@ __all__ = [
 # name -> module that defines it; imported lazily so that `import pardo` stays cheap
 _LAZY = {
     "map_commands": "._batch",
+    "BrokenPool": "._pool",
     "Pool": "._pool",
     "progress": "._pool",
     "releases_gil": "._pool",

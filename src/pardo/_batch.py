@@ -234,7 +234,7 @@ class Batch:
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
                  stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
-                 input_may_block=False):
+                 input_may_block=False, total=None):
         import pardo
 
         self._pardo = pardo
@@ -256,6 +256,9 @@ class Batch:
         # An input that can block (a pipe, a terminal) is read on a thread, so that the
         # loop keeps reaping and starting tasks while it waits for the next line.
         self._input_may_block = input_may_block
+        # number of jobs when known up front: --halt N% counts against it (as GNU does),
+        # else against the tasks finished so far
+        self.total = total
         self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
@@ -387,7 +390,10 @@ class Batch:
         n = {"fail": self.failed, "success": self.succeeded, "done": self.finished}[h.why]
         if h.why == "fail" and ok or h.why == "success" and not ok:
             return
-        hit = n >= h.count if h.count is not None else n >= h.fraction * self.finished
+        if h.count is not None:
+            hit = n >= h.count
+        else:
+            hit = n >= h.fraction * (self.total or self.finished)
         if hit:
             if h.why == "fail":
                 rc = result.returncode if result.status == Status.FAILED else 1
@@ -565,6 +571,13 @@ def numbered_jobs(arg_groups, skip=None, start=1):
         yield _Job(seq, args)
 
 
+def _count_jobs(inputs, max_args):
+    if not isinstance(inputs, (list, tuple, range)) or (
+            inputs and isinstance(inputs[0], Source)):
+        return None
+    return -(-len(inputs) // max_args) if max_args else len(inputs)
+
+
 def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0, retries=1,
                  halt=None, keep_order=False, max_args=None, colsep=None, replace="{}",
                  pin=False, delay=0.0, nice=None, memory_limit=None, env=None, cwd=None,
@@ -607,6 +620,8 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         ``slot``, ``inputs`` (the tuple of values), ``attempts`` and ``job``.
         Closing the generator early kills the tasks still running.
     """
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError("inputs must be an iterable of values (a str is not: wrap it in a list)")
     words = [command] if isinstance(command, str) else list(command)
     template = Template(words, replace=replace, context=max_args is not None)
     if isinstance(inputs, Source) or (isinstance(inputs, list) and inputs
@@ -621,5 +636,6 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
                   timeout=timeout, kill_grace=kill_grace, retries=retries, halt=halt,
                   keep_order=keep_order, pin=pin, delay=delay, nice=nice,
                   memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
-                  stdout=stdout, stderr=stderr, results=results)
+                  stdout=stdout, stderr=stderr, results=results,
+                  total=_count_jobs(inputs, max_args))
     return iter(batch)

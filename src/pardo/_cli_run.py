@@ -53,7 +53,8 @@ pardo's own:
   --summary / --no-summary end-of-run summary on stderr (default: on a terminal)
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
---halt: the failing task's exit status; 130/143 interrupted by SIGINT/SIGTERM; 255 error.
+--halt: the failing task's exit status; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout
+closed (SIGPIPE); 255 error.
 """
 
 # name -> (dest, takes_value)
@@ -386,6 +387,7 @@ def _main(argv):
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
+        total=total,
     )
     return _execute(batch, view, opts, total, joblog_path, resuming)
 
@@ -489,6 +491,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         return 130
     if reason == signal.SIGTERM:
         return 143
+    if reason == "pipe":
+        return 141  # stdout was closed under us; GNU parallel dies of SIGPIPE here
     if batch.halt_exit is not None:
         return batch.halt_exit
     failed = batch.failed

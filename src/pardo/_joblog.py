@@ -60,8 +60,24 @@ class JobLog:
         else:
             flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
             self._fd, self._own = os.open(path, flags, 0o666), True
-        if not append or os.fstat(self._fd).st_size == 0:
+        size = os.fstat(self._fd).st_size if self._own else 0
+        if append and size:
+            self._drop_torn_row(path, size)
+            size = os.fstat(self._fd).st_size
+        if not append or size == 0:
             os.write(self._fd, HEADER.encode())
+
+    @staticmethod
+    def _drop_torn_row(path, size):
+        # A pardo killed mid-write leaves a row without its newline; it recorded nothing
+        # complete, so cut it off rather than glue the next row to it.
+        with open(path, "rb+") as f:
+            tail = min(size, 1 << 16)
+            f.seek(size - tail)
+            data = f.read(tail)
+            if not data.endswith(b"\n"):
+                cut = data.rfind(b"\n")
+                f.truncate(size - tail + cut + 1 if cut >= 0 else 0)
 
     def write(self, seq: int, started_at: float, runtime: float, exitval: int, signal: int,
               command: str) -> None:

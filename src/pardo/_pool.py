@@ -491,22 +491,33 @@ class _MapRun:
                 self._yielded += n
                 if not self._exhausted and self._submitted - self._yielded <= self._window_low():
                     self._top_up()
+                # Hand each value over without keeping a reference here (pop it straight
+                # into the yield): once the caller drops a result, it is freed.
                 if kind == 1:
                     ok, values = decode_value(data, where)
+                    data = None
                     if not ok:
                         raise values
-                    yield from values
+                    values.reverse()
+                    while values:
+                        yield values.pop()
                 elif kind == 0:
-                    yield data
+                    box = [data]
+                    data = None
+                    yield box.pop()
                 elif kind == 2:
-                    for ok, payload in data:
-                        if ok:
-                            ok, value = decode_value(payload, where)
-                            if not ok:
-                                raise value
-                            yield value
-                        else:
+                    data.reverse()
+                    while data:
+                        ok, payload = data.pop()
+                        if not ok:
                             raise decode_error(payload, where)
+                        ok, value = decode_value(payload, where)
+                        payload = None
+                        if not ok:
+                            raise value
+                        box = [value]
+                        value = None
+                        yield box.pop()
                 else:
                     raise data
         finally:

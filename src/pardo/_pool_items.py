@@ -1,5 +1,5 @@
-"""The units both pool backends pass around: a :class:`WorkItem` per task, and the *sink*
-that receives its outcome.
+"""The units both pool backends pass around: a :class:`WorkItem` per chunk of calls, the
+*sink* that receives their outcomes, and the :class:`BatchSizer` that sizes chunks.
 
 Two kinds of sink. :class:`FutureSink` settles a ``concurrent.futures.Future`` (``submit``,
 ``schedule``). A map run (``pardo._pool._MapRun``) collects many outcomes behind one
@@ -114,6 +114,33 @@ def detach(exc):
                 detach(exc.__context__)
             exc = exc.__cause__
     return exc
+
+
+class BatchSizer:
+    """Chooses how many tasks go into one batch, from how long tasks have been taking.
+
+    Batches aim at ``target_ns`` of work: long enough that the per-batch cost (a frame, two
+    pipe writes, a wake-up on each side) is noise, short enough that workers stay balanced
+    and a dying worker takes little finished-but-unreported work with it. Until the first
+    result arrives nothing is known, so batches start at one task.
+    """
+
+    def __init__(self, target_ns: int = 4_000_000, max_size: int = MAX_CHUNK):
+        self.target_ns = target_ns
+        self.max_size = max_size
+        self.per_task_ns = None
+
+    def observe(self, busy_ns: int, count: int) -> None:
+        if count <= 0:
+            return
+        sample = busy_ns / count
+        old = self.per_task_ns
+        self.per_task_ns = sample if old is None else 0.7 * old + 0.3 * sample
+
+    def size(self) -> int:
+        if self.per_task_ns is None:
+            return 1
+        return max(1, min(self.max_size, int(self.target_ns / max(self.per_task_ns, 1.0))))
 
 
 class RemoteTraceback(Exception):

@@ -52,6 +52,7 @@ from ._errors import TaskCrashed
 from ._pool_errors import death_error, pickling_error
 from ._pool_items import (
     ELEMENT_BITS,
+    BatchSizer,
     WHOLE_CHUNK,
     decode_error,
     describe_call,
@@ -72,33 +73,6 @@ _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 
 _WAKE, _READ, _WRITE, _DEATHS = range(4)
-
-
-class BatchSizer:
-    """Chooses how many tasks go into one batch, from how long tasks have been taking.
-
-    Batches aim at ``target_ns`` of work: long enough that the per-batch cost (a frame, two
-    pipe writes, a wake-up on each side) is noise, short enough that workers stay balanced
-    and a dying worker takes little finished-but-unreported work with it. Until the first
-    result arrives nothing is known, so batches start at one task.
-    """
-
-    def __init__(self, target_ns: int = 4_000_000, max_size: int = 2048):
-        self.target_ns = target_ns
-        self.max_size = max_size
-        self.per_task_ns = None
-
-    def observe(self, busy_ns: int, count: int) -> None:
-        if count <= 0:
-            return
-        sample = busy_ns / count
-        old = self.per_task_ns
-        self.per_task_ns = sample if old is None else 0.7 * old + 0.3 * sample
-
-    def size(self) -> int:
-        if self.per_task_ns is None:
-            return 1
-        return max(1, min(self.max_size, int(self.target_ns / max(self.per_task_ns, 1.0))))
 
 
 class _WorkerHandle:

@@ -95,6 +95,7 @@ class ThreadBackend:
                         sink.fail(item, i, exc)
                     else:
                         sink.settle(item, i, value)
+                        value = None  # the caller decides how long a result lives
             finally:
                 _channel.set_thread_emitter(None)
             item = fn = args = kwargs = None

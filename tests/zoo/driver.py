@@ -11,8 +11,8 @@ children, leaked descriptors, and the memory peak under an output flood. Whateve
 finds goes into the case's ``problems`` list; the pytest side asserts that list is empty
 and sweeps /proc for the tokens once more as root.
 
-Standard library only (plus pardo): the unprivileged rung runs this under Debian's
-/usr/bin/python3, which has no third-party packages.
+Standard library only (plus pardo): the unprivileged rung runs this under the system's
+/usr/bin/python3.X, which has no third-party packages.
 """
 
 from __future__ import annotations
