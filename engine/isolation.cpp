@@ -240,6 +240,8 @@ class ShepherdRung : public Rung {
     for (int fd : temps) close(fd);
     close(st[1]);
     close(ctl[0]);
+    // Our helper could not be exec'd: say so, rather than blame the task's program.
+    if (o.stage == STAGE_EXEC) o.stage = STAGE_HELPER;
     if (o.stage != STAGE_NONE) {
       close(st[0]);
       close(ctl[1]);
@@ -265,8 +267,8 @@ class ShepherdRung : public Rung {
       // The shepherd died without reporting its task's end: it was killed from outside,
       // or could not start. Report that rather than guess.
       if (!t.got_started && t.c.spawn_stage == STAGE_NONE) {
-        t.c.spawn_stage = STAGE_EXEC;
-        t.c.spawn_errno = WIFEXITED(st) && WEXITSTATUS(st) == 127 ? ENOENT : ECHILD;
+        t.c.spawn_stage = STAGE_HELPER;
+        t.c.spawn_errno = WIFSIGNALED(st) ? EINTR : ECHILD;
       } else {
         t.c.note = "the shepherd process died unexpectedly";
       }

@@ -78,11 +78,17 @@ void* child_stack() {
 }
 
 [[noreturn]] void child_fail(const ChildPlan* plan, int stage, int err) {
-  ChildError ce{stage, err};
-  ssize_t r;
-  do {
-    r = write(plan->err_fd, &ce, sizeof ce);
-  } while (r < 0 && errno == EINTR);
+  if (plan->err_fd >= 0) {
+    ChildError ce{stage, err};
+    ssize_t r;
+    do {
+      r = write(plan->err_fd, &ce, sizeof ce);
+    } while (r < 0 && errno == EINTR);
+  } else {
+    ChildPlan* p = const_cast<ChildPlan*>(plan);
+    p->err_errno = err;
+    p->err_stage = stage;
+  }
   syscall(SYS_exit, 127);
   __builtin_unreachable();
 }
@@ -93,13 +99,21 @@ void* child_stack() {
 int child_main(void* arg) {
   const ChildPlan* plan = static_cast<const ChildPlan*>(arg);
 
-  // A fresh program starts with default dispositions. The handler table is our own
-  // (no CLONE_SIGHAND), so this does not touch the parent's handlers.
+  // Handlers were reset to SIG_DFL by CLONE_CLEAR_SIGHAND (or are reset here where the
+  // kernel lacks it); ignored signals stay ignored, as across any exec (so `nohup` keeps
+  // working) -- except the ones Python itself ignores, which programs expect at default
+  // (subprocess restores the same ones).
   KernelSigaction dfl{reinterpret_cast<void*>(SIG_DFL), 0, nullptr, 0};
-  for (int s = 1; s < 65; ++s) {
-    if (s == SIGKILL || s == SIGSTOP) continue;
-    syscall(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
+  if (!plan->handlers_cleared) {
+    for (int s = 1; s < 65; ++s) {
+      if (s == SIGKILL || s == SIGSTOP) continue;
+      KernelSigaction old;
+      if (syscall(SYS_rt_sigaction, s, nullptr, &old, sizeof(unsigned long)) == 0 &&
+          old.handler != reinterpret_cast<void*>(SIG_IGN) && old.handler != reinterpret_cast<void*>(SIG_DFL))
+        syscall(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
+    }
   }
+  for (int s : {SIGPIPE, SIGXFSZ}) syscall(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
 
   if (!plan->cgroup_procs.empty()) {
     int fd = open(plan->cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
@@ -175,6 +189,7 @@ const char* stage_name(int stage) {
     case STAGE_RLIMIT: return "rlimit";
     case STAGE_CGROUP: return "cgroup";
     case STAGE_CLONE: return "clone";
+    case STAGE_HELPER: return "helper";
     default: return "none";
   }
 }
@@ -230,40 +245,56 @@ std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds) {
   return temps;
 }
 
+#ifndef CLONE_CLEAR_SIGHAND
+#define CLONE_CLEAR_SIGHAND 0x100000000ULL
+#endif
+
+// Kernels before 5.5 reject CLONE_CLEAR_SIGHAND; remember that after the first refusal.
+std::atomic<bool> g_clear_sighand{true};
+
+static long clone_once(ChildPlan& plan, CloneArgs& ca) {
+  if (kHaveTrampoline) {
+    std::lock_guard<std::mutex> lk(g_stack_mu);
+    void* stack = child_stack();
+    if (!stack) return -ENOMEM;
+    ca.stack = reinterpret_cast<uint64_t>(stack);
+    ca.stack_size = kChildStackSize;
+    return pardo_clone3_run(&ca, sizeof ca, child_main, &plan);
+  }
+  // No trampoline for this CPU: a fork-style clone3 (copies page tables, slower, same
+  // semantics). The child runs child_main on its copy of our stack.
+  ca.flags &= ~static_cast<uint64_t>(CLONE_VM | CLONE_VFORK);
+  long r = syscall(SYS_clone3, &ca, sizeof ca);
+  if (r == 0) syscall(SYS_exit, child_main(&plan));
+  return r < 0 ? -errno : r;
+}
+
 static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd) {
   SpawnOutcome out;
   int pidfd = -1;
   CloneArgs ca;
-  memset(&ca, 0, sizeof ca);
-  ca.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
-  ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-  ca.exit_signal = SIGCHLD;
-  if (cgroup_fd >= 0) {
-    ca.flags |= CLONE_INTO_CGROUP;
-    ca.cgroup = static_cast<uint64_t>(cgroup_fd);
-  }
   long r;
-  if (kHaveTrampoline) {
-    std::lock_guard<std::mutex> lk(g_stack_mu);
-    void* stack = child_stack();
-    if (!stack) {
-      out.stage = STAGE_CLONE;
-      out.err = ENOMEM;
-      return out;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    memset(&ca, 0, sizeof ca);
+    ca.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
+    plan.handlers_cleared = g_clear_sighand.load();
+    if (plan.handlers_cleared) ca.flags |= CLONE_CLEAR_SIGHAND;
+    ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    ca.exit_signal = SIGCHLD;
+    if (cgroup_fd >= 0) {
+      ca.flags |= CLONE_INTO_CGROUP;
+      ca.cgroup = static_cast<uint64_t>(cgroup_fd);
     }
-    ca.stack = reinterpret_cast<uint64_t>(stack);
-    ca.stack_size = kChildStackSize;
-    r = pardo_clone3_run(&ca, sizeof ca, child_main, &plan);
-  } else {
-    // No trampoline for this CPU: a fork-style clone3 (copies page tables, slower, same
-    // semantics). The child runs child_main on its copy of our stack.
-    ca.flags &= ~static_cast<uint64_t>(CLONE_VM | CLONE_VFORK);
-    r = syscall(SYS_clone3, &ca, sizeof ca);
-    if (r == 0) syscall(SYS_exit, child_main(&plan));
+    r = clone_once(plan, ca);
+    if (r == -EINVAL && plan.handlers_cleared) {
+      g_clear_sighand.store(false);
+      continue;
+    }
+    break;
   }
   if (r < 0) {
     out.stage = STAGE_CLONE;
-    out.err = static_cast<int>(kHaveTrampoline ? -r : errno);
+    out.err = static_cast<int>(-r);
     return out;
   }
   out.pid = static_cast<pid_t>(r);
@@ -272,29 +303,40 @@ static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd) {
 }
 
 SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
-  int pipefd[2];
-  if (pipe2(pipefd, O_CLOEXEC) < 0) {
+  // A vfork-style child reports failure in plan.err_*; a fork-style one needs a pipe.
+  int pipefd[2] = {-1, -1};
+  if (!kHaveTrampoline && pipe2(pipefd, O_CLOEXEC) < 0) {
     SpawnOutcome o;
     o.stage = STAGE_CLONE;
     o.err = errno;
     return o;
   }
   plan.err_fd = pipefd[1];
+  plan.err_stage = 0;
+  plan.err_errno = 0;
   plan.finalize();
   SpawnOutcome out = do_clone(plan, cgroup_fd);
-  close(pipefd[1]);
-  plan.err_fd = -1;
-  if (out.pid < 0) {
+  int stage = 0, err = 0;
+  if (pipefd[1] >= 0) {
+    close(pipefd[1]);
+    ChildError ce{0, 0};
+    ssize_t n = -1;
+    if (out.pid > 0) {
+      do {
+        n = read(pipefd[0], &ce, sizeof ce);
+      } while (n < 0 && errno == EINTR);
+    }
     close(pipefd[0]);
-    return out;
+    if (n == static_cast<ssize_t>(sizeof ce)) {
+      stage = ce.stage;
+      err = ce.err;
+    }
+  } else {
+    stage = plan.err_stage;
+    err = plan.err_errno;
   }
-  ChildError ce{0, 0};
-  ssize_t n;
-  do {
-    n = read(pipefd[0], &ce, sizeof ce);
-  } while (n < 0 && errno == EINTR);
-  close(pipefd[0]);
-  if (n == static_cast<ssize_t>(sizeof ce)) {
+  plan.err_fd = -1;
+  if (out.pid > 0 && stage != 0) {
     // The child reported a failure and exited: reap it now, it is ours alone.
     int st;
     while (waitpid(out.pid, &st, 0) < 0 && errno == EINTR) {
@@ -302,8 +344,8 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
     if (out.pidfd >= 0) close(out.pidfd);
     out.pid = -1;
     out.pidfd = -1;
-    out.stage = ce.stage;
-    out.err = ce.err;
+    out.stage = stage;
+    out.err = err;
   }
   return out;
 }

@@ -24,6 +24,7 @@ enum ChildStage : int {
   STAGE_RLIMIT = 7,
   STAGE_CGROUP = 8,
   STAGE_CLONE = 9,
+  STAGE_HELPER = 10,  // pardo's own helper program (the shepherd) could not be started
 };
 
 const char* stage_name(int stage);
@@ -50,7 +51,11 @@ struct ChildPlan {
 
   // Filled by finalize(): pointer arrays into the strings above.
   std::vector<char*> argv_ptrs, env_ptrs, path_ptrs;
-  int err_fd = -1;
+  int err_fd = -1;  // fork-style clone only: the child reports through this pipe
+  // vfork-style clone: the child shares our memory and reports here instead (the parent
+  // is suspended until the child execs or exits, so there is no race).
+  volatile int err_stage = 0, err_errno = 0;
+  bool handlers_cleared = false;  // the kernel reset the child's handlers (CLONE_CLEAR_SIGHAND)
   void finalize();
 };
 

@@ -290,6 +290,11 @@ def _spawn_error(task, stage, err):
         return f"cannot set the nice value: {reason}"
     if name == "rlimit":
         return f"cannot set the memory limit: {reason}"
+    if name == "helper":
+        from . import _supervisor
+
+        return (f"pardo's shepherd helper {_supervisor.shepherd_path()!r} could not run "
+                f"({reason}); reinstall pardo, or choose another isolation rung")
     return f"{name} failed: {reason} (starting {prog!r})"
 
 
