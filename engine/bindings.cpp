@@ -110,7 +110,7 @@ PYBIND11_MODULE(_engine, m) {
   });
 
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
-      .def(py::init<>())
+      .def(py::init<int>(), py::arg("max_running") = 0)
       .def("fileno", &CompletionQueue::fd)
       .def("__len__", &CompletionQueue::size)
       .def(

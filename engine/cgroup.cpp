@@ -62,11 +62,14 @@ std::string own_cgroup_path() {
 }
 
 int cgroup_populated(int events_fd) {
-  std::string s;
-  if (!pread_all(events_fd, &s)) return -1;
-  size_t p = s.find("populated ");
-  if (p == std::string::npos) return -1;
-  return s[p + 10] == '1' ? 1 : 0;
+  // One pread: the file is a few short lines ("populated 0\nfrozen 0\n").
+  char buf[256];
+  ssize_t n = pread(events_fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return -1;
+  buf[n] = '\0';
+  const char* p = strstr(buf, "populated ");
+  if (!p) return -1;
+  return p[10] == '1' ? 1 : 0;
 }
 
 int cgroup_kill(const std::string& dir) { return write_file(dir + "/cgroup.kill", "1"); }

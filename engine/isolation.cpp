@@ -103,7 +103,8 @@ class CgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (t.child_reaped || !reap(t, &st, &ru)) return;
-    s.unwatch_fd(t.pidfd);
+    close(t.pidfd);  // reaped: the pidfd has nothing more to say (closing also drops it from epoll)
+    t.pidfd = -1;
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     check_gone(s, t);
   }
@@ -148,7 +149,10 @@ class CgroupRung : public Rung {
       t.c.cpu_user_us = static_cast<int64_t>(u);
       t.c.cpu_sys_us = static_cast<int64_t>(y);
     }
-    if (!t.leaf->quarantined && cgroup_populated(t.leaf->events_fd) != 0) t.leaf->quarantined = true;
+    // A leaf is reused only once it was seen empty; otherwise (a tree that would not die)
+    // it is set aside.
+    if (!t.gone && !t.leaf->quarantined && cgroup_populated(t.leaf->events_fd) != 0)
+      t.leaf->quarantined = true;
     tree_->release(t.leaf);
     t.leaf = nullptr;
   }
@@ -261,7 +265,8 @@ class ShepherdRung : public Rung {
     int st;
     struct rusage ru;
     if (t.child_reaped || !reap(t, &st, &ru)) return;
-    s.unwatch_fd(t.pidfd);
+    close(t.pidfd);  // reaped: the pidfd has nothing more to say (closing also drops it from epoll)
+    t.pidfd = -1;
     read_status(s, t);  // everything the shepherd said before it exited
     if (!t.leader_done) {
       // The shepherd died without reporting its task's end: it was killed from outside,
@@ -382,7 +387,8 @@ class PgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (!reap(t, &st, &ru)) return;
-    s.unwatch_fd(t.pidfd);
+    close(t.pidfd);  // reaped: the pidfd has nothing more to say (closing also drops it from epoll)
+    t.pidfd = -1;
     t.kill_sent = true;  // as far as this rung can tell, the tree is dealt with
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     s.tree_gone(t);

@@ -32,7 +32,8 @@ std::system_error sys_error(const char* what) {
   return std::system_error(errno, std::generic_category(), what);
 }
 
-void set_nonblock(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+// Our pipe ends carry no other status flags, so no F_GETFL round trip is needed.
+void set_nonblock(int fd) { fcntl(fd, F_SETFL, O_NONBLOCK); }
 
 template <class Pred>
 bool wait_on(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, int64_t timeout_ns, Pred pred) {
@@ -46,9 +47,17 @@ bool wait_on(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, int6
 
 // ---------------------------------------------------------------- CompletionQueue
 
-CompletionQueue::CompletionQueue() {
-  efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (efd_ < 0) throw sys_error("eventfd");
+CompletionQueue::CompletionQueue(int max_running) : max_running_(max_running > 0 ? max_running : 0) {}
+
+// The readiness fd costs two system calls per task, so it exists only for consumers that
+// ask for it (selectors, asyncio); plain waiters use the condition variable.
+int CompletionQueue::fd() {
+  std::lock_guard<std::mutex> lk(mu_);
+  if (efd_ < 0) {
+    efd_ = eventfd(items_.empty() ? 0 : 1, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd_ < 0) throw sys_error("eventfd");
+  }
+  return efd_;
 }
 
 CompletionQueue::~CompletionQueue() {
@@ -59,7 +68,7 @@ void CompletionQueue::push(std::shared_ptr<Handle> h) {
   std::lock_guard<std::mutex> lk(mu_);
   bool was_empty = items_.empty();
   items_.push_back(std::move(h));
-  if (was_empty) {
+  if (was_empty && efd_ >= 0) {
     uint64_t one = 1;
     ssize_t r = write(efd_, &one, sizeof one);
     (void)r;
@@ -75,7 +84,7 @@ std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t ti
     out.push_back(std::move(items_.front()));
     items_.pop_front();
   }
-  if (items_.empty()) {
+  if (items_.empty() && efd_ >= 0) {
     uint64_t v;
     ssize_t r = read(efd_, &v, sizeof v);  // reset readiness
     (void)r;
@@ -214,6 +223,7 @@ void Supervisor::loop() {
       break;
     }
     for (int i = 0; i < n; ++i) on_event(evs[i].data.u64, evs[i].events);
+    refill();
     // Tasks completed during this round are erased only now, so that events later in
     // the same batch never see a dangling record.
     for (uint64_t id : finished_) tasks_.erase(id);
@@ -230,12 +240,18 @@ void Supervisor::loop() {
   }
   tasks_.clear();
   rung_->shutdown();
-  // Requests that raced with shutdown never start.
+  // Requests that raced with shutdown, or were held by a limiting queue, never start.
   std::vector<Pending> late;
   {
     std::lock_guard<std::mutex> lk(mu_);
     late.swap(pending_);
   }
+  for (auto& kv : limited_) {
+    for (auto& held : kv.second->held_) late.push_back(Pending{std::move(held.first), std::move(held.second)});
+    kv.second->held_.clear();
+  }
+  limited_.clear();
+  refill_.clear();
   for (auto& p : late) {
     std::lock_guard<std::mutex> lk(mu_);
     p.handle->result.spawn_stage = STAGE_CLONE;
@@ -303,9 +319,41 @@ void Supervisor::drain_requests() {
       pending_.push_back(std::move(p));  // reported as never started at loop exit
       continue;
     }
-    start_task(std::move(p));
+    admit(std::move(p));
   }
   for (auto& c : cmds) apply(c);
+  refill();
+}
+
+void Supervisor::admit(Pending&& p) {
+  std::shared_ptr<CompletionQueue> q = p.handle->queue.lock();
+  if (!q || q->max_running_ == 0) {
+    start_task(std::move(p));
+    return;
+  }
+  limited_.emplace(q.get(), q);
+  if (q->running_ >= q->max_running_) {
+    q->held_.emplace_back(std::move(p.handle), std::move(p.req));
+    return;
+  }
+  ++q->running_;
+  start_task(std::move(p));
+}
+
+// Start held tasks of queues that gave back a slot. A task that fails to start completes
+// at once and frees its slot again; the loop (not recursion) takes care of that.
+void Supervisor::refill() {
+  while (!refill_.empty()) {
+    std::shared_ptr<CompletionQueue> q = std::move(refill_.back());
+    refill_.pop_back();
+    while (!q->held_.empty() && q->running_ < q->max_running_ && !shut_) {
+      Pending p{std::move(q->held_.front().first), std::move(q->held_.front().second)};
+      q->held_.pop_front();
+      ++q->running_;
+      start_task(std::move(p));
+    }
+    if (q->running_ == 0 && q->held_.empty()) limited_.erase(q.get());
+  }
 }
 
 void Supervisor::start_task(Pending&& p) {
@@ -482,7 +530,8 @@ void Supervisor::write_input(TaskState& t) {
 void Supervisor::close_fd(TaskState& t, int which) {
   int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
   if (*fd < 0) return;
-  unwatch_fd(*fd);
+  // Only we hold this pipe end (children lost their copies at exec), so closing it also
+  // removes it from the epoll set: no EPOLL_CTL_DEL needed.
   close(*fd);
   *fd = -1;
 }
@@ -550,7 +599,6 @@ void Supervisor::complete(TaskState& t) {
   ++t.timer_gen;
   t.watch_slot = nullptr;
   if (t.pidfd >= 0) {
-    unwatch_fd(t.pidfd);
     close(t.pidfd);
     t.pidfd = -1;
   }
@@ -569,7 +617,13 @@ void Supervisor::complete(TaskState& t) {
     --in_flight_;
   }
   cv_.notify_all();
-  if (auto q = h->queue.lock()) q->push(h);
+  if (auto q = h->queue.lock()) {
+    if (q->max_running_ > 0 && limited_.count(q.get())) {
+      --q->running_;
+      refill_.push_back(q);
+    }
+    q->push(h);
+  }
 }
 
 // ---------------------------------------------------------------- timers
@@ -601,7 +655,9 @@ void Supervisor::arm_timerfd() {
   }
   if (timers_.empty()) return;  // a disarmed timerfd costs nothing; a stale one is harmless
   int64_t when = timers_.top().when;
-  if (when == armed_for_) return;
+  // An armed timer that is earlier than needed only costs a spurious wakeup (which
+  // re-arms); re-arming on every change would cost a system call per task.
+  if (armed_for_ != 0 && armed_for_ <= when) return;
   struct itimerspec its{};
   if (when <= 0) when = 1;
   its.it_value.tv_sec = when / 1000000000LL;

@@ -90,11 +90,16 @@ struct Handle {
 };
 
 // Finished handles, in completion order, for consumers that run many tasks at once.
+//
+// With max_running > 0 the queue is also a limiter: at most that many of its tasks run at
+// once, and the supervisor thread starts the next held one itself the moment one ends, so
+// a batch runs at full speed without a round trip through Python per task.
 class CompletionQueue {
  public:
-  CompletionQueue();
+  explicit CompletionQueue(int max_running = 0);
   ~CompletionQueue();
-  int fd() const { return efd_; }  // readable while the queue is non-empty
+  int max_running() const { return max_running_; }
+  int fd();  // readable while the queue is non-empty (made on first use)
   void push(std::shared_ptr<Handle> h);
   // Up to max handles; waits up to timeout_ns (-1: forever) for the first one.
   std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns);
@@ -105,6 +110,12 @@ class CompletionQueue {
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Handle>> items_;
   int efd_ = -1;
+  const int max_running_;
+
+  // Supervisor thread only: how many of this queue's tasks run, and those waiting to.
+  friend class Supervisor;
+  int running_ = 0;
+  std::deque<std::pair<std::shared_ptr<Handle>, Request>> held_;
 };
 
 struct TaskState;
@@ -201,6 +212,11 @@ class Supervisor {
   // supervisor thread only
   std::unordered_map<uint64_t, std::unique_ptr<TaskState>> tasks_;
   std::vector<uint64_t> finished_;  // completed this round; erased after the event batch
+  // Limiting queues with tasks running or held; kept alive here until they have none.
+  std::unordered_map<CompletionQueue*, std::shared_ptr<CompletionQueue>> limited_;
+  std::vector<std::shared_ptr<CompletionQueue>> refill_;  // a slot freed this round
+  void admit(Pending&& p);
+  void refill();
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
   int64_t armed_for_ = 0;
   bool shut_ = false;

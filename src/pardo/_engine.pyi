@@ -7,7 +7,7 @@ import typing
 import typing_extensions
 __all__: list[str] = ['CompletionQueue', 'Handle', 'OUT_CAPTURE', 'OUT_DEVNULL', 'OUT_FD', 'OUT_INHERIT', 'OUT_TO_STDOUT', 'Supervisor', 'cgroup_unavailable_reason', 'forget', 'probe_features', 'shutdown', 'stage_name', 'supervisor']
 class CompletionQueue:
-    def __init__(self) -> None:
+    def __init__(self, max_running: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
         ...
     def __len__(self) -> int:
         ...

@@ -338,9 +338,10 @@ def _make_result(task, t):
 
 class ResultQueue:
     """Finished tasks, in the order they finished. Give it to :func:`spawn` (``queue=``)
-    to run many tasks from one thread::
+    to run many tasks from one thread; with ``max_running`` it also bounds how many of
+    them run at once::
 
-        q = pardo.ResultQueue()
+        q = pardo.ResultQueue(max_running=8)
         for f in files:
             pardo.spawn(["gzip", "-t", f], timeout=60, queue=q, tag=f)
         while len(q):
@@ -348,11 +349,23 @@ class ResultQueue:
             print(task.tag, task.result.status)
     """
 
-    def __init__(self):
+    def __init__(self, max_running: int | None = None):
+        """
+        Args:
+            max_running: run at most this many of the queue's tasks at once. Tasks spawned
+                beyond it wait inside the engine, which starts the next one the moment a
+                slot frees (no round trip through Python), so a batch can be handed over
+                far ahead of time and still run exactly ``max_running`` wide. Their
+                deadlines count from when they actually start.
+        """
         from . import _engine
 
-        self._q = _engine.CompletionQueue()
+        if max_running is not None and (isinstance(max_running, bool) or not isinstance(max_running, int)
+                                        or max_running < 1):
+            raise ValueError(f"max_running must be a positive int or None, not {max_running!r}")
+        self._q = _engine.CompletionQueue(max_running or 0)
         self._tasks = {}
+        self.max_running = max_running
 
     def _add(self, task):
         self._tasks[task.id] = task
