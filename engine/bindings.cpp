@@ -116,6 +116,7 @@ PYBIND11_MODULE(_engine, m) {
       .def(
           "pop",
           [](CompletionQueue& q, size_t max, int64_t timeout_ns) {
+            if (timeout_ns == 0) return q.pop(max, 0);  // a poll: keep the GIL, no wait
             std::vector<std::shared_ptr<Handle>> got;
             wait_interruptibly(timeout_ns, [&](int64_t slice) {
               got = q.pop(max, slice);
@@ -132,6 +133,7 @@ PYBIND11_MODULE(_engine, m) {
   py::class_<Supervisor>(m, "Supervisor")
       .def_property_readonly("rung", &Supervisor::rung_name)
       .def_property_readonly("reason", &Supervisor::rung_reason)
+      .def("priority", &Supervisor::priority, release_gil())
       .def("in_flight", &Supervisor::in_flight)
       .def(
           "submit",

@@ -24,18 +24,19 @@ namespace pardo {
 namespace {
 
 // Processes with SIGKILL pending can only die; on a saturated machine they still wait for
-// a CPU to do it. Raising their priority (where we may) gets them off the run queue
-// promptly. They cannot run any of their own code again, so this lends them nothing.
+// a CPU to do it. Making them real-time (or failing that, nice -20) where we may gets them
+// off the run queue at once. They cannot run any of their own code again, so this lends
+// them nothing.
 void hasten_death(const std::string& cgroup_dir) {
+  // Threads, not processes: scheduling is per thread, and every thread must exit.
   std::string procs;
-  // Threads, not processes: priority is per thread, and every thread must exit.
   if (!read_file(cgroup_dir + "/cgroup.threads", &procs)) return;
   const char* p = procs.c_str();
   while (*p) {
     char* end;
-    long pid = strtol(p, &end, 10);
+    long tid = strtol(p, &end, 10);
     if (end == p) break;
-    setpriority(PRIO_PROCESS, static_cast<id_t>(pid), -20);
+    hasten_one(static_cast<pid_t>(tid));
     p = *end ? end + 1 : end;
   }
 }

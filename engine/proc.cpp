@@ -7,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sched.h>
+#include <sys/resource.h>
 
 #include <unordered_map>
 
@@ -148,6 +150,12 @@ std::vector<pid_t> descendants_of(pid_t root) {
     }
   }
   return out;
+}
+
+void hasten_one(pid_t tid) {
+  struct sched_param sp;
+  sp.sched_priority = 1;
+  if (sched_setscheduler(tid, SCHED_FIFO, &sp) != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(tid), -20);
 }
 
 int64_t mono_ns() {

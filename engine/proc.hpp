@@ -25,6 +25,10 @@ std::vector<std::pair<pid_t, pid_t>> list_processes();
 // All descendants of root (not root itself), found by walking parent links in /proc.
 std::vector<pid_t> descendants_of(pid_t root);
 
+// Give a thread that has SIGKILL pending the CPU to die on: SCHED_FIFO where permitted,
+// else nice -20 where permitted, else nothing.
+void hasten_one(pid_t tid);
+
 // Monotonic and wall clocks in nanoseconds.
 int64_t mono_ns();
 int64_t wall_ns();

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -89,7 +90,7 @@ void signal_tree(int sig) {
     if (sig == SIGTERM) kill(p, SIGCONT);  // a stopped process cannot act on TERM
     // A process with SIGKILL pending can only die; where we may, let it do so before the
     // busy processes of a saturated machine (it cannot run its own code again).
-    if (sig == SIGKILL) setpriority(PRIO_PROCESS, static_cast<id_t>(p), -20);
+    if (sig == SIGKILL) hasten_one(p);
   }
 }
 
@@ -148,6 +149,9 @@ int task_main(int argc, char** argv) {
     if (fcntl(fd, F_GETFD) >= 0) plan.fds.push_back({fd, fd});
   plan.new_session = true;
   plan.pdeathsig = SIGKILL;
+  errno = 0;
+  plan.base_nice = getpriority(PRIO_PROCESS, 0);  // what the supervisor gave us for the task
+  if (errno != 0) plan.base_nice = 0;
   SpawnOutcome o = spawn_child(plan, -1);
   if (o.stage != STAGE_NONE) {
     ShepherdMsg m{MSG_EXEC_FAILED, o.stage, o.err, 0, 0, 0, 0};
@@ -157,8 +161,12 @@ int task_main(int argc, char** argv) {
   if (o.pidfd >= 0) close(o.pidfd);
   g_leader = o.pid;
   // We only wait and kill; where permitted, do it ahead of busy tasks (as the supervisor
-  // thread does), whatever niceness the task asked for.
-  setpriority(PRIO_PROCESS, 0, -10);
+  // thread does), whatever niceness the task asked for. The task was started first, so it
+  // inherits none of this.
+  struct sched_param sp;
+  sp.sched_priority = 1;
+  if (getenv("PARDO_NO_REALTIME") || sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) != 0)
+    setpriority(PRIO_PROCESS, 0, -10);
   ShepherdMsg started{MSG_STARTED, o.pid, 0, 0, 0, 0, 0};
   send(started);
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon

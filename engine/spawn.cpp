@@ -138,8 +138,11 @@ int child_main(void* arg) {
   if (!plan->cwd.empty() && chdir(plan->cwd.c_str()) < 0) child_fail(plan, STAGE_CHDIR, errno);
   if (plan->has_cpus && sched_setaffinity(0, sizeof(cpu_set_t), &plan->cpus) < 0)
     child_fail(plan, STAGE_AFFINITY, errno);
-  if (plan->has_nice && setpriority(PRIO_PROCESS, 0, plan->nice) < 0)
-    child_fail(plan, STAGE_NICE, errno);
+  if (plan->has_nice) {
+    if (setpriority(PRIO_PROCESS, 0, plan->nice) < 0) child_fail(plan, STAGE_NICE, errno);
+  } else {
+    setpriority(PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
+  }
   if (plan->nofile_soft >= 0) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {

@@ -45,6 +45,8 @@ struct ChildPlan {
   cpu_set_t cpus;
   bool has_nice = false;
   int nice = 0;
+  int base_nice = 0;  // without has_nice: the nice value the child gets (the spawner's own
+                      // may have been raised for its work, which the child must not inherit)
   long long rlimit_as = 0;  // bytes; 0: none
   long long nofile_soft = -1;  // >= 0: restore this soft RLIMIT_NOFILE in the child
   std::string cgroup_procs;  // fallback placement: the child writes itself into this file

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/timerfd.h>
@@ -37,6 +38,7 @@ void set_nonblock(int fd) { fcntl(fd, F_SETFL, O_NONBLOCK); }
 
 template <class Pred>
 bool wait_on(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, int64_t timeout_ns, Pred pred) {
+  if (timeout_ns == 0) return pred();  // a poll: no timed wait at all
   if (timeout_ns < 0) {
     cv.wait(lk, pred);
     return true;
@@ -178,6 +180,12 @@ bool Supervisor::wait_done(Handle& h, int64_t timeout_ns) {
   return wait_on(cv_, lk, timeout_ns, [&] { return h.done; });
 }
 
+std::string Supervisor::priority() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return loop_started_; });
+  return priority_;
+}
+
 size_t Supervisor::in_flight() {
   std::lock_guard<std::mutex> lk(mu_);
   return in_flight_;
@@ -196,10 +204,32 @@ void Supervisor::shutdown() {
 // ---------------------------------------------------------------- the loop
 
 void Supervisor::loop() {
-  // Deadlines must fire on time on a saturated machine: the thread that enforces them
-  // asks for a higher priority where it may (root, or RLIMIT_NICE). It sleeps in
-  // epoll_wait whenever it has nothing to do, so this costs the tasks nothing.
-  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kSupervisorNice);
+  // Deadlines must fire on time on a saturated machine, so the thread that enforces them
+  // asks for the lowest real-time priority where it may (root, CAP_SYS_NICE, RLIMIT_RTPRIO),
+  // else for nice -10 (RLIMIT_NICE), else stays as it is. It sleeps in epoll_wait whenever
+  // it has nothing to do; its work per event is bounded (see read_stream). Children must
+  // not inherit any of this: SCHED_RESET_ON_FORK, and the child restores the nice value
+  // this thread started with (ChildPlan::base_nice).
+  errno = 0;
+  base_nice_ = getpriority(PRIO_PROCESS, 0);
+  if (errno != 0) base_nice_ = 0;
+  priority_ = "normal";
+  if (!getenv("PARDO_NO_REALTIME")) {
+    struct sched_param sp;
+    sp.sched_priority = 1;
+    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) priority_ = "SCHED_FIFO 1";
+  }
+  if (priority_ == "normal" && setpriority(PRIO_PROCESS, 0, kSupervisorNice) == 0) {
+    struct sched_param sp;
+    sp.sched_priority = 0;
+    sched_setscheduler(0, SCHED_OTHER | SCHED_RESET_ON_FORK, &sp);
+    priority_ = "nice " + std::to_string(kSupervisorNice);
+  }
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    loop_started_ = true;
+  }
+  cv_.notify_all();
   pthread_setname_np(pthread_self(), "pardo-supervise");  // readable in top, perf, /proc
   std::vector<struct epoll_event> evs(128);
   int64_t stop_deadline = 0;
@@ -340,6 +370,30 @@ void Supervisor::admit(Pending&& p) {
   start_task(std::move(p));
 }
 
+// A task still waiting behind its queue's limit is cancelled without ever starting.
+void Supervisor::cancel_held(uint64_t id) {
+  for (auto& kv : limited_) {
+    auto& held = kv.second->held_;
+    for (auto it = held.begin(); it != held.end(); ++it) {
+      if (it->first->id != id) continue;
+      std::shared_ptr<Handle> h = std::move(it->first);
+      held.erase(it);
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        h->result.cancelled = true;
+        h->result.spawn_stage = STAGE_NONE;
+        h->result.pid = -1;
+        h->pid = -1;
+        h->done = true;
+        --in_flight_;
+      }
+      cv_.notify_all();
+      kv.second->push(h);
+      return;
+    }
+  }
+}
+
 // Start held tasks of queues that gave back a slot. A task that fails to start completes
 // at once and frees its slot again; the loop (not recursion) takes care of that.
 void Supervisor::refill() {
@@ -386,6 +440,7 @@ void Supervisor::start_task(Pending&& p) {
   }
   plan.has_nice = r.has_nice;
   plan.nice = r.nice;
+  plan.base_nice = base_nice_;  // tasks get this thread's original niceness, not its boost
   plan.rlimit_as = r.memory_limit;
   plan.nofile_soft = nofile_soft_;  // programs start with the limit this process had
 
@@ -458,6 +513,10 @@ void Supervisor::start_task(Pending&& p) {
 
 void Supervisor::apply(const Command& c) {
   auto it = tasks_.find(c.id);
+  if (it == tasks_.end() && (c.op == OP_KILL || c.op == OP_TERM)) {
+    cancel_held(c.id);
+    return;
+  }
   if (it == tasks_.end() || !it->second->handle) return;
   TaskState& t = *it->second;
   switch (c.op) {

@@ -144,6 +144,8 @@ class Supervisor {
   void shutdown();
 
   const std::string& rung_name() const { return rung_name_; }
+  // How the supervisor thread is scheduled ("SCHED_FIFO 1", "nice -10" or "normal").
+  std::string priority();
   const std::string& rung_reason() const { return rung_reason_; }
   size_t in_flight();
 
@@ -198,6 +200,10 @@ class Supervisor {
   std::string rung_name_, rung_reason_;
   int epfd_ = -1, wakefd_ = -1, timerfd_ = -1, devnull_ = -1;
   long long nofile_soft_ = -1;
+  int base_nice_ = 0;
+  std::string priority_;
+  bool loop_started_ = false;
+  void cancel_held(uint64_t id);
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> woken_{false};

@@ -43,6 +43,7 @@ def report() -> dict:
         "escapes": _WHAT_ESCAPES[rung],
         "features": features,
         "cpus": len(os.sched_getaffinity(0)),
+        "supervisor_priority": sup.priority(),
         "shepherd": _supervisor.shepherd_path(),
     }
 
@@ -65,6 +66,9 @@ def main(argv: list[str]) -> int:
         print(f"  {name} not used: {why}")
     print(f"  can escape: {rep['escapes']}")
     print(f"cpus usable: {rep['cpus']}")
+    prio = rep["supervisor_priority"]
+    print(f"supervisor thread: {prio}" + ("" if prio != "normal" else
+          " (deadlines may fire late on a saturated machine; root or RLIMIT_RTPRIO/RLIMIT_NICE lets it rise)"))
     print("kernel features:")
     for k, v in rep["features"].items():
         print(f"  {k}: {v}")
