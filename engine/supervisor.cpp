@@ -217,7 +217,10 @@ void Supervisor::loop() {
   if (!getenv("PARDO_NO_REALTIME")) {
     struct sched_param sp;
     sp.sched_priority = 1;
-    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) priority_ = "SCHED_FIFO 1";
+    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) {
+      priority_ = "SCHED_FIFO 1";
+      realtime_ = true;
+    }
   }
   if (priority_ == "normal" && setpriority(PRIO_PROCESS, 0, kSupervisorNice) == 0) {
     struct sched_param sp;
@@ -252,8 +255,10 @@ void Supervisor::loop() {
       if (errno == EINTR) continue;
       break;
     }
+    io_bytes_ = 0;
     for (int i = 0; i < n; ++i) on_event(evs[i].data.u64, evs[i].events);
     refill();
+    pace_realtime();
     // Tasks completed during this round are erased only now, so that events later in
     // the same batch never see a dangling record.
     for (uint64_t id : finished_) tasks_.erase(id);
@@ -293,6 +298,27 @@ void Supervisor::loop() {
   cv_.notify_all();
   for (auto& p : late)
     if (auto q = p.handle->queue.lock()) q->push(p.handle);
+}
+
+// A real-time thread that copies a flood of output could starve the machine's other
+// work on its CPU. While floods come in (over 1 MiB read in one round), the thread steps
+// down to nice -10; it steps back up once they have stopped for 100 ms.
+void Supervisor::pace_realtime() {
+  if (!realtime_) return;
+  int64_t now = mono_ns();
+  struct sched_param sp;
+  if (io_bytes_ > (1u << 20)) {
+    flood_seen_ = now;
+    if (!demoted_) {
+      sp.sched_priority = 0;
+      sched_setscheduler(0, SCHED_OTHER | SCHED_RESET_ON_FORK, &sp);
+      setpriority(PRIO_PROCESS, 0, kSupervisorNice);
+      demoted_ = true;
+    }
+  } else if (demoted_ && now - flood_seen_ > 100000000) {
+    sp.sched_priority = 1;
+    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) demoted_ = false;
+  }
 }
 
 void Supervisor::on_event(uint64_t key, uint32_t events) {
@@ -563,6 +589,7 @@ void Supervisor::read_stream(TaskState& t, int which) {
       size_t take = static_cast<size_t>(n) < room ? static_cast<size_t>(n) : room;
       buf.append(chunk, take);
       if (take < static_cast<size_t>(n)) trunc = true;
+      io_bytes_ += static_cast<size_t>(n);
       continue;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;

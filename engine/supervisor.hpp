@@ -204,6 +204,10 @@ class Supervisor {
   std::string priority_;
   bool loop_started_ = false;
   void cancel_held(uint64_t id);
+  void pace_realtime();
+  bool realtime_ = false, demoted_ = false;
+  size_t io_bytes_ = 0;
+  int64_t flood_seen_ = 0;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> woken_{false};
