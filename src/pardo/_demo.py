@@ -1,30 +1,35 @@
-"""``pardo demo``: a small built-in batch that shows, in a few seconds, what pardo does.
+"""``pardo demo``: pardo's main job, ``pardo run``, on a small built-in batch.
 
-Sixteen tasks run on every core: ordinary ones, one that fails, one that hangs past its
-deadline while holding a tree of grandchildren, one that leaves a daemon behind, one that
-cannot start. Each line says how the task ended; the last lines check that nothing the
+Sixteen shell snippets run on every core, each with a 1-second deadline: ordinary ones, one
+that fails, one that hangs while holding a tree of grandchildren, one that leaves a daemon
+behind, one that ignores SIGTERM, one whose program does not exist. The command line it
+runs is printed first, so you can run it yourself; the last line checks that nothing the
 batch started is still alive.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
+import tempfile
 import time
 
 _TOKEN = f"pardo-demo-{os.getpid()}"
 
 
-def _tasks():
+def _cases():
     tok = _TOKEN
-    for i in range(10):
-        yield f"checksum {i}", ["sh", "-c", f"echo {i} | sha256sum | cut -c1-16"], 10
-    yield "exit 3", ["sh", "-c", "echo failing >&2; exit 3"], 10
-    yield "hangs with grandchildren", ["sh", "-c", f"sleep 300 & sleep 301 & : {tok}; sleep 302"], 1.0
-    yield "leaves a daemon", ["sh", "-c", f"(setsid sleep 303 &) ; : {tok}; echo parent done"], 10
-    yield "ignores SIGTERM", ["sh", "-c", f"trap '' TERM; : {tok}; sleep 304"], 0.5
-    yield "no such program", ["pardo-demo-no-such-program"], 10
-    yield "busy loop", [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.3: pass"], 10
+    cases = [f"echo {i} | sha256sum | cut -c1-16" for i in range(10)]
+    cases += [
+        "echo failing >&2; exit 3",
+        f"sleep 300 & sleep 301 & : {tok}; sleep 302",  # past its deadline, with grandchildren
+        f"(setsid sleep 303 &); : {tok}; echo parent done",  # leaves a daemon behind
+        f"trap '' TERM; : {tok}; sleep 304",  # ignores SIGTERM: SIGKILL after the grace
+        "pardo-demo-no-such-program",
+        "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo counted $i",
+    ]
+    return cases
 
 
 def _survivors():
@@ -45,25 +50,22 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    import pardo
+    from ._cli_run import main as run_main
 
-    q = pardo.ResultQueue()
-    jobs = len(os.sched_getaffinity(0))
-    todo = list(_tasks())
-    t0 = time.monotonic()
-    print(f"pardo demo: {len(todo)} tasks, {jobs} at a time, isolation {pardo.isolation()!r}\n")
-    running = 0
-    while todo or running:
-        while todo and running < jobs:
-            name, argv_, timeout = todo.pop(0)
-            pardo.spawn(argv_, timeout=timeout, kill_grace=0.2, queue=q, tag=name)
-            running += 1
-        task = q.get()
-        running -= 1
-        r = task.result
-        out = (r.stdout or r.stderr).decode(errors="replace").strip().splitlines()
-        detail = f"  [{out[-1]}]" if out else ""
-        print(f"  {r.status.value:<9} {task.tag:<26} {r.duration:6.3f}s  {r.describe()}{detail}")
+    with tempfile.TemporaryDirectory(prefix="pardo-demo-") as tmp:
+        joblog = os.path.join(tmp, "joblog.tsv")
+        args = ["-k", "--tag", "--timeout", "1", "--kill-grace", "0.2", "--joblog", joblog,
+                "--summary", "sh", "-c", "{}", ":::", *_cases()]
+        print("$ pardo run " + " ".join(shlex.quote(a) for a in args[:-len(_cases())])
+              + " ... (16 snippets)\n", flush=True)
+        t0 = time.monotonic()
+        rc = run_main(args)
+        took = time.monotonic() - t0
+        with open(joblog) as f:
+            rows = f.read().splitlines()
     left = _survivors()
-    print(f"\n{time.monotonic() - t0:.2f}s in all; processes of this batch still alive: {len(left)}")
+    print(f"\nexit status {rc} (= the number of tasks that did not succeed, as GNU parallel); "
+          f"{len(rows) - 1} joblog rows; {took:.2f}s in all")
+    print(f"processes of this batch still alive: {len(left)}")
+    sys.stdout.flush()
     return 1 if left else 0
