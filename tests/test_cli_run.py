@@ -13,13 +13,13 @@ import pytest
 
 
 def pardo_cmd():
-    """The command line that runs ``pardo run``: the installed ``pardo`` script when the
-    package provides one, else the same entry point through this interpreter."""
-    exe = shutil.which("pardo")
-    if exe and importlib.util.find_spec("pardo.cli") is not None:
+    """The command line that runs ``pardo run``: the ``pardo`` script installed beside this
+    interpreter (so a virtualenv tests its own install, not whatever ``pardo`` comes first
+    on PATH), else the same entry point through ``python -m pardo``."""
+    exe = os.path.join(os.path.dirname(sys.executable), "pardo")
+    if os.access(exe, os.X_OK) and importlib.util.find_spec("pardo.cli") is not None:
         return [exe, "run"]
-    return [sys.executable, "-c",
-            "import sys; from pardo._cli_run import main; sys.exit(main(sys.argv[1:]))"]
+    return [sys.executable, "-m", "pardo", "run"]
 
 
 def run(args, stdin=None, timeout=60, **kw):
@@ -337,7 +337,10 @@ def test_bar_and_summary_on_a_terminal():
 def test_sigkill_mid_run_then_resume_runs_exactly_the_rest(tmp_path):
     log = tmp_path / "log"
     out = tmp_path / "out"
-    args = ["--joblog", str(log), "-j1", f"echo {{}} >> {out}; sleep 0.2", ":::"] + [
+    flag = tmp_path / "flag"
+    # jobs 1 and 2 finish at once; job 3 then waits for the flag, so the kill lands mid-run
+    args = ["--joblog", str(log), "-j1",
+            f"echo {{}} >> {out}; test {{}} -le 2 || test -e {flag} || sleep 30", ":::"] + [
         str(i) for i in range(1, 9)]
     p = subprocess.Popen(pardo_cmd() + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -353,7 +356,12 @@ def test_sigkill_mid_run_then_resume_runs_exactly_the_rest(tmp_path):
             p.kill()
             p.wait()
     done_before = [r.split("\t")[0] for r in log.read_text().splitlines()[1:]]
-    assert 2 <= len(done_before) < 8
+    assert done_before == ["1", "2"]
+    deadline = time.monotonic() + 5
+    while _survivors(str(flag)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _survivors(str(flag)) == 0  # job 3's tree died with pardo
+    flag.touch()
     assert run(["--resume"] + args).returncode == 0
     seqs = [int(r.split("\t")[0]) for r in log.read_text().splitlines()[1:]]
     assert sorted(seqs) == list(range(1, 9))  # every job logged exactly once

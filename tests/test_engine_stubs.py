@@ -11,12 +11,17 @@ from pathlib import Path
 STUB = Path(__file__).resolve().parents[1] / "src" / "pardo" / "_engine.pyi"
 
 
+def _without_imports(text):
+    return "\n".join(l for l in text.splitlines() if not l.startswith(("import ", "from ")))
+
+
 def test_stubs_are_current(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pybind11_stubgen", "pardo._engine", "-o", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    fresh = (tmp_path / "pardo" / "_engine.pyi").read_text()
-    assert fresh == STUB.read_text(), (
+    fresh = _without_imports((tmp_path / "pardo" / "_engine.pyi").read_text())
+    # Import lines depend on which typing helpers the environment has; the API does not.
+    assert fresh == _without_imports(STUB.read_text()), (
         "src/pardo/_engine.pyi is out of date; regenerate it (see this test's docstring)")

@@ -160,7 +160,7 @@ def _wall_bound(spec, load, crowd=0.0):
     return bound + SLACK[load] + crowd
 
 
-def _check_result(name, argv, r, wall, load, problems, crowd=0.0):
+def _check_result(name, argv, r, wall, load, problems, crowd=0.0, output=True):
     """Compare one Result (and how long it took) with what the adversary must give."""
     spec = ADVERSARIES[name]
     if r.status != spec["status"]:
@@ -174,7 +174,8 @@ def _check_result(name, argv, r, wall, load, problems, crowd=0.0):
             problems.append(f"error message {r.error!r} does not name the program {prog!r}")
         if r.returncode is not None:
             problems.append(f"returncode {r.returncode!r} for a program that never ran")
-    _check_output(name, spec, r, problems)
+    if output:
+        _check_output(name, spec, r, problems)
     if spec["status"] == "timeout":
         if wall < spec["timeout"]:
             problems.append(f"finished after {wall:.3f} s, before its {spec['timeout']} s deadline")
@@ -282,8 +283,11 @@ def run_together(pardo, zoo, load):
     rec.update(watch.finish(tokens, problems, keep_survivors=False))
     for name, r in results.items():
         mine = []
+        # Fifteen trees plus the busy loops on a couple of CPUs: under load an adversary may
+        # not get to print its "ready" line before its 0.5 s deadline. What it prints is
+        # checked in its own case; here the statuses, times and the audit are what count.
         rec["members"][name] = _check_result(name, prepared[name][1], r, r.duration, load, mine,
-                                             crowd=TOGETHER_CROWD)
+                                             crowd=TOGETHER_CROWD, output=load != "loaded")
         problems += [f"[{name}] {m}" for m in mine]
     bound = max(_wall_bound(ADVERSARIES[n], load, TOGETHER_CROWD) for n in TOGETHER)
     rec["wall_bound"] = bound
