@@ -9,8 +9,9 @@ from this same invocation:
 - floor: ``_floor.c``, a C loop keeping nproc ``posix_spawn`` + ``waitpid`` in flight
   (the fastest way to run programs; no capture, no deadline, no isolation);
 - floor + capture: the same with stdout and stderr read from a pipe until EOF;
-- pardo: ``pardo.spawn(["/bin/true"], timeout=60, queue=q)`` refilled from
-  ``q.get_many()`` -- output captured, a deadline armed, the isolation rung in force --
+- pardo: ``pardo.spawn(["/bin/true"], timeout=60, queue=q)`` with
+  ``q = ResultQueue(max_running=nproc)``, refilled from ``q.get_many()`` -- output
+  captured, a deadline armed, the isolation rung in force --
   once with the rung pardo picks by itself ("auto") and once per rung forced through
   ``PARDO_ISOLATION``, each in a fresh process;
 - threads: a ``ThreadPoolExecutor`` of nproc threads each calling
@@ -45,26 +46,28 @@ def _cpu() -> float:
 
 
 def pardo_worker(count: int, inflight: int) -> dict:
-    """Run ``count`` tasks through pardo.spawn with ``inflight`` at a time."""
+    """Run ``count`` tasks through pardo.spawn with ``inflight`` running at a time.
+
+    ``ResultQueue(max_running=inflight)`` keeps exactly ``inflight`` tasks running: the
+    engine starts the next one itself when one ends, and this loop keeps a few more handed
+    over ahead of time (they wait inside the engine, not yet started)."""
     import pardo
 
-    q = pardo.ResultQueue()
+    q = pardo.ResultQueue(max_running=inflight)
     pardo.run([TRUE], timeout=60)  # start the supervisor outside the timing
     bad = []
+    ahead = 4 * inflight
     cpu0 = _cpu()
     t0 = time.perf_counter()
     started = done = 0
-    for _ in range(min(inflight, count)):
-        pardo.spawn([TRUE], timeout=60, queue=q)
-        started += 1
     while done < count:
+        while started < count and started - done < ahead:
+            pardo.spawn([TRUE], timeout=60, queue=q)
+            started += 1
         for task in q.get_many():
             done += 1
             if task.result.status != "ok" and len(bad) < 3:
                 bad.append(repr(task.result))
-            if started < count:
-                pardo.spawn([TRUE], timeout=60, queue=q)
-                started += 1
     elapsed = time.perf_counter() - t0
     cpu = _cpu() - cpu0
     return {"elapsed": elapsed, "cpu": cpu, "rung": str(pardo.isolation()), "bad": bad}

@@ -104,7 +104,8 @@ class CgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (t.child_reaped || !reap(t, &st, &ru)) return;
-    close(t.pidfd);  // reaped: the pidfd has nothing more to say (closing also drops it from epoll)
+    s.unwatch_fd(t.pidfd);  // explicitly: see Supervisor::close_fd
+    close(t.pidfd);  // reaped: the pidfd has nothing more to say
     t.pidfd = -1;
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     check_gone(s, t);
@@ -266,7 +267,8 @@ class ShepherdRung : public Rung {
     int st;
     struct rusage ru;
     if (t.child_reaped || !reap(t, &st, &ru)) return;
-    close(t.pidfd);  // reaped: the pidfd has nothing more to say (closing also drops it from epoll)
+    s.unwatch_fd(t.pidfd);  // explicitly: see Supervisor::close_fd
+    close(t.pidfd);  // reaped: the pidfd has nothing more to say
     t.pidfd = -1;
     read_status(s, t);  // everything the shepherd said before it exited
     if (!t.leader_done) {
@@ -388,7 +390,8 @@ class PgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (!reap(t, &st, &ru)) return;
-    close(t.pidfd);  // reaped: the pidfd has nothing more to say (closing also drops it from epoll)
+    s.unwatch_fd(t.pidfd);  // explicitly: see Supervisor::close_fd
+    close(t.pidfd);  // reaped: the pidfd has nothing more to say
     t.pidfd = -1;
     t.kill_sent = true;  // as far as this rung can tell, the tree is dealt with
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);

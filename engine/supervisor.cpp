@@ -616,8 +616,11 @@ void Supervisor::write_input(TaskState& t) {
 void Supervisor::close_fd(TaskState& t, int which) {
   int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
   if (*fd < 0) return;
-  // Only we hold this pipe end (children lost their copies at exec), so closing it also
-  // removes it from the epoll set: no EPOLL_CTL_DEL needed.
+  // Remove it from the epoll set explicitly: close() alone does not when another reference
+  // to the file exists, and a child that is between the end of its vfork and the
+  // close-on-exec step of its exec still holds copies of all our fds. A stale level-
+  // triggered registration would make epoll_wait return at once, over and over.
+  unwatch_fd(*fd);
   close(*fd);
   *fd = -1;
 }
@@ -685,6 +688,7 @@ void Supervisor::complete(TaskState& t) {
   ++t.timer_gen;
   t.watch_slot = nullptr;
   if (t.pidfd >= 0) {
+    unwatch_fd(t.pidfd);  // explicitly: see close_fd
     close(t.pidfd);
     t.pidfd = -1;
   }
