@@ -2,7 +2,8 @@
 
 Rows (each run --reps times, interleaved, so that a noisy minute hurts all alike):
 
-- floor: bench/_floor.c, nproc posix_spawn+waitpid in flight, /bin/true COUNT times;
+- floor: bench/_floor.c, nproc posix_spawn+waitpid in flight, `/bin/true 1` COUNT times
+  (one argument, like the `true N` every other row runs);
 - pardo run: ``pardo run -j NPROC true :::: FILE`` (output grouped, deadline-capable,
   isolation on);
 - xargs -P: ``xargs -P NPROC -n 1 true < FILE`` (no capture, no deadline, no isolation);
@@ -78,8 +79,10 @@ def main():
             f.writelines(f"{i}\n" for i in range(args.count))
         pardo_cmd = PARDO + ["run", f"-j{n}", "true", "::::", inputs]
         rows = {
-            "floor (C posix_spawn+wait)": ([str(floor), str(n), str(args.count), "/bin/true"],
-                                           None, None),
+            # The same program with one argument, as every other row runs it (`true N`):
+            # coreutils true does more start-up work when given an argument.
+            "floor (C posix_spawn+wait)": ([str(floor), str(n), str(args.count), "/bin/true",
+                                            "1"], None, None),
             "pardo run": (pardo_cmd, None, None),
             "xargs -P": (["xargs", "-P", str(n), "-n", "1", "true"], inputs, None),
         }

@@ -141,9 +141,10 @@ PYBIND11_MODULE(_engine, m) {
              py::object input, int out_mode, int out_fd, int err_mode, int err_fd, size_t max_output,
              std::vector<std::pair<int, int>> extra_fds, int64_t timeout_ns, int64_t grace_ns,
              std::vector<int> cpus, py::object nice, long long memory_limit, bool linger,
-             std::shared_ptr<CompletionQueue> queue) {
+             std::shared_ptr<CompletionQueue> queue, std::string executable) {
             Request r;
             r.argv = std::move(argv);
+            r.executable = std::move(executable);
             if (!env.is_none()) {
               r.has_env = true;
               r.env = env.cast<std::vector<std::string>>();
@@ -174,7 +175,8 @@ PYBIND11_MODULE(_engine, m) {
           py::arg("argv"), py::arg("env"), py::arg("cwd"), py::arg("input"), py::arg("out_mode"),
           py::arg("out_fd"), py::arg("err_mode"), py::arg("err_fd"), py::arg("max_output"),
           py::arg("extra_fds"), py::arg("timeout_ns"), py::arg("grace_ns"), py::arg("cpus"),
-          py::arg("nice"), py::arg("memory_limit"), py::arg("linger"), py::arg("queue"))
+          py::arg("nice"), py::arg("memory_limit"), py::arg("linger"), py::arg("queue"),
+          py::arg("executable") = std::string())
       .def("kill", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_KILL); }, py::arg("id"))
       .def("terminate", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_TERM); }, py::arg("id"))
       .def(

@@ -388,7 +388,8 @@ void Supervisor::admit(Pending&& p) {
     return;
   }
   limited_.emplace(q.get(), q);
-  if (q->running_ >= q->max_running_) {
+  // Held tasks go first: a new one must not overtake them when a slot freed this round.
+  if (q->running_ >= q->max_running_ || !q->held_.empty()) {
     q->held_.emplace_back(std::move(p.handle), std::move(p.req));
     return;
   }
@@ -456,7 +457,12 @@ void Supervisor::start_task(Pending&& p) {
   } else if (const char* pv = getenv("PATH")) {
     path_var = pv;
   }
-  plan.exec_paths = exec_candidates(plan.argv.empty() ? std::string() : plan.argv[0], path_var);
+  // The program to exec: `executable` when given (argv[0] is then only what the program
+  // sees as its name), else argv[0]; searched in PATH when it has no slash.
+  const std::string& program = !r.executable.empty() ? r.executable
+                               : plan.argv.empty()   ? std::string()
+                                                     : plan.argv[0];
+  plan.exec_paths = exec_candidates(program, path_var);
   plan.cwd = r.cwd;
   if (!r.cpus.empty()) {
     plan.has_cpus = true;

@@ -44,6 +44,7 @@ struct StreamSpec {
 
 struct Request {
   std::vector<std::string> argv;
+  std::string executable;  // "" : argv[0]
   bool has_env = false;
   std::vector<std::string> env;
   std::string cwd;

@@ -61,3 +61,10 @@ def test_max_running_bounds_concurrency(tmp_path):
         running += 1 if line == "start" else -1
         peak = max(peak, running)
     assert peak == 2
+
+
+def test_executable_is_run_with_args0_as_its_name():
+    r = pardo.run(["my-name", "-c", 'echo "$0"'], executable="/bin/sh").check()
+    assert r.stdout == b"my-name\n"
+    r = pardo.run(["x"], executable="/pardo-no-such-program")
+    assert r.status == "error" and "/pardo-no-such-program" in r.error

@@ -2,24 +2,37 @@
 
 ::
 
-    inputs ──► records ──► -N groups ──► _Job(seq, args) ──┐  (pulled lazily, one per free slot)
+    inputs ──► records ──► -N groups ──► _Job(seq, args) ──┐  (pulled lazily, a few ahead)
                                                            ▼
-      free slots ──► _start(): template.argv() or sh -c ──► pardo.spawn(queue=q, tag=job)
-                                                           │   engine thread: spawn, deadline,
-                                                           ▼   kill, reap — no GIL
-      select([q.fileno(), wake fd]) ──► q.get_many() ──► _finish(): retry? halt? timeout N%?
+      _start(): template.argv() or sh -c ──► pardo.spawn(queue=q, tag=job)
+                                                           │   engine thread: holds the task
+                                                           │   until one of q's max_running
+                                                           ▼   slots frees, spawns, kills, reaps
+      q.get_many()  (or select([q.fileno(), wake fd, pipes]) when there are other fds)
+                                                           │
+                                                           ▼
+                                        _finish(): slot, retry? halt? timeout N%?
                                                            │
                                        keep_order: hold until every earlier seq is out
                                                            ▼
                                                   yield Result (+ seq, slot, command...)
 
-- The loop keeps at most ``jobs`` tasks running; it pulls the next job from the input iterator
-  only when a slot is free, so inputs stream.
-- Deadlines in seconds are the engine's (armed at spawn). ``N%`` deadlines depend on the median
-  runtime of successful tasks, which changes while tasks run, so the loop enforces those itself:
-  it sleeps until the earliest task would pass the current limit and terminates it.
-- ``stop()`` (the CLI calls it from a signal handler) only sets a flag and writes to the wake
-  fd; the loop then kills every running tree and drains the queue.
+- At most ``jobs`` tasks run. When nothing depends on knowing a task's slot before it starts
+  (no ``{%}``, ``--pin``, ``--delay``, ``--halt``, ``N%`` deadline or line mode), the loop
+  hands the engine up to ``2 * jobs`` tasks (a ``ResultQueue(max_running=jobs)``): the
+  engine starts the next one the moment a task exits, with no round trip through Python.
+  Otherwise it submits a task only when a slot is free. Either way inputs stream.
+- Slots are the loop's bookkeeping: a task submitted ahead gets the slot of the completion
+  that let it start (the engine starts held tasks in submission order).
+- A task cancelled while still held by the engine never ran: like GNU parallel, which would
+  not have started it, the loop reports nothing for it.
+- Deadlines in seconds are the engine's (counted from the real start). ``N%`` deadlines depend
+  on the median runtime of successful tasks, which changes while tasks run, so the loop
+  enforces those itself: it waits until the earliest task would pass the current limit and
+  terminates it.
+- ``stop()`` (the CLI calls it from a signal handler) sets a flag and kills what is in flight;
+  the loop then drains the queue. It waits on ``q.get_many()`` directly (the engine keeps no
+  readiness fd then), or on a selector for a prefetch thread, line-mode pipes or --delay.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import os
 import queue
 import re
 import selectors
+import shutil
 import threading
 import time
 from collections import deque
@@ -36,11 +50,14 @@ from dataclasses import dataclass
 
 from ._inputs import Source, encode, group_records, records
 from ._result import Status
-from ._template import Template
+from ._template import Field, Template
 
 __all__ = ["map_commands", "Batch", "HaltPolicy", "parse_jobs", "parse_timeout", "BatchError"]
 
 _MEDIAN_MIN_SAMPLES = 3  # a percentage deadline needs a few successful runs to mean anything
+# Tasks handed to the engine ahead of time, per slot: one running and one held, so that a
+# slot never idles while Python is busy with another task's result.
+_AHEAD_PER_SLOT = 2
 
 
 class BatchError(ValueError):
@@ -146,7 +163,7 @@ class _RunningMedian:
 
 class _Job:
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes")
+                 "argv", "shell_line", "pipes", "last")
 
     def __init__(self, seq, args, argv=None):
         self.seq = seq
@@ -160,10 +177,12 @@ class _Job:
         self.result = None
         self.shell_line = None
         self.pipes = None  # line mode: {read fd: (stream number, pending partial line)}
+        self.last = None  # the Result of the previous attempt, while a retry is in flight
 
 
 _NOT_YET = object()
 _END = object()
+_NEVER_RAN = object()  # a job's result when it was cancelled before it ever started
 
 
 class _Prefetch:
@@ -276,8 +295,19 @@ class Batch:
         self.succeeded = 0
         self.by_status: dict[str, int] = {}
         self.halt_exit = None  # exit status decided by a halt policy
-        self.running: dict = {}
+        self.running: dict = {}  # {task: job} of the tasks that hold a slot
+        self._held: deque = deque()  # jobs handed to the engine ahead, waiting for a slot
+        self._free: list = []  # free slots; pop() gives the lowest
         self._median = _RunningMedian() if self.timeout_fraction else None
+        uses_slot = any(isinstance(p, Field) and p.op == "%"
+                        for g in template.groups if not isinstance(g, str) for p in g)
+        # Handing tasks over ahead of time is only exact when nothing needs a task's slot, or
+        # the moment it starts, before it starts; and when a halt cannot find tasks started
+        # that GNU parallel would never have started.
+        ahead = not (uses_slot or pin or self.delay or self.halt is not None
+                     or self.timeout_fraction is not None or line_sink is not None)
+        self._max_in_flight = (max(_AHEAD_PER_SLOT * self.jobs, self.jobs + 2) if ahead
+                               else self.jobs)
 
     # -- control -------------------------------------------------------------------------
 
@@ -285,11 +315,26 @@ class Batch:
         """Stop starting tasks and kill every running tree (safe from a signal handler)."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
+        # Killing here, not only in the loop, ends a wait in q.get_many() at once.
+        self._kill_all()
         try:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
         except OSError:
             pass  # the pipe is full: a wake-up is already pending
+
+    def _kill_all(self):
+        """Kill every task in flight; return their jobs.
+
+        Newest first: the engine starts held tasks in submission order, so the held ones
+        are cancelled before a killed running one frees its slot for them. The copies are
+        made by single C calls, so a signal handler interrupting the loop sees consistent
+        containers.
+        """
+        jobs = list(reversed(self._held)) + list(reversed(self.running.values()))
+        for job in jobs:
+            job.task.kill()
+        return jobs
 
     @property
     def stopped_by(self):
@@ -317,20 +362,44 @@ class Batch:
                 j.shell_line = self.template.command(j.args, j.seq, j.slot)
         return j.shell_line
 
-    def _start(self, job, slot, q):
-        job.slot = slot
+    def _executable(self, program):
+        """Where PATH finds ``program``, looked up once per batch (as a shell's hash
+        table does): with a long PATH, the search costs a failed exec per entry per task.
+        None when it has a slash or is not found (the engine then reports it)."""
+        cache = self.__dict__.setdefault("_exe_cache", {})
+        try:
+            return cache[program]
+        except KeyError:
+            pass
+        exe = None
+        name = program.decode("utf-8", "surrogateescape") if isinstance(program, bytes) else program
+        if "/" not in name:
+            env = self._spawn_kw.get("env")
+            path = (env or {}).get("PATH") if env is not None else os.environ.get("PATH")
+            exe = shutil.which(name, path=path)
+        cache[program] = exe
+        return exe
+
+    def _start(self, job, q):
+        """Hand a job to the engine: in a free slot, or held until a slot frees (slot 0)."""
+        slot = job.slot = self._free.pop() if self._free else 0
         job.attempts += 1
         job.kill_reason = None
         kw = self._spawn_kw
         if self._pin is not None:
             kw = dict(kw, cpus=self._pin[slot])
-        job.started = time.monotonic()
+        if self._median is not None:
+            job.started = time.monotonic()  # exact: with N% deadlines nothing is held
+        argv = self._command_args(job, slot)
+        exe = self._executable(argv[0])
+        if exe is not None:
+            kw = dict(kw, executable=exe)
         if self._line_sink is None:
-            job.task = self._pardo.spawn(self._command_args(job, slot), queue=q, tag=job, **kw)
+            task = job.task = self._pardo.spawn(argv, queue=q, tag=job, **kw)
         else:
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
-                job.task = self._pardo.spawn(self._command_args(job, slot), queue=q, tag=job,
+                job.task = self._pardo.spawn(argv, queue=q, tag=job,
                                              **dict(kw, stdout=w1, stderr=w2))
             finally:
                 os.close(w1)  # the engine holds its own copies now
@@ -338,8 +407,37 @@ class Batch:
             job.pipes = {r1: [1, b""], r2: [2, b""]}
             for fd in job.pipes:
                 self._sel.register(fd, selectors.EVENT_READ, job)
-        self.running[job.task] = job
+            task = job.task
+        if slot:
+            self.running[task] = job
+        else:
+            self._held.append(job)
         self.started += 1
+
+    def _release(self, slot):
+        """A task that held ``slot`` is over: the engine has started the oldest held task
+        in its place (or will start the next one submitted)."""
+        if self._held:
+            job = self._held.popleft()
+            job.slot = slot
+            self.running[job.task] = job
+        else:
+            self._free.append(slot)
+
+    def _claim_slot(self, job):
+        """Give a slot to a held job that turned out to have run already.
+
+        The engine started it ahead of an older held task (a submission and an exit in
+        the same engine round); take the slot of the task slotted last, most likely the
+        one still waiting, and hold that one instead.
+        """
+        self._held.remove(job)
+        if self._free:
+            job.slot = self._free.pop()
+            return
+        _, other = self.running.popitem()  # the last inserted
+        job.slot, other.slot = other.slot, 0
+        self._held.appendleft(other)
 
     def _pipe_readable(self, job, fd):
         """Read what a line-mode pipe has; hand complete lines (or the last, unterminated
@@ -402,13 +500,35 @@ class Batch:
                 self.halt_exit = 0
             self._stop_reason = "halt"
             if h.when == "now":
-                for job in self.running.values():
-                    job.task.kill()
+                self._kill_all()
 
     def _finish(self, task, q):
-        """Handle one completed task; return its job if that job is done for good."""
-        job = self.running.pop(task)
+        """Handle one completed task; return its job if that job is done for good.
+
+        Frees the task's slot, or starts the job again when it is to be retried.
+        """
+        job = task.tag
         r = task.result
+        if r.pid is None and r.status == Status.CANCELLED:
+            # Cancelled while the engine still held it: it never ran, and GNU parallel
+            # would never have started it. Report the attempt before, if any.
+            if job.slot:
+                del self.running[task]
+                self._release(job.slot)
+            else:
+                self._held.remove(job)
+            self.started -= 1
+            job.attempts -= 1
+            job.task = None
+            if job.last is None:
+                job.result = _NEVER_RAN
+                return None
+            job.slot = job.last.slot
+            return self._done(job, job.last)
+        if job.slot:
+            del self.running[task]
+        else:
+            self._claim_slot(job)
         if job.pipes:
             # The whole tree is gone, so every writer is closed: read to EOF.
             for fd in list(job.pipes):
@@ -417,11 +537,19 @@ class Batch:
         if job.kill_reason == "timeout":
             r.status = Status.TIMEOUT
             r.deadline = self._limit()
+        self._release(job.slot)
         if (r.status != Status.OK and job.attempts < self.retries and self._stop_reason is None
                 and r.status != Status.CANCELLED):
-            self._start(job, job.slot, q)
+            r.slot = job.slot
+            job.last = r
+            self._start(job, q)  # without anything held: the slot just released
             return None
+        return self._done(job, r)
+
+    def _done(self, job, r):
+        """Count and record the final result of a job; return the job."""
         job.task = None
+        job.last = None
         job.result = r
         r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
         r.job = job
@@ -440,17 +568,24 @@ class Batch:
         return job
 
     def __iter__(self):
-        pardo = self._pardo
-        q = pardo.ResultQueue()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        sel = self._sel = selectors.DefaultSelector()
-        qfd = q.fileno()
-        sel.register(qfd, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
-        free = list(range(self.jobs, 0, -1))  # pop() hands out the lowest slot first
+        jobs = self.jobs
+        limit = self._max_in_flight
+        q = self._pardo.ResultQueue(max_running=jobs) if limit > jobs else self._pardo.ResultQueue()
+        # A selector only when there is more than the queue to watch: the queue's fd costs
+        # the engine two system calls per task, and a select round costs one more wake-up.
+        sel = None
+        if self._input_may_block or self._line_sink is not None or self.delay:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            sel = self._sel = selectors.DefaultSelector()
+            qfd = q.fileno()
+            sel.register(qfd, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+        self._free = list(range(jobs, 0, -1))  # pop() hands out the lowest slot first
+        running, held = self.running, self._held
+        keep_order = self.keep_order
         order = deque()
         if self._input_may_block:
-            source = _Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * self.jobs))
+            source = _Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * jobs))
         else:
             source = iter(self._jobs_iter)
         exhausted = False
@@ -459,7 +594,8 @@ class Batch:
         try:
             while True:
                 wait = None
-                while free and not exhausted and self._stop_reason is None:
+                while (len(running) + len(held) < limit and not exhausted
+                       and self._stop_reason is None):
                     if self.delay:
                         now = time.monotonic()
                         if now < next_start:
@@ -472,61 +608,66 @@ class Batch:
                         break
                     if job is _NOT_YET:
                         break  # the prefetch thread wakes us when the next one is read
-                    self._start(job, free.pop(), q)
-                    if self.keep_order:
+                    self._start(job, q)
+                    if keep_order:
                         order.append(job)
                 if self._stop_reason is not None and not killed and self._stop_reason != "halt":
                     killed = True
-                    for job in self.running.values():
-                        job.task.kill()
-                if not self.running and (exhausted or self._stop_reason is not None):
+                    self._kill_all()
+                if not (running or held) and (exhausted or self._stop_reason is not None):
                     break
                 if self._median is not None:
                     nxt = self._enforce_fraction(time.monotonic())
                     if nxt is not None:
                         wait = nxt if wait is None else min(wait, nxt)
-                # Wait on the queue's fd first and pop only when it is readable: a pop that
-                # finds the queue empty costs a timed condition-variable wait.
-                done = ()
-                for key, _ in sel.select(wait):
-                    if key.fd == qfd:
-                        done = q.get_many(timeout=0)
-                    elif key.data is not None:
-                        self._pipe_readable(key.data, key.fd)
-                    else:
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except BlockingIOError:
-                            pass
+                if sel is None:
+                    # Something is in flight here (only a delay or a prefetch, which have a
+                    # selector, can leave the loop waiting with nothing in flight); stop()
+                    # kills what is in flight, which ends this wait too.
+                    done = q.get_many(timeout=wait)
+                else:
+                    # Wait on the queue's fd first and pop only when it is readable: a pop
+                    # that finds the queue empty costs a timed condition-variable wait.
+                    done = ()
+                    for key, _ in sel.select(wait):
+                        if key.fd == qfd:
+                            done = q.get_many(timeout=0)
+                        elif key.data is not None:
+                            self._pipe_readable(key.data, key.fd)
+                        else:
+                            try:
+                                os.read(self._wake_r, 4096)
+                            except BlockingIOError:
+                                pass
                 for task in done:
                     job = self._finish(task, q)
-                    if job is None:
-                        continue
-                    free.append(job.slot)
-                    if not self.keep_order:
+                    if job is not None and not keep_order:
                         yield job.result
                 while order and order[0].result is not None:
-                    yield order.popleft().result
+                    r = order.popleft().result
+                    if r is not _NEVER_RAN:
+                        yield r
         finally:
             # Reached on normal end, on an exception in the consumer, and on close(): no
             # task may outlive the batch.
-            for job in list(self.running.values()):
-                job.task.kill()
-            for task in list(self.running):
+            left = self._kill_all()
+            for job in left:
                 try:
-                    task.wait()
+                    job.task.wait()
                 except Exception:
                     pass
             if isinstance(source, _Prefetch):
                 source.close()
-            for job in list(self.running.values()):
+            for job in left:
                 for fd in job.pipes or ():
                     os.close(fd)
-            self.running.clear()
-            sel.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+            running.clear()
+            held.clear()
+            if sel is not None:
+                sel.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1
 
 
 def _results_path_part(v: str) -> str:

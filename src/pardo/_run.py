@@ -182,7 +182,8 @@ class Task:
         tag: any object given to :func:`spawn`, for the caller's bookkeeping.
     """
 
-    __slots__ = ("_h", "_sup", "args", "tag", "deadline", "_result", "_watch_buf", "_cwd", "__weakref__")
+    __slots__ = ("_h", "_sup", "args", "tag", "deadline", "_result", "_watch_buf", "_cwd", "_exe",
+                 "__weakref__")
 
     def __init__(self, handle, sup, args, tag, deadline, cwd):
         self._h = handle
@@ -193,6 +194,7 @@ class Task:
         self._result = None
         self._watch_buf = None
         self._cwd = cwd
+        self._exe = None
 
     @property
     def id(self) -> int:
@@ -272,6 +274,8 @@ def _spawn_error(task, stage, err):
     reason = os.strerror(err) if err else "unknown error"
     args = task.args
     prog = args if isinstance(args, (str, bytes)) else (list(args)[0] if args else "")
+    if task._exe:
+        prog = task._exe
     prog = os.fsdecode(prog) if isinstance(prog, (bytes, os.PathLike)) else str(prog)
     if name == "exec":
         hint = ""
@@ -419,6 +423,7 @@ def spawn(
     queue: ResultQueue | None = None,
     pass_fds=None,
     tag=None,
+    executable=None,
 ) -> Task:
     """Start a command and return at once with its :class:`Task`.
 
@@ -430,6 +435,9 @@ def spawn(
         pass_fds: more fds for the child: ``{child_fd: our_fd}`` or fds kept at the same
             number. They are duplicated before ``spawn`` returns; close yours when you like.
         tag: any object, kept on the task as ``task.tag``.
+        executable: the program to run, when it is not ``args[0]`` (which is then only
+            the name the program sees, as with :class:`subprocess.Popen`); searched in
+            ``PATH`` when it has no slash.
     """
     sup = _supervisor._sup or _supervisor.get()
     # The common case (a list of str, no deadline or a plain number, captured output)
@@ -462,9 +470,10 @@ def spawn(
     cpu_list = [] if cpus is None else _cpus(cpus)
     fds = _pass_fds(pass_fds) if pass_fds else []
     qh = None if queue is None else queue._q
+    exe = b"" if executable is None else _arg_bytes(executable, "executable")
     if stdout is None and stderr is None:
         h = sup.submit(argv, env_list, cwd_b, input, 0, -1, 0, -1, max_output, fds, timeout_ns,
-                       grace_ns, cpu_list, nice, mem, bool(linger), qh)
+                       grace_ns, cpu_list, nice, mem, bool(linger), qh, exe)
     else:
         to_close = []
         try:
@@ -472,11 +481,13 @@ def spawn(
             err_mode, err_fd = _stream(stderr, "stderr", to_close)
             h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
                            max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem,
-                           bool(linger), qh)
+                           bool(linger), qh, exe)
         finally:
             for fd in to_close:
                 os.close(fd)
     task = Task(h, sup, args, tag, timeout, cwd_b)
+    if exe:
+        task._exe = exe
     if queue is not None:
         queue._add(task)
     return task
@@ -498,6 +509,7 @@ def run(
     nice: int | None = None,
     memory_limit: int | str | None = None,
     linger: bool = False,
+    executable=None,
 ) -> Result:
     """Run a command to completion and return its :class:`Result`. Never raises for what
     the command did: look at ``result.status`` (or call ``result.check()``).
@@ -525,6 +537,8 @@ def run(
         memory_limit: bytes or a string like ``"512M"``: the cgroup's ``memory.max``
             where available, else ``RLIMIT_AS`` of each process.
         linger: wait for the leader's leftover processes instead of killing them.
+        executable: the program to run when it is not ``args[0]`` (``args[0]`` is then
+            only the name it sees), as with :class:`subprocess.Popen`.
 
     Raises:
         TypeError, ValueError: the arguments themselves are wrong (e.g. a negative
@@ -534,7 +548,7 @@ def run(
     task = spawn(
         args, timeout=timeout, kill_grace=kill_grace, cwd=cwd, env=env, input=input,
         shell=shell, max_output=max_output, stdout=stdout, stderr=stderr, cpus=cpus,
-        nice=nice, memory_limit=memory_limit, linger=linger,
+        nice=nice, memory_limit=memory_limit, linger=linger, executable=executable,
     )
     try:
         return task.wait()
