@@ -23,16 +23,6 @@ BACKENDS = ["process", "thread"]
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def engine_warm(engine_started):
-    """Let the engine create the isolation units it keeps for reuse before the leak
-    snapshots: a pool runs up to jobs + 1 workers at once (a replacement starts while the
-    old tree is reaped)."""
-    tasks = [pardo.spawn(["/bin/sleep", "0.2"]) for _ in range(6)]
-    for t in tasks:
-        t.wait(30)
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param

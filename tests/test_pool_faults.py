@@ -27,19 +27,6 @@ from pardo._pool import BrokenPool
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def engine_warm(engine_started):
-    tasks = [pardo.spawn(["/bin/sleep", "0.2"]) for _ in range(6)]
-    for t in tasks:
-        t.wait(30)
-
-
-@pytest.fixture
-def pool():
-    with pardo.Pool(2) as p:
-        yield p
-
-
 def add(a, b=0):
     return a + b
 
