@@ -78,10 +78,12 @@ void CompletionQueue::push(std::shared_ptr<Handle> h) {
   cv_.notify_one();
 }
 
-std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t timeout_ns) {
+std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t timeout_ns,
+                                                           size_t min_items) {
   std::unique_lock<std::mutex> lk(mu_);
   std::vector<std::shared_ptr<Handle>> out;
-  if (!wait_on(cv_, lk, timeout_ns, [&] { return !items_.empty(); })) return out;
+  if (min_items < 1) min_items = 1;
+  if (!wait_on(cv_, lk, timeout_ns, [&] { return items_.size() >= min_items; })) return out;
   while (!items_.empty() && out.size() < max) {
     out.push_back(std::move(items_.front()));
     items_.pop_front();

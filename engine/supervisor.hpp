@@ -102,8 +102,9 @@ class CompletionQueue {
   int max_running() const { return max_running_; }
   int fd();  // readable while the queue is non-empty (made on first use)
   void push(std::shared_ptr<Handle> h);
-  // Up to max handles; waits up to timeout_ns (-1: forever) for the first one.
-  std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns);
+  // Up to max handles; waits up to timeout_ns (-1: forever) until at least min_items are
+  // there. Returns nothing if they did not come in time.
+  std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns, size_t min_items = 1);
   size_t size();
 
  private:

@@ -50,10 +50,13 @@ def test_inputs_are_pulled_lazily():
             pulled.append(i)
             yield i
 
+    from pardo._batch import _AHEAD_PER_SLOT
+
     it = pardo.map_commands("true", gen(), jobs=2)
     first = next(it)
     assert first.status == "ok"
-    assert len(pulled) <= 4  # two slots, plus two handed to the engine ahead of time
+    # what two slots hand to the engine ahead of time, plus one being read
+    assert len(pulled) <= 2 * _AHEAD_PER_SLOT + 1
     it.close()
 
 

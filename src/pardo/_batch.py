@@ -55,9 +55,10 @@ from ._template import Field, Template
 __all__ = ["map_commands", "Batch", "HaltPolicy", "parse_jobs", "parse_timeout", "BatchError"]
 
 _MEDIAN_MIN_SAMPLES = 3  # a percentage deadline needs a few successful runs to mean anything
-# Tasks handed to the engine ahead of time, per slot: one running and one held, so that a
-# slot never idles while Python is busy with another task's result.
-_AHEAD_PER_SLOT = 2
+# Tasks handed to the engine ahead of time, per slot (one running, the rest held), so that
+# a slot never idles while Python is busy with results; the loop then wakes once per half
+# of the held tasks finishing instead of once per task.
+_AHEAD_PER_SLOT = 4
 
 
 class BatchError(ValueError):
@@ -624,7 +625,9 @@ class Batch:
                     # Something is in flight here (only a delay or a prefetch, which have a
                     # selector, can leave the loop waiting with nothing in flight); stop()
                     # kills what is in flight, which ends this wait too.
-                    done = q.get_many(timeout=wait)
+                    # With tasks held in the engine, wake once per few results: the
+                    # engine keeps every slot busy meanwhile.
+                    done = q.get_many(timeout=wait, min_items=max(1, len(held) // 2))
                 else:
                     # Wait on the queue's fd first and pop only when it is readable: a pop
                     # that finds the queue empty costs a timed condition-variable wait.

@@ -389,12 +389,19 @@ class ResultQueue:
             raise TimeoutError(f"no task finished within {timeout} s")
         return got[0]
 
-    def get_many(self, max_items: int = 1024, timeout: float | None = None) -> list[Task]:
+    def get_many(self, max_items: int = 1024, timeout: float | None = None,
+                 min_items: int = 1) -> list[Task]:
         """Up to ``max_items`` finished tasks; waits up to ``timeout`` for the first one
-        (an empty list when none came). Waiting with nothing in flight is an error."""
+        (an empty list when none came). Waiting with nothing in flight is an error.
+
+        ``min_items`` > 1 waits until that many have finished (at most as many as are in
+        flight), or until ``timeout``, and then returns what there is: a consumer that
+        keeps a :class:`ResultQueue` with ``max_running`` fed ahead of time wakes up once
+        per batch of results instead of once per task."""
         if not self._tasks:
             raise RuntimeError("no task is in flight on this queue")
-        handles = self._q.pop(max_items, _seconds_to_ns(timeout, "timeout"))
+        want = max(1, min(min_items, len(self._tasks)))
+        handles = self._q.pop(max_items, _seconds_to_ns(timeout, "timeout"), want)
         tasks = self._tasks
         out = []
         for h in handles:
