@@ -121,12 +121,19 @@ int cgroup_sweep_stale(const std::string& pardo_dir) {
     stale.push_back(pardo_dir + "/" + e->d_name);
   }
   closedir(d);
-  for (auto& s : stale) {
-    cgroup_kill(s);
-    cgroup_wait_empty(s, 2000);
-    cgroup_remove_tree(s);
-  }
+  for (auto& s : stale) cgroup_release_subtree(s, 2000);
   return static_cast<int>(stale.size());
+}
+
+void cgroup_release_subtree(const std::string& dir, int timeout_ms) {
+  if (access(dir.c_str(), F_OK) == 0) {
+    cgroup_kill(dir);
+    cgroup_wait_empty(dir, timeout_ms);
+    cgroup_remove_tree(dir);
+  }
+  // EBUSY while another supervisor still has a subtree here: then the last one removes it.
+  size_t slash = dir.rfind('/');
+  if (slash != std::string::npos) rmdir(dir.substr(0, slash).c_str());
 }
 
 std::unique_ptr<CgroupTree> CgroupTree::create(std::string* why) {
@@ -139,24 +146,28 @@ std::unique_ptr<CgroupTree> CgroupTree::create(std::string* why) {
   }
   std::string home_dir = mnt + (home == "/" ? "" : home);
   std::string pardo_dir = home_dir + "/pardo";
-  if (mkdir(pardo_dir.c_str(), 0755) < 0 && errno != EEXIST) {
-    int e = errno;
-    *why = "no write access to " + home_dir + " (" + strerror(e) +
-           "): run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
-    return nullptr;
-  }
-  cgroup_sweep_stale(pardo_dir);
   auto t = std::unique_ptr<CgroupTree>(new CgroupTree());
   t->path_ = pardo_dir + "/s" + std::to_string(getpid()) + "-" +
              std::to_string(process_start_ticks(getpid()));
-  if (mkdir(t->path_.c_str(), 0755) < 0 && errno != EEXIST) {
+  // The shared parent is removed by the last supervisor that leaves it; if that happens
+  // between our two mkdirs, the second fails with ENOENT and we make the parent again.
+  for (int attempt = 0;; ++attempt) {
+    if (mkdir(pardo_dir.c_str(), 0755) < 0 && errno != EEXIST) {
+      int e = errno;
+      *why = "no write access to " + home_dir + " (" + strerror(e) +
+             "): run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
+      return nullptr;
+    }
+    if (attempt == 0) cgroup_sweep_stale(pardo_dir);
+    if (mkdir(t->path_.c_str(), 0755) == 0 || errno == EEXIST) break;
+    if (errno == ENOENT && attempt < 5) continue;
     int e = errno;
     *why = "cannot create " + t->path_ + ": " + strerror(e);
     return nullptr;
   }
   if (access((t->path_ + "/cgroup.kill").c_str(), W_OK) < 0) {
     *why = "the kernel has no cgroup.kill (needs Linux 5.14+)";
-    rmdir(t->path_.c_str());
+    cgroup_release_subtree(t->path_, 0);
     return nullptr;
   }
   // memory.max for memory_limit= where the memory controller is available in v2. Enabling
@@ -258,8 +269,6 @@ int CgroupTree::set_memory_max(Leaf* leaf, long long bytes) {
 
 void CgroupTree::destroy() {
   if (path_.empty()) return;
-  cgroup_kill(path_);
-  cgroup_wait_empty(path_, 5000);
   for (auto& l : leaves_) {
     if (l->dir_fd >= 0) close(l->dir_fd);
     if (l->events_fd >= 0) close(l->events_fd);
@@ -268,7 +277,7 @@ void CgroupTree::destroy() {
   }
   leaves_.clear();
   free_.clear();
-  cgroup_remove_tree(path_);
+  cgroup_release_subtree(path_, 5000);
   path_.clear();
 }
 

@@ -28,6 +28,9 @@ int cgroup_kill(const std::string& dir);
 int cgroup_remove_tree(const std::string& dir);
 // Wait until the cgroup is unpopulated, up to timeout_ms. True when it is.
 bool cgroup_wait_empty(const std::string& dir, int timeout_ms);
+// Kill everything in a supervisor's subtree, wait (bounded) for it to be gone, remove it,
+// and remove the shared parent too when no other supervisor has a subtree there.
+void cgroup_release_subtree(const std::string& dir, int timeout_ms);
 // Kill and remove the subtrees of supervisors that are gone. Returns how many.
 int cgroup_sweep_stale(const std::string& pardo_dir);
 

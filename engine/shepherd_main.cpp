@@ -209,11 +209,7 @@ int guardian_main(const std::string& dir) {
     if (n == 0) break;
     if (n < 0 && errno != EINTR) break;
   }
-  if (access(dir.c_str(), F_OK) == 0) {
-    cgroup_kill(dir);
-    cgroup_wait_empty(dir, 10000);
-    cgroup_remove_tree(dir);
-  }
+  cgroup_release_subtree(dir, 10000);
   return 0;
 }
 
