@@ -104,9 +104,7 @@ class CgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (t.child_reaped || !reap(t, &st, &ru)) return;
-    s.unwatch_fd(t.pidfd);  // explicitly: see Supervisor::close_fd
-    close(t.pidfd);  // reaped: the pidfd has nothing more to say
-    t.pidfd = -1;
+    s.drop_pidfd(t);  // reaped: the pidfd has nothing more to say
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     check_gone(s, t);
   }
@@ -267,9 +265,7 @@ class ShepherdRung : public Rung {
     int st;
     struct rusage ru;
     if (t.child_reaped || !reap(t, &st, &ru)) return;
-    s.unwatch_fd(t.pidfd);  // explicitly: see Supervisor::close_fd
-    close(t.pidfd);  // reaped: the pidfd has nothing more to say
-    t.pidfd = -1;
+    s.drop_pidfd(t);  // reaped: the pidfd has nothing more to say
     read_status(s, t);  // everything the shepherd said before it exited
     if (!t.leader_done) {
       // The shepherd died without reporting its task's end: it was killed from outside,
@@ -390,9 +386,7 @@ class PgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (!reap(t, &st, &ru)) return;
-    s.unwatch_fd(t.pidfd);  // explicitly: see Supervisor::close_fd
-    close(t.pidfd);  // reaped: the pidfd has nothing more to say
-    t.pidfd = -1;
+    s.drop_pidfd(t);  // reaped: the pidfd has nothing more to say
     t.kill_sent = true;  // as far as this rung can tell, the tree is dealt with
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     s.tree_gone(t);

@@ -158,6 +158,30 @@ void hasten_one(pid_t tid) {
   if (sched_setscheduler(tid, SCHED_FIFO, &sp) != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(tid), -20);
 }
 
+int own_nice() {
+  errno = 0;
+  int n = getpriority(PRIO_PROCESS, 0);
+  return errno != 0 ? 0 : n;
+}
+
+bool set_realtime(bool on) {
+  struct sched_param sp;
+  sp.sched_priority = on ? 1 : 0;
+  int policy = (on ? SCHED_FIFO : SCHED_OTHER) | SCHED_RESET_ON_FORK;
+  if (sched_setscheduler(0, policy, &sp) != 0) return false;
+  if (!on) setpriority(PRIO_PROCESS, 0, kRaisedNice);
+  return true;
+}
+
+std::string raise_own_priority() {
+  if (!getenv("PARDO_NO_REALTIME") && set_realtime(true)) return "SCHED_FIFO 1";
+  if (setpriority(PRIO_PROCESS, 0, kRaisedNice) == 0) {
+    set_realtime(false);  // only to set SCHED_RESET_ON_FORK: children keep their nice value
+    return "nice " + std::to_string(kRaisedNice);
+  }
+  return "normal";
+}
+
 int64_t mono_ns() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -29,6 +29,17 @@ std::vector<pid_t> descendants_of(pid_t root);
 // else nice -20 where permitted, else nothing.
 void hasten_one(pid_t tid);
 
+// The calling thread's nice value (0 if it cannot be read).
+int own_nice();
+// Move the calling thread to SCHED_FIFO priority 1 (on) or back to SCHED_OTHER at
+// kRaisedNice (off), never inherited by children (SCHED_RESET_ON_FORK). False when not
+// permitted.
+constexpr int kRaisedNice = -10;
+bool set_realtime(bool on);
+// Raise the calling thread as far as permitted: real time unless PARDO_NO_REALTIME is
+// set, else kRaisedNice, else nothing. Says which: "SCHED_FIFO 1", "nice -10", "normal".
+std::string raise_own_priority();
+
 // Monotonic and wall clocks in nanoseconds.
 int64_t mono_ns();
 int64_t wall_ns();

@@ -149,9 +149,7 @@ int task_main(int argc, char** argv) {
     if (fcntl(fd, F_GETFD) >= 0) plan.fds.push_back({fd, fd});
   plan.new_session = true;
   plan.pdeathsig = SIGKILL;
-  errno = 0;
-  plan.base_nice = getpriority(PRIO_PROCESS, 0);  // what the supervisor gave us for the task
-  if (errno != 0) plan.base_nice = 0;
+  plan.base_nice = own_nice();  // what the supervisor gave us for the task
   SpawnOutcome o = spawn_child(plan, -1);
   if (o.stage != STAGE_NONE) {
     ShepherdMsg m{MSG_EXEC_FAILED, o.stage, o.err, 0, 0, 0, 0};
@@ -163,10 +161,7 @@ int task_main(int argc, char** argv) {
   // We only wait and kill; where permitted, do it ahead of busy tasks (as the supervisor
   // thread does), whatever niceness the task asked for. The task was started first, so it
   // inherits none of this.
-  struct sched_param sp;
-  sp.sched_priority = 1;
-  if (getenv("PARDO_NO_REALTIME") || sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) != 0)
-    setpriority(PRIO_PROCESS, 0, -10);
+  raise_own_priority();
   ShepherdMsg started{MSG_STARTED, o.pid, 0, 0, 0, 0, 0};
   send(started);
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon

@@ -143,13 +143,7 @@ int child_main(void* arg) {
   } else {
     setpriority(PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
   }
-  if (plan->nofile_soft >= 0) {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-      rl.rlim_cur = static_cast<rlim_t>(plan->nofile_soft);
-      setrlimit(RLIMIT_NOFILE, &rl);
-    }
-  }
+  if (plan->restore_nofile) setrlimit(RLIMIT_NOFILE, &plan->nofile);
   if (plan->rlimit_as > 0) {
     struct rlimit rl;
     rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(plan->rlimit_as);
@@ -353,15 +347,15 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
   return out;
 }
 
-long long raise_nofile_limit() {
+bool raise_nofile_limit(struct rlimit* original) {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return -1;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return false;
+  *original = rl;
   rlim_t want = rl.rlim_max == RLIM_INFINITY ? 1048576 : rl.rlim_max;
   if (want > 1048576) want = 1048576;
-  if (rl.rlim_cur >= want) return -1;
-  long long old = static_cast<long long>(rl.rlim_cur);
+  if (rl.rlim_cur >= want) return false;
   rl.rlim_cur = want;
-  return setrlimit(RLIMIT_NOFILE, &rl) == 0 ? old : -1;
+  return setrlimit(RLIMIT_NOFILE, &rl) == 0;
 }
 
 bool clone3_into_cgroup_supported() {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <string>
@@ -48,7 +49,8 @@ struct ChildPlan {
   int base_nice = 0;  // without has_nice: the nice value the child gets (the spawner's own
                       // may have been raised for its work, which the child must not inherit)
   long long rlimit_as = 0;  // bytes; 0: none
-  long long nofile_soft = -1;  // >= 0: restore this soft RLIMIT_NOFILE in the child
+  bool restore_nofile = false;  // give the child this RLIMIT_NOFILE (the spawner raised its own)
+  struct rlimit nofile {};
   std::string cgroup_procs;  // fallback placement: the child writes itself into this file
 
   // Filled by finalize(): pointer arrays into the strings above.
@@ -82,9 +84,8 @@ std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds);
 SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd);
 
 // Raise this process's soft RLIMIT_NOFILE towards the hard limit (each task in flight
-// holds a few fds) and return the soft limit it had, which children get back; -1 when
-// nothing changed.
-long long raise_nofile_limit();
+// holds a few fds). True when it did; *original is then the limit children get back.
+bool raise_nofile_limit(struct rlimit* original);
 
 // True when clone3 with CLONE_INTO_CGROUP|CLONE_PIDFD is usable (probed once).
 bool clone3_into_cgroup_supported();

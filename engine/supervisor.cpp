@@ -7,9 +7,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sched.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -26,7 +23,6 @@ namespace pardo {
 
 namespace {
 constexpr uint64_t KEY_WAKE = 1, KEY_TIMER = 2;  // task keys are >= 16
-constexpr int kSupervisorNice = -10;
 uint64_t key_of(uint64_t id, int kind) { return (id << 4) | static_cast<uint64_t>(kind); }
 
 std::system_error sys_error(const char* what) {
@@ -106,7 +102,7 @@ size_t CompletionQueue::size() {
 Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
   // Each task in flight holds a few fds (pidfd, pipes, its cgroup leaf): the common
   // default soft limit of 1024 would cap a batch at a couple of hundred tasks.
-  nofile_soft_ = raise_nofile_limit();
+  nofile_raised_ = raise_nofile_limit(&nofile_orig_);
   RungChoice choice = choose_rung(cfg.isolation, cfg.shepherd_path);
   if (!choice.rung) throw std::invalid_argument(choice.error);
   rung_ = std::move(choice.rung);
@@ -212,24 +208,9 @@ void Supervisor::loop() {
   // it has nothing to do; its work per event is bounded (see read_stream). Children must
   // not inherit any of this: SCHED_RESET_ON_FORK, and the child restores the nice value
   // this thread started with (ChildPlan::base_nice).
-  errno = 0;
-  base_nice_ = getpriority(PRIO_PROCESS, 0);
-  if (errno != 0) base_nice_ = 0;
-  priority_ = "normal";
-  if (!getenv("PARDO_NO_REALTIME")) {
-    struct sched_param sp;
-    sp.sched_priority = 1;
-    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) {
-      priority_ = "SCHED_FIFO 1";
-      realtime_ = true;
-    }
-  }
-  if (priority_ == "normal" && setpriority(PRIO_PROCESS, 0, kSupervisorNice) == 0) {
-    struct sched_param sp;
-    sp.sched_priority = 0;
-    sched_setscheduler(0, SCHED_OTHER | SCHED_RESET_ON_FORK, &sp);
-    priority_ = "nice " + std::to_string(kSupervisorNice);
-  }
+  base_nice_ = own_nice();
+  priority_ = raise_own_priority();
+  realtime_ = priority_ == "SCHED_FIFO 1";
   {
     std::lock_guard<std::mutex> lk(mu_);
     loop_started_ = true;
@@ -289,17 +270,26 @@ void Supervisor::loop() {
   }
   limited_.clear();
   refill_.clear();
-  for (auto& p : late) {
+  for (auto& p : late) settle_unstarted(p.handle, false);
+}
+
+// A task that never started: cancelled on request while held, or cut off by shutdown.
+void Supervisor::settle_unstarted(const std::shared_ptr<Handle>& h, bool cancelled) {
+  {
     std::lock_guard<std::mutex> lk(mu_);
-    p.handle->result.spawn_stage = STAGE_CLONE;
-    p.handle->result.spawn_errno = ECANCELED;
-    p.handle->pid = -1;
-    p.handle->done = true;
+    if (cancelled) {
+      h->result.cancelled = true;
+    } else {
+      h->result.spawn_stage = STAGE_CLONE;
+      h->result.spawn_errno = ECANCELED;
+    }
+    h->result.pid = -1;
+    h->pid = -1;
+    h->done = true;
     --in_flight_;
   }
   cv_.notify_all();
-  for (auto& p : late)
-    if (auto q = p.handle->queue.lock()) q->push(p.handle);
+  if (auto q = h->queue.lock()) q->push(h);
 }
 
 // A real-time thread that copies a flood of output could starve the machine's other
@@ -307,19 +297,11 @@ void Supervisor::loop() {
 // down to nice -10; it steps back up once they have stopped for 100 ms.
 void Supervisor::pace_realtime() {
   if (!realtime_) return;
-  int64_t now = mono_ns();
-  struct sched_param sp;
   if (io_bytes_ > (1u << 20)) {
-    flood_seen_ = now;
-    if (!demoted_) {
-      sp.sched_priority = 0;
-      sched_setscheduler(0, SCHED_OTHER | SCHED_RESET_ON_FORK, &sp);
-      setpriority(PRIO_PROCESS, 0, kSupervisorNice);
-      demoted_ = true;
-    }
-  } else if (demoted_ && now - flood_seen_ > 100000000) {
-    sp.sched_priority = 1;
-    if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) demoted_ = false;
+    flood_seen_ = mono_ns();
+    if (!demoted_) demoted_ = set_realtime(false);
+  } else if (demoted_ && mono_ns() - flood_seen_ > 100000000) {
+    demoted_ = !set_realtime(true);
   }
 }
 
@@ -407,17 +389,7 @@ void Supervisor::cancel_held(uint64_t id) {
       if (it->first->id != id) continue;
       std::shared_ptr<Handle> h = std::move(it->first);
       held.erase(it);
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        h->result.cancelled = true;
-        h->result.spawn_stage = STAGE_NONE;
-        h->result.pid = -1;
-        h->pid = -1;
-        h->done = true;
-        --in_flight_;
-      }
-      cv_.notify_all();
-      kv.second->push(h);
+      settle_unstarted(h, true);
       return;
     }
   }
@@ -476,7 +448,8 @@ void Supervisor::start_task(Pending&& p) {
   plan.nice = r.nice;
   plan.base_nice = base_nice_;  // tasks get this thread's original niceness, not its boost
   plan.rlimit_as = r.memory_limit;
-  plan.nofile_soft = nofile_soft_;  // programs start with the limit this process had
+  plan.restore_nofile = nofile_raised_;  // programs start with the limit this process had
+  plan.nofile = nofile_orig_;
 
   // Standard streams. Child-side fds are closed right after the spawn.
   std::vector<int> child_side;
@@ -644,6 +617,13 @@ void Supervisor::watch_fd(TaskState& t, int fd, int kind, uint32_t events) {
 
 void Supervisor::unwatch_fd(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
 
+void Supervisor::drop_pidfd(TaskState& t) {
+  if (t.pidfd < 0) return;
+  unwatch_fd(t.pidfd);  // explicitly, before close: see close_fd
+  close(t.pidfd);
+  t.pidfd = -1;
+}
+
 void Supervisor::leader_exited(TaskState& t, int st, int64_t utime_us, int64_t stime_us,
                                int64_t maxrss_kb) {
   if (t.leader_done) return;
@@ -695,11 +675,7 @@ void Supervisor::maybe_complete(TaskState& t) {
 void Supervisor::complete(TaskState& t) {
   ++t.timer_gen;
   t.watch_slot = nullptr;
-  if (t.pidfd >= 0) {
-    unwatch_fd(t.pidfd);  // explicitly: see close_fd
-    close(t.pidfd);
-    t.pidfd = -1;
-  }
+  drop_pidfd(t);
   close_fd(t, FD_OUT);
   close_fd(t, FD_ERR);
   close_fd(t, FD_IN);

@@ -20,6 +20,7 @@
 //   (isolation.hpp): cgroup, shepherd or process group.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -154,6 +155,7 @@ class Supervisor {
   // --- used by the rungs (supervisor thread only) ---
   void watch_fd(TaskState& t, int fd, int kind, uint32_t events);
   void unwatch_fd(int fd);
+  void drop_pidfd(TaskState& t);  // leave epoll and close
   void leader_exited(TaskState& t, int wait_status, int64_t utime_us, int64_t stime_us,
                      int64_t maxrss_kb);
   void tree_gone(TaskState& t);
@@ -201,11 +203,13 @@ class Supervisor {
   std::unique_ptr<Rung> rung_;
   std::string rung_name_, rung_reason_;
   int epfd_ = -1, wakefd_ = -1, timerfd_ = -1, devnull_ = -1;
-  long long nofile_soft_ = -1;
+  bool nofile_raised_ = false;
+  struct rlimit nofile_orig_ {};
   int base_nice_ = 0;
   std::string priority_;
   bool loop_started_ = false;
   void cancel_held(uint64_t id);
+  void settle_unstarted(const std::shared_ptr<Handle>& h, bool cancelled);
   void pace_realtime();
   bool realtime_ = false, demoted_ = false;
   size_t io_bytes_ = 0;
