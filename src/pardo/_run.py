@@ -15,7 +15,7 @@ import subprocess
 import weakref
 from collections.abc import Iterable, Mapping
 
-from . import _supervisor
+from . import _engine, _supervisor
 from ._result import Result, Status
 
 WATCH_SLOT_SIZE = 16
@@ -90,7 +90,11 @@ def _argv(args, shell):
         return [b"/bin/sh", b"-c", _arg_bytes(args, "the command")]
     if isinstance(args, (str, bytes, os.PathLike)):
         args = [args]
-    argv = [_arg_bytes(a, "each argument") for a in args]
+    if args.__class__ is list and all(a.__class__ is str for a in args):
+        # the common case, once per task of a large batch: no call per argument
+        argv = [a.encode("utf-8", "surrogateescape") for a in args]
+    else:
+        argv = [_arg_bytes(a, "each argument") for a in args]
     if not argv:
         raise ValueError("args is empty: give at least the program to run")
     for a in argv:
@@ -121,8 +125,6 @@ def _env(env):
 
 def _stream(spec, which, to_close):
     """(mode, fd) for the engine."""
-    from . import _engine
-
     if spec is None:
         return _engine.OUT_CAPTURE, -1
     if spec is DEVNULL or spec is subprocess.DEVNULL:
@@ -185,7 +187,7 @@ class Task:
     __slots__ = ("_h", "_sup", "args", "tag", "deadline", "_result", "_watch_buf", "_cwd", "_exe",
                  "__weakref__")
 
-    def __init__(self, handle, sup, args, tag, deadline, cwd):
+    def __init__(self, handle, sup, args, tag, deadline, cwd, exe):
         self._h = handle
         self._sup = sup
         self.args = args
@@ -194,7 +196,7 @@ class Task:
         self._result = None
         self._watch_buf = None
         self._cwd = cwd
-        self._exe = None
+        self._exe = exe
 
     @property
     def id(self) -> int:
@@ -268,8 +270,6 @@ def _short(args):
 
 
 def _spawn_error(task, stage, err):
-    from . import _engine
-
     name = _engine.stage_name(stage)
     reason = os.strerror(err) if err else "unknown error"
     args = task.args
@@ -362,8 +362,6 @@ class ResultQueue:
                 far ahead of time and still run exactly ``max_running`` wide. Their
                 deadlines count from when they actually start.
         """
-        from . import _engine
-
         if max_running is not None and (isinstance(max_running, bool) or not isinstance(max_running, int)
                                         or max_running < 1):
             raise ValueError(f"max_running must be a positive int or None, not {max_running!r}")
@@ -447,19 +445,9 @@ def spawn(
             ``PATH`` when it has no slash.
     """
     sup = _supervisor._sup or _supervisor.get()
-    # The common case (a list of str, no deadline or a plain number, captured output)
-    # takes the short path: this function runs once per task of a large batch.
-    if not shell and args.__class__ is list and all(a.__class__ is str for a in args) and args:
-        argv = [a.encode("utf-8", "surrogateescape") for a in args]
-        if any(b"\0" in a for a in argv):
-            raise ValueError("an argument contains a NUL byte")
-    else:
-        argv = _argv(args, shell)
-    if timeout is None:
-        timeout_ns = -1
-    else:
-        timeout_ns = _seconds_to_ns(timeout, "timeout")
-    grace_ns = 2_000_000_000 if kill_grace == 2.0 else max(0, _seconds_to_ns(kill_grace, "kill_grace"))
+    argv = _argv(args, shell)
+    timeout_ns = _seconds_to_ns(timeout, "timeout")
+    grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
     if max_output.__class__ is not int or max_output < 0:
         raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
     env_list = None if env is None else _env(env)
@@ -476,25 +464,18 @@ def spawn(
     mem = 0 if memory_limit is None else parse_size(memory_limit)
     cpu_list = [] if cpus is None else _cpus(cpus)
     fds = _pass_fds(pass_fds) if pass_fds else []
-    qh = None if queue is None else queue._q
     exe = b"" if executable is None else _arg_bytes(executable, "executable")
-    if stdout is None and stderr is None:
-        h = sup.submit(argv, env_list, cwd_b, input, 0, -1, 0, -1, max_output, fds, timeout_ns,
-                       grace_ns, cpu_list, nice, mem, bool(linger), qh, exe)
-    else:
-        to_close = []
-        try:
-            out_mode, out_fd = _stream(stdout, "stdout", to_close)
-            err_mode, err_fd = _stream(stderr, "stderr", to_close)
-            h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
-                           max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem,
-                           bool(linger), qh, exe)
-        finally:
-            for fd in to_close:
-                os.close(fd)
-    task = Task(h, sup, args, tag, timeout, cwd_b)
-    if exe:
-        task._exe = exe
+    to_close = []
+    try:
+        out_mode, out_fd = _stream(stdout, "stdout", to_close)
+        err_mode, err_fd = _stream(stderr, "stderr", to_close)
+        h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
+                       max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem, bool(linger),
+                       None if queue is None else queue._q, exe)
+    finally:
+        for fd in to_close:
+            os.close(fd)
+    task = Task(h, sup, args, tag, timeout, cwd_b, exe or None)
     if queue is not None:
         queue._add(task)
     return task
