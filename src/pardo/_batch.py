@@ -298,6 +298,7 @@ class Batch:
         self.halt_exit = None  # exit status decided by a halt policy
         self.running: dict = {}  # {task: job} of the tasks that hold a slot
         self._held: deque = deque()  # jobs handed to the engine ahead, waiting for a slot
+        self._exe_cache: dict = {}  # program name -> where PATH finds it (see _executable)
         self._free: list = []  # free slots; pop() gives the lowest
         self._median = _RunningMedian() if self.timeout_fraction else None
         uses_slot = any(isinstance(p, Field) and p.op == "%"
@@ -367,18 +368,18 @@ class Batch:
         """Where PATH finds ``program``, looked up once per batch (as a shell's hash
         table does): with a long PATH, the search costs a failed exec per entry per task.
         None when it has a slash or is not found (the engine then reports it)."""
-        cache = self.__dict__.setdefault("_exe_cache", {})
         try:
-            return cache[program]
+            return self._exe_cache[program]
         except KeyError:
             pass
         exe = None
         name = program.decode("utf-8", "surrogateescape") if isinstance(program, bytes) else program
         if "/" not in name:
             env = self._spawn_kw.get("env")
-            path = (env or {}).get("PATH") if env is not None else os.environ.get("PATH")
+            # the engine's search: the task's own PATH, else ours; /bin:/usr/bin without one
+            path = (os.environ if env is None else env).get("PATH", "/bin:/usr/bin")
             exe = shutil.which(name, path=path)
-        cache[program] = exe
+        self._exe_cache[program] = exe
         return exe
 
     def _start(self, job, q):
