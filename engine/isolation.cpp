@@ -45,23 +45,21 @@ int64_t tv_us(const struct timeval& tv) {
   return static_cast<int64_t>(tv.tv_sec) * 1000000 + tv.tv_usec;
 }
 
-// Reap our direct child if it has exited. True when reaped.
-bool reap(TaskState& t, int* status, struct rusage* ru) {
+// Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
+bool reap(Supervisor& s, TaskState& t, int* status, struct rusage* ru) {
+  if (t.child_reaped) return false;
   pid_t r;
   do {
     r = wait4(t.child_pid, status, WNOHANG, ru);
   } while (r < 0 && errno == EINTR);
-  if (r == t.child_pid) {
-    t.child_reaped = true;
-    return true;
-  }
-  if (r < 0 && errno == ECHILD) {  // someone else reaped it (should not happen)
-    t.child_reaped = true;
+  if (r == 0 || (r < 0 && errno != ECHILD)) return false;
+  if (r < 0) {  // someone else reaped it (should not happen)
     *status = 0;
     memset(ru, 0, sizeof *ru);
-    return true;
   }
-  return false;
+  t.child_reaped = true;
+  s.drop_pidfd(t);  // the pidfd has nothing more to say
+  return true;
 }
 
 // ------------------------------------------------------------------ cgroup
@@ -103,8 +101,7 @@ class CgroupRung : public Rung {
   void on_child_exit(Supervisor& s, TaskState& t) override {
     int st;
     struct rusage ru;
-    if (t.child_reaped || !reap(t, &st, &ru)) return;
-    s.drop_pidfd(t);  // reaped: the pidfd has nothing more to say
+    if (!reap(s, t, &st, &ru)) return;
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     check_gone(s, t);
   }
@@ -264,8 +261,7 @@ class ShepherdRung : public Rung {
   void on_child_exit(Supervisor& s, TaskState& t) override {
     int st;
     struct rusage ru;
-    if (t.child_reaped || !reap(t, &st, &ru)) return;
-    s.drop_pidfd(t);  // reaped: the pidfd has nothing more to say
+    if (!reap(s, t, &st, &ru)) return;
     read_status(s, t);  // everything the shepherd said before it exited
     if (!t.leader_done) {
       // The shepherd died without reporting its task's end: it was killed from outside,
@@ -385,8 +381,7 @@ class PgroupRung : public Rung {
     if (!t.req.linger) killpg(t.child_pid, SIGKILL);
     int st;
     struct rusage ru;
-    if (!reap(t, &st, &ru)) return;
-    s.drop_pidfd(t);  // reaped: the pidfd has nothing more to say
+    if (!reap(s, t, &st, &ru)) return;
     t.kill_sent = true;  // as far as this rung can tell, the tree is dealt with
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     s.tree_gone(t);

@@ -189,26 +189,18 @@ class ProcessBackend:
         return self._sizer.size()
 
     def shutdown(self, wait=True, cancel_futures=False) -> None:
-        with self._lock:
-            self._shutdown = True
-            cancelled = self._take_pending() if cancel_futures else ()
-            thread = self._thread
-        _cancel_all(cancelled)
-        if thread is None:
-            self._close_resources()
-            if self.on_done is not None:
-                self.on_done(self)
-            return
-        self._wake()
-        if wait and thread is not threading.current_thread():
-            thread.join()
+        self._stop(cancel=cancel_futures, reason=None, join=wait, join_timeout=None)
 
     def terminate(self, reason: BaseException, join_timeout=10.0) -> None:
         """Stop now: cancel what is queued, kill the workers, fail what was running."""
+        self._stop(cancel=True, reason=reason, join=True, join_timeout=join_timeout)
+
+    def _stop(self, *, cancel, reason, join, join_timeout) -> None:
         with self._lock:
             self._shutdown = True
-            self._terminating = reason
-            cancelled = self._take_pending()
+            if reason is not None:
+                self._terminating = reason
+            cancelled = self._take_pending() if cancel else ()
             thread = self._thread
         _cancel_all(cancelled)
         if thread is None:
@@ -217,7 +209,7 @@ class ProcessBackend:
                 self.on_done(self)
             return
         self._wake()
-        if thread is not threading.current_thread():
+        if join and thread is not threading.current_thread():
             thread.join(join_timeout)
 
     def _take_pending(self):
