@@ -58,3 +58,13 @@ def test_pool_is_an_executor():
 
     assert issubclass(pardo.Pool, concurrent.futures.Executor)
     assert issubclass(pardo.BrokenPool, concurrent.futures.process.BrokenProcessPool)
+
+
+def test_cli_stops_quietly_when_stdout_closes():
+    import subprocess
+    import sys
+
+    p = subprocess.run(f"'{sys.executable}' -m pardo doctor | head -1", shell=True,
+                       capture_output=True, text=True, timeout=60)
+    assert p.stdout.startswith("isolation:")
+    assert "Traceback" not in p.stderr

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 _COMMANDS = {
@@ -44,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     module = importlib.import_module(_COMMANDS[name][0])
-    return module.main(rest)
+    try:
+        return module.main(rest)
+    except BrokenPipeError:
+        # stdout was closed early (`pardo doctor | head`): stop quietly, as other tools do,
+        # and keep Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
