@@ -61,10 +61,20 @@ def test_pool_is_an_executor():
 
 
 def test_cli_stops_quietly_when_stdout_closes():
+    import os
     import subprocess
     import sys
 
-    p = subprocess.run(f"'{sys.executable}' -m pardo doctor | head -1", shell=True,
-                       capture_output=True, text=True, timeout=60)
-    assert p.stdout.startswith("isolation:")
-    assert "Traceback" not in p.stderr
+    for buffered in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        if not buffered:
+            env["PYTHONUNBUFFERED"] = "1"
+        r, w = os.pipe()
+        os.close(r)  # nobody will read: the first write fails with EPIPE
+        try:
+            p = subprocess.run([sys.executable, "-m", "pardo", "doctor"], stdout=w, env=env,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(w)
+        assert p.returncode == 141, (buffered, p.stderr)
+        assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, buffered

@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     module = importlib.import_module(_COMMANDS[name][0])
     try:
-        return module.main(rest)
+        rc = module.main(rest)
+        sys.stdout.flush()  # a buffered stdout fails here, not later at exit
+        return rc
     except BrokenPipeError:
         # stdout was closed early (`pardo doctor | head`): stop quietly, as other tools do,
         # and keep Python from complaining again when it flushes stdout at exit.
