@@ -388,6 +388,7 @@ class PgroupRung : public Rung {
   }
 
   void on_event(Supervisor&, TaskState&, int) override {}
+  bool knows_tree_end() const override { return false; }
 
   void signal_tree(Supervisor&, TaskState& t, int sig) override {
     if (t.child_reaped) return;

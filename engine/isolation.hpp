@@ -36,6 +36,12 @@ class Rung {
   virtual void signal_tree(Supervisor& s, TaskState& t, int sig) = 0;
   // The task is complete: fill CPU figures and release what the rung held.
   virtual void finish(Supervisor& s, TaskState& t) = 0;
+  // True when this rung learns exactly when the last process of a tree is gone. The
+  // supervisor then keeps its own copy of each capture pipe's write end until that
+  // moment, so the pipes never report end-of-file: a task's exit wakes the supervisor
+  // once (its pidfd) instead of once per stream, and what is left in the pipes is read
+  // when the tree is gone. A rung that cannot tell (pgroup) relies on end-of-file.
+  virtual bool knows_tree_end() const { return true; }
   // Kill everything and remove what the rung created (supervisor shutdown).
   virtual void shutdown() {}
 };

@@ -8,6 +8,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -31,6 +32,24 @@ std::system_error sys_error(const char* what) {
 
 // Our pipe ends carry no other status flags, so no F_GETFL round trip is needed.
 void set_nonblock(int fd) { fcntl(fd, F_SETFL, O_NONBLOCK); }
+
+// A read that never blocks, on a capture pipe whose fd is left blocking (which saves a
+// system call per stream and task): RWF_NOWAIT where the kernel knows it for pipes
+// (Linux 5.9 on), else the fd is made non-blocking once and read plainly.
+std::atomic<bool> g_pipe_nowait{true};
+ssize_t read_nowait(int fd, void* buf, size_t n, bool* made_nonblock) {
+  if (!*made_nonblock && g_pipe_nowait.load(std::memory_order_relaxed)) {
+    struct iovec iov{buf, n};
+    ssize_t r = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
+    if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL)) return r;
+    g_pipe_nowait.store(false);
+  }
+  if (!*made_nonblock) {
+    set_nonblock(fd);
+    *made_nonblock = true;
+  }
+  return read(fd, buf, n);
+}
 
 template <class Pred>
 bool wait_on(std::condition_variable& cv, std::unique_lock<std::mutex>& lk, int64_t timeout_ns, Pred pred) {
@@ -71,7 +90,7 @@ void CompletionQueue::push(std::shared_ptr<Handle> h) {
     ssize_t r = write(efd_, &one, sizeof one);
     (void)r;
   }
-  cv_.notify_one();
+  if (!waiting_.empty() && items_.size() >= *waiting_.begin()) cv_.notify_all();
 }
 
 std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t timeout_ns,
@@ -79,7 +98,10 @@ std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t ti
   std::unique_lock<std::mutex> lk(mu_);
   std::vector<std::shared_ptr<Handle>> out;
   if (min_items < 1) min_items = 1;
-  if (!wait_on(cv_, lk, timeout_ns, [&] { return items_.size() >= min_items; })) return out;
+  auto me = waiting_.insert(min_items);
+  bool ok = wait_on(cv_, lk, timeout_ns, [&] { return items_.size() >= min_items; });
+  waiting_.erase(me);
+  if (!ok) return out;
   while (!items_.empty() && out.size() < max) {
     out.push_back(std::move(items_.front()));
     items_.pop_front();
@@ -122,9 +144,15 @@ Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
   epoll_ctl(epfd_, EPOLL_CTL_ADD, timerfd_, &ev);
 
   // The thread starts with every signal blocked so that process-directed signals
-  // (Ctrl-C, SIGTERM, SIGCHLD) keep going to Python's main thread.
+  // (Ctrl-C, SIGTERM) keep going to Python's main thread, except SIGCHLD: each task's
+  // exit sends one to this thread (its parent), and a signal its target blocks is queued
+  // for the process and wakes some other thread, once per task, to find it ignored.
+  // Unblocked here, the kernel drops it at once while its disposition is the default;
+  // a handler Python installed still runs (Python's C handler only records the signal),
+  // and every system call of this thread copes with EINTR.
   sigset_t all, old;
   sigfillset(&all);
+  sigdelset(&all, SIGCHLD);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   thread_ = std::thread([this] { loop(); });
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
@@ -149,13 +177,15 @@ void Supervisor::notify() {
 std::shared_ptr<Handle> Supervisor::submit(Request&& req, std::shared_ptr<CompletionQueue> queue) {
   auto h = std::make_shared<Handle>();
   h->id = next_id_.fetch_add(1);
-  h->queue = std::move(queue);
+  bool wake = true;
   {
     std::lock_guard<std::mutex> lk(mu_);
+    if (queue && queue->max_running_ > 0) wake = ++queue->unsettled_ <= queue->max_running_;
+    h->queue = std::move(queue);
     pending_.push_back(Pending{h, std::move(req)});
     ++in_flight_;
   }
-  notify();
+  if (wake) notify();
   return h;
 }
 
@@ -240,7 +270,15 @@ void Supervisor::loop() {
     }
     io_bytes_ = 0;
     for (int i = 0; i < n; ++i) on_event(evs[i].data.u64, evs[i].events);
+    // The next tasks start first: the bookkeeping of the ones that ended (last reads,
+    // closing fds, CPU figures, waking the consumer) is off that path.
     refill();
+    for (uint64_t id : completing_) {
+      auto it = tasks_.find(id);
+      if (it != tasks_.end() && it->second->handle) complete(*it->second);
+    }
+    completing_.clear();
+    publish();
     pace_realtime();
     // Tasks completed during this round are erased only now, so that events later in
     // the same batch never see a dangling record.
@@ -256,6 +294,7 @@ void Supervisor::loop() {
     t.gone = t.leader_done = t.child_reaped = t.drain_expired = true;
     complete(t);
   }
+  publish();
   tasks_.clear();
   rung_->shutdown();
   // Requests that raced with shutdown, or were held by a limiting queue, never start.
@@ -287,6 +326,8 @@ void Supervisor::settle_unstarted(const std::shared_ptr<Handle>& h, bool cancell
     h->pid = -1;
     h->done = true;
     --in_flight_;
+    if (auto q = h->queue.lock())
+      if (q->max_running_ > 0) --q->unsettled_;
   }
   cv_.notify_all();
   if (auto q = h->queue.lock()) q->push(h);
@@ -346,6 +387,11 @@ void Supervisor::on_event(uint64_t key, uint32_t events) {
 }
 
 void Supervisor::drain_requests() {
+  take_requests();
+  refill();
+}
+
+void Supervisor::take_requests() {
   std::vector<Pending> reqs;
   std::vector<Command> cmds;
   {
@@ -362,7 +408,6 @@ void Supervisor::drain_requests() {
     admit(std::move(p));
   }
   for (auto& c : cmds) apply(c);
-  refill();
 }
 
 void Supervisor::admit(Pending&& p) {
@@ -398,6 +443,9 @@ void Supervisor::cancel_held(uint64_t id) {
 // Start held tasks of queues that gave back a slot. A task that fails to start completes
 // at once and frees its slot again; the loop (not recursion) takes care of that.
 void Supervisor::refill() {
+  // Submits to a full queue do not wake this thread (CompletionQueue::unsettled_): take
+  // them now that a slot is free.
+  if (!refill_.empty()) take_requests();
   while (!refill_.empty()) {
     std::shared_ptr<CompletionQueue> q = std::move(refill_.back());
     refill_.pop_back();
@@ -464,14 +512,17 @@ void Supervisor::start_task(Pending&& p) {
       set_nonblock(t.fd_in);
     }
   }
-  auto stream_src = [&](const StreamSpec& s, int std_fd, int* parent_end) -> int {
+  const bool hold_write_ends = rung_->knows_tree_end();
+  auto stream_src = [&](const StreamSpec& s, int std_fd, int* parent_end, int* our_write_end) -> int {
     switch (s.mode) {
       case StreamSpec::CAPTURE: {
         int p2[2];
         if (pipe2(p2, O_CLOEXEC) < 0) return devnull;
         *parent_end = p2[0];
-        set_nonblock(p2[0]);
-        child_side.push_back(p2[1]);
+        if (hold_write_ends)
+          *our_write_end = p2[1];
+        else
+          child_side.push_back(p2[1]);
         return p2[1];
       }
       case StreamSpec::FD: return s.fd;
@@ -479,8 +530,8 @@ void Supervisor::start_task(Pending&& p) {
       default: return devnull;
     }
   };
-  int out_src = stream_src(r.out, 1, &t.fd_out);
-  int err_src = r.err.mode == StreamSpec::TO_STDOUT ? out_src : stream_src(r.err, 2, &t.fd_err);
+  int out_src = stream_src(r.out, 1, &t.fd_out, &t.wfd_out);
+  int err_src = r.err.mode == StreamSpec::TO_STDOUT ? out_src : stream_src(r.err, 2, &t.fd_err, &t.wfd_err);
   plan.fds = {{0, in_src}, {1, out_src}, {2, err_src}};
   for (auto& m : r.extra_fds) plan.fds.push_back(m);
   std::vector<int> temps = normalize_fds(plan.fds);
@@ -562,9 +613,11 @@ void Supervisor::read_stream(TaskState& t, int which) {
   bool& trunc = which == FD_OUT ? t.c.out_truncated : t.c.err_truncated;
   static thread_local char chunk[65536];
   // A bounded number of reads per wakeup keeps one flooding task from starving the
-  // others; epoll is level-triggered, so the rest comes on the next round.
-  for (int i = 0; i < 16; ++i) {
-    ssize_t n = read(fd, chunk, sizeof chunk);
+  // others; epoll is level-triggered, so the rest comes on the next round. The final
+  // read of a finished tree takes all a pipe can hold (no writer is left to add more).
+  const int rounds = t.gone ? 64 : 16;
+  for (int i = 0; i < rounds; ++i) {
+    ssize_t n = read_nowait(fd, chunk, sizeof chunk, which == FD_OUT ? &t.out_nonblock : &t.err_nonblock);
     if (n > 0) {
       size_t room = buf.size() < t.req.max_output ? t.req.max_output - buf.size() : 0;
       size_t take = static_cast<size_t>(n) < room ? static_cast<size_t>(n) : room;
@@ -595,8 +648,22 @@ void Supervisor::write_input(TaskState& t) {
 }
 
 void Supervisor::close_fd(TaskState& t, int which) {
+  int* wfd = which == FD_OUT ? &t.wfd_out : which == FD_ERR ? &t.wfd_err : nullptr;
+  bool held = wfd && *wfd >= 0;
+  if (held) {
+    close(*wfd);
+    *wfd = -1;
+  }
   int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
   if (*fd < 0) return;
+  if (held) {
+    // No DEL needed: a copy of this read end that outlives our close (a vfork child that
+    // has not reached its close-on-exec step yet) holds our write end too, so the pipe
+    // reports nothing until both copies go, and then the registration goes with them.
+    close(*fd);
+    *fd = -1;
+    return;
+  }
   // Remove it from the epoll set explicitly: close() alone does not when another reference
   // to the file exists, and a child that is between the end of its vfork and the
   // close-on-exec step of its exec still holds copies of all our fds. A stale level-
@@ -653,7 +720,11 @@ void Supervisor::publish_pid(TaskState& t) {
 void Supervisor::tree_gone(TaskState& t) {
   if (t.gone) return;
   t.gone = true;
-  if (t.fd_out >= 0 || t.fd_err >= 0) add_timer(t, mono_ns() + cfg_.drain_ns, T_DRAIN_END);
+  // Pipes whose write end we hold have no other writer left: what they hold is all there
+  // is, and complete() reads it. Others may still be open elsewhere: wait for their EOF,
+  // for a while.
+  if ((t.fd_out >= 0 && t.wfd_out < 0) || (t.fd_err >= 0 && t.wfd_err < 0))
+    add_timer(t, mono_ns() + cfg_.drain_ns, T_DRAIN_END);
 }
 
 void Supervisor::signal_tree(TaskState& t, int sig) {
@@ -667,15 +738,37 @@ void Supervisor::signal_tree(TaskState& t, int sig) {
 }
 
 void Supervisor::maybe_complete(TaskState& t) {
-  if (!t.handle || !t.leader_done || !t.gone || !t.child_reaped) return;
-  if ((t.fd_out >= 0 || t.fd_err >= 0) && !t.drain_expired) return;
-  complete(t);
+  if (!t.handle || t.completing || !t.leader_done || !t.gone || !t.child_reaped) return;
+  bool eof_pending = (t.fd_out >= 0 && t.wfd_out < 0) || (t.fd_err >= 0 && t.wfd_err < 0);
+  if (eof_pending && !t.drain_expired) return;
+  t.completing = true;
+  free_slot(t);
+  completing_.push_back(t.id);
+}
+
+void Supervisor::free_slot(TaskState& t) {
+  if (t.slot_freed) return;
+  t.slot_freed = true;
+  if (auto q = t.handle->queue.lock()) {
+    if (q->max_running_ > 0) {
+      std::lock_guard<std::mutex> lk(mu_);
+      --q->unsettled_;
+    }
+    if (q->max_running_ > 0 && limited_.count(q.get())) {
+      --q->running_;
+      refill_.push_back(std::move(q));
+    }
+  }
 }
 
 void Supervisor::complete(TaskState& t) {
+  free_slot(t);
   ++t.timer_gen;
   t.watch_slot = nullptr;
   drop_pidfd(t);
+  // The last of the output, from pipes with no writer left but ours.
+  if (t.gone && t.wfd_out >= 0 && t.fd_out >= 0) read_stream(t, FD_OUT);
+  if (t.gone && t.wfd_err >= 0 && t.fd_err >= 0) read_stream(t, FD_ERR);
   close_fd(t, FD_OUT);
   close_fd(t, FD_ERR);
   close_fd(t, FD_IN);
@@ -691,13 +784,12 @@ void Supervisor::complete(TaskState& t) {
     --in_flight_;
   }
   cv_.notify_all();
-  if (auto q = h->queue.lock()) {
-    if (q->max_running_ > 0 && limited_.count(q.get())) {
-      --q->running_;
-      refill_.push_back(q);
-    }
-    q->push(h);
-  }
+  if (auto q = h->queue.lock()) publish_.emplace_back(std::move(q), std::move(h));
+}
+
+void Supervisor::publish() {
+  for (auto& qh : publish_) qh.first->push(std::move(qh.second));
+  publish_.clear();
 }
 
 // ---------------------------------------------------------------- timers

@@ -25,6 +25,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <set>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -112,6 +113,9 @@ class CompletionQueue {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Handle>> items_;
+  // min_items of each thread waiting in pop(): a push wakes them only once the smallest
+  // is met, so a consumer that asked for a batch sleeps through the tasks before it.
+  std::multiset<size_t> waiting_;
   int efd_ = -1;
   const int max_running_;
 
@@ -119,6 +123,10 @@ class CompletionQueue {
   friend class Supervisor;
   int running_ = 0;
   std::deque<std::pair<std::shared_ptr<Handle>, Request>> held_;
+  // Under the supervisor's mutex: tasks submitted and not yet done with their slot. While
+  // it exceeds max_running, a submit need not wake the supervisor: the new task could only
+  // wait, and the next slot to free up makes the supervisor take it (see refill).
+  int unsettled_ = 0;
 };
 
 struct TaskState;
@@ -184,6 +192,7 @@ class Supervisor {
 
   void loop();
   void drain_requests();
+  void take_requests();
   void start_task(Pending&& p);
   void apply(const Command& c);
   void on_event(uint64_t key, uint32_t events);
@@ -196,6 +205,7 @@ class Supervisor {
   void signal_tree(TaskState& t, int sig);
   void maybe_complete(TaskState& t);
   void complete(TaskState& t);
+  void free_slot(TaskState& t);
   void close_fd(TaskState& t, int which);
   void notify();
 
@@ -228,9 +238,14 @@ class Supervisor {
   // supervisor thread only
   std::unordered_map<uint64_t, std::unique_ptr<TaskState>> tasks_;
   std::vector<uint64_t> finished_;  // completed this round; erased after the event batch
+  std::vector<uint64_t> completing_;  // done this round, completed after the refill
   // Limiting queues with tasks running or held; kept alive here until they have none.
   std::unordered_map<CompletionQueue*, std::shared_ptr<CompletionQueue>> limited_;
   std::vector<std::shared_ptr<CompletionQueue>> refill_;  // a slot freed this round
+  // Tasks completed this round, handed to their queues only after the freed slots were
+  // refilled: a consumer woken first would take the CPU the next task should start on.
+  std::vector<std::pair<std::shared_ptr<CompletionQueue>, std::shared_ptr<Handle>>> publish_;
+  void publish();
   void admit(Pending&& p);
   void refill();
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;

@@ -41,6 +41,8 @@ struct TaskState {
   pid_t child_pid = -1;  // our direct child: the leader, or the shepherd
   int pidfd = -1;
   int fd_out = -1, fd_err = -1, fd_in = -1;
+  int wfd_out = -1, wfd_err = -1;  // our copies of the capture pipes' write ends (see Rung)
+  bool out_nonblock = false, err_nonblock = false;  // see read_nowait
   size_t in_off = 0;
 
   int64_t start_mono = 0;
@@ -49,6 +51,8 @@ struct TaskState {
   bool gone = false;          // the whole tree is gone
   bool kill_sent = false;     // SIGKILL sent to the tree
   bool drain_expired = false;
+  bool completing = false;    // done; completed after this round's refill (see loop)
+  bool slot_freed = false;    // its limiting queue's slot was handed back
   uint64_t timer_gen = 1;     // bumps invalidate pending timers of this task
 
   // watchdog (pool workers)
