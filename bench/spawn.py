@@ -10,7 +10,8 @@ from this same invocation:
   (the fastest way to run programs; no capture, no deadline, no isolation);
 - floor + capture: the same with stdout and stderr read from a pipe until EOF;
 - pardo: ``pardo.spawn(["/bin/true"], timeout=60, queue=q)`` with
-  ``q = ResultQueue(max_running=nproc)``, refilled from ``q.get_many()`` -- output
+  ``q = ResultQueue(max_running=nproc)`` kept 32 tasks per slot ahead (as ``pardo run``
+  does) and drained in batches with ``q.get_many(min_items=..., max_delay=0.02)`` -- output
   captured, a deadline armed, the isolation rung in force --
   once with the rung pardo picks by itself ("auto") and once per rung forced through
   ``PARDO_ISOLATION``, each in a fresh process;
@@ -56,7 +57,7 @@ def pardo_worker(count: int, inflight: int) -> dict:
     q = pardo.ResultQueue(max_running=inflight)
     pardo.run([TRUE], timeout=60)  # start the supervisor outside the timing
     bad = []
-    ahead = 4 * inflight  # running + waiting in the engine
+    ahead = 32 * inflight  # running + waiting in the engine (as `pardo run` does)
     cpu0 = _cpu()
     t0 = time.perf_counter()
     started = done = 0
@@ -65,7 +66,7 @@ def pardo_worker(count: int, inflight: int) -> dict:
             pardo.spawn([TRUE], timeout=60, queue=q)
             started += 1
         # Wake once per batch of results: the engine keeps the slots busy meanwhile.
-        for task in q.get_many(min_items=2 * inflight):
+        for task in q.get_many(min_items=16 * inflight, max_delay=0.02):
             done += 1
             if task.result.status != "ok" and len(bad) < 3:
                 bad.append(repr(task.result))

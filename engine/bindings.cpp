@@ -115,17 +115,17 @@ PYBIND11_MODULE(_engine, m) {
       .def("__len__", &CompletionQueue::size)
       .def(
           "pop",
-          [](CompletionQueue& q, size_t max, int64_t timeout_ns, size_t min_items) {
+          [](CompletionQueue& q, size_t max, int64_t timeout_ns, size_t min_items, int64_t linger_ns) {
             if (timeout_ns == 0) return q.pop(max, 0);  // a poll: keep the GIL, no wait
             std::vector<std::shared_ptr<Handle>> got;
             bool full = wait_interruptibly(timeout_ns, [&](int64_t slice) {
-              got = q.pop(max, slice, min_items);
+              got = q.pop(max, slice, min_items, linger_ns);
               return !got.empty();
             });
             if (!full) got = q.pop(max, 0);  // out of time: whatever did come
             return got;
           },
-          py::arg("max"), py::arg("timeout_ns"), py::arg("min_items") = 1);
+          py::arg("max"), py::arg("timeout_ns"), py::arg("min_items") = 1, py::arg("linger_ns") = -1);
 
   py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle")
       .def_readonly("id", &Handle::id)

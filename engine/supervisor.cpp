@@ -85,22 +85,62 @@ void CompletionQueue::push(std::shared_ptr<Handle> h) {
   std::lock_guard<std::mutex> lk(mu_);
   bool was_empty = items_.empty();
   items_.push_back(std::move(h));
-  if (was_empty && efd_ >= 0) {
-    uint64_t one = 1;
-    ssize_t r = write(efd_, &one, sizeof one);
-    (void)r;
+  if (was_empty) {
+    first_at_ = std::chrono::steady_clock::now();
+    if (efd_ >= 0) {
+      uint64_t one = 1;
+      ssize_t r = write(efd_, &one, sizeof one);
+      (void)r;
+    }
   }
-  if (!waiting_.empty() && items_.size() >= *waiting_.begin()) cv_.notify_all();
+  if (!waiting_.empty() && (items_.size() >= *waiting_.begin() || (was_empty && lingering_ > 0)))
+    cv_.notify_all();
 }
 
 std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t timeout_ns,
-                                                           size_t min_items) {
+                                                           size_t min_items, int64_t linger_ns) {
   std::unique_lock<std::mutex> lk(mu_);
   std::vector<std::shared_ptr<Handle>> out;
   if (min_items < 1) min_items = 1;
-  auto me = waiting_.insert(min_items);
-  bool ok = wait_on(cv_, lk, timeout_ns, [&] { return items_.size() >= min_items; });
-  waiting_.erase(me);
+  bool ok;
+  if (linger_ns < 0 || min_items == 1) {
+    auto me = waiting_.insert(min_items);
+    ok = wait_on(cv_, lk, timeout_ns, [&] { return items_.size() >= min_items; });
+    waiting_.erase(me);
+  } else {
+    using clock = std::chrono::steady_clock;
+    const auto linger = std::chrono::nanoseconds(linger_ns);
+    const auto end = timeout_ns < 0 ? clock::time_point::max()
+                                    : clock::now() + std::chrono::nanoseconds(timeout_ns);
+    auto me = waiting_.insert(min_items);
+    ++lingering_;
+    while (true) {
+      if (items_.size() >= min_items) {
+        ok = true;
+        break;
+      }
+      auto now = clock::now();
+      auto until = end;
+      if (!items_.empty()) {
+        auto due = first_at_ + linger;
+        if (now >= due) {
+          ok = true;
+          break;
+        }
+        if (due < until) until = due;
+      }
+      if (now >= end) {
+        ok = false;
+        break;
+      }
+      if (until == clock::time_point::max())
+        cv_.wait(lk);
+      else
+        cv_.wait_until(lk, until);
+    }
+    --lingering_;
+    waiting_.erase(me);
+  }
   if (!ok) return out;
   while (!items_.empty() && out.size() < max) {
     out.push_back(std::move(items_.front()));

@@ -24,6 +24,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <set>
 #include <cstdint>
@@ -105,8 +106,10 @@ class CompletionQueue {
   int fd();  // readable while the queue is non-empty (made on first use)
   void push(std::shared_ptr<Handle> h);
   // Up to max handles; waits up to timeout_ns (-1: forever) until at least min_items are
-  // there. Returns nothing if they did not come in time.
-  std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns, size_t min_items = 1);
+  // there, or (linger_ns >= 0) until the oldest of those there has waited linger_ns.
+  // Returns nothing if neither happened in time.
+  std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns, size_t min_items = 1,
+                                           int64_t linger_ns = -1);
   size_t size();
 
  private:
@@ -116,6 +119,8 @@ class CompletionQueue {
   // min_items of each thread waiting in pop(): a push wakes them only once the smallest
   // is met, so a consumer that asked for a batch sleeps through the tasks before it.
   std::multiset<size_t> waiting_;
+  int lingering_ = 0;  // waiters with a linger: the first item of a batch wakes them too
+  std::chrono::steady_clock::time_point first_at_;  // when the oldest item came
   int efd_ = -1;
   const int max_running_;
 

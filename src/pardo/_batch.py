@@ -19,7 +19,7 @@
 
 - At most ``jobs`` tasks run. When nothing depends on knowing a task's slot before it starts
   (no ``{%}``, ``--pin``, ``--delay``, ``--halt``, ``N%`` deadline or line mode), the loop
-  hands the engine up to ``2 * jobs`` tasks (a ``ResultQueue(max_running=jobs)``): the
+  hands the engine up to ``32 * jobs`` tasks (a ``ResultQueue(max_running=jobs)``): the
   engine starts the next one the moment a task exits, with no round trip through Python.
   Otherwise it submits a task only when a slot is free. Either way inputs stream.
 - Slots are the loop's bookkeeping: a task submitted ahead gets the slot of the completion
@@ -57,8 +57,11 @@ __all__ = ["map_commands", "Batch", "HaltPolicy", "parse_jobs", "parse_timeout",
 _MEDIAN_MIN_SAMPLES = 3  # a percentage deadline needs a few successful runs to mean anything
 # Tasks handed to the engine ahead of time, per slot (one running, the rest held), so that
 # a slot never idles while Python is busy with results; the loop then wakes once per half
-# of the held tasks finishing instead of once per task.
-_AHEAD_PER_SLOT = 4
+# of the held tasks finishing instead of once per task, or once the oldest finished task
+# has waited _BATCH_DELAY seconds (results of slow tasks are not held back).
+_AHEAD_PER_SLOT = 32
+_AHEAD_MAX = 4096  # held tasks at most, whatever -j says
+_BATCH_DELAY = 0.02
 
 
 class BatchError(ValueError):
@@ -287,6 +290,7 @@ class Batch:
             if v is not None:
                 kw[k] = v
         self._spawn_kw = kw
+        self._spawner = pardo._run._Spawner(**kw)
         self._stop_reason = None  # signal number, or "halt"
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
@@ -308,8 +312,8 @@ class Batch:
         # that GNU parallel would never have started.
         ahead = not (uses_slot or pin or self.delay or self.halt is not None
                      or self.timeout_fraction is not None or line_sink is not None)
-        self._max_in_flight = (max(_AHEAD_PER_SLOT * self.jobs, self.jobs + 2) if ahead
-                               else self.jobs)
+        held_max = max(2, min((_AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
+        self._max_in_flight = self.jobs + held_max if ahead else self.jobs
 
     # -- control -------------------------------------------------------------------------
 
@@ -379,6 +383,8 @@ class Batch:
             # the engine's search: the task's own PATH, else ours; /bin:/usr/bin without one
             path = (os.environ if env is None else env).get("PATH", "/bin:/usr/bin")
             exe = shutil.which(name, path=path)
+            if exe is not None:
+                exe = encode(exe)
         self._exe_cache[program] = exe
         return exe
 
@@ -387,22 +393,18 @@ class Batch:
         slot = job.slot = self._free.pop() if self._free else 0
         job.attempts += 1
         job.kill_reason = None
-        kw = self._spawn_kw
-        if self._pin is not None:
-            kw = dict(kw, cpus=self._pin[slot])
+        cpus = None if self._pin is None else self._pin[slot]
         if self._median is not None:
             job.started = time.monotonic()  # exact: with N% deadlines nothing is held
         argv = self._command_args(job, slot)
         exe = self._executable(argv[0])
-        if exe is not None:
-            kw = dict(kw, executable=exe)
         if self._line_sink is None:
-            task = job.task = self._pardo.spawn(argv, queue=q, tag=job, **kw)
+            task = job.task = self._spawner(argv, q, job, exe, cpus)
         else:
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
-                job.task = self._pardo.spawn(argv, queue=q, tag=job,
-                                             **dict(kw, stdout=w1, stderr=w2))
+                job.task = self._pardo.spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
+                                             **dict(self._spawn_kw, stdout=w1, stderr=w2))
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)
@@ -628,7 +630,8 @@ class Batch:
                     # kills what is in flight, which ends this wait too.
                     # With tasks held in the engine, wake once per few results: the
                     # engine keeps every slot busy meanwhile.
-                    done = q.get_many(timeout=wait, min_items=max(1, len(held) // 2))
+                    done = q.get_many(timeout=wait, min_items=max(1, len(held) // 2),
+                                      max_delay=_BATCH_DELAY)
                 else:
                     # Wait on the queue's fd first and pop only when it is readable: a pop
                     # that finds the queue empty costs a timed condition-variable wait.

@@ -8,10 +8,8 @@ reaps on its own thread. Waiting releases the GIL.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
-import subprocess
 import weakref
 from collections.abc import Iterable, Mapping
 
@@ -35,6 +33,10 @@ class _Special:
 DEVNULL = _Special("DEVNULL")  # discard the stream (stdin is always /dev/null unless input=)
 INHERIT = _Special("INHERIT")  # the stream goes where this process's own stream goes
 STDOUT = _Special("STDOUT")  # stderr=STDOUT: merge stderr into stdout
+# subprocess.DEVNULL and subprocess.STDOUT are accepted too; their values are part of that
+# module's interface, and importing it here would only slow every start-up.
+_SUBPROCESS_DEVNULL = -3
+_SUBPROCESS_STDOUT = -2
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -127,11 +129,11 @@ def _stream(spec, which, to_close):
     """(mode, fd) for the engine."""
     if spec is None:
         return _engine.OUT_CAPTURE, -1
-    if spec is DEVNULL or spec is subprocess.DEVNULL:
+    if spec is DEVNULL or (type(spec) is int and spec == _SUBPROCESS_DEVNULL):
         return _engine.OUT_DEVNULL, -1
     if spec is INHERIT:
         return _engine.OUT_INHERIT, -1
-    if spec is STDOUT or spec is subprocess.STDOUT:
+    if spec is STDOUT or (type(spec) is int and spec == _SUBPROCESS_STDOUT):
         if which != "stderr":
             raise ValueError("STDOUT is only meaningful for stderr=")
         return _engine.OUT_TO_STDOUT, -1
@@ -388,18 +390,21 @@ class ResultQueue:
         return got[0]
 
     def get_many(self, max_items: int = 1024, timeout: float | None = None,
-                 min_items: int = 1) -> list[Task]:
+                 min_items: int = 1, max_delay: float | None = None) -> list[Task]:
         """Up to ``max_items`` finished tasks; waits up to ``timeout`` for the first one
         (an empty list when none came). Waiting with nothing in flight is an error.
 
         ``min_items`` > 1 waits until that many have finished (at most as many as are in
         flight), or until ``timeout``, and then returns what there is: a consumer that
         keeps a :class:`ResultQueue` with ``max_running`` fed ahead of time wakes up once
-        per batch of results instead of once per task."""
+        per batch of results instead of once per task. ``max_delay`` bounds how long a
+        finished task waits for the rest of its batch: the call returns once the oldest
+        one there has waited that many seconds, so slow tasks are not held back."""
         if not self._tasks:
             raise RuntimeError("no task is in flight on this queue")
         want = max(1, min(min_items, len(self._tasks)))
-        handles = self._q.pop(max_items, _seconds_to_ns(timeout, "timeout"), want)
+        linger = _seconds_to_ns(max_delay, "max_delay")  # -1: no bound
+        handles = self._q.pop(max_items, _seconds_to_ns(timeout, "timeout"), want, linger)
         tasks = self._tasks
         out = []
         for h in handles:
@@ -479,6 +484,62 @@ def spawn(
     if queue is not None:
         queue._add(task)
     return task
+
+
+class _Spawner:
+    """:func:`spawn` with options checked and converted once, for a caller that starts
+    many tasks with the same ones (the batch runner). Options that need work per task
+    (streams to files or fds, input) go through :func:`spawn` itself."""
+
+    __slots__ = ("_kw", "_fast", "_timeout", "_timeout_ns", "_grace_ns", "_env", "_cwd",
+                 "_out", "_err", "_max_output", "_nice", "_mem", "_linger")
+
+    def __init__(self, *, timeout=None, kill_grace=2.0, cwd=None, env=None,
+                 max_output=DEFAULT_MAX_OUTPUT, stdout=None, stderr=None, nice=None,
+                 memory_limit=None, linger=False):
+        self._kw = dict(timeout=timeout, kill_grace=kill_grace, cwd=cwd, env=env,
+                        max_output=max_output, stdout=stdout, stderr=stderr, nice=nice,
+                        memory_limit=memory_limit, linger=linger)
+        simple = (None, DEVNULL, INHERIT)
+        self._fast = stdout in simple and (stderr in simple or stderr is STDOUT)
+        if not self._fast:
+            return
+        # the same checks and conversions as spawn(), once
+        self._timeout = timeout
+        self._timeout_ns = _seconds_to_ns(timeout, "timeout")
+        self._grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
+        if max_output.__class__ is not int or max_output < 0:
+            raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
+        self._max_output = max_output
+        self._env = None if env is None else _env(env)
+        self._cwd = b"" if cwd is None else _arg_bytes(cwd, "cwd")
+        if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
+            raise TypeError(f"nice must be an int, not {type(nice).__name__}")
+        self._nice = nice
+        self._mem = 0 if memory_limit is None else parse_size(memory_limit)
+        self._linger = bool(linger)
+        self._out = _stream(stdout, "stdout", [])[0]
+        self._err = _stream(stderr, "stderr", [])[0]
+
+    def __call__(self, argv, queue, tag=None, executable=None, cpus=None) -> Task:
+        """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes."""
+        if not self._fast:
+            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
+                         **self._kw)
+        if not argv:
+            raise ValueError("args is empty: give at least the program to run")
+        for a in argv:
+            if b"\0" in a:
+                raise ValueError(f"an argument contains a NUL byte: {a!r}")
+        sup = _supervisor._sup or _supervisor.get()
+        exe = executable or b""
+        h = sup.submit(argv, self._env, self._cwd, None, self._out, -1, self._err, -1,
+                       self._max_output, [], self._timeout_ns, self._grace_ns,
+                       [] if cpus is None else _cpus(cpus), self._nice, self._mem,
+                       self._linger, queue._q, exe)
+        task = Task(h, sup, argv, tag, self._timeout, self._cwd, executable)
+        queue._add(task)
+        return task
 
 
 def run(
@@ -564,13 +625,15 @@ class _LoopWaiter:
                 fut.set_result(task.result)
 
 
-_waiters: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaiter]" = weakref.WeakKeyDictionary()
+_waiters: "weakref.WeakKeyDictionary[object, _LoopWaiter]" = weakref.WeakKeyDictionary()
 
 
 async def run_async(args, **kwargs) -> Result:
     """:func:`run` for asyncio: awaits the task without a thread per task (the event loop
     watches the engine's completion fd). Cancelling the awaiting coroutine kills the task's
     tree."""
+    import asyncio  # here, not at the top: most programs never need it (~20 ms to import)
+
     loop = asyncio.get_running_loop()
     waiter = _waiters.get(loop)
     if waiter is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from pathlib import Path
 
 from ._errors import IsolationUnavailable
 
@@ -20,7 +19,7 @@ def shepherd_path() -> str:
     """Path of the pardo-shepherd helper, installed beside the compiled engine."""
     from . import _engine
 
-    return str(Path(_engine.__file__).with_name("bin") / "pardo-shepherd")
+    return os.path.join(os.path.dirname(_engine.__file__), "bin", "pardo-shepherd")
 
 
 def _wanted() -> str:
