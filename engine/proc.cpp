@@ -175,9 +175,12 @@ bool set_realtime(bool on) {
 
 std::string raise_own_priority() {
   if (!getenv("PARDO_NO_REALTIME") && set_realtime(true)) return "SCHED_FIFO 1";
+  int before = own_nice();
   if (setpriority(PRIO_PROCESS, 0, kRaisedNice) == 0) {
-    set_realtime(false);  // only to set SCHED_RESET_ON_FORK: children keep their nice value
-    return "nice " + std::to_string(kRaisedNice);
+    // SCHED_RESET_ON_FORK gives children nice 0 instead of ours; without it, stay as we were
+    // (the supervisor counts on children starting at nice 0 whenever it raised itself).
+    if (set_realtime(false)) return "nice " + std::to_string(kRaisedNice);
+    setpriority(PRIO_PROCESS, 0, before);
   }
   return "normal";
 }

@@ -141,7 +141,8 @@ int child_main(void* arg) {
   if (plan->has_nice) {
     if (setpriority(PRIO_PROCESS, 0, plan->nice) < 0) child_fail(plan, STAGE_NICE, errno);
   } else {
-    setpriority(PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
+    if (plan->base_nice != plan->forked_nice)
+      setpriority(PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
   }
   if (plan->restore_nofile) setrlimit(RLIMIT_NOFILE, &plan->nofile);
   if (plan->rlimit_as > 0) {

@@ -48,6 +48,7 @@ struct ChildPlan {
   int nice = 0;
   int base_nice = 0;  // without has_nice: the nice value the child gets (the spawner's own
                       // may have been raised for its work, which the child must not inherit)
+  int forked_nice = 0;  // the nice value the child has from the fork (no call when equal)
   long long rlimit_as = 0;  // bytes; 0: none
   bool restore_nofile = false;  // give the child this RLIMIT_NOFILE (the spawner raised its own)
   struct rlimit nofile {};

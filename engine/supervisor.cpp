@@ -535,6 +535,9 @@ void Supervisor::start_task(Pending&& p) {
   plan.has_nice = r.has_nice;
   plan.nice = r.nice;
   plan.base_nice = base_nice_;  // tasks get this thread's original niceness, not its boost
+  // What the fork gives: SCHED_RESET_ON_FORK (set whenever this thread raised itself)
+  // makes a real-time or negative-nice parent's child SCHED_OTHER at nice 0.
+  plan.forked_nice = priority_ == "normal" ? base_nice_ : 0;
   plan.rlimit_as = r.memory_limit;
   plan.restore_nofile = nofile_raised_;  // programs start with the limit this process had
   plan.nofile = nofile_orig_;

@@ -3,10 +3,15 @@ machine; tasks must never inherit it. And tasks held behind ResultQueue(max_runn
 obey kill() before they start."""
 
 import os
+import subprocess
+import sys
 import time
+
+import pytest
 
 import pardo
 from pardo import _supervisor
+from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
 
 
 def _sched(r):
@@ -68,3 +73,35 @@ def test_executable_is_run_with_args0_as_its_name():
     assert r.stdout == b"my-name\n"
     r = pardo.run(["x"], executable="/pardo-no-such-program")
     assert r.status == "error" and "/pardo-no-such-program" in r.error
+
+
+NICE_SCRIPT = r"""
+import os, sys, pardo
+from pardo import _supervisor
+os.nice(int(sys.argv[1]))
+r = pardo.run(["nice"]).check()
+print(_supervisor.get().priority(), int(r.stdout), os.nice(0))
+"""
+
+
+@pytest.mark.parametrize("start_nice", [0, 5])
+@pytest.mark.parametrize("mode", ["realtime", "nice", "nobody"])
+def test_task_starts_at_the_process_nice_whatever_the_supervisor_runs_at(
+        mode, start_nice, request):
+    """The child skips its setpriority() call when the fork already gives it the right
+    value; that must hold for each way the supervisor thread can run: SCHED_FIFO, raised
+    nice (PARDO_NO_REALTIME), and unraised (an unprivileged user)."""
+    argv = [sys.executable, "-c", NICE_SCRIPT, str(start_nice)]
+    env = dict(os.environ)
+    if mode == "nice":
+        env["PARDO_NO_REALTIME"] = "1"
+    elif mode == "nobody":
+        argv = as_nobody_argv([SYSTEM_PYTHON, *argv[1:]])
+        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), "/")
+    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd="/")
+    assert p.returncode == 0, p.stderr
+    *priority, task_nice, own_nice = p.stdout.split()
+    expected = {"realtime": "SCHED_FIFO 1", "nice": "nice -10", "nobody": "normal"}[mode]
+    if os.geteuid() == 0:
+        assert " ".join(priority) == expected
+    assert int(task_nice) == int(own_nice) == start_nice
