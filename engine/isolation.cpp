@@ -394,6 +394,12 @@ class PgroupRung : public Rung {
     if (t.child_reaped) return;
     killpg(t.child_pid, sig);
     if (sig == SIGTERM) killpg(t.child_pid, SIGCONT);  // a stopped process cannot act on TERM
+    if (sig == SIGKILL && !t.leader_done) {
+      // A live tree killed (deadline, cancel): on a saturated machine its processes wait
+      // for a CPU to die on. Give it to them, as the cgroup rung does with its leaf.
+      hasten_one(t.child_pid);
+      for (pid_t p : descendants_of(t.child_pid)) hasten_one(p);
+    }
   }
 
   void finish(Supervisor&, TaskState&) override {}
