@@ -110,6 +110,12 @@ class CgroupRung : public Rung {
     if (kind == FD_EVENTS) check_gone(s, t);
   }
 
+  bool tree_gone_at_exit(TaskState& t) override {
+    // The leader is a zombie once its pidfd reports (exit_notify comes after cgroup_exit),
+    // so "populated 0" now means every process of the tree has exited.
+    return t.leaf && !t.leader_done && cgroup_populated(t.leaf->events_fd) == 0;
+  }
+
   void signal_tree(Supervisor& s, TaskState& t, int sig) override {
     if (!t.leaf) return;
     if (sig == SIGKILL) {

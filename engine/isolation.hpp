@@ -42,6 +42,9 @@ class Rung {
   // once (its pidfd) instead of once per stream, and what is left in the pipes is read
   // when the tree is gone. A rung that cannot tell (pgroup) relies on end-of-file.
   virtual bool knows_tree_end() const { return true; }
+  // Our direct child exited: true when, cheaply, the whole tree is known to be gone too.
+  // The supervisor then hands the task's slot to the next one before reaping the child.
+  virtual bool tree_gone_at_exit(TaskState&) { return false; }
   // Kill everything and remove what the rung created (supervisor shutdown).
   virtual void shutdown() {}
 };

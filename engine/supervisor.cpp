@@ -313,6 +313,13 @@ void Supervisor::loop() {
     // The next tasks start first: the bookkeeping of the ones that ended (last reads,
     // closing fds, CPU figures, waking the consumer) is off that path.
     refill();
+    for (uint64_t id : exited_) {
+      auto it = tasks_.find(id);
+      if (it == tasks_.end() || !it->second->handle) continue;
+      child_exit_event(*it->second);
+      maybe_complete(*it->second);
+    }
+    exited_.clear();
     for (uint64_t id : completing_) {
       auto it = tasks_.find(id);
       if (it != tasks_.end() && it->second->handle) complete(*it->second);
@@ -409,7 +416,15 @@ void Supervisor::on_event(uint64_t key, uint32_t events) {
   int kind = static_cast<int>(key & 15);
   switch (kind) {
     case FD_CHILD:
-      rung_->on_child_exit(*this, t);
+      if (!t.slot_freed && !t.gone && rung_->tree_gone_at_exit(t)) {
+        // The fast case of a short task: start the next one first (refill), and reap this
+        // one after that (exited_). Nothing else of its tree is left to kill.
+        t.gone = true;
+        free_slot(t);
+        exited_.push_back(t.id);
+        return;
+      }
+      child_exit_event(t);
       break;
     case FD_OUT:
     case FD_ERR:
@@ -605,7 +620,9 @@ void Supervisor::start_task(Pending&& p) {
     t.handle->pid = t.c.pid;
   }
   if (t.c.pid > 0) cv_.notify_all();
-  watch_fd(t, t.pidfd, FD_CHILD, EPOLLIN);
+  // One-shot: the exit is reported once; a registration that outlives our close (a copy
+  // of the pidfd in a forked child) then stays disarmed instead of firing forever.
+  watch_fd(t, t.pidfd, FD_CHILD, EPOLLIN | EPOLLONESHOT);
   if (t.fd_out >= 0) watch_fd(t, t.fd_out, FD_OUT, EPOLLIN);
   if (t.fd_err >= 0) watch_fd(t, t.fd_err, FD_ERR, EPOLLIN);
   if (t.fd_in >= 0) watch_fd(t, t.fd_in, FD_IN, EPOLLOUT);
@@ -729,9 +746,20 @@ void Supervisor::unwatch_fd(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullpt
 
 void Supervisor::drop_pidfd(TaskState& t) {
   if (t.pidfd < 0) return;
-  unwatch_fd(t.pidfd);  // explicitly, before close: see close_fd
-  close(t.pidfd);
+  if (!t.child_reaped) unwatch_fd(t.pidfd);  // still armed: remove it (see close_fd)
+  close(t.pidfd);  // reaped: its one-shot registration has fired and is disarmed
   t.pidfd = -1;
+}
+
+void Supervisor::child_exit_event(TaskState& t) {
+  rung_->on_child_exit(*this, t);
+  if (!t.child_reaped && t.pidfd >= 0) {
+    // Not reaped after all (not waitable yet): re-arm the one-shot registration.
+    struct epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLONESHOT;
+    ev.data.u64 = key_of(t.id, FD_CHILD);
+    epoll_ctl(epfd_, EPOLL_CTL_MOD, t.pidfd, &ev);
+  }
 }
 
 void Supervisor::leader_exited(TaskState& t, int st, int64_t utime_us, int64_t stime_us,

@@ -211,6 +211,7 @@ class Supervisor {
   void maybe_complete(TaskState& t);
   void complete(TaskState& t);
   void free_slot(TaskState& t);
+  void child_exit_event(TaskState& t);
   void close_fd(TaskState& t, int which);
   void notify();
 
@@ -244,6 +245,7 @@ class Supervisor {
   std::unordered_map<uint64_t, std::unique_ptr<TaskState>> tasks_;
   std::vector<uint64_t> finished_;  // completed this round; erased after the event batch
   std::vector<uint64_t> completing_;  // done this round, completed after the refill
+  std::vector<uint64_t> exited_;      // leader exited with its tree gone: reaped after the refill
   // Limiting queues with tasks running or held; kept alive here until they have none.
   std::unordered_map<CompletionQueue*, std::shared_ptr<CompletionQueue>> limited_;
   std::vector<std::shared_ptr<CompletionQueue>> refill_;  // a slot freed this round

@@ -93,3 +93,56 @@ def test_submitters_racing_a_full_queue_lose_no_task():
         w.join()
     assert not errors
     assert all(t.result.ok for t in got)
+
+
+def _supervisor_cpu() -> float:
+    import os
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            st = f.read()
+        if "(pardo-supervise)" in st:
+            fields = st[st.rindex(")") + 2:].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    raise AssertionError("no pardo-supervise thread")
+
+
+def test_fd_copies_in_a_forked_child_do_not_make_the_supervisor_spin():
+    """The supervisor closes a reaped task's pidfd (and pipes whose write end it held)
+    without removing them from epoll first: their registrations are one-shot and spent,
+    or quiet. A forked child that holds copies of those fds keeps the registrations alive
+    after our close; they must stay silent, not report readiness round after round."""
+    import os
+    import signal
+    import time
+
+    q = pardo.ResultQueue()
+    pardo.run(["true"])
+    slow = [pardo.spawn(["sleep", "0.3"], timeout=30, queue=q) for _ in range(2)]
+    pid = os.fork()
+    if pid == 0:  # holds copies of every fd of ours, including those of the sleeps
+        signal.alarm(10)
+        time.sleep(4)
+        os._exit(0)
+    try:
+        got = 0
+        while got < len(slow):
+            got += len(q.get_many(timeout=10))
+        assert all(t.result.ok for t in slow)
+        cpu0 = _supervisor_cpu()
+        n = 300
+        q2 = pardo.ResultQueue(max_running=2)
+        for _ in range(n):
+            pardo.spawn(["true"], timeout=30, queue=q2)
+        got = 0
+        while got < n:
+            got += len(q2.get_many(timeout=30))
+        per_task = (_supervisor_cpu() - cpu0) / n
+        # ~0.1 ms normally; a registration firing in every epoll round costs far more
+        assert per_task < 0.001, f"supervisor thread used {per_task * 1e3:.2f} ms per task"
+        time.sleep(0.2)  # idle now: a spinning supervisor keeps burning CPU
+        idle0 = _supervisor_cpu()
+        time.sleep(0.5)
+        assert _supervisor_cpu() - idle0 < 0.05, "the idle supervisor is busy"
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
