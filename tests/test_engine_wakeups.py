@@ -146,3 +146,35 @@ def test_fd_copies_in_a_forked_child_do_not_make_the_supervisor_spin():
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+
+
+def test_a_batch_waits_no_longer_than_max_delay_for_a_slow_task():
+    import time
+
+    import pytest
+
+    q = pardo.ResultQueue()
+    fast = [pardo.spawn(["true"], queue=q) for _ in range(2)]
+    slow = pardo.spawn(["sleep", "5"], timeout=30, queue=q)
+    try:
+        t0 = time.monotonic()
+        got = q.get_many(min_items=3, max_delay=0.1, timeout=20)
+        took = time.monotonic() - t0
+        assert sorted(t.id for t in got) == sorted(t.id for t in fast)
+        assert took < 3, f"the batch waited {took:.2f} s for the slow task"
+        # only the slow one is left: the call waits its whole timeout and returns nothing
+        t0 = time.monotonic()
+        assert q.get_many(min_items=3, timeout=0.3) == []
+        assert time.monotonic() - t0 >= 0.25
+        with pytest.raises(ValueError):
+            q.get_many(min_items=2, max_delay=-1)
+    finally:
+        slow.kill()
+        slow.wait()
+
+
+def test_min_items_counts_only_what_is_in_flight():
+    q = pardo.ResultQueue()
+    tasks = [pardo.spawn(["true"], queue=q) for _ in range(3)]
+    got = q.get_many(min_items=100, timeout=20)  # asks for more than there can ever be
+    assert len(got) == 3 and all(t.result.ok for t in tasks)
