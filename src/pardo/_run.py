@@ -414,6 +414,21 @@ class ResultQueue:
         return out
 
 
+def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
+    """spawn()'s options checked and converted for the engine:
+    (timeout_ns, grace_ns, env list or None, cwd bytes, memory limit bytes)."""
+    timeout_ns = _seconds_to_ns(timeout, "timeout")
+    grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
+    if max_output.__class__ is not int or max_output < 0:
+        raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
+    env_list = None if env is None else _env(env)
+    cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
+    if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
+        raise TypeError(f"nice must be an int, not {type(nice).__name__}")
+    mem = 0 if memory_limit is None else parse_size(memory_limit)
+    return timeout_ns, grace_ns, env_list, cwd_b, mem
+
+
 def spawn(
     args,
     *,
@@ -451,12 +466,8 @@ def spawn(
     """
     sup = _supervisor._sup or _supervisor.get()
     argv = _argv(args, shell)
-    timeout_ns = _seconds_to_ns(timeout, "timeout")
-    grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
-    if max_output.__class__ is not int or max_output < 0:
-        raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
-    env_list = None if env is None else _env(env)
-    cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
+    timeout_ns, grace_ns, env_list, cwd_b, mem = _options(
+        timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
     if input is not None:
         if isinstance(input, str):
             input = input.encode()
@@ -464,9 +475,6 @@ def spawn(
             input = bytes(input)
         else:
             raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
-    if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
-        raise TypeError(f"nice must be an int, not {type(nice).__name__}")
-    mem = 0 if memory_limit is None else parse_size(memory_limit)
     cpu_list = [] if cpus is None else _cpus(cpus)
     fds = _pass_fds(pass_fds) if pass_fds else []
     exe = b"" if executable is None else _arg_bytes(executable, "executable")
@@ -504,19 +512,9 @@ class _Spawner:
         self._fast = stdout in simple and (stderr in simple or stderr is STDOUT)
         if not self._fast:
             return
-        # the same checks and conversions as spawn(), once
-        self._timeout = timeout
-        self._timeout_ns = _seconds_to_ns(timeout, "timeout")
-        self._grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
-        if max_output.__class__ is not int or max_output < 0:
-            raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
-        self._max_output = max_output
-        self._env = None if env is None else _env(env)
-        self._cwd = b"" if cwd is None else _arg_bytes(cwd, "cwd")
-        if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
-            raise TypeError(f"nice must be an int, not {type(nice).__name__}")
-        self._nice = nice
-        self._mem = 0 if memory_limit is None else parse_size(memory_limit)
+        self._timeout, self._max_output, self._nice = timeout, max_output, nice
+        self._timeout_ns, self._grace_ns, self._env, self._cwd, self._mem = _options(
+            timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
         self._linger = bool(linger)
         self._out = _stream(stdout, "stdout", [])[0]
         self._err = _stream(stderr, "stderr", [])[0]
