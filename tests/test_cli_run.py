@@ -383,3 +383,26 @@ def test_closed_stdout_stops_the_run_with_141():
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_results_of_quick_tasks_are_not_held_back_by_slow_ones():
+    """pardo run hands tasks to the engine ahead and takes results in batches (half of the
+    tasks held); a batch that cannot fill because slow tasks hold every slot must still
+    be handed over within ~20 ms (get_many's max_delay), not when the slow ones end."""
+    # -j2: one slow task, two quick ones, then slow ones that take both slots
+    values = ["0.8", "0", "0"] + ["0.8"] * 8
+    t0 = time.monotonic()
+    p = subprocess.Popen([sys.executable, "-m", "pardo", "run", "-j2", "sleep {}; echo {}",
+                          ":::", *values], stdout=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        for line in p.stdout:
+            seen.append((time.monotonic() - t0, line.strip()))
+        assert p.wait(timeout=30) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    quick = [t for t, v in seen if v == "0"]
+    assert len(quick) == 2 and len(seen) == len(values)
+    assert max(quick) < 0.6, f"quick results printed after {max(quick):.2f} s: {seen}"
