@@ -66,6 +66,8 @@ def parse_size(value) -> int:
 def _seconds_to_ns(value, name) -> int:
     if value is None:
         return -1
+    if (value.__class__ is float or value.__class__ is int) and 0 <= value < math.inf:
+        return int(value * 1e9)  # the common case, once per task: no further checks
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if math.isnan(value) or value < 0:
@@ -414,6 +416,9 @@ class ResultQueue:
         return out
 
 
+_CAPTURE = _engine.OUT_CAPTURE
+
+
 def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
     """spawn()'s options checked and converted for the engine:
     (timeout_ns, grace_ns, env list or None, cwd bytes, memory limit bytes)."""
@@ -478,16 +483,21 @@ def spawn(
     cpu_list = [] if cpus is None else _cpus(cpus)
     fds = _pass_fds(pass_fds) if pass_fds else []
     exe = b"" if executable is None else _arg_bytes(executable, "executable")
-    to_close = []
-    try:
-        out_mode, out_fd = _stream(stdout, "stdout", to_close)
-        err_mode, err_fd = _stream(stderr, "stderr", to_close)
-        h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
+    if stdout is None and stderr is None:  # capture both: nothing opened for the call
+        h = sup.submit(argv, env_list, cwd_b, input, _CAPTURE, -1, _CAPTURE, -1,
                        max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem, bool(linger),
                        None if queue is None else queue._q, exe)
-    finally:
-        for fd in to_close:
-            os.close(fd)
+    else:
+        to_close = []
+        try:
+            out_mode, out_fd = _stream(stdout, "stdout", to_close)
+            err_mode, err_fd = _stream(stderr, "stderr", to_close)
+            h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
+                           max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem,
+                           bool(linger), None if queue is None else queue._q, exe)
+        finally:
+            for fd in to_close:
+                os.close(fd)
     task = Task(h, sup, args, tag, timeout, cwd_b, exe or None)
     if queue is not None:
         queue._add(task)
