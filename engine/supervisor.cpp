@@ -561,6 +561,9 @@ void Supervisor::start_task(Pending&& p) {
   std::vector<int> child_side;
   int devnull = devnull_;
   int in_src = devnull;
+  // A pipe that cannot be made (no fds left) fails the task: running it without its
+  // input, or with its output thrown away, would lose data without a word.
+  int pipe_err = 0;
   if (r.has_input) {
     int p2[2];
     if (pipe2(p2, O_CLOEXEC) == 0) {
@@ -568,6 +571,8 @@ void Supervisor::start_task(Pending&& p) {
       child_side.push_back(p2[0]);
       t.fd_in = p2[1];
       set_nonblock(t.fd_in);
+    } else {
+      pipe_err = errno;
     }
   }
   const bool hold_write_ends = rung_->knows_tree_end();
@@ -575,7 +580,10 @@ void Supervisor::start_task(Pending&& p) {
     switch (s.mode) {
       case StreamSpec::CAPTURE: {
         int p2[2];
-        if (pipe2(p2, O_CLOEXEC) < 0) return devnull;
+        if (pipe2(p2, O_CLOEXEC) < 0) {
+          pipe_err = errno;
+          return devnull;
+        }
         *parent_end = p2[0];
         if (hold_write_ends)
           *our_write_end = p2[1];
@@ -598,7 +606,13 @@ void Supervisor::start_task(Pending&& p) {
   // thread gets the CPU back after the exec (which can be late on a busy machine).
   t.start_mono = mono_ns();
   t.c.start_wall_ns = wall_ns();
-  SpawnOutcome o = rung_->start(*this, t, plan);
+  SpawnOutcome o;
+  if (pipe_err) {
+    o.stage = STAGE_FDS;
+    o.err = pipe_err;
+  } else {
+    o = rung_->start(*this, t, plan);
+  }
 
   for (int fd : child_side)
     if (fd >= 0) close(fd);

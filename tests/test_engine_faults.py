@@ -569,3 +569,38 @@ def _wait_for_procs(token, n, limit=5.0):
     while len(audit.token_processes(token)) < n:
         assert time.monotonic() < end, f"fewer than {n} processes with {token}"
         time.sleep(0.01)
+
+
+FD_EXHAUSTION_SCRIPT = r"""
+import resource, sys, pardo
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+tasks = [pardo.spawn(["sh", "-c", "sleep 0.3; echo out"], input=b"in", timeout=30)
+         for _ in range(20)]
+ok = err = 0
+for t in tasks:
+    r = t.wait(timeout=30)
+    if r.ok and r.stdout == b"out\n":
+        ok += 1
+    elif r.status.value == "error" and "Too many open files" in (r.error or ""):
+        err += 1
+    else:
+        print("WRONG", r, file=sys.stderr)
+        sys.exit(1)
+print(ok, err)
+"""
+
+
+@pytest.mark.parametrize("rung", ["cgroup", "pgroup"])
+def test_running_out_of_fds_fails_tasks_and_loses_no_output(rung):
+    """With no fd left for a task's pipes, the task fails with a reason; it must never run
+    with its input replaced by /dev/null or its output thrown away. A task takes several
+    fds, so the limit is stepped through a whole cycle of them: the run where one fd is
+    left for a pipe that needs two must fail the task too."""
+    for limit in range(40, 48):
+        p = subprocess.run([sys.executable, "-c", FD_EXHAUSTION_SCRIPT, str(limit)],
+                           capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PARDO_ISOLATION": rung})
+        assert p.returncode == 0, (limit, p.stderr)
+        ok, err = map(int, p.stdout.split())
+        assert ok >= 1 and err >= 1, (limit, ok, err)

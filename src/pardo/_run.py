@@ -294,6 +294,8 @@ def _spawn_error(task, stage, err):
         return f"cannot change to directory {os.fsdecode(task._cwd)!r}: {reason}"
     if name == "affinity":
         return f"cannot pin to the requested CPUs: {reason}"
+    if name == "fds":
+        return f"cannot set up the task's standard streams and fds: {reason}"
     if name == "nice":
         return f"cannot set the nice value: {reason}"
     if name == "rlimit":
