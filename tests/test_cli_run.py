@@ -131,6 +131,9 @@ def test_halt_now_kills_running_and_exits_with_the_failing_status():
     p = run(["-j2", "--halt", "now,fail=1", "{}", ":::", "sleep 20", "sleep 0.2; exit 7"])
     assert time.monotonic() - t0 < 10
     assert p.returncode == 7
+    # one line says which task stopped the run, as GNU parallel does
+    assert b"pardo: --halt now,fail=1: stopped after task 2 exited 7: sleep 0.2; exit 7\n" \
+        in p.stderr, p.stderr
 
 
 def test_halt_soon_lets_running_finish():

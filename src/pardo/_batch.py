@@ -300,6 +300,7 @@ class Batch:
         self.succeeded = 0
         self.by_status: dict[str, int] = {}
         self.halt_exit = None  # exit status decided by a halt policy
+        self.halt_result = None  # the result that made the halt policy stop the batch
         self.running: dict = {}  # {task: job} of the tasks that hold a slot
         self._held: deque = deque()  # jobs handed to the engine ahead, waiting for a slot
         self._exe_cache: dict = {}  # program name -> where PATH finds it (see _executable)
@@ -497,6 +498,7 @@ class Batch:
         else:
             hit = n >= h.fraction * (self.total or self.finished)
         if hit:
+            self.halt_result = result  # the task that triggered it (the CLI says so)
             if h.why == "fail":
                 rc = result.returncode if result.status == Status.FAILED else 1
                 self.halt_exit = rc if 0 < rc < 256 else 1

@@ -486,6 +486,12 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
             joblog.close()
     if summary is not None and batch.finished:
         err.write(summary.render().encode("utf-8", "surrogateescape"))
+    hr = batch.halt_result
+    if batch.stopped_by == "halt" and hr is not None:
+        # GNU parallel says which job made it stop; so do we, on one line
+        err.write((f"pardo: --halt {opts.get('halt')}: stopped after task {hr.seq} "
+                   f"{hr.describe()}: {batch.command_line(hr.job)}\n")
+                  .encode("utf-8", "surrogateescape"))
     reason = batch.stopped_by
     if reason == signal.SIGINT:
         return 130
