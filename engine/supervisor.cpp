@@ -33,22 +33,17 @@ std::system_error sys_error(const char* what) {
 // Our pipe ends carry no other status flags, so no F_GETFL round trip is needed.
 void set_nonblock(int fd) { fcntl(fd, F_SETFL, O_NONBLOCK); }
 
-// A read that never blocks, on a capture pipe whose fd is left blocking (which saves a
-// system call per stream and task): RWF_NOWAIT where the kernel knows it for pipes
-// (Linux 5.9 on), else the fd is made non-blocking once and read plainly.
-std::atomic<bool> g_pipe_nowait{true};
-ssize_t read_nowait(int fd, void* buf, size_t n, bool* made_nonblock) {
-  if (!*made_nonblock && g_pipe_nowait.load(std::memory_order_relaxed)) {
-    struct iovec iov{buf, n};
-    ssize_t r = preadv2(fd, &iov, 1, -1, RWF_NOWAIT);
-    if (r >= 0 || (errno != EOPNOTSUPP && errno != EINVAL)) return r;
-    g_pipe_nowait.store(false);
-  }
-  if (!*made_nonblock) {
-    set_nonblock(fd);
-    *made_nonblock = true;
-  }
-  return read(fd, buf, n);
+// Capture pipes are left blocking (no fcntl per pipe) and read with RWF_NOWAIT where the
+// kernel knows it for pipes (Linux 5.9 on); elsewhere they are made non-blocking.
+bool pipes_take_nowait() {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return false;
+  char c;
+  struct iovec iov{&c, 1};
+  bool ok = preadv2(p[0], &iov, 1, -1, RWF_NOWAIT) < 0 && errno == EAGAIN;
+  close(p[0]);
+  close(p[1]);
+  return ok;
 }
 
 template <class Pred>
@@ -102,45 +97,40 @@ std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t ti
   std::unique_lock<std::mutex> lk(mu_);
   std::vector<std::shared_ptr<Handle>> out;
   if (min_items < 1) min_items = 1;
+  // With a linger, a batch also ends once its oldest item has waited linger_ns.
+  using clock = std::chrono::steady_clock;
+  const bool lingers = linger_ns >= 0 && min_items > 1;
+  const auto end = timeout_ns < 0 ? clock::time_point::max()
+                                  : clock::now() + std::chrono::nanoseconds(timeout_ns);
+  auto me = waiting_.insert(min_items);
+  if (lingers) ++lingering_;
   bool ok;
-  if (linger_ns < 0 || min_items == 1) {
-    auto me = waiting_.insert(min_items);
-    ok = wait_on(cv_, lk, timeout_ns, [&] { return items_.size() >= min_items; });
-    waiting_.erase(me);
-  } else {
-    using clock = std::chrono::steady_clock;
-    const auto linger = std::chrono::nanoseconds(linger_ns);
-    const auto end = timeout_ns < 0 ? clock::time_point::max()
-                                    : clock::now() + std::chrono::nanoseconds(timeout_ns);
-    auto me = waiting_.insert(min_items);
-    ++lingering_;
-    while (true) {
-      if (items_.size() >= min_items) {
+  while (true) {
+    if (items_.size() >= min_items) {
+      ok = true;
+      break;
+    }
+    auto now = clock::now();
+    auto until = end;
+    if (lingers && !items_.empty()) {
+      auto due = first_at_ + std::chrono::nanoseconds(linger_ns);
+      if (now >= due) {
         ok = true;
         break;
       }
-      auto now = clock::now();
-      auto until = end;
-      if (!items_.empty()) {
-        auto due = first_at_ + linger;
-        if (now >= due) {
-          ok = true;
-          break;
-        }
-        if (due < until) until = due;
-      }
-      if (now >= end) {
-        ok = false;
-        break;
-      }
-      if (until == clock::time_point::max())
-        cv_.wait(lk);
-      else
-        cv_.wait_until(lk, until);
+      if (due < until) until = due;
     }
-    --lingering_;
-    waiting_.erase(me);
+    if (now >= end) {
+      ok = false;
+      break;
+    }
+    if (until == clock::time_point::max())
+      cv_.wait(lk);
+    else
+      cv_.wait_until(lk, until);
   }
+  if (lingers) --lingering_;
+  waiting_.erase(me);
   if (!ok) return out;
   while (!items_.empty() && out.size() < max) {
     out.push_back(std::move(items_.front()));
@@ -176,6 +166,7 @@ Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
   timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   devnull_ = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (epfd_ < 0 || wakefd_ < 0 || timerfd_ < 0 || devnull_ < 0) throw sys_error("supervisor setup");
+  pipe_nowait_ = pipes_take_nowait();
   struct epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = KEY_WAKE;
@@ -314,16 +305,14 @@ void Supervisor::loop() {
     // closing fds, CPU figures, waking the consumer) is off that path.
     refill();
     for (uint64_t id : exited_) {
-      auto it = tasks_.find(id);
-      if (it == tasks_.end() || !it->second->handle) continue;
-      child_exit_event(*it->second);
-      maybe_complete(*it->second);
+      if (TaskState* t = live_task(id)) {
+        child_exit_event(*t);
+        maybe_complete(*t);
+      }
     }
     exited_.clear();
-    for (uint64_t id : completing_) {
-      auto it = tasks_.find(id);
-      if (it != tasks_.end() && it->second->handle) complete(*it->second);
-    }
+    for (uint64_t id : completing_)
+      if (TaskState* t = live_task(id)) complete(*t);
     completing_.clear();
     publish();
     pace_realtime();
@@ -410,9 +399,9 @@ void Supervisor::on_event(uint64_t key, uint32_t events) {
     fire_timers();
     return;
   }
-  auto it = tasks_.find(key >> 4);
-  if (it == tasks_.end() || !it->second->handle) return;
-  TaskState& t = *it->second;
+  TaskState* tp = live_task(key >> 4);
+  if (!tp) return;
+  TaskState& t = *tp;
   int kind = static_cast<int>(key & 15);
   switch (kind) {
     case FD_CHILD:
@@ -439,6 +428,12 @@ void Supervisor::on_event(uint64_t key, uint32_t events) {
       break;
   }
   if (t.handle) maybe_complete(t);
+}
+
+// The record of a task that has not completed yet, or null.
+TaskState* Supervisor::live_task(uint64_t id) {
+  auto it = tasks_.find(id);
+  return it != tasks_.end() && it->second->handle ? it->second.get() : nullptr;
 }
 
 void Supervisor::drain_requests() {
@@ -585,6 +580,7 @@ void Supervisor::start_task(Pending&& p) {
           return devnull;
         }
         *parent_end = p2[0];
+        if (!pipe_nowait_) set_nonblock(p2[0]);
         if (hold_write_ends)
           *our_write_end = p2[1];
         else
@@ -691,7 +687,8 @@ void Supervisor::read_stream(TaskState& t, int which) {
   // read of a finished tree takes all a pipe can hold (no writer is left to add more).
   const int rounds = t.gone ? 64 : 16;
   for (int i = 0; i < rounds; ++i) {
-    ssize_t n = read_nowait(fd, chunk, sizeof chunk, which == FD_OUT ? &t.out_nonblock : &t.err_nonblock);
+    struct iovec iov{chunk, sizeof chunk};
+    ssize_t n = pipe_nowait_ ? preadv2(fd, &iov, 1, -1, RWF_NOWAIT) : read(fd, chunk, sizeof chunk);
     if (n > 0) {
       size_t room = buf.size() < t.req.max_output ? t.req.max_output - buf.size() : 0;
       size_t take = static_cast<size_t>(n) < room ? static_cast<size_t>(n) : room;
@@ -730,19 +727,13 @@ void Supervisor::close_fd(TaskState& t, int which) {
   }
   int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
   if (*fd < 0) return;
-  if (held) {
-    // No DEL needed: a copy of this read end that outlives our close (a vfork child that
-    // has not reached its close-on-exec step yet) holds our write end too, so the pipe
-    // reports nothing until both copies go, and then the registration goes with them.
-    close(*fd);
-    *fd = -1;
-    return;
-  }
   // Remove it from the epoll set explicitly: close() alone does not when another reference
   // to the file exists, and a child that is between the end of its vfork and the
   // close-on-exec step of its exec still holds copies of all our fds. A stale level-
-  // triggered registration would make epoll_wait return at once, over and over.
-  unwatch_fd(*fd);
+  // triggered registration would make epoll_wait return at once, over and over. Not
+  // needed for a pipe whose write end we held: such a copy holds that write end too, so
+  // the pipe reports nothing until both copies go, and the registration goes with them.
+  if (!held) unwatch_fd(*fd);
   close(*fd);
   *fd = -1;
 }
@@ -808,8 +799,7 @@ void Supervisor::tree_gone(TaskState& t) {
   // Pipes whose write end we hold have no other writer left: what they hold is all there
   // is, and complete() reads it. Others may still be open elsewhere: wait for their EOF,
   // for a while.
-  if ((t.fd_out >= 0 && t.wfd_out < 0) || (t.fd_err >= 0 && t.wfd_err < 0))
-    add_timer(t, mono_ns() + cfg_.drain_ns, T_DRAIN_END);
+  if (eof_pending(t)) add_timer(t, mono_ns() + cfg_.drain_ns, T_DRAIN_END);
 }
 
 void Supervisor::signal_tree(TaskState& t, int sig) {
@@ -822,10 +812,15 @@ void Supervisor::signal_tree(TaskState& t, int sig) {
   rung_->signal_tree(*this, t, sig);
 }
 
+// A capture pipe still open whose write end we did not keep: its end-of-file is still to
+// come (or the drain timer ends the wait).
+bool Supervisor::eof_pending(const TaskState& t) {
+  return (t.fd_out >= 0 && t.wfd_out < 0) || (t.fd_err >= 0 && t.wfd_err < 0);
+}
+
 void Supervisor::maybe_complete(TaskState& t) {
   if (!t.handle || t.completing || !t.leader_done || !t.gone || !t.child_reaped) return;
-  bool eof_pending = (t.fd_out >= 0 && t.wfd_out < 0) || (t.fd_err >= 0 && t.wfd_err < 0);
-  if (eof_pending && !t.drain_expired) return;
+  if (eof_pending(t) && !t.drain_expired) return;
   t.completing = true;
   free_slot(t);
   completing_.push_back(t.id);
@@ -834,15 +829,15 @@ void Supervisor::maybe_complete(TaskState& t) {
 void Supervisor::free_slot(TaskState& t) {
   if (t.slot_freed) return;
   t.slot_freed = true;
-  if (auto q = t.handle->queue.lock()) {
-    if (q->max_running_ > 0) {
-      std::lock_guard<std::mutex> lk(mu_);
-      --q->unsettled_;
-    }
-    if (q->max_running_ > 0 && limited_.count(q.get())) {
-      --q->running_;
-      refill_.push_back(std::move(q));
-    }
+  auto q = t.handle->queue.lock();
+  if (!q || q->max_running_ == 0) return;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    --q->unsettled_;
+  }
+  if (limited_.count(q.get())) {
+    --q->running_;
+    refill_.push_back(std::move(q));
   }
 }
 
@@ -933,9 +928,9 @@ void Supervisor::fire_timers() {
   while (!timers_.empty() && timers_.top().when <= now) {
     Timer tm = timers_.top();
     timers_.pop();
-    auto it = tasks_.find(tm.id);
-    if (it == tasks_.end() || !it->second->handle) continue;
-    TaskState& t = *it->second;
+    TaskState* tp = live_task(tm.id);
+    if (!tp) continue;
+    TaskState& t = *tp;
     if (tm.kind == T_WATCH ? tm.gen != t.watch_gen : tm.gen != t.timer_gen) continue;
     switch (tm.kind) {
       case T_DEADLINE:

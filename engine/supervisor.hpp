@@ -26,12 +26,12 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <set>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
 #include <queue>
+#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -211,6 +211,8 @@ class Supervisor {
   void maybe_complete(TaskState& t);
   void complete(TaskState& t);
   void free_slot(TaskState& t);
+  TaskState* live_task(uint64_t id);
+  static bool eof_pending(const TaskState& t);
   void child_exit_event(TaskState& t);
   void close_fd(TaskState& t, int which);
   void notify();
@@ -219,6 +221,7 @@ class Supervisor {
   std::unique_ptr<Rung> rung_;
   std::string rung_name_, rung_reason_;
   int epfd_ = -1, wakefd_ = -1, timerfd_ = -1, devnull_ = -1;
+  bool pipe_nowait_ = false;  // capture pipes are read with RWF_NOWAIT (else non-blocking)
   bool nofile_raised_ = false;
   struct rlimit nofile_orig_ {};
   int base_nice_ = 0;

@@ -42,7 +42,6 @@ struct TaskState {
   int pidfd = -1;
   int fd_out = -1, fd_err = -1, fd_in = -1;
   int wfd_out = -1, wfd_err = -1;  // our copies of the capture pipes' write ends (see Rung)
-  bool out_nonblock = false, err_nonblock = false;  // see read_nowait
   size_t in_off = 0;
 
   int64_t start_mono = 0;

@@ -99,6 +99,11 @@ def _argv(args, shell):
         argv = [a.encode("utf-8", "surrogateescape") for a in args]
     else:
         argv = [_arg_bytes(a, "each argument") for a in args]
+    return _checked(argv)
+
+
+def _checked(argv):
+    """argv (a list of bytes), if the engine can exec it."""
     if not argv:
         raise ValueError("args is empty: give at least the program to run")
     for a in argv:
@@ -418,9 +423,6 @@ class ResultQueue:
         return out
 
 
-_CAPTURE = _engine.OUT_CAPTURE
-
-
 def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
     """spawn()'s options checked and converted for the engine:
     (timeout_ns, grace_ns, env list or None, cwd bytes, memory limit bytes)."""
@@ -485,21 +487,16 @@ def spawn(
     cpu_list = [] if cpus is None else _cpus(cpus)
     fds = _pass_fds(pass_fds) if pass_fds else []
     exe = b"" if executable is None else _arg_bytes(executable, "executable")
-    if stdout is None and stderr is None:  # capture both: nothing opened for the call
-        h = sup.submit(argv, env_list, cwd_b, input, _CAPTURE, -1, _CAPTURE, -1,
+    to_close = []
+    try:
+        out_mode, out_fd = _stream(stdout, "stdout", to_close)
+        err_mode, err_fd = _stream(stderr, "stderr", to_close)
+        h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
                        max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem, bool(linger),
                        None if queue is None else queue._q, exe)
-    else:
-        to_close = []
-        try:
-            out_mode, out_fd = _stream(stdout, "stdout", to_close)
-            err_mode, err_fd = _stream(stderr, "stderr", to_close)
-            h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
-                           max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem,
-                           bool(linger), None if queue is None else queue._q, exe)
-        finally:
-            for fd in to_close:
-                os.close(fd)
+    finally:
+        for fd in to_close:
+            os.close(fd)
     task = Task(h, sup, args, tag, timeout, cwd_b, exe or None)
     if queue is not None:
         queue._add(task)
@@ -536,11 +533,7 @@ class _Spawner:
         if not self._fast:
             return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
                          **self._kw)
-        if not argv:
-            raise ValueError("args is empty: give at least the program to run")
-        for a in argv:
-            if b"\0" in a:
-                raise ValueError(f"an argument contains a NUL byte: {a!r}")
+        _checked(argv)
         sup = _supervisor._sup or _supervisor.get()
         exe = executable or b""
         h = sup.submit(argv, self._env, self._cwd, None, self._out, -1, self._err, -1,
