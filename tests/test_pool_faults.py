@@ -411,3 +411,26 @@ def _is_zombie_elsewhere(pid):
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_pool_breaking_while_being_woken_writes_to_no_closed_fd(monkeypatch):
+    """When its workers cannot start, the pool breaks and its manager thread closes its
+    wake-up eventfd; a caller waking the manager at that moment must not write to the
+    closed fd (EBADF, or worse: into whatever file took the number meanwhile)."""
+    real_write = os.eventfd_write
+
+    def slow_write(fd, value):
+        time.sleep(0.3)  # meanwhile the pool breaks: its only worker cannot start
+        return real_write(fd, value)
+
+    monkeypatch.setattr(os, "eventfd_write", slow_write)
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    p = pardo.Pool(1)
+    try:
+        fut = p.submit(add, 1)
+        with pytest.raises(BrokenPool, match="died before they were ready"):
+            fut.result(timeout=30)
+        with pytest.raises(BrokenPool):
+            p.submit(add, 2)
+    finally:
+        p.shutdown()

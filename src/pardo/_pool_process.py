@@ -179,10 +179,7 @@ class ProcessBackend:
             self._pending.extend(items)
             if self._thread is None:
                 self._start()
-            wake = not self._wake_armed
-            self._wake_armed = True
-        if wake:
-            os.eventfd_write(self._wake_fd, 1)
+            self._wake_locked()
 
     def batch_hint(self) -> int:
         """Tasks per batch at the moment (map runs size their window from it)."""
@@ -219,10 +216,15 @@ class ProcessBackend:
 
     def _wake(self):
         with self._lock:
-            wake = not self._wake_armed
-            self._wake_armed = True
-        if wake and self._wake_fd is not None:
+            self._wake_locked()
+
+    def _wake_locked(self):
+        # Under _lock, as the close of the fd is: the manager thread may be closing it
+        # right now (a pool that broke), and a write to a closed fd number could land in
+        # whatever file took the number meanwhile.
+        if not self._wake_armed and self._wake_fd is not None:
             os.eventfd_write(self._wake_fd, 1)
+        self._wake_armed = True
 
     # -- manager thread ------------------------------------------------------------------
 
@@ -758,9 +760,10 @@ class ProcessBackend:
         if self._sel is not None:
             self._sel.close()
             self._sel = None
-        if self._wake_fd is not None:
-            os.close(self._wake_fd)
-            self._wake_fd = None
+        with self._lock:
+            wake_fd, self._wake_fd = self._wake_fd, None
+        if wake_fd is not None:
+            os.close(wake_fd)
         if self._slots is not None:
             self._slots.close()  # mmap holds its own dup of the memfd
             self._slots = None
