@@ -68,7 +68,8 @@ class CgroupRung : public Rung {
  public:
   CgroupRung(std::unique_ptr<CgroupTree> tree, int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
       : tree_(std::move(tree)), guardian_fd_(guardian_fd), guardian_pid_(guardian_pid),
-        guardian_pidfd_(guardian_pidfd), direct_(clone3_into_cgroup_supported()) {}
+        guardian_pidfd_(guardian_pidfd), direct_(clone3_into_cgroup_supported()),
+        async_(direct_ && async_spawn_supported()) {}
 
   const char* name() const override { return "cgroup"; }
 
@@ -86,7 +87,10 @@ class CgroupRung : public Rung {
     // The leader dies with the supervisor thread; the guardian takes care of the rest.
     plan.pdeathsig = SIGKILL;
     if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
-    o = spawn_child(plan, direct_ ? leaf->dir_fd : -1);
+    // Placed into its leaf by clone3 itself, the child is in reach of cgroup.kill from its
+    // first instruction, so there is no need to wait for its exec: the next task can start.
+    o = async_ ? spawn_child_async(plan, leaf->dir_fd, &t.handle->launch)
+               : spawn_child(plan, direct_ ? leaf->dir_fd : -1);
     if (o.stage != STAGE_NONE) {
       tree_->release(leaf);
       return o;
@@ -203,7 +207,8 @@ class CgroupRung : public Rung {
   int guardian_fd_;
   pid_t guardian_pid_;
   int guardian_pidfd_;
-  bool direct_;
+  bool direct_;  // clone3 places the child into its leaf (else the child moves itself there)
+  bool async_;   // and so spawn_child_async can be used
 };
 
 // ------------------------------------------------------------------ shepherd
@@ -368,7 +373,10 @@ class PgroupRung : public Rung {
 
   SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
     plan.pdeathsig = SIGKILL;
-    SpawnOutcome o = spawn_child(plan, -1);
+    // No need to wait for the exec: until the child has made its group (setsid, before
+    // the exec) signal_tree reaches it by pid.
+    SpawnOutcome o = async_spawn_supported() ? spawn_child_async(plan, -1, &t.handle->launch)
+                                             : spawn_child(plan, -1);
     if (o.stage == STAGE_NONE) {
       t.child_pid = o.pid;
       t.pidfd = o.pidfd;
@@ -396,8 +404,11 @@ class PgroupRung : public Rung {
   void on_event(Supervisor&, TaskState&, int) override {}
   bool knows_tree_end() const override { return false; }
 
-  void signal_tree(Supervisor&, TaskState& t, int sig) override {
+  void signal_tree(Supervisor& s, TaskState& t, int sig) override {
     if (t.child_reaped) return;
+    // A child not yet past its exec may not have its group yet: signal it by pid too
+    // (it has no children of its own before the exec).
+    if (!s.settle_launch(t)) kill(t.child_pid, sig);
     killpg(t.child_pid, sig);
     if (sig == SIGTERM) killpg(t.child_pid, SIGCONT);  // a stopped process cannot act on TERM
     if (sig == SIGKILL && !t.leader_done) {

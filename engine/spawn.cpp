@@ -1,9 +1,12 @@
 #include "spawn.hpp"
 
+#include "proc.hpp"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -60,42 +63,90 @@ constexpr bool kHaveTrampoline = true;
 constexpr bool kHaveTrampoline = false;
 #endif
 
-// One stack for the vfork-style child. The supervisor thread is the only spawner in the
-// extension and CLONE_VFORK keeps the parent suspended until the child execs or exits,
-// so one stack suffices; the mutex keeps it correct if that ever changes.
+// System calls for the child: the result or -errno, never touching errno (the child may
+// run beside the spawning thread in the same memory and TLS).
+#if defined(__x86_64__)
+inline long sys6(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  register long r9 __asm__("r9") = f;
+  long ret;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "0"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  return ret;
+}
+#elif defined(__aarch64__)
+inline long sys6(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
+  register long x8 __asm__("x8") = n;
+  register long x0 __asm__("x0") = a;
+  register long x1 __asm__("x1") = b;
+  register long x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  register long x4 __asm__("x4") = e;
+  register long x5 __asm__("x5") = f;
+  __asm__ volatile("svc #0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5) : "memory");
+  return x0;
+}
+#else
+// No CLONE_VM child on other architectures (see clone_once): errno is the child's own.
+long sys6(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
+  long r = syscall(n, a, b, c, d, e, f);
+  return r < 0 ? -errno : r;
+}
+#endif
+
+template <class... A>
+inline long sys(long n, A... a) {
+  return sys6(n, (long)a...);
+}
+
+// Stacks for children that share our memory until their exec. A synchronous (vfork-style)
+// start returns its stack at once; an asynchronous one when its child has exec'd or
+// exited (finish_launch), so the pool holds about as many stacks as children were ever
+// between clone and exec at once.
 constexpr size_t kChildStackSize = 128 * 1024;
 std::mutex g_stack_mu;
-void* g_stack = nullptr;
+std::vector<void*> g_stacks;
 
-void* child_stack() {
-  if (!g_stack) {
-    void* p = mmap(nullptr, kChildStackSize, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    g_stack = p;
+void* take_stack() {
+  std::lock_guard<std::mutex> lk(g_stack_mu);
+  if (!g_stacks.empty()) {
+    void* p = g_stacks.back();
+    g_stacks.pop_back();
+    return p;
   }
-  return g_stack;
+  void* p = mmap(nullptr, kChildStackSize, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void give_stack(void* p) {
+  std::lock_guard<std::mutex> lk(g_stack_mu);
+  g_stacks.push_back(p);
 }
 
 [[noreturn]] void child_fail(const ChildPlan* plan, int stage, int err) {
   if (plan->err_fd >= 0) {
     ChildError ce{stage, err};
-    ssize_t r;
-    do {
-      r = write(plan->err_fd, &ce, sizeof ce);
-    } while (r < 0 && errno == EINTR);
+    while (sys(SYS_write, plan->err_fd, &ce, sizeof ce) == -EINTR) {
+    }
   } else {
-    ChildPlan* p = const_cast<ChildPlan*>(plan);
-    p->err_errno = err;
-    p->err_stage = stage;
+    LaunchReport* r = plan->report ? plan->report : const_cast<LaunchReport*>(&plan->own);
+    r->err = err;
+    r->stage = stage;
   }
-  syscall(SYS_exit, 127);
-  __builtin_unreachable();
+  for (;;) sys(SYS_exit, 127);
 }
 
-// Runs in the child, sharing memory with the (suspended) parent thread: only system calls
-// and reads of the prepared plan. errno writes land in the parent thread's errno, which
-// the parent does not rely on across the spawn.
+// Fail at `stage` when a system call returned -errno.
+inline void check(const ChildPlan* plan, long r, int stage) {
+  if (r < 0) child_fail(plan, stage, static_cast<int>(-r));
+}
+
+// The child: runs on its own small stack, sharing our memory until execve, so it must
+// not allocate, lock, or call into libc beyond what sys() does.
 int child_main(void* arg) {
   const ChildPlan* plan = static_cast<const ChildPlan*>(arg);
 
@@ -108,60 +159,58 @@ int child_main(void* arg) {
     for (int s = 1; s < 65; ++s) {
       if (s == SIGKILL || s == SIGSTOP) continue;
       KernelSigaction old;
-      if (syscall(SYS_rt_sigaction, s, nullptr, &old, sizeof(unsigned long)) == 0 &&
+      if (sys(SYS_rt_sigaction, s, nullptr, &old, sizeof(unsigned long)) == 0 &&
           old.handler != reinterpret_cast<void*>(SIG_IGN) && old.handler != reinterpret_cast<void*>(SIG_DFL))
-        syscall(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
+        sys(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
     }
   }
-  for (int s : {SIGPIPE, SIGXFSZ}) syscall(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
+  for (int s : {SIGPIPE, SIGXFSZ}) sys(SYS_rt_sigaction, s, &dfl, nullptr, sizeof(unsigned long));
 
   if (!plan->cgroup_procs.empty()) {
-    int fd = open(plan->cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
-    if (fd < 0 || write(fd, "0", 1) != 1) child_fail(plan, STAGE_CGROUP, errno);
-    close(fd);
+    long fd = sys(SYS_openat, AT_FDCWD, plan->cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
+    check(plan, fd, STAGE_CGROUP);
+    long w = sys(SYS_write, fd, "0", 1);
+    check(plan, w == 0 ? -EIO : w, STAGE_CGROUP);
+    sys(SYS_close, fd);
   }
-  if (plan->new_session && setsid() < 0) child_fail(plan, STAGE_SESSION, errno);
-  if (plan->pdeathsig) prctl(PR_SET_PDEATHSIG, plan->pdeathsig);
+  if (plan->new_session) check(plan, sys(SYS_setsid), STAGE_SESSION);
+  if (plan->pdeathsig) sys(SYS_prctl, PR_SET_PDEATHSIG, plan->pdeathsig);
 
   for (const auto& m : plan->fds) {
-    if (m.first == m.second) {
-      if (fcntl(m.first, F_SETFD, 0) < 0) child_fail(plan, STAGE_FDS, errno);
-    } else if (dup2(m.second, m.first) < 0) {
-      child_fail(plan, STAGE_FDS, errno);
-    }
+    if (m.first == m.second)
+      check(plan, sys(SYS_fcntl, m.first, F_SETFD, 0), STAGE_FDS);
+    else
+      check(plan, sys(SYS_dup3, m.second, m.first, 0), STAGE_FDS);
   }
   int max_target = 2;
   for (const auto& m : plan->fds) max_target = m.first > max_target ? m.first : max_target;
   // Everything above the targets is closed at exec (the error pipe included).
-  syscall(SYS_close_range, max_target + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  sys(SYS_close_range, max_target + 1, ~0U, CLOSE_RANGE_CLOEXEC);
 
-  if (!plan->cwd.empty() && chdir(plan->cwd.c_str()) < 0) child_fail(plan, STAGE_CHDIR, errno);
-  if (plan->has_cpus && sched_setaffinity(0, sizeof(cpu_set_t), &plan->cpus) < 0)
-    child_fail(plan, STAGE_AFFINITY, errno);
+  if (!plan->cwd.empty()) check(plan, sys(SYS_chdir, plan->cwd.c_str()), STAGE_CHDIR);
+  if (plan->has_cpus) check(plan, sys(SYS_sched_setaffinity, 0, sizeof(cpu_set_t), &plan->cpus), STAGE_AFFINITY);
   if (plan->has_nice) {
-    if (setpriority(PRIO_PROCESS, 0, plan->nice) < 0) child_fail(plan, STAGE_NICE, errno);
-  } else {
-    if (plan->base_nice != plan->forked_nice)
-      setpriority(PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
+    check(plan, sys(SYS_setpriority, PRIO_PROCESS, 0, plan->nice), STAGE_NICE);
+  } else if (plan->base_nice != plan->forked_nice) {
+    sys(SYS_setpriority, PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
   }
-  if (plan->restore_nofile) setrlimit(RLIMIT_NOFILE, &plan->nofile);
+  if (plan->restore_nofile) sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &plan->nofile, nullptr);
   if (plan->rlimit_as > 0) {
     struct rlimit rl;
     rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(plan->rlimit_as);
-    if (setrlimit(RLIMIT_AS, &rl) < 0) child_fail(plan, STAGE_RLIMIT, errno);
+    check(plan, sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
   }
 
   // The supervisor thread blocks every signal; the program must start with none blocked.
   unsigned long empty = 0;
-  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty, nullptr, sizeof empty);
+  sys(SYS_rt_sigprocmask, SIG_SETMASK, &empty, nullptr, sizeof empty);
 
   char* const* envp = plan->has_env ? plan->env_ptrs.data() : environ;
   int err = ENOENT;
   bool saw_eacces = false;
   for (char* path : plan->path_ptrs) {
     if (!path) break;
-    execve(path, plan->argv_ptrs.data(), envp);
-    err = errno;
+    err = static_cast<int>(-sys(SYS_execve, path, plan->argv_ptrs.data(), envp));
     // Keep searching PATH on the same errors execvp keeps searching on.
     if (err == EACCES) {
       saw_eacces = true;
@@ -250,14 +299,19 @@ std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds) {
 // Kernels before 5.5 reject CLONE_CLEAR_SIGHAND; remember that after the first refusal.
 std::atomic<bool> g_clear_sighand{true};
 
-static long clone_once(ChildPlan& plan, CloneArgs& ca) {
+// `async`: no CLONE_VFORK; the child keeps its stack (plan.stack) after we return.
+static long clone_once(ChildPlan& plan, CloneArgs& ca, bool async) {
   if (kHaveTrampoline) {
-    std::lock_guard<std::mutex> lk(g_stack_mu);
-    void* stack = child_stack();
+    void* stack = take_stack();
     if (!stack) return -ENOMEM;
     ca.stack = reinterpret_cast<uint64_t>(stack);
     ca.stack_size = kChildStackSize;
-    return pardo_clone3_run(&ca, sizeof ca, child_main, &plan);
+    long r = pardo_clone3_run(&ca, sizeof ca, child_main, &plan);
+    if (async && r > 0)
+      plan.stack = stack;  // back in the pool once the child is past its exec
+    else
+      give_stack(stack);  // vfork-style: the child has exec'd or exited already
+    return r;
   }
   // No trampoline for this CPU: a fork-style clone3 (copies page tables, slower, same
   // semantics). The child runs child_main on its copy of our stack.
@@ -267,14 +321,21 @@ static long clone_once(ChildPlan& plan, CloneArgs& ca) {
   return r < 0 ? -errno : r;
 }
 
-static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd) {
+static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd, bool async) {
   SpawnOutcome out;
   int pidfd = -1;
   CloneArgs ca;
   long r;
   for (int attempt = 0; attempt < 2; ++attempt) {
     memset(&ca, 0, sizeof ca);
-    ca.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD;
+    ca.flags = CLONE_VM | CLONE_PIDFD;
+    if (async) {
+      ca.flags |= CLONE_CHILD_CLEARTID;
+      ca.child_tid = reinterpret_cast<uint64_t>(&plan.report->word);
+      plan.report->word = 1;
+    } else {
+      ca.flags |= CLONE_VFORK;
+    }
     plan.handlers_cleared = g_clear_sighand.load();
     if (plan.handlers_cleared) ca.flags |= CLONE_CLEAR_SIGHAND;
     ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
@@ -283,7 +344,7 @@ static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd) {
       ca.flags |= CLONE_INTO_CGROUP;
       ca.cgroup = static_cast<uint64_t>(cgroup_fd);
     }
-    r = clone_once(plan, ca);
+    r = clone_once(plan, ca, async);
     if (r == -EINVAL && plan.handlers_cleared) {
       g_clear_sighand.store(false);
       continue;
@@ -291,6 +352,7 @@ static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd) {
     break;
   }
   if (r < 0) {
+    if (async) plan.report->word = 0;  // no child: nothing will clear it
     out.stage = STAGE_CLONE;
     out.err = static_cast<int>(-r);
     return out;
@@ -301,7 +363,7 @@ static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd) {
 }
 
 SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
-  // A vfork-style child reports failure in plan.err_*; a fork-style one needs a pipe.
+  // A vfork-style child reports failure in plan.own; a fork-style one needs a pipe.
   int pipefd[2] = {-1, -1};
   if (!kHaveTrampoline && pipe2(pipefd, O_CLOEXEC) < 0) {
     SpawnOutcome o;
@@ -310,10 +372,10 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
     return o;
   }
   plan.err_fd = pipefd[1];
-  plan.err_stage = 0;
-  plan.err_errno = 0;
+  plan.report = nullptr;
+  plan.own.stage = plan.own.err = 0;
   plan.finalize();
-  SpawnOutcome out = do_clone(plan, cgroup_fd);
+  SpawnOutcome out = do_clone(plan, cgroup_fd, false);
   int stage = 0, err = 0;
   if (pipefd[1] >= 0) {
     close(pipefd[1]);
@@ -330,8 +392,8 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
       err = ce.err;
     }
   } else {
-    stage = plan.err_stage;
-    err = plan.err_errno;
+    stage = plan.own.stage;
+    err = plan.own.err;
   }
   plan.err_fd = -1;
   if (out.pid > 0 && stage != 0) {
@@ -346,6 +408,42 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
     out.err = err;
   }
   return out;
+}
+
+bool async_spawn_supported() { return kHaveTrampoline; }
+
+SpawnOutcome spawn_child_async(ChildPlan& plan, int cgroup_fd, LaunchReport* report) {
+  plan.err_fd = -1;
+  plan.report = report;
+  report->stage = report->err = 0;
+  plan.finalize();
+  return do_clone(plan, cgroup_fd, true);
+}
+
+bool finish_launch(ChildPlan& plan) {
+  if (!plan.stack) return true;
+  if (plan.report && plan.report->pending()) return false;
+  give_stack(plan.stack);
+  plan.stack = nullptr;
+  return true;
+}
+
+bool LaunchReport::wait(int64_t timeout_ns) const {
+  int64_t deadline = timeout_ns < 0 ? -1 : mono_ns() + timeout_ns;
+  while (true) {
+    int32_t w = __atomic_load_n(&word, __ATOMIC_ACQUIRE);
+    if (w == 0) return true;
+    struct timespec ts, *tsp = nullptr;
+    if (deadline >= 0) {
+      int64_t left = deadline - mono_ns();
+      if (left <= 0) return false;
+      ts.tv_sec = left / 1000000000;
+      ts.tv_nsec = left % 1000000000;
+      tsp = &ts;
+    }
+    // Not FUTEX_PRIVATE: the kernel's wake-up at exec or exit uses the shared form.
+    syscall(SYS_futex, const_cast<int32_t*>(&word), FUTEX_WAIT, w, tsp, nullptr, 0);
+  }
 }
 
 bool raise_nofile_limit(struct rlimit* original) {

@@ -1,13 +1,15 @@
 // Starting one child process: everything is prepared in the parent, then the child runs
-// only async-signal-safe system calls between clone and exec (CPython's
-// Modules/_posixsubprocess.c follows the same rule). Exec failures travel back through a
-// close-on-exec pipe as (stage, errno).
+// only raw system calls between clone and exec (no libc wrapper: a child sharing our
+// memory must not write errno, which lives in the spawning thread's TLS). Exec failures
+// come back as (stage, errno): in shared memory (clone with CLONE_VM), else through a
+// close-on-exec pipe.
 #pragma once
 
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -29,6 +31,17 @@ enum ChildStage : int {
 };
 
 const char* stage_name(int stage);
+
+// How a child started without waiting for its exec got on. The kernel zeroes `word` and
+// wakes futex waiters on it (CLONE_CHILD_CLEARTID) when the child has exec'd or exited,
+// whichever comes first; a child that could not exec writes stage and err before exiting.
+struct LaunchReport {
+  alignas(4) volatile int32_t word = 0;  // != 0: the child may still be before its exec
+  volatile int32_t stage = 0, err = 0;
+  bool pending() const { return __atomic_load_n(&word, __ATOMIC_ACQUIRE) != 0; }
+  // Block until not pending; false if timeout_ns (-1: no limit) passed first.
+  bool wait(int64_t timeout_ns) const;
+};
 
 // Everything the child needs, laid out before clone so the child never allocates.
 struct ChildPlan {
@@ -57,9 +70,11 @@ struct ChildPlan {
   // Filled by finalize(): pointer arrays into the strings above.
   std::vector<char*> argv_ptrs, env_ptrs, path_ptrs;
   int err_fd = -1;  // fork-style clone only: the child reports through this pipe
-  // vfork-style clone: the child shares our memory and reports here instead (the parent
-  // is suspended until the child execs or exits, so there is no race).
-  volatile int err_stage = 0, err_errno = 0;
+  // A child sharing our memory reports here: `own` for spawn_child (we are suspended
+  // until it execs or exits), the caller's report for spawn_child_async.
+  LaunchReport own;
+  LaunchReport* report = nullptr;
+  void* stack = nullptr;  // the child's stack while an asynchronous start is pending
   bool handlers_cleared = false;  // the kernel reset the child's handlers (CLONE_CLEAR_SIGHAND)
   void finalize();
 };
@@ -83,6 +98,19 @@ std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds);
 // with clone3(CLONE_INTO_CGROUP). Never throws; failures come back in the outcome. The
 // child's exit status is reaped here when it could not exec.
 SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd);
+
+// Start the child and return as soon as it exists, without waiting for its exec: it runs
+// beside this thread in our memory (CLONE_VM without CLONE_VFORK) on a stack of its own,
+// so this thread goes on at once instead of sleeping until the exec. Until report->word
+// is 0 the child reads `plan` and may write `*report`: neither may move or be freed; then
+// finish_launch() takes the stack back. The exit status is never reaped here; a child
+// that could not exec exits 127 with report->stage set. Only where
+// async_spawn_supported().
+SpawnOutcome spawn_child_async(ChildPlan& plan, int cgroup_fd, LaunchReport* report);
+bool async_spawn_supported();
+// True once the child of spawn_child_async no longer uses `plan` (its stack is back in
+// the pool); false while it may still be before its exec.
+bool finish_launch(ChildPlan& plan);
 
 // Raise this process's soft RLIMIT_NOFILE towards the hard limit (each task in flight
 // holds a few fds). True when it did; *original is then the limit children get back.

@@ -229,9 +229,15 @@ void Supervisor::command(uint64_t id, Op op, const volatile int64_t* slot, int64
 }
 
 int Supervisor::wait_started(Handle& h, int64_t timeout_ns) {
-  std::unique_lock<std::mutex> lk(mu_);
-  if (!wait_on(cv_, lk, timeout_ns, [&] { return h.pid != 0; })) return -2;
-  return h.pid;
+  int pid;
+  {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!wait_on(cv_, lk, timeout_ns, [&] { return h.pid != 0; })) return -2;
+    pid = h.pid;
+  }
+  // Started without waiting for its exec: the kernel says when it got there (or exited).
+  if (pid > 0 && h.launch.pending() && !h.launch.wait(timeout_ns)) return -2;
+  return pid > 0 && h.launch.stage != STAGE_NONE ? -1 : pid;
 }
 
 bool Supervisor::wait_done(Handle& h, int64_t timeout_ns) {
@@ -318,8 +324,14 @@ void Supervisor::loop() {
     pace_realtime();
     // Tasks completed during this round are erased only now, so that events later in
     // the same batch never see a dangling record.
-    for (uint64_t id : finished_) tasks_.erase(id);
+    for (uint64_t id : finished_) {
+      auto it = tasks_.find(id);
+      if (it == tasks_.end()) continue;
+      retire(std::move(it->second));
+      tasks_.erase(it);
+    }
     finished_.clear();
+    if (!launching_.empty() || !unsettled_.empty()) settle_launches();
     arm_timerfd();
   }
   // Whatever is left could not be killed in time: report it, do not hang.
@@ -331,7 +343,13 @@ void Supervisor::loop() {
     complete(t);
   }
   publish();
+  for (auto& kv : tasks_) retire(std::move(kv.second));
   tasks_.clear();
+  settle_launches();
+  // A child that never got past its exec, even killed, still reads its plan: leave that
+  // memory (and its stack) to it rather than free it under its feet.
+  for (auto& o : unsettled_) o.release();
+  unsettled_.clear();
   rung_->shutdown();
   // Requests that raced with shutdown, or were held by a limiting queue, never start.
   std::vector<Pending> late;
@@ -518,7 +536,8 @@ void Supervisor::start_task(Pending&& p) {
   tasks_[t.id] = std::move(owned);
   Request& r = t.req;
 
-  ChildPlan plan;
+  t.plan = std::make_unique<ChildPlan>();
+  ChildPlan& plan = *t.plan;
   plan.argv = std::move(r.argv);
   plan.has_env = r.has_env;
   plan.env = std::move(r.env);
@@ -608,6 +627,15 @@ void Supervisor::start_task(Pending&& p) {
     o.err = pipe_err;
   } else {
     o = rung_->start(*this, t, plan);
+  }
+
+  if (plan.stack) {
+    // Started without waiting for its exec: the child still reads the plan and reports
+    // into the handle until settle_launch() sees it past its exec.
+    t.launch_handle = t.handle;
+    launching_.push_back(t.id);
+  } else {
+    t.plan.reset();
   }
 
   for (int fd : child_side)
@@ -719,23 +747,23 @@ void Supervisor::write_input(TaskState& t) {
 }
 
 void Supervisor::close_fd(TaskState& t, int which) {
+  int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
   int* wfd = which == FD_OUT ? &t.wfd_out : which == FD_ERR ? &t.wfd_err : nullptr;
-  bool held = wfd && *wfd >= 0;
-  if (held) {
+  // Remove it from the epoll set explicitly: close() alone does not when another reference
+  // to the file exists, and a child started but not yet through the close-on-exec step
+  // of its exec holds copies of all our fds. A stale registration would make epoll_wait
+  // return at once, over and over; and even for a pipe whose write end we held, the
+  // child dropping its copies at exec would wake this thread once per end (a pipe's
+  // release wakes its readers without saying why), for nothing.
+  if (*fd >= 0) unwatch_fd(*fd);
+  if (wfd && *wfd >= 0) {
     close(*wfd);
     *wfd = -1;
   }
-  int* fd = which == FD_OUT ? &t.fd_out : which == FD_ERR ? &t.fd_err : &t.fd_in;
-  if (*fd < 0) return;
-  // Remove it from the epoll set explicitly: close() alone does not when another reference
-  // to the file exists, and a child that is between the end of its vfork and the
-  // close-on-exec step of its exec still holds copies of all our fds. A stale level-
-  // triggered registration would make epoll_wait return at once, over and over. Not
-  // needed for a pipe whose write end we held: such a copy holds that write end too, so
-  // the pipe reports nothing until both copies go, and the registration goes with them.
-  if (!held) unwatch_fd(*fd);
-  close(*fd);
-  *fd = -1;
+  if (*fd >= 0) {
+    close(*fd);
+    *fd = -1;
+  }
 }
 
 // ---------------------------------------------------------------- rung callbacks
@@ -771,6 +799,7 @@ void Supervisor::leader_exited(TaskState& t, int st, int64_t utime_us, int64_t s
                                int64_t maxrss_kb) {
   if (t.leader_done) return;
   t.leader_done = true;
+  settle_launch(t);  // an exit clears the launch word first, so this always settles
   if (WIFEXITED(st)) {
     t.c.exited = true;
     t.c.exit_code = WEXITSTATUS(st);
@@ -783,6 +812,42 @@ void Supervisor::leader_exited(TaskState& t, int st, int64_t utime_us, int64_t s
   // The leader is gone: whatever it left behind goes too, unless the caller asked to
   // wait for the tree (linger), in which case the deadline still bounds it.
   if (!t.req.linger && !t.gone) signal_tree(t, SIGKILL);
+}
+
+bool Supervisor::settle_launch(TaskState& t) {
+  if (!t.plan) return true;
+  if (!finish_launch(*t.plan)) return false;
+  t.plan.reset();
+  std::shared_ptr<Handle> h = std::move(t.launch_handle);
+  if (h && h->launch.stage != STAGE_NONE) {
+    // It exited before its exec could succeed: the task never started.
+    t.c.spawn_stage = h->launch.stage;
+    t.c.spawn_errno = h->launch.err;
+    t.c.pid = -1;
+    publish_pid(t);
+  }
+  return true;
+}
+
+// Once per loop round: children started asynchronously that are now past their exec give
+// their plan and stack back. Cheap: the list holds the tasks started since the last round.
+void Supervisor::settle_launches() {
+  size_t k = 0;
+  for (uint64_t id : launching_) {
+    auto it = tasks_.find(id);
+    if (it != tasks_.end() && !settle_launch(*it->second)) launching_[k++] = id;
+  }
+  launching_.resize(k);
+  k = 0;
+  for (auto& o : unsettled_)
+    if (!settle_launch(*o)) unsettled_[k++] = std::move(o);
+  unsettled_.resize(k);
+}
+
+// A finished task's record goes, unless its child may still be reading the plan (it was
+// killed, or gave up on, before its exec): that one waits in unsettled_.
+void Supervisor::retire(std::unique_ptr<TaskState> t) {
+  if (!settle_launch(*t)) unsettled_.push_back(std::move(t));
 }
 
 void Supervisor::publish_pid(TaskState& t) {

@@ -37,6 +37,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "spawn.hpp"
+
 namespace pardo {
 
 struct StreamSpec {
@@ -86,6 +88,9 @@ class CompletionQueue;
 struct Handle {
   uint64_t id = 0;
   int pid = 0;  // 0: not started yet; -1: could not start
+  // A task started without waiting for its exec: pid is known before whether it started
+  // (wait_started() waits for `launch` to settle, without the supervisor thread).
+  LaunchReport launch;
   bool done = false;
   Completion result;
   // Weak: a queue holds its finished handles, so a strong pointer back would be a cycle
@@ -173,6 +178,9 @@ class Supervisor {
                      int64_t maxrss_kb);
   void tree_gone(TaskState& t);
   void publish_pid(TaskState& t);  // the task's leader pid is known (or never will be)
+  // A task started asynchronously (spawn_child_async): true once its child is past its
+  // exec or exited, and then its plan is freed and a failure to exec recorded.
+  bool settle_launch(TaskState& t);
   void add_timer(TaskState& t, int64_t when_ns, int kind);
   const Config& config() const { return cfg_; }
 
@@ -249,6 +257,10 @@ class Supervisor {
   std::vector<uint64_t> finished_;  // completed this round; erased after the event batch
   std::vector<uint64_t> completing_;  // done this round, completed after the refill
   std::vector<uint64_t> exited_;      // leader exited with its tree gone: reaped after the refill
+  std::vector<uint64_t> launching_;   // started asynchronously, maybe not past their exec yet
+  std::vector<std::unique_ptr<TaskState>> unsettled_;  // finished; their child may still read the plan
+  void settle_launches();
+  void retire(std::unique_ptr<TaskState> t);
   // Limiting queues with tasks running or held; kept alive here until they have none.
   std::unordered_map<CompletionQueue*, std::shared_ptr<CompletionQueue>> limited_;
   std::vector<std::shared_ptr<CompletionQueue>> refill_;  // a slot freed this round

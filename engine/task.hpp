@@ -65,6 +65,11 @@ struct TaskState {
   std::string status_buf;
   bool events_watched = false;
   bool got_started = false;
+
+  // What the child reads until its exec. Kept (with the handle it reports into) while
+  // an asynchronous start is pending: see Supervisor::settle_launches.
+  std::unique_ptr<ChildPlan> plan;
+  std::shared_ptr<Handle> launch_handle;
 };
 
 }  // namespace pardo
