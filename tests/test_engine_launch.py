@@ -17,9 +17,27 @@ import pytest
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-from support import cgroup2_writable
+from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
 
-RUNGS = ["cgroup", "shepherd", "pgroup"]
+# "-nobody": the same rung for an unprivileged user (setpriv to user nobody).
+RUNGS = ["cgroup", "shepherd", "pgroup", "shepherd-nobody", "pgroup-nobody"]
+
+
+def _run_script(script, args, rung, request, zoo, timeout):
+    """Run ``script`` in a fresh Python with the rung forced, as nobody for "-nobody"."""
+    if rung == "cgroup" and not cgroup2_writable():
+        pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
+    base = rung.removesuffix("-nobody")
+    if base == rung:
+        argv, env = [sys.executable, "-c", script, *args], dict(os.environ)
+    else:
+        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", script, *args])
+        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    env["PARDO_ISOLATION"] = base
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir,
+                       timeout=timeout)
+    assert p.returncode == 0, p.stderr
+    return p.stdout
 
 PID_SCRIPT = textwrap.dedent("""
     import json, os, sys, time, pardo
@@ -50,17 +68,12 @@ PID_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("rung", RUNGS)
-def test_pid_is_known_once_the_program_started(rung):
+def test_pid_is_known_once_the_program_started(rung, request, zoo):
     """Task.pid is None for a task whose program never started, whatever failed (exec,
     chdir, CPU pinning), and is the program's own pid otherwise -- returned at once for a
     long task, with no other event to wake the supervisor."""
-    if rung == "cgroup" and not cgroup2_writable():
-        pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
-    p = subprocess.run([sys.executable, "-c", PID_SCRIPT], capture_output=True, text=True,
-                       env={**os.environ, "PARDO_ISOLATION": rung}, timeout=120)
-    assert p.returncode == 0, p.stderr
-    out = json.loads(p.stdout)
-    assert out["rung"] == rung
+    out = json.loads(_run_script(PID_SCRIPT, [], rung, request, zoo, timeout=120))
+    assert out["rung"] == rung.removesuffix("-nobody")
     for name, needle in [("missing", "No such file or directory: '/nonexistent/prog'"),
                          ("directory", "it is a directory"),
                          ("bad_cwd", "cannot change to directory '/nonexistent/dir'"),
@@ -94,19 +107,14 @@ KILL_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("rung", RUNGS)
-def test_kills_right_after_spawn_leave_nothing(zoo, rung):
+def test_kills_right_after_spawn_leave_nothing(zoo, rung, request):
     """Trees killed the moment spawn() returns -- mostly before their exec -- are
     cancelled; neither they nor their neighbours (trees ended by a short deadline) leave
     a process behind; start failures in between are reported as such."""
-    if rung == "cgroup" and not cgroup2_writable():
-        pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
     token = zoo.token()
     n = 60
-    p = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(zoo.bin), token, str(n)],
-                       capture_output=True, text=True, env={**os.environ, "PARDO_ISOLATION": rung},
-                       cwd=zoo.dir, timeout=180)
-    assert p.returncode == 0, p.stderr
-    statuses = p.stdout.split()
+    statuses = _run_script(KILL_SCRIPT, [str(zoo.bin), token, str(n)], rung, request, zoo,
+                           timeout=180).split()
     assert statuses.count("error") == n // 2, statuses
     assert statuses.count("cancelled") == n // 2, statuses
     assert statuses.count("timeout") == n // 2, statuses
