@@ -102,6 +102,15 @@ inline long sys(long n, A... a) {
   return sys6(n, (long)a...);
 }
 
+// setrlimit for the child. prlimit64 takes a struct of two 64-bit values, which is
+// struct rlimit on the 64-bit targets of the trampoline; elsewhere the child is a
+// fork-style copy with an errno of its own, and libc converts.
+static_assert(!kHaveTrampoline || sizeof(rlim_t) == 8, "prlimit64 wants 64-bit limits");
+inline long set_limit(int resource, const struct rlimit* rl) {
+  if (kHaveTrampoline) return sys(SYS_prlimit64, 0, resource, rl, nullptr);
+  return setrlimit(resource, rl) < 0 ? -errno : 0;
+}
+
 // Stacks for children that share our memory until their exec. A synchronous (vfork-style)
 // start returns its stack at once; an asynchronous one when its child has exec'd or
 // exited (finish_launch), so the pool holds about as many stacks as children were ever
@@ -194,11 +203,11 @@ int child_main(void* arg) {
   } else if (plan->base_nice != plan->forked_nice) {
     sys(SYS_setpriority, PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
   }
-  if (plan->restore_nofile) sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &plan->nofile, nullptr);
+  if (plan->restore_nofile) set_limit(RLIMIT_NOFILE, &plan->nofile);
   if (plan->rlimit_as > 0) {
     struct rlimit rl;
     rl.rlim_cur = rl.rlim_max = static_cast<rlim_t>(plan->rlimit_as);
-    check(plan, sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
+    check(plan, set_limit(RLIMIT_AS, &rl), STAGE_RLIMIT);
   }
 
   // The supervisor thread blocks every signal; the program must start with none blocked.
