@@ -26,8 +26,9 @@ namespace {
 // Processes with SIGKILL pending can only die; on a saturated machine they still wait for
 // a CPU to do it. Making them real-time (or failing that, nice -20) where we may gets them
 // off the run queue at once. They cannot run any of their own code again, so this lends
-// them nothing.
-void hasten_death(const std::string& cgroup_dir) {
+// them nothing. After SIGTERM, only the threads it will end, and only nice -20
+// (hasten_fatal).
+void hasten_death(const std::string& cgroup_dir, int sig) {
   // Threads, not processes: scheduling is per thread, and every thread must exit.
   std::string procs;
   if (!read_file(cgroup_dir + "/cgroup.threads", &procs)) return;
@@ -36,7 +37,10 @@ void hasten_death(const std::string& cgroup_dir) {
     char* end;
     long tid = strtol(p, &end, 10);
     if (end == p) break;
-    hasten_one(static_cast<pid_t>(tid));
+    if (sig == SIGKILL)
+      hasten_one(static_cast<pid_t>(tid));
+    else
+      hasten_fatal(static_cast<pid_t>(tid), sig);
     p = *end ? end + 1 : end;
   }
 }
@@ -129,7 +133,7 @@ class CgroupRung : public Rung {
       }
       t.leaf->killed = true;
       cgroup_kill(t.leaf->path);  // atomic: a forking tree cannot outrun it
-      hasten_death(t.leaf->path);
+      hasten_death(t.leaf->path, SIGKILL);
       watch_events(s, t);
       return;
     }
@@ -142,6 +146,7 @@ class CgroupRung : public Rung {
       kill(pid, sig);
       if (sig == SIGTERM) kill(pid, SIGCONT);  // a stopped process cannot act on TERM
     }
+    if (sig == SIGTERM) hasten_death(t.leaf->path, sig);  // those it will end
   }
 
   void finish(Supervisor& s, TaskState& t) override {
@@ -411,11 +416,12 @@ class PgroupRung : public Rung {
     if (!s.settle_launch(t)) kill(t.child_pid, sig);
     killpg(t.child_pid, sig);
     if (sig == SIGTERM) killpg(t.child_pid, SIGCONT);  // a stopped process cannot act on TERM
-    if (sig == SIGKILL && !t.leader_done) {
-      // A live tree killed (deadline, cancel): on a saturated machine its processes wait
+    if ((sig == SIGKILL || sig == SIGTERM) && !t.leader_done) {
+      // A live tree ended (deadline, cancel): on a saturated machine its processes wait
       // for a CPU to die on. Give it to them, as the cgroup rung does with its leaf.
-      hasten_one(t.child_pid);
-      for (pid_t p : descendants_of(t.child_pid)) hasten_one(p);
+      auto hasten = [sig](pid_t p) { sig == SIGKILL ? hasten_one(p) : hasten_fatal(p, sig); };
+      hasten(t.child_pid);
+      for (pid_t p : descendants_of(t.child_pid)) hasten(p);
     }
   }
 

@@ -158,6 +158,18 @@ void hasten_one(pid_t tid) {
   if (sched_setscheduler(tid, SCHED_FIFO, &sp) != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(tid), -20);
 }
 
+void hasten_fatal(pid_t tid, int sig) {
+  std::string s;
+  if (!read_file("/proc/" + std::to_string(tid) + "/status", &s)) return;
+  const unsigned long long bit = 1ULL << (sig - 1);
+  for (const char* field : {"\nSigBlk:", "\nSigIgn:", "\nSigCgt:"}) {
+    size_t at = s.find(field);
+    if (at == std::string::npos) return;  // cannot tell: leave it be
+    if (strtoull(s.c_str() + at + strlen(field), nullptr, 16) & bit) return;
+  }
+  setpriority(PRIO_PROCESS, static_cast<id_t>(tid), -20);
+}
+
 int own_nice() {
   errno = 0;
   int n = getpriority(PRIO_PROCESS, 0);

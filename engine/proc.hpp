@@ -29,6 +29,12 @@ std::vector<pid_t> descendants_of(pid_t root);
 // else nice -20 where permitted, else nothing.
 void hasten_one(pid_t tid);
 
+// The same for a thread just sent `sig` (a deadline's SIGTERM) when its default action
+// will end the process: not caught, not ignored, not blocked by the thread (from
+// /proc/TID/status). nice -20 only, where permitted: should the thread install a handler
+// after all, it competes fairly, not in real time, until the grace period's SIGKILL.
+void hasten_fatal(pid_t tid, int sig);
+
 // The calling thread's nice value (0 if it cannot be read).
 int own_nice();
 // Move the calling thread to SCHED_FIFO priority 1 (on) or back to SCHED_OTHER at

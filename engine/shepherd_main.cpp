@@ -89,8 +89,10 @@ void signal_tree(int sig) {
     kill(p, sig);
     if (sig == SIGTERM) kill(p, SIGCONT);  // a stopped process cannot act on TERM
     // A process with SIGKILL pending can only die; where we may, let it do so before the
-    // busy processes of a saturated machine (it cannot run its own code again).
+    // busy processes of a saturated machine (it cannot run its own code again). The same,
+    // more gently, for one that SIGTERM will end.
     if (sig == SIGKILL) hasten_one(p);
+    if (sig == SIGTERM) hasten_fatal(p, sig);
   }
 }
 

@@ -4,6 +4,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <memory>
@@ -114,6 +116,51 @@ static void test_rung(const std::string& rung, const std::string& shepherd) {
   s->shutdown();
 }
 
+static void on_term(int) {}
+
+// hasten_fatal lends priority only to a thread that SIGTERM will end: not to one that
+// catches, ignores or blocks it.
+static void test_hasten_fatal() {
+  enum { DEFAULT, CAUGHT, IGNORED, BLOCKED, N };
+  pid_t kids[N];
+  for (int k = 0; k < N; ++k) {
+    int ready[2];
+    CHECK(pipe(ready) == 0);
+    kids[k] = fork();
+    if (kids[k] == 0) {
+      alarm(30);
+      if (k == CAUGHT) signal(SIGTERM, on_term);
+      if (k == IGNORED) signal(SIGTERM, SIG_IGN);
+      if (k == BLOCKED) {
+        sigset_t m;
+        sigemptyset(&m);
+        sigaddset(&m, SIGTERM);
+        sigprocmask(SIG_BLOCK, &m, nullptr);
+      }
+      if (write(ready[1], "r", 1) != 1) _exit(1);
+      for (;;) pause();
+    }
+    char c;
+    CHECK(read(ready[0], &c, 1) == 1);
+    close(ready[0]);
+    close(ready[1]);
+  }
+  // Whether this process may raise a priority at all (root, CAP_SYS_NICE).
+  bool may = setpriority(PRIO_PROCESS, static_cast<id_t>(kids[CAUGHT]), -1) == 0;
+  setpriority(PRIO_PROCESS, static_cast<id_t>(kids[CAUGHT]), 0);
+  for (int k = 0; k < N; ++k) {
+    hasten_fatal(kids[k], SIGTERM);
+    errno = 0;
+    int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(kids[k]));
+    CHECK(errno == 0);
+    CHECK(nice == (k == DEFAULT && may ? -20 : 0));
+  }
+  for (pid_t p : kids) {
+    kill(p, SIGKILL);
+    waitpid(p, nullptr, 0);
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: engine_tests PATH_TO_PARDO_SHEPHERD\n");
@@ -121,6 +168,7 @@ int main(int argc, char** argv) {
   }
   alarm(120);  // a broken engine must not leave this running
   test_exec_candidates();
+  test_hasten_fatal();
   std::string shepherd = argv[1];
   const char* rungs[] = {"cgroup", "shepherd", "pgroup"};
   for (const char* rung : rungs) {
