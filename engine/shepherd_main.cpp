@@ -9,34 +9,177 @@
 //   pardo-shepherd --guardian=CGROUP_DIR
 //     Waits for EOF on stdin (the supervisor process died or shut down), then kills every
 //     process in CGROUP_DIR and removes it.
-#include <errno.h>
+//
+// One is exec'd per task of the shepherd rung, so its start-up is on that rung's hot path:
+// it is written against the kernel alone (rawsys.hpp) and, on x86-64, built without libc
+// (PARDO_FREESTANDING: its own _start), which saves libc's start-up (on a virtual machine
+// mostly CPUID probes, each a trap: most of the exec's cost). Elsewhere it links libc and
+// uses only main() from it.
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
-#include <unistd.h>
+#include <time.h>
 
-#include <string>
-#include <vector>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
 
-#include "cgroup.hpp"
-#include "proc.hpp"
+#include "rawsys.hpp"
 #include "shepherd.hpp"
 #include "spawn.hpp"
 
 using namespace pardo;
 
+
 namespace {
 
+// ------------------------------------------------------------------ the little we need
+
+size_t str_len(const char* s) {
+  size_t n = 0;
+  while (s[n]) ++n;
+  return n;
+}
+
+// s without `prefix`, or nullptr when s does not start with it.
+const char* after(const char* s, const char* prefix) {
+  while (*prefix)
+    if (*s++ != *prefix++) return nullptr;
+  return s;
+}
+
+// A number after optional blanks; *end is where it stopped, or s itself if no digit came.
+long parse_long(const char* s, int base = 10, const char** end = nullptr) {
+  unsigned long v = 0;  // unsigned: a 64-bit signal mask wraps instead of overflowing
+  const char* start = s;
+  while (*s == ' ' || *s == '\t') ++s;
+  const char* digits = s;
+  while (true) {
+    int d = *s >= '0' && *s <= '9' ? *s - '0'
+            : base == 16 && *s >= 'a' && *s <= 'f' ? *s - 'a' + 10
+            : base == 16 && *s >= 'A' && *s <= 'F' ? *s - 'A' + 10
+                                                   : -1;
+    if (d < 0) break;
+    v = v * static_cast<unsigned>(base) + static_cast<unsigned>(d);
+    ++s;
+  }
+  if (end) *end = s == digits ? start : s;
+  return static_cast<long>(v);
+}
+
+// Appends to a fixed buffer, always NUL-terminated, truncating what does not fit.
+struct Text {
+  char buf[4096];
+  size_t n = 0;
+  Text() { buf[0] = '\0'; }
+  Text& add(const char* s) {
+    while (*s && n + 1 < sizeof buf) buf[n++] = *s++;
+    buf[n] = '\0';
+    return *this;
+  }
+  Text& add(long v) {
+    char tmp[24];
+    int i = 0;
+    bool neg = v < 0;
+    unsigned long u = neg ? 0UL - static_cast<unsigned long>(v) : static_cast<unsigned long>(v);
+    do {
+      tmp[i++] = static_cast<char>('0' + u % 10);
+      u /= 10;
+    } while (u);
+    if (neg) tmp[i++] = '-';
+    while (i) {
+      char c[2] = {tmp[--i], '\0'};
+      add(c);
+    }
+    return *this;
+  }
+};
+
+void say(const char* s) { sys(SYS_write, 2, s, str_len(s)); }
+
+// The whole of a small file (truncated to the buffer), or -errno.
+long read_small(const char* path, char* buf, size_t size) {
+  long fd = sys(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fd;
+  size_t n = 0;
+  while (n + 1 < size) {
+    long r = sys(SYS_read, fd, buf + n, size - 1 - n);
+    if (r == -EINTR) continue;
+    if (r <= 0) break;
+    n += static_cast<size_t>(r);
+  }
+  buf[n] = '\0';
+  sys(SYS_close, fd);
+  return static_cast<long>(n);
+}
+
+int64_t now_ms() {
+  struct timespec ts;
+  sys(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Wait for events on fds, up to timeout_ms (-1: no limit).
+long wait_fds(struct pollfd* fds, int n, int timeout_ms) {
+  struct timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+  return sys(SYS_ppoll, fds, n, timeout_ms < 0 ? nullptr : &ts, nullptr, 8);
+}
+
+struct KernelSigaction {
+  void* handler;
+  unsigned long flags;
+  void* restorer;
+  unsigned long mask;
+};
+
+void set_disposition(int sig, void* handler) {
+  KernelSigaction sa{handler, 0, nullptr, 0};
+  sys(SYS_rt_sigaction, sig, &sa, nullptr, sizeof(unsigned long));
+}
+
+struct linux_dirent64 {
+  uint64_t d_ino;
+  int64_t d_off;
+  unsigned short d_reclen;
+  unsigned char d_type;
+  char d_name[1];
+};
+
+// Calls fn(name, d_type) for each entry of the directory at `path` but . and ..; false
+// when it cannot be opened (*err: the errno).
+template <class Fn>
+bool each_entry(const char* path, Fn fn, long* err = nullptr) {
+  long fd = sys(SYS_openat, AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    if (err) *err = -fd;
+    return false;
+  }
+  alignas(8) char buf[4096];
+  while (true) {
+    long n = sys(SYS_getdents64, fd, buf, sizeof buf);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      auto* e = reinterpret_cast<linux_dirent64*>(buf + off);
+      off += e->d_reclen;
+      const char* name = e->d_name;
+      if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
+      fn(name, e->d_type);
+    }
+  }
+  sys(SYS_close, fd);
+  return true;
+}
+
+// ------------------------------------------------------------------ the task's tree
+
 int g_status_fd = -1;
-pid_t g_leader = -1;
+long g_leader = -1;
 bool g_leader_reaped = false;
 bool g_linger = false;
 
@@ -44,26 +187,28 @@ int64_t tv_us(const struct timeval& tv) { return static_cast<int64_t>(tv.tv_sec)
 
 void send(const ShepherdMsg& m) {
   if (g_status_fd < 0) return;
-  ssize_t r;
-  do {
-    r = write(g_status_fd, &m, sizeof m);
-  } while (r < 0 && errno == EINTR);
+  while (sys(SYS_write, g_status_fd, &m, sizeof m) == -EINTR) {
+  }
+}
+
+[[noreturn]] void leave(int code) {
+  for (;;) sys(SYS_exit_group, code);
 }
 
 [[noreturn]] void finish() {
-  struct rusage ru;
-  getrusage(RUSAGE_CHILDREN, &ru);
+  struct rusage ru{};
+  sys(SYS_getrusage, RUSAGE_CHILDREN, &ru);
   ShepherdMsg m{MSG_TREE_GONE, 0, 0, 0, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss};
   send(m);
-  _exit(0);
+  leave(0);
 }
 
 // Reap every child that has exited. Returns false once there are no children left.
 bool reap_all(bool* leader_just_exited) {
   while (true) {
-    int st;
-    struct rusage ru;
-    pid_t p = wait4(-1, &st, WNOHANG, &ru);
+    int st = 0;
+    struct rusage ru{};
+    long p = sys(SYS_wait4, -1, &st, WNOHANG, &ru);
     if (p > 0) {
       if (p == g_leader) {
         g_leader_reaped = true;
@@ -74,25 +219,138 @@ bool reap_all(bool* leader_just_exited) {
       continue;
     }
     if (p == 0) return true;
-    if (errno == EINTR) continue;
-    return errno != ECHILD;
+    if (p == -EINTR) continue;
+    return p != -ECHILD;
   }
+}
+
+// Our descendants, found through /proc/PID/task/TID/children (or, where the kernel lacks
+// those files, the parent links of every process). At most kMaxPids a round: the kill
+// loop repeats until none is left, and orphans of killed processes come to us.
+constexpr int kMaxPids = 32768;
+long g_pids[kMaxPids];
+int g_npids = 0;
+
+void add_pid(long p) {
+  // Never 0 or -1 (which kill() reads as "our group" or "everyone"), nor init.
+  if (p > 1 && g_npids < kMaxPids) g_pids[g_npids++] = p;
+}
+
+// Appends the children of every thread of pid. False when the kernel has no children
+// files (then the caller scans /proc).
+bool add_children(long pid) {
+  Text dir;
+  dir.add("/proc/").add(pid).add("/task");
+  bool ok = true;
+  long err = 0;
+  bool opened = each_entry(dir.buf, [&](const char* tid, unsigned char) {
+    if (!ok) return;
+    Text f;
+    f.add(dir.buf).add("/").add(tid).add("/children");
+    char buf[4096];
+    long n = read_small(f.buf, buf, sizeof buf);
+    if (n < 0) {
+      Text t;
+      t.add(dir.buf).add("/").add(tid);
+      if (n == -ENOENT && sys(SYS_faccessat, AT_FDCWD, t.buf, F_OK) != 0) return;  // thread gone
+      ok = false;
+      return;
+    }
+    for (const char* p = buf; *p;) {
+      const char* end;
+      long c = parse_long(p, 10, &end);
+      if (end == p) break;
+      add_pid(c);
+      p = end;
+    }
+  }, &err);
+  return opened ? ok : err == ENOENT;  // a process that is gone has no children
+}
+
+// Parent links of every process, for kernels without children files.
+constexpr int kMaxProcs = 65536;
+long g_all_pid[kMaxProcs], g_all_ppid[kMaxProcs];
+
+void scan_all(long root) {
+  int n = 0;
+  each_entry("/proc", [&](const char* name, unsigned char) {
+    const char* end;
+    long pid = parse_long(name, 10, &end);
+    if (*end || pid <= 0 || n >= kMaxProcs) return;
+    Text f;
+    f.add("/proc/").add(pid).add("/stat");
+    char buf[1024];
+    if (read_small(f.buf, buf, sizeof buf) <= 0) return;
+    const char* close = nullptr;  // the command may hold spaces and parentheses
+    for (const char* p = buf; *p; ++p)
+      if (*p == ')') close = p;
+    if (!close || !close[1] || !close[2] || !close[3]) return;
+    g_all_pid[n] = pid;
+    g_all_ppid[n] = parse_long(close + 4);  // ") S PPID"
+    ++n;
+  });
+  g_npids = 0;
+  long parent = root;
+  for (int next = -1; next < g_npids; ++next) {
+    if (next >= 0) parent = g_pids[next];
+    for (int i = 0; i < n; ++i)
+      if (g_all_ppid[i] == parent) add_pid(g_all_pid[i]);
+  }
+}
+
+void find_descendants(long root) {
+  g_npids = 0;
+  bool ok = add_children(root);
+  for (int next = 0; ok && next < g_npids; ++next) ok = add_children(g_pids[next]);
+  if (!ok) scan_all(root);
+}
+
+void hasten_one(long tid) {
+  struct sched_param sp{};
+  sp.sched_priority = 1;
+  if (sys(SYS_sched_setscheduler, tid, SCHED_FIFO, &sp) != 0) sys(SYS_setpriority, PRIO_PROCESS, tid, -20);
+}
+
+// As hasten_fatal in proc.cpp: nice -20 for a thread that `sig` will end.
+void hasten_fatal(long tid, int sig) {
+  Text f;
+  f.add("/proc/").add(tid).add("/status");
+  char buf[4096];
+  if (read_small(f.buf, buf, sizeof buf) <= 0) return;
+  const unsigned long long bit = 1ULL << (sig - 1);
+  for (const char* field : {"\nSigBlk:", "\nSigIgn:", "\nSigCgt:"}) {
+    const char* at = nullptr;
+    for (const char* p = buf; *p && !at; ++p) at = after(p, field);
+    if (!at) return;
+    if (static_cast<unsigned long long>(parse_long(at, 16)) & bit) return;
+  }
+  sys(SYS_setpriority, PRIO_PROCESS, tid, -20);
 }
 
 void signal_tree(int sig) {
   // The leader's group first (cheap, catches most of a tree at once) while the leader is
   // unreaped and so pins the group id; then every descendant found in /proc, which
   // catches setsid/setpgid escapees that still descend from us.
-  if (!g_leader_reaped) kill(-g_leader, sig);
-  if (!g_leader_reaped && sig == SIGTERM) kill(-g_leader, SIGCONT);
-  for (pid_t p : descendants_of(getpid())) {
-    kill(p, sig);
-    if (sig == SIGTERM) kill(p, SIGCONT);  // a stopped process cannot act on TERM
+  if (!g_leader_reaped && g_leader > 1) {
+    sys(SYS_kill, -g_leader, sig);
+    if (sig == SIGTERM) sys(SYS_kill, -g_leader, SIGCONT);
+  }
+  find_descendants(sys(SYS_getpid));
+  for (int i = 0; i < g_npids; ++i) {
+    long p = g_pids[i];
+    sys(SYS_kill, p, sig);
+    if (sig == SIGTERM) sys(SYS_kill, p, SIGCONT);  // a stopped process cannot act on TERM
     // A process with SIGKILL pending can only die; where we may, let it do so before the
     // busy processes of a saturated machine (it cannot run its own code again). The same,
     // more gently, for one that SIGTERM will end.
     if (sig == SIGKILL) hasten_one(p);
     if (sig == SIGTERM) hasten_fatal(p, sig);
+  }
+}
+
+void drain(int sigfd) {
+  struct signalfd_siginfo si;
+  while (sys(SYS_read, sigfd, &si, sizeof si) > 0) {
   }
 }
 
@@ -104,82 +362,150 @@ void signal_tree(int sig) {
     bool dummy = false;
     if (!reap_all(&dummy)) finish();
     struct pollfd p{sigfd, POLLIN, 0};
-    poll(&p, 1, 10);
-    struct signalfd_siginfo si;
-    while (read(sigfd, &si, sizeof si) > 0) {
-    }
+    wait_fds(&p, 1, 10);
+    drain(sigfd);
   }
 }
 
-int task_main(int argc, char** argv) {
+// The leader, in the forked child: a session of its own, our stdio, then the program.
+// A failure goes back through err_fd as (stage, errno).
+[[noreturn]] void leader_main(char** execs, int nexecs, char** args, char** envp, int err_fd) {
+  auto fail = [err_fd](int stage, long err) {
+    int32_t ce[2] = {stage, static_cast<int32_t>(err)};
+    while (sys(SYS_write, err_fd, ce, sizeof ce) == -EINTR) {
+    }
+    leave(127);
+  };
+  set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));  // we ignore it; programs expect it
+  unsigned long none = 0;
+  sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
+  long r = sys(SYS_setsid);
+  if (r < 0) fail(STAGE_SESSION, -r);
+  sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  // Pass on stdio and whatever else the supervisor placed below our own fds.
+  int top = 2;
+  for (int fd = 0; fd < g_status_fd; ++fd) {
+    if (sys(SYS_fcntl, fd, F_GETFD) < 0) continue;
+    r = sys(SYS_fcntl, fd, F_SETFD, 0);
+    if (r < 0) fail(STAGE_FDS, -r);
+    top = fd > top ? fd : top;
+  }
+  sys(SYS_close_range, top + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  long err = ENOENT;
+  bool saw_eacces = false;
+  for (int i = 0; i < nexecs; ++i) {
+    err = -sys(SYS_execve, execs[i], args, envp);
+    // Keep searching PATH on the same errors execvp keeps searching on.
+    if (err == EACCES) {
+      saw_eacces = true;
+    } else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV && err != ETIMEDOUT) {
+      break;
+    }
+  }
+  if (saw_eacces && (err == ENOENT || err == ENOTDIR)) err = EACCES;
+  fail(STAGE_EXEC, err);
+  leave(127);
+}
+
+// Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does
+// (SCHED_FIFO 1, else nice -10), never passed on to children; PARDO_NO_REALTIME=1 in the
+// environment rules out the first.
+void raise_own_priority(char** envp) {
+  bool realtime = true;
+  for (char** e = envp; *e; ++e)
+    if (after(*e, "PARDO_NO_REALTIME=")) realtime = false;
+  struct sched_param sp{};
+  sp.sched_priority = 1;
+  if (realtime && sys(SYS_sched_setscheduler, 0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) return;
+  long before = 20 - sys(SYS_getpriority, PRIO_PROCESS, 0);  // the raw call returns 20 - nice
+  if (sys(SYS_setpriority, PRIO_PROCESS, 0, -10) != 0) return;
+  sp.sched_priority = 0;
+  // SCHED_RESET_ON_FORK gives children nice 0 instead of ours; without it, stay as we were.
+  if (sys(SYS_sched_setscheduler, 0, SCHED_OTHER | SCHED_RESET_ON_FORK, &sp) == 0)
+    sys(SYS_setpriority, PRIO_PROCESS, 0, -10);
+  else
+    sys(SYS_setpriority, PRIO_PROCESS, 0, before);
+}
+
+int task_main(int argc, char** argv, char** envp) {
   int ctl_fd = -1;
-  std::vector<std::string> execs, args;
-  int i = 1;
+  char* execs[1024];  // PATH candidates, in order
+  int nexecs = 0;
+  int i = 2;
   for (; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--") {
+    const char* a = argv[i];
+    const char* v;
+    if (a[0] == '-' && a[1] == '-' && a[2] == '\0') {
       ++i;
       break;
     }
-    if (a.rfind("--status-fd=", 0) == 0) g_status_fd = atoi(a.c_str() + 12);
-    else if (a.rfind("--ctl-fd=", 0) == 0) ctl_fd = atoi(a.c_str() + 9);
-    else if (a == "--linger") g_linger = true;
-    else if (a.rfind("--exec=", 0) == 0) execs.push_back(a.substr(7));
+    if ((v = after(a, "--status-fd="))) g_status_fd = static_cast<int>(parse_long(v));
+    else if ((v = after(a, "--ctl-fd="))) ctl_fd = static_cast<int>(parse_long(v));
+    else if ((v = after(a, "--linger")) && *v == '\0') g_linger = true;
+    else if ((v = after(a, "--exec=")) && nexecs < 1024) execs[nexecs++] = const_cast<char*>(v);
   }
-  for (; i < argc; ++i) args.push_back(argv[i]);
-  if (g_status_fd < 0 || ctl_fd < 0 || args.empty()) {
-    fprintf(stderr, "pardo-shepherd: bad arguments\n");
+  char** args = argv + i;
+  if (g_status_fd < 0 || ctl_fd < 0 || i >= argc) {
+    say("pardo-shepherd: bad arguments\n");
     return 2;
   }
-  if (execs.empty()) execs.push_back(args[0]);
-  fcntl(g_status_fd, F_SETFD, FD_CLOEXEC);
-  fcntl(ctl_fd, F_SETFD, FD_CLOEXEC);
-  signal(SIGPIPE, SIG_IGN);  // a vanished supervisor must not kill us before we clean up
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
+  if (nexecs == 0) execs[nexecs++] = args[0];
+  sys(SYS_fcntl, g_status_fd, F_SETFD, FD_CLOEXEC);
+  sys(SYS_fcntl, ctl_fd, F_SETFD, FD_CLOEXEC);
+  set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_IGN));  // a vanished supervisor must not kill us before we clean up
+  sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
 
-  sigset_t mask;
-  sigemptyset(&mask);
-  for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) sigaddset(&mask, s);
-  sigprocmask(SIG_BLOCK, &mask, nullptr);
-  int sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  unsigned long mask = 0;
+  for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
+  sys(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof mask);
+  int sigfd = static_cast<int>(sys(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC | SFD_NONBLOCK));
 
-  ChildPlan plan;
-  plan.exec_paths = execs;
-  plan.argv = args;
-  // Pass on stdio and whatever else the supervisor placed below our own fds.
-  for (int fd = 0; fd < g_status_fd; ++fd)
-    if (fcntl(fd, F_GETFD) >= 0) plan.fds.push_back({fd, fd});
-  plan.new_session = true;
-  plan.pdeathsig = SIGKILL;
-  plan.base_nice = own_nice();  // what the supervisor gave us for the task
-  SpawnOutcome o = spawn_child(plan, -1);
-  if (o.stage != STAGE_NONE) {
-    ShepherdMsg m{MSG_EXEC_FAILED, o.stage, o.err, 0, 0, 0, 0};
+  // The leader: a plain fork (we are small, so it is cheap) that reports a failed exec
+  // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
+  int ep[2];
+  long r = sys(SYS_pipe2, ep, O_CLOEXEC);
+  long pid = r < 0 ? r : sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (pid == 0) leader_main(execs, nexecs, args, envp, ep[1]);
+  if (r == 0) sys(SYS_close, ep[1]);
+  if (pid < 0) {
+    ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};
     send(m);
     finish();
   }
-  if (o.pidfd >= 0) close(o.pidfd);
-  g_leader = o.pid;
-  // We only wait and kill; where permitted, do it ahead of busy tasks (as the supervisor
-  // thread does), whatever niceness the task asked for. The task was started first, so it
-  // inherits none of this.
-  raise_own_priority();
-  ShepherdMsg started{MSG_STARTED, o.pid, 0, 0, 0, 0, 0};
+  int32_t ce[2] = {0, 0};
+  long n;
+  while ((n = sys(SYS_read, ep[0], ce, sizeof ce)) == -EINTR) {
+  }
+  sys(SYS_close, ep[0]);
+  if (n == static_cast<long>(sizeof ce)) {
+    int st;
+    while (sys(SYS_wait4, pid, &st, 0, nullptr) == -EINTR) {
+    }
+    ShepherdMsg m{MSG_EXEC_FAILED, ce[0], ce[1], 0, 0, 0, 0};
+    send(m);
+    finish();
+  }
+  g_leader = pid;
+  // The task was started first, so it inherits none of this.
+  raise_own_priority(envp);
+  ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid), 0, 0, 0, 0, 0};
   send(started);
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon
   // as the task's own processes are gone.
-  int devnull = open("/dev/null", O_RDWR);
-  for (int fd = 0; fd < g_status_fd; ++fd) dup2(devnull, fd);
-  if (devnull >= g_status_fd) close(devnull);
+  long devnull = sys(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR);
+  for (int fd = 0; fd < g_status_fd; ++fd)
+    if (fd != devnull) sys(SYS_dup3, devnull, fd, 0);
+  if (devnull >= g_status_fd) sys(SYS_close, devnull);
 
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
   while (true) {
-    int n = poll(pfd, 2, -1);
-    if (n < 0 && errno != EINTR) kill_everything(sigfd);
+    long k = wait_fds(pfd, 2, -1);
+    if (k < 0 && k != -EINTR) kill_everything(sigfd);
+    if (k <= 0) continue;
     if (pfd[0].revents) {
       struct signalfd_siginfo si;
       bool stop = false;
-      while (read(sigfd, &si, sizeof si) == sizeof si) {
+      while (sys(SYS_read, sigfd, &si, sizeof si) == static_cast<long>(sizeof si)) {
         if (si.ssi_signo != SIGCHLD) stop = true;
       }
       if (stop) kill_everything(sigfd);
@@ -190,32 +516,142 @@ int task_main(int argc, char** argv) {
     }
     if (pfd[1].revents) {
       char c;
-      ssize_t r = read(ctl_fd, &c, 1);
-      if (r == 0 || (r < 0 && errno != EINTR && errno != EAGAIN)) kill_everything(sigfd);
-      if (r == 1 && c == CTL_KILL) kill_everything(sigfd);
-      if (r == 1 && c == CTL_TERM) signal_tree(SIGTERM);
+      long got = sys(SYS_read, ctl_fd, &c, 1);
+      if (got == 0 || (got < 0 && got != -EINTR && got != -EAGAIN)) kill_everything(sigfd);
+      if (got == 1 && c == CTL_KILL) kill_everything(sigfd);
+      if (got == 1 && c == CTL_TERM) signal_tree(SIGTERM);
     }
   }
 }
 
-int guardian_main(const std::string& dir) {
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTSTP}) signal(s, SIG_IGN);
+// ------------------------------------------------------------------ the guardian
+
+// "populated 0" in DIR/cgroup.events, waiting up to timeout_ms for it.
+void wait_empty(const char* dir, int timeout_ms) {
+  Text f;
+  f.add(dir).add("/cgroup.events");
+  long fd = sys(SYS_openat, AT_FDCWD, f.buf, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  int64_t end = now_ms() + timeout_ms;
+  while (true) {
+    char buf[256];
+    long n = sys(SYS_pread64, fd, buf, sizeof buf - 1, 0);
+    if (n <= 0) break;
+    buf[n] = '\0';
+    const char* at = nullptr;
+    for (const char* p = buf; *p && !at; ++p) at = after(p, "populated ");
+    if (!at || *at != '1') break;
+    int64_t left = end - now_ms();
+    if (left <= 0) break;
+    // kernfs signals a change of cgroup.events with POLLPRI.
+    struct pollfd p{static_cast<int>(fd), POLLPRI, 0};
+    wait_fds(&p, 1, static_cast<int>(left));
+  }
+  sys(SYS_close, fd);
+}
+
+void remove_tree(const char* dir) {
+  each_entry(dir, [dir](const char* name, unsigned char type) {
+    if (type != DT_DIR) return;
+    Text sub;
+    sub.add(dir).add("/").add(name);
+    remove_tree(sub.buf);
+  });
+  sys(SYS_rmdir, dir);
+}
+
+int guardian_main(const char* dir) {
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTSTP})
+    set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   char buf[256];
   while (true) {
-    ssize_t n = read(0, buf, sizeof buf);
-    if (n == 0) break;
-    if (n < 0 && errno != EINTR) break;
+    long n = sys(SYS_read, 0, buf, sizeof buf);
+    if (n == 0 || (n < 0 && n != -EINTR)) break;
   }
-  cgroup_release_subtree(dir, 10000);
+  if (sys(SYS_faccessat, AT_FDCWD, dir, F_OK) == 0) {
+    Text kill_file;
+    kill_file.add(dir).add("/cgroup.kill");
+    long fd = sys(SYS_openat, AT_FDCWD, kill_file.buf, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      sys(SYS_write, fd, "1", 1);
+      sys(SYS_close, fd);
+    }
+    wait_empty(dir, 10000);
+    remove_tree(dir);
+  }
+  // EBUSY while another supervisor still has a subtree here: then the last one removes it.
+  Text parent;
+  parent.add(dir);
+  for (size_t k = parent.n; k > 0; --k) {
+    if (parent.buf[k - 1] != '/') continue;
+    parent.buf[k - 1] = '\0';
+    if (k > 1) sys(SYS_rmdir, parent.buf);
+    break;
+  }
   return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  if (argc >= 2 && strncmp(argv[1], "--guardian=", 11) == 0) return guardian_main(argv[1] + 11);
-  if (argc >= 2 && strcmp(argv[1], "--task") == 0) return task_main(argc, argv);
-  fprintf(stderr,
-          "pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");
+extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
+  if (argc >= 2) {
+    if (const char* dir = after(argv[1], "--guardian=")) return guardian_main(dir);
+    if (after(argv[1], "--task") && argv[1][6] == '\0') return task_main(argc, argv, envp);
+  }
+  say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");
   return 2;
 }
+
+#ifdef PARDO_FREESTANDING
+// No libc: the entry point, and the few functions the compiler may call on its own.
+extern "C" [[noreturn]] void pardo_shepherd_start(long* sp) {
+  int argc = static_cast<int>(sp[0]);
+  char** argv = reinterpret_cast<char**>(sp + 1);
+  leave(pardo_shepherd_main(argc, argv, argv + argc + 1));
+}
+
+__asm__(
+    ".text\n"
+    ".globl _start\n"
+    ".type _start, @function\n"
+    "_start:\n"
+    "  xor %rbp, %rbp\n"
+    "  mov %rsp, %rdi\n"     // argc, argv..., NULL, envp..., NULL
+    "  and $-16, %rsp\n"
+    "  call pardo_shepherd_start\n"
+    "  hlt\n");
+
+extern "C" void* memset(void* d, int c, size_t n) {
+  auto* p = static_cast<volatile unsigned char*>(d);  // volatile: not turned into memset
+  while (n--) *p++ = static_cast<unsigned char>(c);
+  return d;
+}
+
+extern "C" void* memcpy(void* d, const void* s, size_t n) {
+  auto* p = static_cast<volatile unsigned char*>(d);
+  auto* q = static_cast<const unsigned char*>(s);
+  while (n--) *p++ = *q++;
+  return d;
+}
+
+extern "C" void* memmove(void* d, const void* s, size_t n) {
+  auto* p = static_cast<volatile unsigned char*>(d);
+  auto* q = static_cast<const unsigned char*>(s);
+  if (p < q) {
+    while (n--) *p++ = *q++;
+  } else {
+    while (n--) p[n] = q[n];
+  }
+  return d;
+}
+
+extern "C" int memcmp(const void* a, const void* b, size_t n) {
+  auto* p = static_cast<const unsigned char*>(a);
+  auto* q = static_cast<const unsigned char*>(b);
+  for (; n; --n, ++p, ++q)
+    if (*p != *q) return *p - *q;
+  return 0;
+}
+#else
+int main(int argc, char** argv, char** envp) { return pardo_shepherd_main(argc, argv, envp); }
+#endif

@@ -1,6 +1,7 @@
 #include "spawn.hpp"
 
 #include "proc.hpp"
+#include "rawsys.hpp"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,12 +23,6 @@
 #endif
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
-#endif
-#ifndef CLOSE_RANGE_CLOEXEC
-#define CLOSE_RANGE_CLOEXEC (1U << 2)
-#endif
-#ifndef SYS_close_range
-#define SYS_close_range 436
 #endif
 #ifndef SYS_clone3
 #define SYS_clone3 435
@@ -63,44 +58,8 @@ constexpr bool kHaveTrampoline = true;
 constexpr bool kHaveTrampoline = false;
 #endif
 
-// System calls for the child: the result or -errno, never touching errno (the child may
-// run beside the spawning thread in the same memory and TLS).
-#if defined(__x86_64__)
-inline long sys6(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
-  register long r10 __asm__("r10") = d;
-  register long r8 __asm__("r8") = e;
-  register long r9 __asm__("r9") = f;
-  long ret;
-  __asm__ volatile("syscall"
-                   : "=a"(ret)
-                   : "0"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
-                   : "rcx", "r11", "memory");
-  return ret;
-}
-#elif defined(__aarch64__)
-inline long sys6(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
-  register long x8 __asm__("x8") = n;
-  register long x0 __asm__("x0") = a;
-  register long x1 __asm__("x1") = b;
-  register long x2 __asm__("x2") = c;
-  register long x3 __asm__("x3") = d;
-  register long x4 __asm__("x4") = e;
-  register long x5 __asm__("x5") = f;
-  __asm__ volatile("svc #0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5) : "memory");
-  return x0;
-}
-#else
-// No CLONE_VM child on other architectures (see clone_once): errno is the child's own.
-long sys6(long n, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
-  long r = syscall(n, a, b, c, d, e, f);
-  return r < 0 ? -errno : r;
-}
-#endif
-
-template <class... A>
-inline long sys(long n, A... a) {
-  return sys6(n, (long)a...);
-}
+// The child makes its system calls through sys() (rawsys.hpp): it may run beside the
+// spawning thread in the same memory and TLS, so it must never write errno.
 
 // setrlimit for the child. prlimit64 takes a struct of two 64-bit values, which is
 // struct rlimit on the 64-bit targets of the trampoline; elsewhere the child is a
