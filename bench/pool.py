@@ -205,8 +205,8 @@ def bench_efficiency(jobs, rounds, n_tasks):
 
     Each round runs ``n_tasks`` tasks one after the other in this process, then the same
     tasks on pardo.Pool, on ProcessPoolExecutor and on ``jobs`` bare looping processes,
-    back to back; a round's efficiency is serial time / (jobs x wall time), and the median
-    over rounds is reported. The serial reference is re-measured in every round, next to
+    back to back, in an order that rotates from round to round; a round's efficiency is
+    serial time / (jobs x wall time), and the median over rounds is reported. The serial reference is re-measured in every round, next to
     the pool runs, so that a virtual machine whose CPU speed drifts (steal time, other
     load) skews the ratios as little as possible.
 
@@ -223,19 +223,23 @@ def bench_efficiency(jobs, rounds, n_tasks):
     ) as ex:
         list(pool.map(burn, [iters] * jobs))
         list(ex.map(burn, [iters] * jobs))
-        for _ in range(rounds):
+        def timed(fn):
             start = time.perf_counter()
-            for n in tasks:
-                burn(n)
-            serial = time.perf_counter() - start
+            fn()
+            return time.perf_counter() - start
+
+        rows = [
+            ("pardo", lambda: timed(lambda: list(pool.map(burn, tasks)))),
+            ("ppe", lambda: timed(lambda: list(ex.map(burn, tasks)))),
+            ("bare", floor.run),
+        ]
+        for r in range(rounds):
+            serial = timed(lambda: [burn(n) for n in tasks])
             singles.append(serial / n_tasks)
-            start = time.perf_counter()
-            list(pool.map(burn, tasks))
-            effs["pardo"].append(serial / (jobs * (time.perf_counter() - start)))
-            start = time.perf_counter()
-            list(ex.map(burn, tasks))
-            effs["ppe"].append(serial / (jobs * (time.perf_counter() - start)))
-            effs["bare"].append(serial / (jobs * floor.run()))
+            # Each row takes its turn right after the serial run: the first one after it
+            # runs on a machine in another state (caches, clock, steal) than the others.
+            for name, run in rows[r % 3:] + rows[: r % 3]:
+                effs[name].append(serial / (jobs * run()))
     floor.close()
     return statistics.median(singles), {k: statistics.median(v) for k, v in effs.items()}
 
