@@ -27,7 +27,7 @@ namespace {
 // a CPU to do it. Making them real-time (or failing that, nice -20) where we may gets them
 // off the run queue at once. They cannot run any of their own code again, so this lends
 // them nothing. After SIGTERM, only the threads it will end, and only nice -20
-// (hasten_fatal).
+// (hasten_dying).
 void hasten_death(const std::string& cgroup_dir, int sig) {
   // Threads, not processes: scheduling is per thread, and every thread must exit.
   std::string procs;
@@ -37,10 +37,7 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
     char* end;
     long tid = strtol(p, &end, 10);
     if (end == p) break;
-    if (sig == SIGKILL)
-      hasten_one(static_cast<pid_t>(tid));
-    else
-      hasten_fatal(static_cast<pid_t>(tid), sig);
+    hasten_dying(tid, sig);
     p = *end ? end + 1 : end;
   }
 }
@@ -419,9 +416,8 @@ class PgroupRung : public Rung {
     if ((sig == SIGKILL || sig == SIGTERM) && !t.leader_done) {
       // A live tree ended (deadline, cancel): on a saturated machine its processes wait
       // for a CPU to die on. Give it to them, as the cgroup rung does with its leaf.
-      auto hasten = [sig](pid_t p) { sig == SIGKILL ? hasten_one(p) : hasten_fatal(p, sig); };
-      hasten(t.child_pid);
-      for (pid_t p : descendants_of(t.child_pid)) hasten(p);
+      hasten_dying(t.child_pid, sig);
+      for (pid_t p : descendants_of(t.child_pid)) hasten_dying(p, sig);
     }
   }
 

@@ -72,74 +72,24 @@ unsigned long long process_start_ticks(pid_t pid) {
   return strtoull(f[19].c_str(), nullptr, 10);
 }
 
-pid_t process_ppid(pid_t pid) {
-  std::vector<std::string> f;
-  if (!stat_fields(pid, &f) || f.size() < 2) return -1;
-  return static_cast<pid_t>(atoi(f[1].c_str()));
-}
-
 std::vector<std::pair<pid_t, pid_t>> list_processes() {
   std::vector<std::pair<pid_t, pid_t>> out;
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (struct dirent* e = readdir(d)) {
-    char* end;
-    long pid = strtol(e->d_name, &end, 10);
-    if (*end != '\0' || pid <= 0) continue;
-    pid_t pp = process_ppid(static_cast<pid_t>(pid));
-    if (pp >= 0) out.emplace_back(static_cast<pid_t>(pid), pp);
-  }
-  closedir(d);
+  each_process([&](long pid, long ppid) { out.emplace_back(static_cast<pid_t>(pid), static_cast<pid_t>(ppid)); });
   return out;
-}
-
-// Children of every thread of pid, from /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN).
-// False when the kernel does not offer those files.
-static bool children_of(pid_t pid, std::vector<pid_t>* out) {
-  std::string base = "/proc/" + std::to_string(pid) + "/task";
-  DIR* d = opendir(base.c_str());
-  if (!d) return errno == ENOENT;  // the process is gone: no children
-  bool ok = true;
-  while (struct dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    std::string s;
-    if (!read_file(base + "/" + e->d_name + "/children", &s)) {
-      if (errno == ENOENT && access((base + "/" + e->d_name).c_str(), F_OK) != 0) continue;
-      ok = false;
-      break;
-    }
-    const char* p = s.c_str();
-    while (*p) {
-      char* end;
-      long c = strtol(p, &end, 10);
-      if (end == p) break;
-      out->push_back(static_cast<pid_t>(c));
-      p = end;
-      while (*p == ' ') ++p;
-    }
-  }
-  closedir(d);
-  return ok;
 }
 
 std::vector<pid_t> descendants_of(pid_t root) {
   // Walk down from root through the children files: proportional to the tree, not to
   // every process on the machine.
-  {
-    std::vector<pid_t> out, stack{root};
-    bool ok = true;
-    while (ok && !stack.empty()) {
-      pid_t p = stack.back();
-      stack.pop_back();
-      size_t before = out.size();
-      ok = children_of(p, &out);
-      for (size_t i = before; i < out.size(); ++i) stack.push_back(out[i]);
-    }
-    if (ok) return out;
-  }
+  std::vector<pid_t> out;
+  auto add = [&](long c) { out.push_back(static_cast<pid_t>(c)); };
+  bool ok = each_child(root, add);
+  for (size_t i = 0; ok && i < out.size(); ++i) ok = each_child(out[i], add);
+  if (ok) return out;
   std::unordered_multimap<pid_t, pid_t> kids;
-  for (auto& pp : list_processes()) kids.emplace(pp.second, pp.first);
-  std::vector<pid_t> out, stack{root};
+  each_process([&](long pid, long ppid) { kids.emplace(static_cast<pid_t>(ppid), static_cast<pid_t>(pid)); });
+  out.clear();
+  std::vector<pid_t> stack{root};
   while (!stack.empty()) {
     pid_t p = stack.back();
     stack.pop_back();
@@ -152,49 +102,12 @@ std::vector<pid_t> descendants_of(pid_t root) {
   return out;
 }
 
-void hasten_one(pid_t tid) {
-  struct sched_param sp;
-  sp.sched_priority = 1;
-  if (sched_setscheduler(tid, SCHED_FIFO, &sp) != 0) setpriority(PRIO_PROCESS, static_cast<id_t>(tid), -20);
-}
-
-void hasten_fatal(pid_t tid, int sig) {
-  std::string s;
-  if (!read_file("/proc/" + std::to_string(tid) + "/status", &s)) return;
-  const unsigned long long bit = 1ULL << (sig - 1);
-  for (const char* field : {"\nSigBlk:", "\nSigIgn:", "\nSigCgt:"}) {
-    size_t at = s.find(field);
-    if (at == std::string::npos) return;  // cannot tell: leave it be
-    if (strtoull(s.c_str() + at + strlen(field), nullptr, 16) & bit) return;
-  }
-  setpriority(PRIO_PROCESS, static_cast<id_t>(tid), -20);
-}
-
-int own_nice() {
-  errno = 0;
-  int n = getpriority(PRIO_PROCESS, 0);
-  return errno != 0 ? 0 : n;
-}
-
-bool set_realtime(bool on) {
-  struct sched_param sp;
-  sp.sched_priority = on ? 1 : 0;
-  int policy = (on ? SCHED_FIFO : SCHED_OTHER) | SCHED_RESET_ON_FORK;
-  if (sched_setscheduler(0, policy, &sp) != 0) return false;
-  if (!on) setpriority(PRIO_PROCESS, 0, kRaisedNice);
-  return true;
-}
-
 std::string raise_own_priority() {
-  if (!getenv("PARDO_NO_REALTIME") && set_realtime(true)) return "SCHED_FIFO 1";
-  int before = own_nice();
-  if (setpriority(PRIO_PROCESS, 0, kRaisedNice) == 0) {
-    // SCHED_RESET_ON_FORK gives children nice 0 instead of ours; without it, stay as we were
-    // (the supervisor counts on children starting at nice 0 whenever it raised itself).
-    if (set_realtime(false)) return "nice " + std::to_string(kRaisedNice);
-    setpriority(PRIO_PROCESS, 0, before);
+  switch (raise_priority(!getenv("PARDO_NO_REALTIME"))) {
+    case RAISED_REALTIME: return "SCHED_FIFO 1";
+    case RAISED_NICE: return "nice " + std::to_string(kRaisedNice);
+    default: return "normal";
   }
-  return "normal";
 }
 
 int64_t mono_ns() {

@@ -30,12 +30,11 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "rawsys.hpp"
+#include "rawproc.hpp"
 #include "shepherd.hpp"
 #include "spawn.hpp"
 
 using namespace pardo;
-
 
 namespace {
 
@@ -47,77 +46,7 @@ size_t str_len(const char* s) {
   return n;
 }
 
-// s without `prefix`, or nullptr when s does not start with it.
-const char* after(const char* s, const char* prefix) {
-  while (*prefix)
-    if (*s++ != *prefix++) return nullptr;
-  return s;
-}
-
-// A number after optional blanks; *end is where it stopped, or s itself if no digit came.
-long parse_long(const char* s, int base = 10, const char** end = nullptr) {
-  unsigned long v = 0;  // unsigned: a 64-bit signal mask wraps instead of overflowing
-  const char* start = s;
-  while (*s == ' ' || *s == '\t') ++s;
-  const char* digits = s;
-  while (true) {
-    int d = *s >= '0' && *s <= '9' ? *s - '0'
-            : base == 16 && *s >= 'a' && *s <= 'f' ? *s - 'a' + 10
-            : base == 16 && *s >= 'A' && *s <= 'F' ? *s - 'A' + 10
-                                                   : -1;
-    if (d < 0) break;
-    v = v * static_cast<unsigned>(base) + static_cast<unsigned>(d);
-    ++s;
-  }
-  if (end) *end = s == digits ? start : s;
-  return static_cast<long>(v);
-}
-
-// Appends to a fixed buffer, always NUL-terminated, truncating what does not fit.
-struct Text {
-  char buf[4096];
-  size_t n = 0;
-  Text() { buf[0] = '\0'; }
-  Text& add(const char* s) {
-    while (*s && n + 1 < sizeof buf) buf[n++] = *s++;
-    buf[n] = '\0';
-    return *this;
-  }
-  Text& add(long v) {
-    char tmp[24];
-    int i = 0;
-    bool neg = v < 0;
-    unsigned long u = neg ? 0UL - static_cast<unsigned long>(v) : static_cast<unsigned long>(v);
-    do {
-      tmp[i++] = static_cast<char>('0' + u % 10);
-      u /= 10;
-    } while (u);
-    if (neg) tmp[i++] = '-';
-    while (i) {
-      char c[2] = {tmp[--i], '\0'};
-      add(c);
-    }
-    return *this;
-  }
-};
-
 void say(const char* s) { sys(SYS_write, 2, s, str_len(s)); }
-
-// The whole of a small file (truncated to the buffer), or -errno.
-long read_small(const char* path, char* buf, size_t size) {
-  long fd = sys(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fd;
-  size_t n = 0;
-  while (n + 1 < size) {
-    long r = sys(SYS_read, fd, buf + n, size - 1 - n);
-    if (r == -EINTR) continue;
-    if (r <= 0) break;
-    n += static_cast<size_t>(r);
-  }
-  buf[n] = '\0';
-  sys(SYS_close, fd);
-  return static_cast<long>(n);
-}
 
 int64_t now_ms() {
   struct timespec ts;
@@ -131,49 +60,9 @@ long wait_fds(struct pollfd* fds, int n, int timeout_ms) {
   return sys(SYS_ppoll, fds, n, timeout_ms < 0 ? nullptr : &ts, nullptr, 8);
 }
 
-struct KernelSigaction {
-  void* handler;
-  unsigned long flags;
-  void* restorer;
-  unsigned long mask;
-};
-
 void set_disposition(int sig, void* handler) {
   KernelSigaction sa{handler, 0, nullptr, 0};
   sys(SYS_rt_sigaction, sig, &sa, nullptr, sizeof(unsigned long));
-}
-
-struct linux_dirent64 {
-  uint64_t d_ino;
-  int64_t d_off;
-  unsigned short d_reclen;
-  unsigned char d_type;
-  char d_name[1];
-};
-
-// Calls fn(name, d_type) for each entry of the directory at `path` but . and ..; false
-// when it cannot be opened (*err: the errno).
-template <class Fn>
-bool each_entry(const char* path, Fn fn, long* err = nullptr) {
-  long fd = sys(SYS_openat, AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    if (err) *err = -fd;
-    return false;
-  }
-  alignas(8) char buf[4096];
-  while (true) {
-    long n = sys(SYS_getdents64, fd, buf, sizeof buf);
-    if (n <= 0) break;
-    for (long off = 0; off < n;) {
-      auto* e = reinterpret_cast<linux_dirent64*>(buf + off);
-      off += e->d_reclen;
-      const char* name = e->d_name;
-      if (name[0] == '.' && (name[1] == '\0' || (name[1] == '.' && name[2] == '\0'))) continue;
-      fn(name, e->d_type);
-    }
-  }
-  sys(SYS_close, fd);
-  return true;
 }
 
 // ------------------------------------------------------------------ the task's tree
@@ -236,57 +125,16 @@ void add_pid(long p) {
   if (p > 1 && g_npids < kMaxPids) g_pids[g_npids++] = p;
 }
 
-// Appends the children of every thread of pid. False when the kernel has no children
-// files (then the caller scans /proc).
-bool add_children(long pid) {
-  Text dir;
-  dir.add("/proc/").add(pid).add("/task");
-  bool ok = true;
-  long err = 0;
-  bool opened = each_entry(dir.buf, [&](const char* tid, unsigned char) {
-    if (!ok) return;
-    Text f;
-    f.add(dir.buf).add("/").add(tid).add("/children");
-    char buf[4096];
-    long n = read_small(f.buf, buf, sizeof buf);
-    if (n < 0) {
-      Text t;
-      t.add(dir.buf).add("/").add(tid);
-      if (n == -ENOENT && sys(SYS_faccessat, AT_FDCWD, t.buf, F_OK) != 0) return;  // thread gone
-      ok = false;
-      return;
-    }
-    for (const char* p = buf; *p;) {
-      const char* end;
-      long c = parse_long(p, 10, &end);
-      if (end == p) break;
-      add_pid(c);
-      p = end;
-    }
-  }, &err);
-  return opened ? ok : err == ENOENT;  // a process that is gone has no children
-}
-
 // Parent links of every process, for kernels without children files.
 constexpr int kMaxProcs = 65536;
 long g_all_pid[kMaxProcs], g_all_ppid[kMaxProcs];
 
 void scan_all(long root) {
   int n = 0;
-  each_entry("/proc", [&](const char* name, unsigned char) {
-    const char* end;
-    long pid = parse_long(name, 10, &end);
-    if (*end || pid <= 0 || n >= kMaxProcs) return;
-    Text f;
-    f.add("/proc/").add(pid).add("/stat");
-    char buf[1024];
-    if (read_small(f.buf, buf, sizeof buf) <= 0) return;
-    const char* close = nullptr;  // the command may hold spaces and parentheses
-    for (const char* p = buf; *p; ++p)
-      if (*p == ')') close = p;
-    if (!close || !close[1] || !close[2] || !close[3]) return;
+  each_process([&](long pid, long ppid) {
+    if (n >= kMaxProcs) return;
     g_all_pid[n] = pid;
-    g_all_ppid[n] = parse_long(close + 4);  // ") S PPID"
+    g_all_ppid[n] = ppid;
     ++n;
   });
   g_npids = 0;
@@ -300,31 +148,9 @@ void scan_all(long root) {
 
 void find_descendants(long root) {
   g_npids = 0;
-  bool ok = add_children(root);
-  for (int next = 0; ok && next < g_npids; ++next) ok = add_children(g_pids[next]);
+  bool ok = each_child(root, add_pid);
+  for (int next = 0; ok && next < g_npids; ++next) ok = each_child(g_pids[next], add_pid);
   if (!ok) scan_all(root);
-}
-
-void hasten_one(long tid) {
-  struct sched_param sp{};
-  sp.sched_priority = 1;
-  if (sys(SYS_sched_setscheduler, tid, SCHED_FIFO, &sp) != 0) sys(SYS_setpriority, PRIO_PROCESS, tid, -20);
-}
-
-// As hasten_fatal in proc.cpp: nice -20 for a thread that `sig` will end.
-void hasten_fatal(long tid, int sig) {
-  Text f;
-  f.add("/proc/").add(tid).add("/status");
-  char buf[4096];
-  if (read_small(f.buf, buf, sizeof buf) <= 0) return;
-  const unsigned long long bit = 1ULL << (sig - 1);
-  for (const char* field : {"\nSigBlk:", "\nSigIgn:", "\nSigCgt:"}) {
-    const char* at = nullptr;
-    for (const char* p = buf; *p && !at; ++p) at = after(p, field);
-    if (!at) return;
-    if (static_cast<unsigned long long>(parse_long(at, 16)) & bit) return;
-  }
-  sys(SYS_setpriority, PRIO_PROCESS, tid, -20);
 }
 
 void signal_tree(int sig) {
@@ -343,8 +169,7 @@ void signal_tree(int sig) {
     // A process with SIGKILL pending can only die; where we may, let it do so before the
     // busy processes of a saturated machine (it cannot run its own code again). The same,
     // more gently, for one that SIGTERM will end.
-    if (sig == SIGKILL) hasten_one(p);
-    if (sig == SIGTERM) hasten_fatal(p, sig);
+    if (sig == SIGKILL || sig == SIGTERM) hasten_dying(p, sig);
   }
 }
 
@@ -369,7 +194,7 @@ void drain(int sigfd) {
 
 // The leader, in the forked child: a session of its own, our stdio, then the program.
 // A failure goes back through err_fd as (stage, errno).
-[[noreturn]] void leader_main(char** execs, int nexecs, char** args, char** envp, int err_fd) {
+[[noreturn]] void leader_main(char** execs, char** args, char** envp, int err_fd) {
   auto fail = [err_fd](int stage, long err) {
     int32_t ce[2] = {stage, static_cast<int32_t>(err)};
     while (sys(SYS_write, err_fd, ce, sizeof ce) == -EINTR) {
@@ -391,45 +216,23 @@ void drain(int sigfd) {
     top = fd > top ? fd : top;
   }
   sys(SYS_close_range, top + 1, ~0U, CLOSE_RANGE_CLOEXEC);
-  long err = ENOENT;
-  bool saw_eacces = false;
-  for (int i = 0; i < nexecs; ++i) {
-    err = -sys(SYS_execve, execs[i], args, envp);
-    // Keep searching PATH on the same errors execvp keeps searching on.
-    if (err == EACCES) {
-      saw_eacces = true;
-    } else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV && err != ETIMEDOUT) {
-      break;
-    }
-  }
-  if (saw_eacces && (err == ENOENT || err == ENOTDIR)) err = EACCES;
+  long err = exec_search(execs, args, envp);
   fail(STAGE_EXEC, err);
   leave(127);
 }
 
-// Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does
-// (SCHED_FIFO 1, else nice -10), never passed on to children; PARDO_NO_REALTIME=1 in the
-// environment rules out the first.
+// Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does,
+// never passed on to children; PARDO_NO_REALTIME=1 in the environment rules out real time.
 void raise_own_priority(char** envp) {
   bool realtime = true;
   for (char** e = envp; *e; ++e)
     if (after(*e, "PARDO_NO_REALTIME=")) realtime = false;
-  struct sched_param sp{};
-  sp.sched_priority = 1;
-  if (realtime && sys(SYS_sched_setscheduler, 0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0) return;
-  long before = 20 - sys(SYS_getpriority, PRIO_PROCESS, 0);  // the raw call returns 20 - nice
-  if (sys(SYS_setpriority, PRIO_PROCESS, 0, -10) != 0) return;
-  sp.sched_priority = 0;
-  // SCHED_RESET_ON_FORK gives children nice 0 instead of ours; without it, stay as we were.
-  if (sys(SYS_sched_setscheduler, 0, SCHED_OTHER | SCHED_RESET_ON_FORK, &sp) == 0)
-    sys(SYS_setpriority, PRIO_PROCESS, 0, -10);
-  else
-    sys(SYS_setpriority, PRIO_PROCESS, 0, before);
+  raise_priority(realtime);
 }
 
 int task_main(int argc, char** argv, char** envp) {
   int ctl_fd = -1;
-  char* execs[1024];  // PATH candidates, in order
+  char* execs[1025];  // PATH candidates, in order, NULL-terminated
   int nexecs = 0;
   int i = 2;
   for (; i < argc; ++i) {
@@ -450,6 +253,7 @@ int task_main(int argc, char** argv, char** envp) {
     return 2;
   }
   if (nexecs == 0) execs[nexecs++] = args[0];
+  execs[nexecs] = nullptr;
   sys(SYS_fcntl, g_status_fd, F_SETFD, FD_CLOEXEC);
   sys(SYS_fcntl, ctl_fd, F_SETFD, FD_CLOEXEC);
   set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_IGN));  // a vanished supervisor must not kill us before we clean up
@@ -465,7 +269,7 @@ int task_main(int argc, char** argv, char** envp) {
   int ep[2];
   long r = sys(SYS_pipe2, ep, O_CLOEXEC);
   long pid = r < 0 ? r : sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
-  if (pid == 0) leader_main(execs, nexecs, args, envp, ep[1]);
+  if (pid == 0) leader_main(execs, args, envp, ep[1]);
   if (r == 0) sys(SYS_close, ep[1]);
   if (pid < 0) {
     ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};

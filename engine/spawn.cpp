@@ -1,7 +1,7 @@
 #include "spawn.hpp"
 
 #include "proc.hpp"
-#include "rawsys.hpp"
+#include "rawproc.hpp"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -38,13 +38,6 @@ namespace {
 struct CloneArgs {
   uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
       set_tid, set_tid_size, cgroup;
-};
-
-struct KernelSigaction {
-  void* handler;
-  unsigned long flags;
-  void* restorer;
-  unsigned long mask;
 };
 
 struct ChildError {
@@ -174,20 +167,7 @@ int child_main(void* arg) {
   sys(SYS_rt_sigprocmask, SIG_SETMASK, &empty, nullptr, sizeof empty);
 
   char* const* envp = plan->has_env ? plan->env_ptrs.data() : environ;
-  int err = ENOENT;
-  bool saw_eacces = false;
-  for (char* path : plan->path_ptrs) {
-    if (!path) break;
-    err = static_cast<int>(-sys(SYS_execve, path, plan->argv_ptrs.data(), envp));
-    // Keep searching PATH on the same errors execvp keeps searching on.
-    if (err == EACCES) {
-      saw_eacces = true;
-    } else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV &&
-               err != ETIMEDOUT) {
-      break;
-    }
-  }
-  if (saw_eacces && (err == ENOENT || err == ENOTDIR)) err = EACCES;
+  int err = exec_search(plan->path_ptrs.data(), plan->argv_ptrs.data(), envp);
   child_fail(plan, STAGE_EXEC, err);
 }
 
