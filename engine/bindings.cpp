@@ -11,10 +11,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include "cgroup.hpp"
-#include "isolation.hpp"
 #include "probe.hpp"
 #include "proc.hpp"
+#include "rungs/rung.hpp"
 #include "spawn.hpp"
 #include "supervisor.hpp"
 

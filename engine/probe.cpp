@@ -8,7 +8,7 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include "cgroup.hpp"
+#include "rungs/cgroup_tree.hpp"
 #include "proc.hpp"
 #include "spawn.hpp"
 

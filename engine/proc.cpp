@@ -14,15 +14,7 @@
 
 namespace pardo {
 
-bool read_file(const std::string& path, std::string* out) {
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool ok = pread_all(fd, out);
-  close(fd);
-  return ok;
-}
-
-bool pread_all(int fd, std::string* out) {
+static bool pread_all(int fd, std::string* out) {
   out->clear();
   char buf[4096];
   off_t off = 0;
@@ -36,6 +28,14 @@ bool pread_all(int fd, std::string* out) {
     out->append(buf, static_cast<size_t>(n));
     off += n;
   }
+}
+
+bool read_file(const std::string& path, std::string* out) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = pread_all(fd, out);
+  close(fd);
+  return ok;
 }
 
 int write_file(const std::string& path, const std::string& data) {

@@ -7,14 +7,12 @@
 #include <string>
 #include <vector>
 
-#include "rawproc.hpp"  // hasten_*, priorities, own_nice
+#include "raw/rawproc.hpp"  // hasten_*, priorities, own_nice
 
 namespace pardo {
 
 // Whole contents of a (small) file; false when it cannot be read.
 bool read_file(const std::string& path, std::string* out);
-// pread from offset 0 of an open file into out; false on error.
-bool pread_all(int fd, std::string* out);
 // Write a short string to a file; returns 0 or an errno.
 int write_file(const std::string& path, const std::string& data);
 
@@ -25,7 +23,7 @@ std::vector<std::pair<pid_t, pid_t>> list_processes();
 // All descendants of root (not root itself), found by walking parent links in /proc.
 std::vector<pid_t> descendants_of(pid_t root);
 
-// Raise the calling thread as far as permitted (raise_priority in rawproc.hpp): real time
+// Raise the calling thread as far as permitted (raise_priority in raw/rawproc.hpp): real time
 // unless PARDO_NO_REALTIME is set. Says which: "SCHED_FIFO 1", "nice -10", "normal".
 std::string raise_own_priority();
 

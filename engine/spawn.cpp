@@ -1,7 +1,7 @@
 #include "spawn.hpp"
 
 #include "proc.hpp"
-#include "rawproc.hpp"
+#include "raw/rawproc.hpp"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,7 +51,7 @@ constexpr bool kHaveTrampoline = true;
 constexpr bool kHaveTrampoline = false;
 #endif
 
-// The child makes its system calls through sys() (rawsys.hpp): it may run beside the
+// The child makes its system calls through sys() (raw/rawsys.hpp): it may run beside the
 // spawning thread in the same memory and TLS, so it must never write errno.
 
 // setrlimit for the child. prlimit64 takes a struct of two 64-bit values, which is
@@ -134,7 +134,7 @@ int child_main(void* arg) {
     check(plan, w == 0 ? -EIO : w, STAGE_CGROUP);
     sys(SYS_close, fd);
   }
-  if (plan->new_session) check(plan, sys(SYS_setsid), STAGE_SESSION);
+  check(plan, sys(SYS_setsid), STAGE_SESSION);  // every rung: the task leads a session
   if (plan->pdeathsig) sys(SYS_prctl, PR_SET_PDEATHSIG, plan->pdeathsig);
 
   for (const auto& m : plan->fds) {

@@ -53,7 +53,6 @@ struct ChildPlan {
   // (target, source): the child dup2()s source onto target. Sources are all above the
   // highest target, so the moves cannot clobber each other (see normalize_fds).
   std::vector<std::pair<int, int>> fds;
-  bool new_session = true;
   int pdeathsig = 0;
   bool has_cpus = false;
   cpu_set_t cpus;

@@ -17,7 +17,7 @@
 // - Deadlines live in a min-heap of (time, task, kind, generation); one timerfd is armed at
 //   the earliest. Stale entries are skipped by generation, never searched for.
 // - How a tree is contained, signalled and known to be gone is the Rung's business
-//   (isolation.hpp): cgroup, shepherd or process group.
+//   (rungs/rung.hpp): cgroup, shepherd or process group.
 #pragma once
 
 #include <sys/resource.h>
@@ -37,107 +37,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "spawn.hpp"
+#include "completion_queue.hpp"
+#include "request.hpp"
 
 namespace pardo {
-
-struct StreamSpec {
-  enum Mode { CAPTURE, FD, DEVNULL, INHERIT, TO_STDOUT };
-  Mode mode = CAPTURE;
-  int fd = -1;  // FD mode: owned by the request (a dup made at submit)
-};
-
-struct Request {
-  std::vector<std::string> argv;
-  std::string executable;  // "" : argv[0]
-  bool has_env = false;
-  std::vector<std::string> env;
-  std::string cwd;
-  bool has_input = false;
-  std::string input;
-  StreamSpec out, err;
-  size_t max_output = 16u << 20;
-  std::vector<std::pair<int, int>> extra_fds;  // (target, source); sources owned by the request
-  int64_t timeout_ns = -1;
-  int64_t kill_grace_ns = 2000000000;
-  std::vector<int> cpus;
-  bool has_nice = false;
-  int nice = 0;
-  long long memory_limit = 0;
-  bool linger = false;
-};
-
-struct Completion {
-  int pid = -1;
-  int spawn_stage = 0, spawn_errno = 0;  // != 0: could not start
-  bool exited = false;
-  int exit_code = 0;
-  int term_signal = 0;
-  bool timed_out = false, cancelled = false;
-  std::string out, err;
-  bool out_truncated = false, err_truncated = false;
-  int64_t start_wall_ns = 0, duration_ns = 0;
-  int64_t cpu_user_us = 0, cpu_sys_us = 0, max_rss_kb = 0;
-  uint64_t watch_seq = 0;
-  std::string note;  // something the user should know (e.g. a tree that would not die)
-};
-
-class CompletionQueue;
-
-// Python's view of one task. pid and done change under the supervisor's mutex.
-struct Handle {
-  uint64_t id = 0;
-  int pid = 0;  // 0: not started yet; -1: could not start
-  // A task started without waiting for its exec: pid is known before whether it started
-  // (wait_started() waits for `launch` to settle, without the supervisor thread).
-  LaunchReport launch;
-  bool done = false;
-  Completion result;
-  // Weak: a queue holds its finished handles, so a strong pointer back would be a cycle
-  // that keeps a dropped queue (and its eventfd) alive forever.
-  std::weak_ptr<CompletionQueue> queue;
-};
-
-// Finished handles, in completion order, for consumers that run many tasks at once.
-//
-// With max_running > 0 the queue is also a limiter: at most that many of its tasks run at
-// once, and the supervisor thread starts the next held one itself the moment one ends, so
-// a batch runs at full speed without a round trip through Python per task.
-class CompletionQueue {
- public:
-  explicit CompletionQueue(int max_running = 0);
-  ~CompletionQueue();
-  int max_running() const { return max_running_; }
-  int fd();  // readable while the queue is non-empty (made on first use)
-  void push(std::shared_ptr<Handle> h);
-  // Up to max handles; waits up to timeout_ns (-1: forever) until at least min_items are
-  // there, or (linger_ns >= 0) until the oldest of those there has waited linger_ns.
-  // Returns nothing if neither happened in time.
-  std::vector<std::shared_ptr<Handle>> pop(size_t max, int64_t timeout_ns, size_t min_items = 1,
-                                           int64_t linger_ns = -1);
-  size_t size();
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::shared_ptr<Handle>> items_;
-  // min_items of each thread waiting in pop(): a push wakes them only once the smallest
-  // is met, so a consumer that asked for a batch sleeps through the tasks before it.
-  std::multiset<size_t> waiting_;
-  int lingering_ = 0;  // waiters with a linger: the first item of a batch wakes them too
-  std::chrono::steady_clock::time_point first_at_;  // when the oldest item came
-  int efd_ = -1;
-  const int max_running_;
-
-  // Supervisor thread only: how many of this queue's tasks run, and those waiting to.
-  friend class Supervisor;
-  int running_ = 0;
-  std::deque<std::pair<std::shared_ptr<Handle>, Request>> held_;
-  // Under the supervisor's mutex: tasks submitted and not yet done with their slot. While
-  // it exceeds max_running, a submit need not wake the supervisor: the new task could only
-  // wait, and the next slot to free up makes the supervisor take it (see refill).
-  int unsettled_ = 0;
-};
 
 struct TaskState;
 class Rung;
@@ -182,7 +85,6 @@ class Supervisor {
   // exec or exited, and then its plan is freed and a failure to exec recorded.
   bool settle_launch(TaskState& t);
   void add_timer(TaskState& t, int64_t when_ns, int kind);
-  const Config& config() const { return cfg_; }
 
  private:
   struct Pending {

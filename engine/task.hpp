@@ -13,7 +13,11 @@ namespace pardo {
 
 struct Leaf;
 
-// epoll keys are (task id << 4) | kind; these kinds name the fd.
+// epoll keys are (task id << 4) | kind; these kinds name the fd. Task ids start at 1, so
+// task keys are >= 16 and the two keys of the supervisor's own fds stay apart.
+constexpr uint64_t KEY_WAKE = 1, KEY_TIMER = 2;
+inline uint64_t key_of(uint64_t id, int kind) { return (id << 4) | static_cast<uint64_t>(kind); }
+
 enum FdKind : int {
   FD_CHILD = 1,   // pidfd of our direct child (leader, or the shepherd)
   FD_OUT = 2,

@@ -11,10 +11,10 @@
 #include <memory>
 #include <string>
 
-#include "../isolation.hpp"
-#include "../proc.hpp"
-#include "../spawn.hpp"
-#include "../supervisor.hpp"
+#include "proc.hpp"
+#include "rungs/rung.hpp"
+#include "spawn.hpp"
+#include "supervisor.hpp"
 
 using namespace pardo;
 

@@ -1,6 +1,11 @@
 // System calls without libc: the result, or -errno; errno is never written. For code that
 // runs where libc cannot be trusted or is absent: a child sharing the spawning thread's
-// memory and TLS (spawn.cpp), and the freestanding pardo-shepherd (shepherd_main.cpp).
+// memory and TLS between clone and exec (spawn.cpp), and the freestanding pardo-shepherd
+// (shepherd/).
+//
+// engine/raw/ is the one place both of them draw on, and it is a folder of its own so
+// that this shows: what is here must stay callable from either (no libc, no allocation,
+// no errno, no exceptions), which the rest of the engine need not be.
 #pragma once
 
 #include <sys/syscall.h>

@@ -42,7 +42,6 @@ struct Leaf {
   uint64_t cpu_user_us = 0, cpu_sys_us = 0;  // baseline at the start of the current task
   bool baseline_fresh = false;  // cpu_* were read when the leaf last became empty
   bool has_memory_max = false;
-  bool in_use = false;
   bool quarantined = false;  // could not be emptied: never reused
   // cgroup.kill was written. Such a leaf is removed, not reused: on some kernels a child
   // placed with CLONE_INTO_CGROUP into a cgroup that was ever killed gets SIGKILL at birth

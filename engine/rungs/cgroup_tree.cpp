@@ -1,4 +1,4 @@
-#include "cgroup.hpp"
+#include "rungs/cgroup_tree.hpp"
 
 #include <dirent.h>
 #include <errno.h>
@@ -193,7 +193,6 @@ Leaf* CgroupTree::acquire(std::string* why) {
   if (!free_.empty()) {
     Leaf* l = free_.back();
     free_.pop_back();
-    l->in_use = true;
     if (!l->baseline_fresh) cpu_baseline(l);
     l->baseline_fresh = false;
     return l;
@@ -212,14 +211,12 @@ Leaf* CgroupTree::acquire(std::string* why) {
     return nullptr;
   }
   l->has_memory_max = memory_;
-  l->in_use = true;
   cpu_baseline(l.get());
   leaves_.push_back(std::move(l));
   return leaves_.back().get();
 }
 
 void CgroupTree::release(Leaf* leaf) {
-  leaf->in_use = false;
   if (leaf->quarantined) return;
   if (leaf->killed) {
     for (auto it = leaves_.begin(); it != leaves_.end(); ++it) {

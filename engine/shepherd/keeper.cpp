@@ -1,20 +1,11 @@
-// pardo-shepherd: the per-task keeper of the shepherd rung, and the cgroup rung's guardian.
+// pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...:
+// the per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side).
 //
-//   pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...
-//     Becomes a child subreaper, starts ARGV in a new session, reports (STARTED,
-//     LEADER_EXIT, TREE_GONE) on fd N, obeys T/K bytes on fd M. When the leader exits it
-//     kills what is left of the tree (unless --linger) and exits once waitpid() says ECHILD:
-//     its exit means the whole tree is gone. EOF on fd M, SIGTERM or SIGHUP (its
-//     PDEATHSIG) mean the supervisor is gone: kill everything and exit.
-//   pardo-shepherd --guardian=CGROUP_DIR
-//     Waits for EOF on stdin (the supervisor process died or shut down), then kills every
-//     process in CGROUP_DIR and removes it.
-//
-// One is exec'd per task of the shepherd rung, so its start-up is on that rung's hot path:
-// it is written against the kernel alone (rawsys.hpp) and, on x86-64, built without libc
-// (PARDO_FREESTANDING: its own _start), which saves libc's start-up (on a virtual machine
-// mostly CPUID probes, each a trap: most of the exec's cost). Elsewhere it links libc and
-// uses only main() from it.
+// Becomes a child subreaper, starts ARGV in a new session, reports (STARTED, LEADER_EXIT,
+// TREE_GONE; shepherd/protocol.hpp) on fd N, obeys T/K bytes on fd M. When the leader
+// exits it kills what is left of the tree (unless --linger) and exits once waitpid() says
+// ECHILD: its exit means the whole tree is gone. EOF on fd M, SIGTERM or SIGHUP (its
+// PDEATHSIG) mean the supervisor is gone: kill everything and exit.
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -24,64 +15,28 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
-#include <time.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 
-#include "rawproc.hpp"
-#include "shepherd.hpp"
+#include "shepherd/protocol.hpp"
+#include "shepherd/shepherd.hpp"
 #include "spawn.hpp"
 
-using namespace pardo;
-
+namespace pardo {
+namespace shepherd {
 namespace {
-
-// ------------------------------------------------------------------ the little we need
-
-size_t str_len(const char* s) {
-  size_t n = 0;
-  while (s[n]) ++n;
-  return n;
-}
-
-void say(const char* s) { sys(SYS_write, 2, s, str_len(s)); }
-
-int64_t now_ms() {
-  struct timespec ts;
-  sys(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-// Wait for events on fds, up to timeout_ms (-1: no limit).
-long wait_fds(struct pollfd* fds, int n, int timeout_ms) {
-  struct timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
-  return sys(SYS_ppoll, fds, n, timeout_ms < 0 ? nullptr : &ts, nullptr, 8);
-}
-
-void set_disposition(int sig, void* handler) {
-  KernelSigaction sa{handler, 0, nullptr, 0};
-  sys(SYS_rt_sigaction, sig, &sa, nullptr, sizeof(unsigned long));
-}
-
-// ------------------------------------------------------------------ the task's tree
 
 int g_status_fd = -1;
 long g_leader = -1;
 bool g_leader_reaped = false;
 bool g_linger = false;
 
-int64_t tv_us(const struct timeval& tv) { return static_cast<int64_t>(tv.tv_sec) * 1000000 + tv.tv_usec; }
-
 void send(const ShepherdMsg& m) {
   if (g_status_fd < 0) return;
   while (sys(SYS_write, g_status_fd, &m, sizeof m) == -EINTR) {
   }
-}
-
-[[noreturn]] void leave(int code) {
-  for (;;) sys(SYS_exit_group, code);
 }
 
 [[noreturn]] void finish() {
@@ -230,7 +185,9 @@ void raise_own_priority(char** envp) {
   raise_priority(realtime);
 }
 
-int task_main(int argc, char** argv, char** envp) {
+}  // namespace
+
+int keeper_main(int argc, char** argv, char** envp) {
   int ctl_fd = -1;
   char* execs[1025];  // PATH candidates, in order, NULL-terminated
   int nexecs = 0;
@@ -328,134 +285,5 @@ int task_main(int argc, char** argv, char** envp) {
   }
 }
 
-// ------------------------------------------------------------------ the guardian
-
-// "populated 0" in DIR/cgroup.events, waiting up to timeout_ms for it.
-void wait_empty(const char* dir, int timeout_ms) {
-  Text f;
-  f.add(dir).add("/cgroup.events");
-  long fd = sys(SYS_openat, AT_FDCWD, f.buf, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  int64_t end = now_ms() + timeout_ms;
-  while (true) {
-    char buf[256];
-    long n = sys(SYS_pread64, fd, buf, sizeof buf - 1, 0);
-    if (n <= 0) break;
-    buf[n] = '\0';
-    const char* at = nullptr;
-    for (const char* p = buf; *p && !at; ++p) at = after(p, "populated ");
-    if (!at || *at != '1') break;
-    int64_t left = end - now_ms();
-    if (left <= 0) break;
-    // kernfs signals a change of cgroup.events with POLLPRI.
-    struct pollfd p{static_cast<int>(fd), POLLPRI, 0};
-    wait_fds(&p, 1, static_cast<int>(left));
-  }
-  sys(SYS_close, fd);
-}
-
-void remove_tree(const char* dir) {
-  each_entry(dir, [dir](const char* name, unsigned char type) {
-    if (type != DT_DIR) return;
-    Text sub;
-    sub.add(dir).add("/").add(name);
-    remove_tree(sub.buf);
-  });
-  sys(SYS_rmdir, dir);
-}
-
-int guardian_main(const char* dir) {
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTSTP})
-    set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
-  char buf[256];
-  while (true) {
-    long n = sys(SYS_read, 0, buf, sizeof buf);
-    if (n == 0 || (n < 0 && n != -EINTR)) break;
-  }
-  if (sys(SYS_faccessat, AT_FDCWD, dir, F_OK) == 0) {
-    Text kill_file;
-    kill_file.add(dir).add("/cgroup.kill");
-    long fd = sys(SYS_openat, AT_FDCWD, kill_file.buf, O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      sys(SYS_write, fd, "1", 1);
-      sys(SYS_close, fd);
-    }
-    wait_empty(dir, 10000);
-    remove_tree(dir);
-  }
-  // EBUSY while another supervisor still has a subtree here: then the last one removes it.
-  Text parent;
-  parent.add(dir);
-  for (size_t k = parent.n; k > 0; --k) {
-    if (parent.buf[k - 1] != '/') continue;
-    parent.buf[k - 1] = '\0';
-    if (k > 1) sys(SYS_rmdir, parent.buf);
-    break;
-  }
-  return 0;
-}
-
-}  // namespace
-
-extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
-  if (argc >= 2) {
-    if (const char* dir = after(argv[1], "--guardian=")) return guardian_main(dir);
-    if (after(argv[1], "--task") && argv[1][6] == '\0') return task_main(argc, argv, envp);
-  }
-  say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");
-  return 2;
-}
-
-#ifdef PARDO_FREESTANDING
-// No libc: the entry point, and the few functions the compiler may call on its own.
-extern "C" [[noreturn]] void pardo_shepherd_start(long* sp) {
-  int argc = static_cast<int>(sp[0]);
-  char** argv = reinterpret_cast<char**>(sp + 1);
-  leave(pardo_shepherd_main(argc, argv, argv + argc + 1));
-}
-
-__asm__(
-    ".text\n"
-    ".globl _start\n"
-    ".type _start, @function\n"
-    "_start:\n"
-    "  xor %rbp, %rbp\n"
-    "  mov %rsp, %rdi\n"     // argc, argv..., NULL, envp..., NULL
-    "  and $-16, %rsp\n"
-    "  call pardo_shepherd_start\n"
-    "  hlt\n");
-
-extern "C" void* memset(void* d, int c, size_t n) {
-  auto* p = static_cast<volatile unsigned char*>(d);  // volatile: not turned into memset
-  while (n--) *p++ = static_cast<unsigned char>(c);
-  return d;
-}
-
-extern "C" void* memcpy(void* d, const void* s, size_t n) {
-  auto* p = static_cast<volatile unsigned char*>(d);
-  auto* q = static_cast<const unsigned char*>(s);
-  while (n--) *p++ = *q++;
-  return d;
-}
-
-extern "C" void* memmove(void* d, const void* s, size_t n) {
-  auto* p = static_cast<volatile unsigned char*>(d);
-  auto* q = static_cast<const unsigned char*>(s);
-  if (p < q) {
-    while (n--) *p++ = *q++;
-  } else {
-    while (n--) p[n] = q[n];
-  }
-  return d;
-}
-
-extern "C" int memcmp(const void* a, const void* b, size_t n) {
-  auto* p = static_cast<const unsigned char*>(a);
-  auto* q = static_cast<const unsigned char*>(b);
-  for (; n; --n, ++p, ++q)
-    if (*p != *q) return *p - *q;
-  return 0;
-}
-#else
-int main(int argc, char** argv, char** envp) { return pardo_shepherd_main(argc, argv, envp); }
-#endif
+}  // namespace shepherd
+}  // namespace pardo

@@ -1,6 +1,7 @@
-// Process handling against the kernel alone (rawsys.hpp), shared by the engine and by the
-// freestanding pardo-shepherd: small /proc files read into fixed buffers, the walk of a
-// process tree, the exec search, and priorities. Nothing here allocates or touches errno.
+// Process handling against the kernel alone (rawsys.hpp), shared by the engine (the spawn
+// child, the rungs' kill paths) and by the freestanding pardo-shepherd: small /proc files
+// read into fixed buffers, the walk of a process tree, the exec search, and priorities.
+// Nothing here allocates or touches errno.
 #pragma once
 
 #include <dirent.h>
@@ -9,12 +10,13 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 
-#include "rawsys.hpp"
+#include "raw/rawsys.hpp"
 
 namespace pardo {
 
@@ -42,6 +44,11 @@ inline long parse_long(const char* s, int base = 10, const char** end = nullptr)
   }
   if (end) *end = s == digits ? start : s;
   return static_cast<long>(v);
+}
+
+// A struct timeval (rusage times) in microseconds.
+inline int64_t tv_us(const struct timeval& tv) {
+  return static_cast<int64_t>(tv.tv_sec) * 1000000 + tv.tv_usec;
 }
 
 // Appends to a fixed buffer, always NUL-terminated, truncating what does not fit.

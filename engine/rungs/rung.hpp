@@ -2,15 +2,22 @@
 // how is a task started inside its unit, how is the whole tree signalled, what happens
 // when our direct child exits, and how do we learn that the tree is gone.
 //
-//   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;
+//   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;      rungs/cgroup.cpp
 //             gone = cgroup.events "populated 0". A guardian process kills the subtree if
 //             this process dies.
-//   shepherd  our child is pardo-shepherd: a subreaper in its own session that starts the
-//             task, reports its status, and kills/reaps the whole tree (until ECHILD);
-//             gone = the shepherd exited. It kills the tree when we die (pipe EOF, PDEATHSIG).
-//   pgroup    the task leads its own session; signals go to the process group; gone is
-//             assumed once the group was SIGKILLed. Escapees (setsid, double fork) survive.
+//   shepherd  our child is pardo-shepherd: a subreaper in its own session that    rungs/shepherd.cpp
+//             starts the task, reports its status, and kills/reaps the whole tree (until
+//             ECHILD); gone = the shepherd exited. It kills the tree when we die (pipe EOF,
+//             PDEATHSIG).
+//   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
+//             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
+//             survive.
+//
+// The supervisor sees only Rung; which one runs is chosen once, by choose_rung (rung.cpp).
 #pragma once
+
+#include <sys/resource.h>
+#include <sys/time.h>
 
 #include <memory>
 #include <string>
@@ -51,7 +58,6 @@ class Rung {
 
 struct RungChoice {
   std::unique_ptr<Rung> rung;
-  std::string name;
   std::string reason;  // why this rung (and why not the stronger ones)
   std::string error;   // set when the requested rung is unavailable
 };
@@ -61,5 +67,17 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
 
 // Why the cgroup rung is or is not available here ("" when it is).
 std::string cgroup_unavailable_reason();
+
+// ---- for the rungs themselves (rungs/*.cpp) ----
+
+// The cgroup rung with its subtree and guardian; nullptr and *why when either cannot be
+// had. *subtree: the subtree's path, for the reason choose_rung gives.
+std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::string* subtree,
+                                       std::string* why);
+std::unique_ptr<Rung> make_shepherd_rung(const std::string& shepherd_path);
+std::unique_ptr<Rung> make_pgroup_rung();
+
+// Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
+bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru);
 
 }  // namespace pardo

@@ -1,0 +1,256 @@
+// The cgroup rung: each task in a cgroup v2 leaf of this supervisor's subtree
+// (cgroup_tree.hpp), placed there by clone3 itself; the tree is killed with cgroup.kill and
+// known to be gone when cgroup.events says "populated 0". A guardian (pardo-shepherd
+// --guardian) kills and removes the subtree if this process dies.
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <sstream>
+
+#include "proc.hpp"
+#include "rungs/cgroup_tree.hpp"
+#include "rungs/rung.hpp"
+#include "supervisor.hpp"
+#include "task.hpp"
+
+namespace pardo {
+namespace {
+
+// Processes with SIGKILL pending can only die; on a saturated machine they still wait for
+// a CPU to do it. Making them real-time (or failing that, nice -20) where we may gets them
+// off the run queue at once. They cannot run any of their own code again, so this lends
+// them nothing. After SIGTERM, only the threads it will end, and only nice -20
+// (hasten_dying).
+void hasten_death(const std::string& cgroup_dir, int sig) {
+  // Threads, not processes: scheduling is per thread, and every thread must exit.
+  std::string procs;
+  if (!read_file(cgroup_dir + "/cgroup.threads", &procs)) return;
+  const char* p = procs.c_str();
+  while (*p) {
+    char* end;
+    long tid = strtol(p, &end, 10);
+    if (end == p) break;
+    hasten_dying(tid, sig);
+    p = *end ? end + 1 : end;
+  }
+}
+
+class CgroupRung : public Rung {
+ public:
+  CgroupRung(std::unique_ptr<CgroupTree> tree, int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
+      : tree_(std::move(tree)), guardian_fd_(guardian_fd), guardian_pid_(guardian_pid),
+        guardian_pidfd_(guardian_pidfd), direct_(clone3_into_cgroup_supported()),
+        async_(direct_ && async_spawn_supported()) {}
+
+  const char* name() const override { return "cgroup"; }
+
+  SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
+    SpawnOutcome o;
+    std::string why;
+    Leaf* leaf = tree_->acquire(&why);
+    if (!leaf) {
+      o.stage = STAGE_CGROUP;
+      o.err = errno ? errno : EIO;
+      return o;
+    }
+    if (t.req.memory_limit > 0 && tree_->set_memory_max(leaf, t.req.memory_limit) == 0)
+      plan.rlimit_as = 0;  // the cgroup caps the whole tree; no per-process limit needed
+    // The leader dies with the supervisor thread; the guardian takes care of the rest.
+    plan.pdeathsig = SIGKILL;
+    if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
+    // Placed into its leaf by clone3 itself, the child is in reach of cgroup.kill from its
+    // first instruction, so there is no need to wait for its exec: the next task can start.
+    o = async_ ? spawn_child_async(plan, leaf->dir_fd, &t.handle->launch)
+               : spawn_child(plan, direct_ ? leaf->dir_fd : -1);
+    if (o.stage != STAGE_NONE) {
+      tree_->release(leaf);
+      return o;
+    }
+    t.leaf = leaf;
+    t.child_pid = o.pid;
+    t.pidfd = o.pidfd;
+    t.c.pid = o.pid;
+    return o;
+  }
+
+  void on_child_exit(Supervisor& s, TaskState& t) override {
+    int st;
+    struct rusage ru;
+    if (!reap_child(s, t, &st, &ru)) return;
+    s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+    check_gone(s, t);
+  }
+
+  void on_event(Supervisor& s, TaskState& t, int kind) override {
+    if (kind == FD_EVENTS) check_gone(s, t);
+  }
+
+  bool tree_gone_at_exit(TaskState& t) override {
+    // The leader is a zombie once its pidfd reports (exit_notify comes after cgroup_exit),
+    // so "populated 0" now means every process of the tree has exited.
+    return t.leaf && !t.leader_done && cgroup_populated(t.leaf->events_fd) == 0;
+  }
+
+  void signal_tree(Supervisor& s, TaskState& t, int sig) override {
+    if (!t.leaf) return;
+    if (sig == SIGKILL) {
+      if (cgroup_populated(t.leaf->events_fd) == 0) {
+        if (t.leader_done) s.tree_gone(t);
+        return;
+      }
+      t.leaf->killed = true;
+      cgroup_kill(t.leaf->path);  // atomic: a forking tree cannot outrun it
+      hasten_death(t.leaf->path, SIGKILL);
+      watch_events(s, t);
+      return;
+    }
+    // cgroup.kill only knows SIGKILL: other signals go to each member in turn.
+    std::string procs;
+    if (!read_file(t.leaf->path + "/cgroup.procs", &procs)) return;
+    std::istringstream in(procs);
+    pid_t pid;
+    while (in >> pid) {
+      kill(pid, sig);
+      if (sig == SIGTERM) kill(pid, SIGCONT);  // a stopped process cannot act on TERM
+    }
+    if (sig == SIGTERM) hasten_death(t.leaf->path, sig);  // those it will end
+  }
+
+  void finish(Supervisor& s, TaskState& t) override {
+    if (!t.leaf) return;
+    if (t.events_watched) {
+      s.unwatch_fd(t.leaf->events_fd);
+      t.events_watched = false;
+    }
+    if (t.leaf->cpu_fd >= 0) {
+      uint64_t u, y;
+      CgroupTree::cpu_delta(t.leaf, &u, &y);
+      t.c.cpu_user_us = static_cast<int64_t>(u);
+      t.c.cpu_sys_us = static_cast<int64_t>(y);
+    }
+    // A leaf is reused only once it was seen empty; otherwise (a tree that would not die)
+    // it is set aside.
+    if (!t.gone && !t.leaf->quarantined && cgroup_populated(t.leaf->events_fd) != 0)
+      t.leaf->quarantined = true;
+    tree_->release(t.leaf);
+    t.leaf = nullptr;
+  }
+
+  void shutdown() override {
+    tree_->destroy();
+    if (guardian_fd_ >= 0) close(guardian_fd_);  // EOF: the guardian finds nothing left, exits
+    guardian_fd_ = -1;
+    if (guardian_pidfd_ >= 0) {
+      struct pollfd p{guardian_pidfd_, POLLIN, 0};
+      poll(&p, 1, 2000);
+      close(guardian_pidfd_);
+      guardian_pidfd_ = -1;
+    }
+    if (guardian_pid_ > 0) waitpid(guardian_pid_, nullptr, WNOHANG);
+    guardian_pid_ = -1;
+  }
+
+  ~CgroupRung() override {
+    if (guardian_fd_ >= 0) shutdown();
+  }
+
+ private:
+  void watch_events(Supervisor& s, TaskState& t) {
+    if (t.events_watched) return;
+    t.events_watched = true;
+    s.watch_fd(t, t.leaf->events_fd, FD_EVENTS, EPOLLPRI);
+  }
+
+  void check_gone(Supervisor& s, TaskState& t) {
+    if (t.gone || !t.leaf) return;
+    int p = cgroup_populated(t.leaf->events_fd);
+    if (p == 0) {
+      if (t.events_watched) {
+        s.unwatch_fd(t.leaf->events_fd);
+        t.events_watched = false;
+      }
+      if (t.leader_done) s.tree_gone(t);
+    } else if (t.leader_done) {
+      watch_events(s, t);  // lingering or dying tree: wait for "populated 0"
+    }
+  }
+
+  std::unique_ptr<CgroupTree> tree_;
+  int guardian_fd_;
+  pid_t guardian_pid_;
+  int guardian_pidfd_;
+  bool direct_;  // clone3 places the child into its leaf (else the child moves itself there)
+  bool async_;   // and so spawn_child_async can be used
+};
+
+// Start the guardian: a pardo-shepherd that waits for EOF on its stdin and then kills and
+// removes the supervisor's cgroup subtree. EOF comes when this process dies, however it
+// dies, because only we hold the write end.
+bool start_guardian(const std::string& shepherd, const std::string& subtree, int* wfd,
+                    pid_t* pid, int* pidfd, std::string* why) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    *why = std::string("pipe: ") + strerror(errno);
+    return false;
+  }
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  ChildPlan plan;
+  plan.exec_paths = {shepherd};
+  plan.argv = {shepherd, "--guardian=" + subtree};
+  plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
+  std::vector<int> temps = normalize_fds(plan.fds);
+  SpawnOutcome o = spawn_child(plan, -1);
+  for (int fd : temps) close(fd);
+  close(p[0]);
+  close(devnull);
+  if (o.stage != STAGE_NONE) {
+    close(p[1]);
+    *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);
+    return false;
+  }
+  *wfd = p[1];
+  *pid = o.pid;
+  *pidfd = o.pidfd;
+  return true;
+}
+
+}  // namespace
+
+std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::string* subtree,
+                                       std::string* why) {
+  auto tree = CgroupTree::create(why);
+  if (!tree) return nullptr;
+  int wfd;
+  pid_t gpid;
+  int gpidfd;
+  *subtree = tree->path();
+  if (!start_guardian(shepherd_path, *subtree, &wfd, &gpid, &gpidfd, why)) {
+    tree->destroy();
+    return nullptr;
+  }
+  return std::make_unique<CgroupRung>(std::move(tree), wfd, gpid, gpidfd);
+}
+
+std::string cgroup_unavailable_reason() {
+  std::string why;
+  std::string mnt = find_cgroup2_mount(&why);
+  if (mnt.empty()) return why;
+  std::string home = own_cgroup_path();
+  if (home.empty()) return "this process has no cgroup v2 path in /proc/self/cgroup";
+  std::string dir = mnt + (home == "/" ? "" : home);
+  if (access(dir.c_str(), W_OK) < 0)
+    return "no write access to " + dir +
+           ": run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
+  if (access((dir + "/cgroup.kill").c_str(), F_OK) < 0 && home != "/")
+    return "the kernel has no cgroup.kill (needs Linux 5.14+)";
+  return "";
+}
+
+}  // namespace pardo

@@ -1,0 +1,75 @@
+// Choosing the rung, and what the rungs share.
+#include "rungs/rung.hpp"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "rungs/cgroup_tree.hpp"
+#include "supervisor.hpp"
+#include "task.hpp"
+
+namespace pardo {
+
+bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru) {
+  if (t.child_reaped) return false;
+  pid_t r;
+  do {
+    r = wait4(t.child_pid, status, WNOHANG, ru);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0 || (r < 0 && errno != ECHILD)) return false;
+  if (r < 0) {  // someone else reaped it (should not happen)
+    *status = 0;
+    memset(ru, 0, sizeof *ru);
+  }
+  t.child_reaped = true;
+  s.drop_pidfd(t);  // the pidfd has nothing more to say
+  return true;
+}
+
+RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path) {
+  RungChoice ch;
+  bool is_auto = wanted.empty() || wanted == "auto";
+  if (!is_auto && wanted != "cgroup" && wanted != "shepherd" && wanted != "pgroup") {
+    ch.error = "unknown isolation '" + wanted + "': use auto, cgroup, shepherd or pgroup";
+    return ch;
+  }
+  bool have_shepherd = !shepherd_path.empty() && access(shepherd_path.c_str(), X_OK) == 0;
+  std::string shepherd_why =
+      have_shepherd ? "" : "the helper program " + shepherd_path + " is missing or not executable";
+  std::string cg_why;
+  if (is_auto || wanted == "cgroup") {
+    if (!have_shepherd) {
+      cg_why = shepherd_why + " (the cgroup rung needs it as its guardian)";
+    } else {
+      std::string sub;
+      if (auto rung = make_cgroup_rung(shepherd_path, &sub, &cg_why)) {
+        ch.rung = std::move(rung);
+        ch.reason = "each task runs in its own cgroup v2 leaf under " + sub;
+        return ch;
+      }
+    }
+    if (!is_auto) {
+      ch.error = cg_why;
+      return ch;
+    }
+  }
+  if (is_auto || wanted == "shepherd") {
+    if (have_shepherd) {
+      ch.rung = make_shepherd_rung(shepherd_path);
+      ch.reason = is_auto ? "cgroup unavailable: " + cg_why : "forced by configuration";
+      return ch;
+    }
+    if (!is_auto) {
+      ch.error = shepherd_why;
+      return ch;
+    }
+  }
+  ch.rung = make_pgroup_rung();
+  ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
+                      : "forced by configuration";
+  return ch;
+}
+
+}  // namespace pardo

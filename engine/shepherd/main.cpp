@@ -1,0 +1,85 @@
+// pardo-shepherd: one small program, two roles, chosen by its first argument.
+//
+//   pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...
+//     the per-task keeper of the shepherd rung (keeper.cpp)
+//   pardo-shepherd --guardian=CGROUP_DIR
+//     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
+//     the supervisor is gone (guardian.cpp)
+//
+// One program rather than two: the engine finds one helper beside itself (one path to
+// configure and to check), and the guardian costs nothing to carry.
+//
+// A keeper is exec'd per task of the shepherd rung, so its start-up is on that rung's hot
+// path: the program is written against the kernel alone (raw/) and, on x86-64, built
+// without libc (PARDO_FREESTANDING: its own _start, below), which saves libc's start-up (on
+// a virtual machine mostly CPUID probes, each a trap: most of the exec's cost). Elsewhere it
+// links libc and uses only main() from it.
+#include <cstddef>
+
+#include "shepherd/shepherd.hpp"
+
+using namespace pardo;
+using namespace pardo::shepherd;
+
+extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
+  if (argc >= 2) {
+    if (const char* dir = after(argv[1], "--guardian=")) return guardian_main(dir);
+    if (after(argv[1], "--task") && argv[1][6] == '\0') return keeper_main(argc, argv, envp);
+  }
+  say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");
+  return 2;
+}
+
+#ifdef PARDO_FREESTANDING
+// No libc: the entry point, and the few functions the compiler may call on its own.
+extern "C" [[noreturn]] void pardo_shepherd_start(long* sp) {
+  int argc = static_cast<int>(sp[0]);
+  char** argv = reinterpret_cast<char**>(sp + 1);
+  leave(pardo_shepherd_main(argc, argv, argv + argc + 1));
+}
+
+__asm__(
+    ".text\n"
+    ".globl _start\n"
+    ".type _start, @function\n"
+    "_start:\n"
+    "  xor %rbp, %rbp\n"
+    "  mov %rsp, %rdi\n"     // argc, argv..., NULL, envp..., NULL
+    "  and $-16, %rsp\n"
+    "  call pardo_shepherd_start\n"
+    "  hlt\n");
+
+extern "C" void* memset(void* d, int c, size_t n) {
+  auto* p = static_cast<volatile unsigned char*>(d);  // volatile: not turned into memset
+  while (n--) *p++ = static_cast<unsigned char>(c);
+  return d;
+}
+
+extern "C" void* memcpy(void* d, const void* s, size_t n) {
+  auto* p = static_cast<volatile unsigned char*>(d);
+  auto* q = static_cast<const unsigned char*>(s);
+  while (n--) *p++ = *q++;
+  return d;
+}
+
+extern "C" void* memmove(void* d, const void* s, size_t n) {
+  auto* p = static_cast<volatile unsigned char*>(d);
+  auto* q = static_cast<const unsigned char*>(s);
+  if (p < q) {
+    while (n--) *p++ = *q++;
+  } else {
+    while (n--) p[n] = q[n];
+  }
+  return d;
+}
+
+extern "C" int memcmp(const void* a, const void* b, size_t n) {
+  auto* p = static_cast<const unsigned char*>(a);
+  auto* q = static_cast<const unsigned char*>(b);
+  for (; n; --n, ++p, ++q)
+    if (*p != *q) return *p - *q;
+  return 0;
+}
+#else
+int main(int argc, char** argv, char** envp) { return pardo_shepherd_main(argc, argv, envp); }
+#endif
