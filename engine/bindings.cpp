@@ -183,10 +183,12 @@ PYBIND11_MODULE(_engine, m) {
           "watch",
           [](Supervisor& s, uint64_t id, py::buffer buf, int64_t idle_ns) {
             py::buffer_info info = buf.request(true);
+            // `slot` is the worker's watch record (the keyword keeps its old name until the
+            // bindings' request types are named).
             if (info.size * info.itemsize < 16)
-              throw py::value_error("a watch slot needs at least 16 bytes");
+              throw py::value_error("a watch record needs at least 16 bytes");
             if (reinterpret_cast<uintptr_t>(info.ptr) % 8 != 0)
-              throw py::value_error("a watch slot must be 8-byte aligned");
+              throw py::value_error("a watch record must be 8-byte aligned");
             s.command(id, Supervisor::OP_WATCH, static_cast<const volatile int64_t*>(info.ptr), idle_ns);
           },
           py::arg("id"), py::arg("slot"), py::arg("idle_ns"))

@@ -52,9 +52,9 @@ class CompletionQueue {
   friend class Supervisor;
   int running_ = 0;
   std::deque<std::pair<std::shared_ptr<Handle>, Request>> held_;
-  // Under the supervisor's mutex: tasks submitted and not yet done with their slot. While
+  // Under the supervisor's mutex: tasks submitted and not yet done with their permit. While
   // it exceeds max_running, a submit need not wake the supervisor: the new task could only
-  // wait, and the next slot to free up makes the supervisor take it (see refill).
+  // wait, and the next permit to come back makes the supervisor take it (see refill).
   int unsettled_ = 0;
 };
 

@@ -124,10 +124,10 @@ std::shared_ptr<Handle> Supervisor::submit(Request&& req, std::shared_ptr<Comple
   return h;
 }
 
-void Supervisor::command(uint64_t id, Op op, const volatile int64_t* slot, int64_t ns) {
+void Supervisor::command(uint64_t id, Op op, const volatile int64_t* record, int64_t ns) {
   {
     std::lock_guard<std::mutex> lk(mu_);
-    commands_.push_back(Command{id, op, slot, ns});
+    commands_.push_back(Command{id, op, record, ns});
   }
   notify();
 }
@@ -327,11 +327,11 @@ void Supervisor::on_event(uint64_t key, uint32_t events) {
   int kind = static_cast<int>(key & 15);
   switch (kind) {
     case FD_CHILD:
-      if (!t.slot_freed && !t.gone && rung_->tree_gone_at_exit(t)) {
+      if (!t.permit_returned && !t.gone && rung_->tree_gone_at_exit(t)) {
         // The fast case of a short task: start the next one first (refill), and reap this
         // one after that (exited_). Nothing else of its tree is left to kill.
         t.gone = true;
-        free_slot(t);
+        return_permit(t);
         exited_.push_back(t.id);
         return;
       }
@@ -389,7 +389,8 @@ void Supervisor::admit(Pending&& p) {
     return;
   }
   limited_.emplace(q.get(), q);
-  // Held tasks go first: a new one must not overtake them when a slot freed this round.
+  // Held tasks go first: a new one must not overtake them when a permit came back this
+  // round.
   if (q->running_ >= q->max_running_ || !q->held_.empty()) {
     q->held_.emplace_back(std::move(p.handle), std::move(p.req));
     return;
@@ -412,11 +413,12 @@ void Supervisor::cancel_held(uint64_t id) {
   }
 }
 
-// Start held tasks of queues that gave back a slot. A task that fails to start completes
-// at once and frees its slot again; the loop (not recursion) takes care of that.
+// Start held tasks of queues that got a run permit back. A task that fails to start
+// completes at once and returns its permit again; the loop (not recursion) takes care of
+// that.
 void Supervisor::refill() {
   // Submits to a full queue do not wake this thread (CompletionQueue::unsettled_): take
-  // them now that a slot is free.
+  // them now that a permit is free.
   if (!refill_.empty()) take_requests();
   while (!refill_.empty()) {
     std::shared_ptr<CompletionQueue> q = std::move(refill_.back());
@@ -594,13 +596,13 @@ void Supervisor::apply(const Command& c) {
       }
       break;
     case OP_WATCH:
-      t.watch_slot = c.slot;
+      t.watch_record = c.record;
       t.watch_idle_ns = c.ns > 0 ? c.ns : 1000000;
       ++t.watch_gen;
       timers_.push(Timer{mono_ns(), t.id, T_WATCH, t.watch_gen});
       break;
     case OP_UNWATCH:
-      t.watch_slot = nullptr;
+      t.watch_record = nullptr;
       ++t.watch_gen;
       break;
   }

@@ -59,7 +59,7 @@ class Supervisor {
 
   std::shared_ptr<Handle> submit(Request&& req, std::shared_ptr<CompletionQueue> queue);
   enum Op { OP_KILL, OP_TERM, OP_WATCH, OP_UNWATCH };
-  void command(uint64_t id, Op op, const volatile int64_t* slot = nullptr, int64_t ns = 0);
+  void command(uint64_t id, Op op, const volatile int64_t* record = nullptr, int64_t ns = 0);
   // Block until the handle's process exists (or failed); returns its pid or -1. -2: timeout.
   int wait_started(Handle& h, int64_t timeout_ns);
   // Block until done; false on timeout.
@@ -94,7 +94,7 @@ class Supervisor {
   struct Command {
     uint64_t id;
     Op op;
-    const volatile int64_t* slot;
+    const volatile int64_t* record;
     int64_t ns;
   };
   struct Timer {
@@ -120,7 +120,7 @@ class Supervisor {
   void signal_tree(TaskState& t, int sig);
   void maybe_complete(TaskState& t);
   void complete(TaskState& t);
-  void free_slot(TaskState& t);
+  void return_permit(TaskState& t);
   TaskState* live_task(uint64_t id);
   static bool eof_pending(const TaskState& t);
   void child_exit_event(TaskState& t);
@@ -165,8 +165,8 @@ class Supervisor {
   void retire(std::unique_ptr<TaskState> t);
   // Limiting queues with tasks running or held; kept alive here until they have none.
   std::unordered_map<CompletionQueue*, std::shared_ptr<CompletionQueue>> limited_;
-  std::vector<std::shared_ptr<CompletionQueue>> refill_;  // a slot freed this round
-  // Tasks completed this round, handed to their queues only after the freed slots were
+  std::vector<std::shared_ptr<CompletionQueue>> refill_;  // got a run permit back this round
+  // Tasks completed this round, handed to their queues only after the returned permits were
   // refilled: a consumer woken first would take the CPU the next task should start on.
   std::vector<std::pair<std::shared_ptr<CompletionQueue>, std::shared_ptr<Handle>>> publish_;
   void publish();

@@ -204,13 +204,13 @@ void Supervisor::maybe_complete(TaskState& t) {
   if (!t.handle || t.completing || !t.leader_done || !t.gone || !t.child_reaped) return;
   if (eof_pending(t) && !t.drain_expired) return;
   t.completing = true;
-  free_slot(t);
+  return_permit(t);
   completing_.push_back(t.id);
 }
 
-void Supervisor::free_slot(TaskState& t) {
-  if (t.slot_freed) return;
-  t.slot_freed = true;
+void Supervisor::return_permit(TaskState& t) {
+  if (t.permit_returned) return;
+  t.permit_returned = true;
   auto q = t.handle->queue.lock();
   if (!q || q->max_running_ == 0) return;
   {
@@ -224,9 +224,9 @@ void Supervisor::free_slot(TaskState& t) {
 }
 
 void Supervisor::complete(TaskState& t) {
-  free_slot(t);
+  return_permit(t);
   ++t.timer_gen;
-  t.watch_slot = nullptr;
+  t.watch_record = nullptr;
   drop_pidfd(t);
   // The last of the output, from pipes with no writer left but ours.
   if (t.gone && t.wfd_out >= 0 && t.fd_out >= 0) read_stream(t, FD_OUT);
@@ -337,12 +337,12 @@ void Supervisor::fire_timers() {
         }
         break;
       case T_WATCH: {
-        if (!t.watch_slot) break;
-        int64_t d = __atomic_load_n(const_cast<const int64_t*>(t.watch_slot), __ATOMIC_ACQUIRE);
+        if (!t.watch_record) break;
+        int64_t d = __atomic_load_n(const_cast<const int64_t*>(t.watch_record), __ATOMIC_ACQUIRE);
         if (d != 0 && now >= d) {
           t.c.watch_seq = static_cast<uint64_t>(
-              __atomic_load_n(const_cast<const int64_t*>(t.watch_slot + 1), __ATOMIC_ACQUIRE));
-          t.watch_slot = nullptr;
+              __atomic_load_n(const_cast<const int64_t*>(t.watch_record + 1), __ATOMIC_ACQUIRE));
+          t.watch_record = nullptr;
           deadline(t);
         } else {
           timers_.push(Timer{d != 0 ? d : now + t.watch_idle_ns, t.id, T_WATCH, t.watch_gen});

@@ -55,11 +55,11 @@ struct TaskState {
   bool kill_sent = false;     // SIGKILL sent to the tree
   bool drain_expired = false;
   bool completing = false;    // done; completed after this round's refill (see loop)
-  bool slot_freed = false;    // its limiting queue's slot was handed back
+  bool permit_returned = false;  // its run permit went back to its limiting queue
   uint64_t timer_gen = 1;     // bumps invalidate pending timers of this task
 
   // watchdog (pool workers)
-  const volatile int64_t* watch_slot = nullptr;
+  const volatile int64_t* watch_record = nullptr;
   int64_t watch_idle_ns = 0;
   uint64_t watch_gen = 0;
 

@@ -50,7 +50,8 @@ class Rung {
   // when the tree is gone. A rung that cannot tell (pgroup) relies on end-of-file.
   virtual bool knows_tree_end() const { return true; }
   // Our direct child exited: true when, cheaply, the whole tree is known to be gone too.
-  // The supervisor then hands the task's slot to the next one before reaping the child.
+  // The supervisor then hands the task's run permit to the next task before reaping the
+  // child.
   virtual bool tree_gone_at_exit(TaskState&) { return false; }
   // Kill everything and remove what the rung created (supervisor shutdown).
   virtual void shutdown() {}
