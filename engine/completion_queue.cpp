@@ -33,6 +33,8 @@ void CompletionQueue::push(std::shared_ptr<Handle> h) {
   if (was_empty) {
     first_at_ = std::chrono::steady_clock::now();
     if (efd_ >= 0) {
+      // Unchecked: an eventfd write fails only past a count of 2^64-2, and this one is
+      // written once per empty-to-non-empty change and reset by pop().
       uint64_t one = 1;
       ssize_t r = write(efd_, &one, sizeof one);
       (void)r;
@@ -88,7 +90,7 @@ std::vector<std::shared_ptr<Handle>> CompletionQueue::pop(size_t max, int64_t ti
   }
   if (items_.empty() && efd_ >= 0) {
     uint64_t v;
-    ssize_t r = read(efd_, &v, sizeof v);  // reset readiness
+    ssize_t r = read(efd_, &v, sizeof v);  // reset readiness (EAGAIN: it was not set)
     (void)r;
   }
   return out;

@@ -135,6 +135,8 @@ int child_main(void* arg) {
     sys(SYS_close, fd);
   }
   check(plan, sys(SYS_setsid), STAGE_SESSION);  // every rung: the task leads a session
+  // Unchecked: PR_SET_PDEATHSIG fails only for an invalid signal number, and ours are
+  // constants.
   if (plan->pdeathsig) sys(SYS_prctl, PR_SET_PDEATHSIG, plan->pdeathsig);
 
   for (const auto& m : plan->fds) {
@@ -146,7 +148,7 @@ int child_main(void* arg) {
   int max_target = 2;
   for (const auto& m : plan->fds) max_target = m.first > max_target ? m.first : max_target;
   // Everything above the targets is closed at exec (the error pipe included).
-  sys(SYS_close_range, max_target + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  cloexec_from(max_target + 1);
 
   if (!plan->cwd.empty()) check(plan, sys(SYS_chdir, plan->cwd.c_str()), STAGE_CHDIR);
   if (plan->has_cpus) check(plan, sys(SYS_sched_setaffinity, 0, sizeof(cpu_set_t), &plan->cpus), STAGE_AFFINITY);
@@ -155,6 +157,7 @@ int child_main(void* arg) {
   } else if (plan->base_nice != plan->forked_nice) {
     sys(SYS_setpriority, PRIO_PROCESS, 0, plan->base_nice);  // lowering priority is always allowed
   }
+  // Unchecked: only the soft limit was raised, so putting it back is always permitted.
   if (plan->restore_nofile) set_limit(RLIMIT_NOFILE, &plan->nofile);
   if (plan->rlimit_as > 0) {
     struct rlimit rl;
@@ -185,6 +188,7 @@ const char* stage_name(int stage) {
     case STAGE_CGROUP: return "cgroup";
     case STAGE_CLONE: return "clone";
     case STAGE_HELPER: return "helper";
+    case STAGE_SUPERVISE: return "supervise";
     default: return "none";
   }
 }
@@ -224,20 +228,18 @@ std::vector<std::string> exec_candidates(const std::string& program, const std::
   return out;
 }
 
-std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds) {
+int normalize_fds(std::vector<std::pair<int, int>>& fds, std::vector<int>* temps) {
   int max_target = 2;
   for (auto& m : fds) max_target = m.first > max_target ? m.first : max_target;
-  std::vector<int> temps;
   for (auto& m : fds) {
     if (m.second <= max_target && m.second != m.first) {
       int d = fcntl(m.second, F_DUPFD_CLOEXEC, max_target + 1);
-      if (d >= 0) {
-        temps.push_back(d);
-        m.second = d;
-      }
+      if (d < 0) return errno;
+      temps->push_back(d);
+      m.second = d;
     }
   }
-  return temps;
+  return 0;
 }
 
 #ifndef CLONE_CLEAR_SIGHAND

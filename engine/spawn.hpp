@@ -28,6 +28,7 @@ enum ChildStage : int {
   STAGE_CGROUP = 8,
   STAGE_CLONE = 9,
   STAGE_HELPER = 10,  // pardo's own helper program (the shepherd) could not be started
+  STAGE_SUPERVISE = 11,  // started, but the supervisor could not watch it: killed
 };
 
 const char* stage_name(int stage);
@@ -90,8 +91,10 @@ struct SpawnOutcome {
 std::vector<std::string> exec_candidates(const std::string& program, const std::string& path_var);
 
 // Make every source fd sit above the highest target fd (dup with F_DUPFD_CLOEXEC where
-// needed). Returns fds that the caller must close after the spawn.
-std::vector<int> normalize_fds(std::vector<std::pair<int, int>>& fds);
+// needed), adding the dups to *temps, which the caller closes after the spawn. 0, or the
+// errno of a dup that failed (no fds left): the child's moves could then clobber each
+// other, so the spawn must not go ahead.
+int normalize_fds(std::vector<std::pair<int, int>>& fds, std::vector<int>* temps);
 
 // Start the child described by plan. cgroup_fd >= 0 places it atomically into that cgroup
 // with clone3(CLONE_INTO_CGROUP). Never throws; failures come back in the outcome. The

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <initializer_list>
 #include <stdexcept>
 #include <system_error>
 
@@ -26,8 +27,9 @@ std::system_error sys_error(const char* what) {
   return std::system_error(errno, std::generic_category(), what);
 }
 
-// Our pipe ends carry no other status flags, so no F_GETFL round trip is needed.
-void set_nonblock(int fd) { fcntl(fd, F_SETFL, O_NONBLOCK); }
+// Our pipe ends carry no other status flags, so no F_GETFL round trip is needed. 0 or the
+// errno: a pipe end left blocking would block this thread on a full or empty pipe.
+int set_nonblock(int fd) { return fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? errno : 0; }
 
 // Capture pipes are left blocking (no fcntl per pipe) and read with RWF_NOWAIT where the
 // kernel knows it for pipes (Linux 5.9 on); elsewhere they are made non-blocking.
@@ -69,14 +71,23 @@ Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
   wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   devnull_ = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (epfd_ < 0 || wakefd_ < 0 || timerfd_ < 0 || devnull_ < 0) throw sys_error("supervisor setup");
-  pipe_nowait_ = pipes_take_nowait();
   struct epoll_event ev{};
   ev.events = EPOLLIN;
-  ev.data.u64 = KEY_WAKE;
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev);
-  ev.data.u64 = KEY_TIMER;
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, timerfd_, &ev);
+  const char* failed = nullptr;
+  if (epfd_ < 0 || wakefd_ < 0 || timerfd_ < 0 || devnull_ < 0) {
+    failed = "supervisor setup";
+  } else {
+    ev.data.u64 = KEY_WAKE;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev) < 0) failed = "epoll_ctl";
+    ev.data.u64 = KEY_TIMER;
+    if (!failed && epoll_ctl(epfd_, EPOLL_CTL_ADD, timerfd_, &ev) < 0) failed = "epoll_ctl";
+  }
+  if (failed) {  // the destructor does not run for a constructor that throws
+    std::system_error e = sys_error(failed);
+    close_own_fds();
+    throw e;
+  }
+  pipe_nowait_ = pipes_take_nowait();
 
   // The thread starts with every signal blocked so that process-directed signals
   // (Ctrl-C, SIGTERM) keep going to Python's main thread, except SIGCHLD: each task's
@@ -95,12 +106,18 @@ Supervisor::Supervisor(const Config& cfg) : cfg_(cfg) {
 
 Supervisor::~Supervisor() {
   shutdown();
-  if (epfd_ >= 0) close(epfd_);
-  if (wakefd_ >= 0) close(wakefd_);
-  if (timerfd_ >= 0) close(timerfd_);
-  if (devnull_ >= 0) close(devnull_);
+  close_own_fds();
 }
 
+void Supervisor::close_own_fds() {
+  for (int* fd : {&epfd_, &wakefd_, &timerfd_, &devnull_}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
+// The eventfd writes here and in shutdown() are unchecked on purpose: an eventfd write
+// fails only when its counter would pass 2^64-2, and this one is read at every wakeup.
 void Supervisor::notify() {
   if (!woken_.exchange(true)) {
     uint64_t one = 1;
@@ -203,14 +220,22 @@ void Supervisor::loop() {
       }
     }
     if (shut_ && (tasks_.empty() || mono_ns() > stop_deadline)) break;
-    int timeout_ms = shut_ ? 50 : -1;
-    int n = epoll_wait(epfd_, evs.data(), static_cast<int>(evs.size()), timeout_ms);
+    int n = epoll_wait(epfd_, evs.data(), static_cast<int>(evs.size()), epoll_timeout_ms());
     if (n < 0) {
       if (errno == EINTR) continue;
-      break;
+      // Cannot happen with our own epoll fd and buffer. Should it, the loop cannot go on:
+      // it ends as a shutdown does (every tree killed, every task reported), rather than
+      // leaving trees to run unwatched.
+      if (shut_) break;
+      stop_.store(true);
+      continue;
     }
     io_bytes_ = 0;
     for (int i = 0; i < n; ++i) on_event(evs[i].data.u64, evs[i].events);
+    if (wake_by_ != 0 && mono_ns() >= wake_by_) {  // the timerfd could not be armed
+      wake_by_ = 0;
+      fire_timers();
+    }
     // The next tasks start first: the bookkeeping of the ones that ended (last reads,
     // closing fds, CPU figures, waking the consumer) is off that path.
     refill();
@@ -482,17 +507,18 @@ void Supervisor::start_task(Pending&& p) {
   int devnull = devnull_;
   int in_src = devnull;
   // A pipe that cannot be made (no fds left) fails the task: running it without its
-  // input, or with its output thrown away, would lose data without a word.
-  int pipe_err = 0;
+  // input, or with its output thrown away, would lose data without a word. So do fds that
+  // cannot be set up as the child needs them.
+  int fds_err = 0;
   if (r.has_input) {
     int p2[2];
     if (pipe2(p2, O_CLOEXEC) == 0) {
       in_src = p2[0];
       child_side.push_back(p2[0]);
       t.fd_in = p2[1];
-      set_nonblock(t.fd_in);
+      if (int e = set_nonblock(t.fd_in)) fds_err = e;
     } else {
-      pipe_err = errno;
+      fds_err = errno;
     }
   }
   const bool hold_write_ends = rung_->knows_tree_end();
@@ -501,11 +527,12 @@ void Supervisor::start_task(Pending&& p) {
       case StreamSpec::CAPTURE: {
         int p2[2];
         if (pipe2(p2, O_CLOEXEC) < 0) {
-          pipe_err = errno;
+          fds_err = errno;
           return devnull;
         }
         *parent_end = p2[0];
-        if (!pipe_nowait_) set_nonblock(p2[0]);
+        if (!pipe_nowait_)
+          if (int e = set_nonblock(p2[0])) fds_err = e;
         if (hold_write_ends)
           *our_write_end = p2[1];
         else
@@ -521,16 +548,18 @@ void Supervisor::start_task(Pending&& p) {
   int err_src = r.err.mode == StreamSpec::TO_STDOUT ? out_src : stream_src(r.err, 2, &t.fd_err, &t.wfd_err);
   plan.fds = {{0, in_src}, {1, out_src}, {2, err_src}};
   for (auto& m : r.extra_fds) plan.fds.push_back(m);
-  std::vector<int> temps = normalize_fds(plan.fds);
+  std::vector<int> temps;
+  if (int e = normalize_fds(plan.fds, &temps))
+    if (!fds_err) fds_err = e;
 
   // The deadline counts from the moment the process is created, not from when this
   // thread gets the CPU back after the exec (which can be late on a busy machine).
   t.start_mono = mono_ns();
   t.c.start_wall_ns = wall_ns();
   SpawnOutcome o;
-  if (pipe_err) {
+  if (fds_err) {
     o.stage = STAGE_FDS;
-    o.err = pipe_err;
+    o.err = fds_err;
   } else {
     o = rung_->start(*this, t, plan);
   }

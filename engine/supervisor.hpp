@@ -74,7 +74,9 @@ class Supervisor {
   size_t in_flight();
 
   // --- used by the rungs (supervisor thread only) ---
-  void watch_fd(TaskState& t, int fd, int kind, uint32_t events);
+  // Register fd for the task's events; false when the kernel refused (the task then
+  // fails: see unwatchable).
+  bool watch_fd(TaskState& t, int fd, int kind, uint32_t events);
   void unwatch_fd(int fd);
   void drop_pidfd(TaskState& t);  // leave epoll and close
   void leader_exited(TaskState& t, int wait_status, int64_t utime_us, int64_t stime_us,
@@ -115,6 +117,10 @@ class Supervisor {
   void write_input(TaskState& t);
   void fire_timers();
   void arm_timerfd();
+  int epoll_timeout_ms() const;
+  void unwatchable(TaskState& t, int err);
+  void poll_task(TaskState& t);
+  static constexpr int64_t kPollNs = 10000000;  // how often an unwatchable task is looked at
   bool timer_live(const Timer& tm);
   void deadline(TaskState& t);
   void signal_tree(TaskState& t, int sig);
@@ -126,6 +132,7 @@ class Supervisor {
   void child_exit_event(TaskState& t);
   void close_fd(TaskState& t, int which);
   void notify();
+  void close_own_fds();
 
   Config cfg_;
   std::unique_ptr<Rung> rung_;
@@ -173,7 +180,8 @@ class Supervisor {
   void admit(Pending&& p);
   void refill();
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
-  int64_t armed_for_ = 0;
+  int64_t armed_for_ = 0;  // the timerfd's expiry (0: not armed)
+  int64_t wake_by_ = 0;    // when timerfd_settime was refused: the earliest timer (see loop)
   bool shut_ = false;
 };
 

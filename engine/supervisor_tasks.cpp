@@ -4,6 +4,7 @@
 // a task are in supervisor.cpp.
 #include <errno.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/timerfd.h>
 #include <sys/uio.h>
@@ -12,6 +13,7 @@
 
 #include <string>
 
+#include "fault.hpp"
 #include "proc.hpp"
 #include "rungs/cgroup_tree.hpp"
 #include "rungs/rung.hpp"
@@ -85,14 +87,51 @@ void Supervisor::close_fd(TaskState& t, int which) {
 
 // ---------------------------------------------------------------- rung callbacks
 
-void Supervisor::watch_fd(TaskState& t, int fd, int kind, uint32_t events) {
+bool Supervisor::watch_fd(TaskState& t, int fd, int kind, uint32_t events) {
   struct epoll_event ev{};
   ev.events = events;
   ev.data.u64 = key_of(t.id, kind);
-  epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  if (!fault::hit(fault::EPOLL_ADD) && epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0) return true;
+  unwatchable(t, errno);
+  return false;
 }
 
+// Unchecked on purpose: EPOLL_CTL_DEL fails only for an fd that is not in the set (ENOENT:
+// its registration was refused, or a one-shot one already removed) or not open (EBADF),
+// and then there is no registration left to remove. It allocates nothing, so it cannot
+// fail for want of memory.
 void Supervisor::unwatch_fd(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
+
+// A registration the kernel refused: ENOSPC once fs.epoll.max_user_watches is reached,
+// ENOMEM. Without it the task's exit, output or end would never be seen, and it would
+// wait forever (its deadline kills it, but its end still goes unseen). So the task fails
+// with the reason (status "error"), its tree is killed, and from now on a short timer
+// looks at what its events would have said (poll_task) until it is gone; the kill-wait
+// bound still applies. Each task fails alone: the others keep their registrations.
+void Supervisor::unwatchable(TaskState& t, int err) {
+  if (!t.handle) return;
+  if (t.c.spawn_stage == STAGE_NONE) {  // the first failure is the one to report
+    t.c.spawn_stage = STAGE_SUPERVISE;
+    t.c.spawn_errno = err;
+    t.c.note = std::string("epoll_ctl failed (") + strerror(err) +
+               "): pardo could not watch the task, so it killed it";
+  }
+  if (!t.polled) {
+    t.polled = true;
+    add_timer(t, mono_ns() + kPollNs, T_POLL);
+  }
+  signal_tree(t, SIGKILL);
+}
+
+// What the events of an unwatchable task would have said, looked up directly.
+void Supervisor::poll_task(TaskState& t) {
+  if (t.fd_in >= 0) close_fd(t, FD_IN);  // it is being killed: its input no longer matters
+  if (t.fd_out >= 0) read_stream(t, FD_OUT);
+  if (t.fd_err >= 0) read_stream(t, FD_ERR);
+  rung_->on_event(*this, t, FD_STATUS);
+  rung_->on_event(*this, t, FD_EVENTS);
+  if (!t.child_reaped && t.pidfd >= 0) child_exit_event(t);
+}
 
 void Supervisor::drop_pidfd(TaskState& t) {
   if (t.pidfd < 0) return;
@@ -108,7 +147,8 @@ void Supervisor::child_exit_event(TaskState& t) {
     struct epoll_event ev{};
     ev.events = EPOLLIN | EPOLLONESHOT;
     ev.data.u64 = key_of(t.id, FD_CHILD);
-    epoll_ctl(epfd_, EPOLL_CTL_MOD, t.pidfd, &ev);
+    if (!t.polled && (fault::hit(fault::EPOLL_MOD) || epoll_ctl(epfd_, EPOLL_CTL_MOD, t.pidfd, &ev) < 0))
+      unwatchable(t, errno);
   }
 }
 
@@ -281,7 +321,10 @@ void Supervisor::arm_timerfd() {
     if (timer_live(timers_.top())) break;
     timers_.pop();
   }
-  if (timers_.empty()) return;  // a disarmed timerfd costs nothing; a stale one is harmless
+  if (timers_.empty()) {  // a disarmed timerfd costs nothing; a stale one is harmless
+    wake_by_ = 0;
+    return;
+  }
   int64_t when = timers_.top().when;
   // An armed timer that is earlier than needed only costs a spurious wakeup (which
   // re-arms); re-arming on every change would cost a system call per task.
@@ -290,8 +333,26 @@ void Supervisor::arm_timerfd() {
   if (when <= 0) when = 1;
   its.it_value.tv_sec = when / 1000000000LL;
   its.it_value.tv_nsec = when % 1000000000LL;
-  timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &its, nullptr);
-  armed_for_ = when;
+  if (!fault::hit(fault::TIMERFD_SETTIME) && timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &its, nullptr) == 0) {
+    armed_for_ = when;
+    wake_by_ = 0;
+  } else {
+    // Refused (it has no reason to be: the time is valid and absolute). Every deadline
+    // still has to fire, so until a later round arms the timerfd, epoll_wait's own
+    // timeout stands in for it (loop), at millisecond grain. Failing the tasks instead
+    // would punish them for the supervisor's trouble.
+    armed_for_ = 0;
+    wake_by_ = when;
+  }
+}
+
+int Supervisor::epoll_timeout_ms() const {
+  if (shut_) return 50;
+  if (wake_by_ == 0) return -1;
+  int64_t left = wake_by_ - mono_ns();
+  if (left <= 0) return 0;
+  int64_t ms = (left + 999999) / 1000000;  // rounded up: waking early would only spin
+  return ms > 1000000 ? 1000000 : static_cast<int>(ms);
 }
 
 void Supervisor::deadline(TaskState& t) {
@@ -349,6 +410,10 @@ void Supervisor::fire_timers() {
         }
         break;
       }
+      case T_POLL:
+        poll_task(t);
+        if (t.handle) add_timer(t, mono_ns() + kPollNs, T_POLL);
+        break;
     }
     maybe_complete(t);
     now = mono_ns();

@@ -34,6 +34,7 @@ enum TimerKind : int {
   T_DRAIN_END = 3,
   T_KILL_WAIT_END = 4,
   T_WATCH = 5,
+  T_POLL = 6,  // an unwatchable task is looked at (Supervisor::unwatchable)
 };
 
 struct TaskState {
@@ -56,6 +57,7 @@ struct TaskState {
   bool drain_expired = false;
   bool completing = false;    // done; completed after this round's refill (see loop)
   bool permit_returned = false;  // its run permit went back to its limiting queue
+  bool polled = false;        // a watch of it was refused: looked at on a timer instead
   uint64_t timer_gen = 1;     // bumps invalidate pending timers of this task
 
   // watchdog (pool workers)

@@ -24,7 +24,7 @@ def test_engine_cpp(tmp_path):
                      and p.name != "bindings.cpp" and p.parent.name not in ("shepherd", "tests"))
     exe = tmp_path / "engine_tests"
     subprocess.run([cxx, "-std=c++17", "-O1", "-Wall", "-pthread", "-I", str(ENGINE),
-                    "-o", str(exe),
+                    "-DPARDO_FAULT_INJECTION", "-o", str(exe),
                     str(ENGINE / "tests" / "engine_tests.cpp"), *map(str, sources)],
                    check=True, capture_output=True, timeout=300)
     proc = subprocess.run([str(exe), _supervisor.shepherd_path()], capture_output=True,

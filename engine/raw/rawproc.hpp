@@ -187,6 +187,20 @@ void each_process(Fn fn) {
   });
 }
 
+// Mark every fd from `low` up close-on-exec, so that a program gets only the fds it was
+// given. close_range does it in one call (Linux 5.11+); older kernels refuse the flag, and
+// then /proc/self/fd is walked instead, as CPython's _posixsubprocess does. Should that
+// fail too (no /proc), what is left is what posix_spawn would pass on: the fds not
+// already close-on-exec, which pardo and Python never make.
+inline void cloexec_from(int low) {
+  if (sys(SYS_close_range, low, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
+  each_entry("/proc/self/fd", [low](const char* name, unsigned char) {
+    const char* end;
+    long fd = parse_long(name, 10, &end);
+    if (end != name && fd >= low) sys(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);
+  });
+}
+
 // Give a thread that has SIGKILL pending the CPU to die on: SCHED_FIFO where permitted,
 // else nice -20 where permitted, else nothing.
 inline void hasten_one(long tid) {

@@ -42,6 +42,18 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
   }
 }
 
+// Send sig to each process of a leaf in turn.
+void signal_members(const std::string& leaf, int sig) {
+  std::string procs;
+  if (!read_file(leaf + "/cgroup.procs", &procs)) return;
+  std::istringstream in(procs);
+  pid_t pid;
+  while (in >> pid) {
+    kill(pid, sig);
+    if (sig == SIGTERM) kill(pid, SIGCONT);  // a stopped process cannot act on TERM
+  }
+}
+
 class CgroupRung : public Rung {
  public:
   CgroupRung(std::unique_ptr<CgroupTree> tree, int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
@@ -53,11 +65,11 @@ class CgroupRung : public Rung {
 
   SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
     SpawnOutcome o;
-    std::string why;
-    Leaf* leaf = tree_->acquire(&why);
+    int err = EIO;
+    Leaf* leaf = tree_->acquire(&err);
     if (!leaf) {
       o.stage = STAGE_CGROUP;
-      o.err = errno ? errno : EIO;
+      o.err = err;
       return o;
     }
     if (t.req.memory_limit > 0 && tree_->set_memory_max(leaf, t.req.memory_limit) == 0)
@@ -106,20 +118,16 @@ class CgroupRung : public Rung {
         return;
       }
       t.leaf->killed = true;
-      cgroup_kill(t.leaf->path);  // atomic: a forking tree cannot outrun it
+      // Atomic: a forking tree cannot outrun it. Should the kernel refuse (it has no reason
+      // to: the leaf is ours and exists), the members are killed one by one instead; one
+      // forked meanwhile keeps the leaf populated, and the kill-wait bound reports it.
+      if (cgroup_kill(t.leaf->path) != 0) signal_members(t.leaf->path, SIGKILL);
       hasten_death(t.leaf->path, SIGKILL);
       watch_events(s, t);
       return;
     }
     // cgroup.kill only knows SIGKILL: other signals go to each member in turn.
-    std::string procs;
-    if (!read_file(t.leaf->path + "/cgroup.procs", &procs)) return;
-    std::istringstream in(procs);
-    pid_t pid;
-    while (in >> pid) {
-      kill(pid, sig);
-      if (sig == SIGTERM) kill(pid, SIGCONT);  // a stopped process cannot act on TERM
-    }
+    signal_members(t.leaf->path, sig);
     if (sig == SIGTERM) hasten_death(t.leaf->path, sig);  // those it will end
   }
 
@@ -164,8 +172,7 @@ class CgroupRung : public Rung {
  private:
   void watch_events(Supervisor& s, TaskState& t) {
     if (t.events_watched) return;
-    t.events_watched = true;
-    s.watch_fd(t, t.leaf->events_fd, FD_EVENTS, EPOLLPRI);
+    t.events_watched = s.watch_fd(t, t.leaf->events_fd, FD_EVENTS, EPOLLPRI);
   }
 
   void check_gone(Supervisor& s, TaskState& t) {
@@ -201,12 +208,24 @@ bool start_guardian(const std::string& shepherd, const std::string& subtree, int
     return false;
   }
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull < 0) {
+    *why = std::string("cannot open /dev/null for the guardian: ") + strerror(errno);
+    close(p[0]);
+    close(p[1]);
+    return false;
+  }
   ChildPlan plan;
   plan.exec_paths = {shepherd};
   plan.argv = {shepherd, "--guardian=" + subtree};
   plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
-  std::vector<int> temps = normalize_fds(plan.fds);
-  SpawnOutcome o = spawn_child(plan, -1);
+  std::vector<int> temps;
+  SpawnOutcome o;
+  if (int e = normalize_fds(plan.fds, &temps)) {
+    o.stage = STAGE_FDS;
+    o.err = e;
+  } else {
+    o = spawn_child(plan, -1);
+  }
   for (int fd : temps) close(fd);
   close(p[0]);
   close(devnull);

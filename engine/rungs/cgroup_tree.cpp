@@ -189,7 +189,7 @@ CgroupTree::~CgroupTree() {
   }
 }
 
-Leaf* CgroupTree::acquire(std::string* why) {
+Leaf* CgroupTree::acquire(int* err) {
   if (!free_.empty()) {
     Leaf* l = free_.back();
     free_.pop_back();
@@ -200,16 +200,19 @@ Leaf* CgroupTree::acquire(std::string* why) {
   auto l = std::make_unique<Leaf>();
   l->path = path_ + "/t" + std::to_string(next_++);
   if (mkdir(l->path.c_str(), 0755) < 0 && errno != EEXIST) {
-    *why = "cannot create cgroup " + l->path + ": " + strerror(errno);
+    *err = errno;
     return nullptr;
   }
+  // cpu.stat is optional (CPU figures only); the other two are not.
   l->dir_fd = open(l->path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  l->events_fd = open((l->path + "/cgroup.events").c_str(), O_RDONLY | O_CLOEXEC);
-  l->cpu_fd = open((l->path + "/cpu.stat").c_str(), O_RDONLY | O_CLOEXEC);
+  if (l->dir_fd >= 0) l->events_fd = open((l->path + "/cgroup.events").c_str(), O_RDONLY | O_CLOEXEC);
   if (l->dir_fd < 0 || l->events_fd < 0) {
-    *why = "cannot open cgroup " + l->path + ": " + strerror(errno);
+    *err = errno;
+    if (l->dir_fd >= 0) close(l->dir_fd);
+    rmdir(l->path.c_str());  // empty: nothing ever ran in it
     return nullptr;
   }
+  l->cpu_fd = open((l->path + "/cpu.stat").c_str(), O_RDONLY | O_CLOEXEC);
   l->has_memory_max = memory_;
   cpu_baseline(l.get());
   leaves_.push_back(std::move(l));
@@ -218,21 +221,26 @@ Leaf* CgroupTree::acquire(std::string* why) {
 
 void CgroupTree::release(Leaf* leaf) {
   if (leaf->quarantined) return;
-  if (leaf->killed) {
-    for (auto it = leaves_.begin(); it != leaves_.end(); ++it) {
-      if (it->get() != leaf) continue;
-      if (leaf->dir_fd >= 0) close(leaf->dir_fd);
-      if (leaf->events_fd >= 0) close(leaf->events_fd);
-      if (leaf->cpu_fd >= 0) close(leaf->cpu_fd);
-      if (cgroup_remove_tree(leaf->path) != 0) leaf->quarantined = true;  // removed at destroy
-      if (!leaf->quarantined) leaves_.erase(it);
-      else leaf->dir_fd = leaf->events_fd = leaf->cpu_fd = -1;
-      return;
-    }
+  // A leaf whose memory cap cannot be lifted would pass it on to the next task: it is
+  // removed instead, as a killed one is.
+  if (leaf->killed || (leaf->has_memory_max && write_file(leaf->path + "/memory.max", "max") != 0)) {
+    remove(leaf);
     return;
   }
-  if (leaf->has_memory_max) write_file(leaf->path + "/memory.max", "max");
   free_.push_back(leaf);
+}
+
+void CgroupTree::remove(Leaf* leaf) {
+  for (auto it = leaves_.begin(); it != leaves_.end(); ++it) {
+    if (it->get() != leaf) continue;
+    if (leaf->dir_fd >= 0) close(leaf->dir_fd);
+    if (leaf->events_fd >= 0) close(leaf->events_fd);
+    if (leaf->cpu_fd >= 0) close(leaf->cpu_fd);
+    if (cgroup_remove_tree(leaf->path) != 0) leaf->quarantined = true;  // removed at destroy
+    if (!leaf->quarantined) leaves_.erase(it);
+    else leaf->dir_fd = leaf->events_fd = leaf->cpu_fd = -1;
+    return;
+  }
 }
 
 static void read_cpu(int fd, uint64_t* user, uint64_t* sys) {

@@ -57,7 +57,8 @@ class CgroupTree {
   ~CgroupTree();
 
   const std::string& path() const { return path_; }
-  Leaf* acquire(std::string* why);
+  // A free leaf, or a new one; nullptr and *err (an errno) when none can be made.
+  Leaf* acquire(int* err);
   void release(Leaf* leaf);
   // Kill everything, wait for it to be gone (bounded) and remove the subtree.
   void destroy();
@@ -68,6 +69,7 @@ class CgroupTree {
   int set_memory_max(Leaf* leaf, long long bytes);  // 0 or errno
 
  private:
+  void remove(Leaf* leaf);  // close its fds and remove it (quarantined if it will not go)
   std::string path_;
   bool memory_ = false;  // memory controller enabled for the leaves
   unsigned next_ = 0;

@@ -37,7 +37,8 @@ class Rung {
   virtual SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) = 0;
   // Our direct child's pidfd became readable.
   virtual void on_child_exit(Supervisor& s, TaskState& t) = 0;
-  // A rung-specific fd became ready (FD_EVENTS, FD_STATUS).
+  // A rung-specific fd became ready (FD_EVENTS, FD_STATUS), or may have: a task whose
+  // watch was refused is looked at on a timer instead (Supervisor::unwatchable).
   virtual void on_event(Supervisor& s, TaskState& t, int kind) = 0;
   // Send sig to every process of the tree (SIGKILL: all of it, atomically where possible).
   virtual void signal_tree(Supervisor& s, TaskState& t, int sig) = 0;

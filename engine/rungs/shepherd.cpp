@@ -53,8 +53,18 @@ class ShepherdRung : public Rung {
     plan.pdeathsig = SIGTERM;  // the shepherd catches it and kills its tree
     plan.fds.push_back({status_target, st[1]});
     plan.fds.push_back({ctl_target, ctl[0]});
-    std::vector<int> temps = normalize_fds(plan.fds);
-    o = spawn_child(plan, -1);
+    // Our ends never block this thread (each end of a pipe is an open file of its own, so
+    // the shepherd's ends stay blocking). Set before the spawn, so a failure costs nothing
+    // to undo.
+    std::vector<int> temps;
+    int e = fcntl(st[0], F_SETFL, O_NONBLOCK) < 0 || fcntl(ctl[1], F_SETFL, O_NONBLOCK) < 0 ? errno : 0;
+    if (!e) e = normalize_fds(plan.fds, &temps);
+    if (e) {
+      o.stage = STAGE_FDS;
+      o.err = e;
+    } else {
+      o = spawn_child(plan, -1);
+    }
     for (int fd : temps) close(fd);
     close(st[1]);
     close(ctl[0]);
@@ -65,8 +75,6 @@ class ShepherdRung : public Rung {
       close(ctl[1]);
       return o;
     }
-    fcntl(st[0], F_SETFL, O_NONBLOCK);
-    fcntl(ctl[1], F_SETFL, O_NONBLOCK);
     t.status_fd = st[0];
     t.ctl_fd = ctl[1];
     t.child_pid = o.pid;
@@ -87,7 +95,7 @@ class ShepherdRung : public Rung {
         t.c.spawn_stage = STAGE_HELPER;
         t.c.spawn_errno = WIFSIGNALED(st) ? EINTR : ECHILD;
       } else {
-        t.c.note = "the shepherd process died unexpectedly";
+        if (t.c.note.empty()) t.c.note = "the shepherd process died unexpectedly";
       }
       s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
       if (!t.got_started) s.publish_pid(t);
@@ -104,8 +112,16 @@ class ShepherdRung : public Rung {
     // After the leader's exit the shepherd kills the rest by itself (unless lingering).
     if (sig == SIGKILL && t.leader_done && !t.req.linger) return;
     char c = sig == SIGKILL ? CTL_KILL : CTL_TERM;
-    ssize_t r = write(t.ctl_fd, &c, 1);
-    (void)r;
+    ssize_t r;
+    do {
+      r = write(t.ctl_fd, &c, 1);
+    } while (r < 0 && errno == EINTR);
+    // The byte could not go: EAGAIN (the shepherd has 64 KiB of them unread) or an error
+    // that should not happen. SIGTERM says to the shepherd what a K byte says: kill the
+    // whole tree (it is how it learns of our death too), harsher than a T byte but better
+    // than a signal not sent. It is our unreaped child, so its pid is still its own.
+    // EPIPE needs nothing: the shepherd is exiting, and its exit comes as an event.
+    if (r != 1 && errno != EPIPE) kill(t.child_pid, SIGTERM);
   }
 
   void finish(Supervisor& s, TaskState& t) override {

@@ -170,7 +170,7 @@ void drain(int sigfd) {
     if (r < 0) fail(STAGE_FDS, -r);
     top = fd > top ? fd : top;
   }
-  sys(SYS_close_range, top + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  cloexec_from(top + 1);
   long err = exec_search(execs, args, envp);
   fail(STAGE_EXEC, err);
   leave(127);
@@ -211,20 +211,31 @@ int keeper_main(int argc, char** argv, char** envp) {
   }
   if (nexecs == 0) execs[nexecs++] = args[0];
   execs[nexecs] = nullptr;
+  // Unchecked: on fds we were given these calls cannot fail, and the leader marks every fd
+  // above its stdio close-on-exec anyway.
   sys(SYS_fcntl, g_status_fd, F_SETFD, FD_CLOEXEC);
   sys(SYS_fcntl, ctl_fd, F_SETFD, FD_CLOEXEC);
   set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_IGN));  // a vanished supervisor must not kill us before we clean up
-  sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
-
+  // Without these two the keeper cannot keep its word (orphans of the tree would escape
+  // it; a leader's exit would go unseen): it refuses to start the task, and the engine
+  // reports a helper that could not run.
+  long r = sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
   unsigned long mask = 0;
   for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
   sys(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof mask);
-  int sigfd = static_cast<int>(sys(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  int sigfd = -1;
+  if (r == 0) r = sys(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (r < 0) {
+    ShepherdMsg m{MSG_EXEC_FAILED, STAGE_HELPER, static_cast<int32_t>(-r), 0, 0, 0, 0};
+    send(m);
+    leave(1);
+  }
+  sigfd = static_cast<int>(r);
 
   // The leader: a plain fork (we are small, so it is cheap) that reports a failed exec
   // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
   int ep[2];
-  long r = sys(SYS_pipe2, ep, O_CLOEXEC);
+  r = sys(SYS_pipe2, ep, O_CLOEXEC);
   long pid = r < 0 ? r : sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
   if (pid == 0) leader_main(execs, args, envp, ep[1]);
   if (r == 0) sys(SYS_close, ep[1]);
@@ -253,9 +264,15 @@ int keeper_main(int argc, char** argv, char** envp) {
   send(started);
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon
   // as the task's own processes are gone.
+  // Without /dev/null (no fds left, a sandbox without it) they are closed instead.
   long devnull = sys(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR);
-  for (int fd = 0; fd < g_status_fd; ++fd)
-    if (fd != devnull) sys(SYS_dup3, devnull, fd, 0);
+  for (int fd = 0; fd < g_status_fd; ++fd) {
+    if (fd == devnull) continue;
+    if (devnull >= 0)
+      sys(SYS_dup3, devnull, fd, 0);
+    else
+      sys(SYS_close, fd);
+  }
   if (devnull >= g_status_fd) sys(SYS_close, devnull);
 
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};

@@ -1,20 +1,34 @@
 // The engine's own tests, in plain C++: the supervisor on every rung, without Python.
 // Usage: engine_tests PATH_TO_PARDO_SHEPHERD
+//
+// Built with the engine's fault-injection hooks (fault.hpp), to make the kernel refuse what
+// it rarely refuses.
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <memory>
 #include <string>
 
+#include "fault.hpp"
 #include "proc.hpp"
 #include "rungs/rung.hpp"
 #include "spawn.hpp"
 #include "supervisor.hpp"
+
+#ifndef PARDO_FAULT_INJECTION
+#error "build the engine tests with -DPARDO_FAULT_INJECTION (and the engine sources with it too)"
+#endif
 
 using namespace pardo;
 
@@ -44,6 +58,66 @@ static void test_exec_candidates() {
   CHECK(c.size() == 4);
   CHECK(c[0] == "/a/ls" && c[2] == "./ls" && c[3] == "/c/ls");
   CHECK(exec_candidates("./x", "/a").size() == 1);
+}
+
+// Wait for h; if it does not end within timeout_ns, kill it (so that a failed check does
+// not leave it running) and say so.
+static bool done_within(Supervisor& s, Handle& h, int64_t timeout_ns) {
+  if (s.wait_done(h, timeout_ns)) return true;
+  s.command(h.id, Supervisor::OP_KILL);
+  s.wait_done(h, -1);
+  return false;
+}
+
+// Each epoll registration a task needs (its rung's status pipe, its pidfd, stdout, stderr,
+// stdin), refused in turn as the kernel refuses one once fs.epoll.max_user_watches is
+// reached: the task fails with the reason and its tree is killed, promptly. Unchecked, the
+// registration's events never came: a task whose exit went unseen waited forever.
+static void test_refused_watch(Supervisor& s, const std::string& rung) {
+  int refused = 0;
+  for (int skip = 0; skip < 8; ++skip) {
+    fault::arm(fault::EPOLL_ADD, skip, 1, ENOSPC);
+    Request r = cmd({"sh", "-c", "echo out; echo err >&2; exec sleep 30"});
+    r.has_input = true;
+    r.input = "in";
+    auto h = s.submit(std::move(r), nullptr);
+    // A task's registrations follow its start at once.
+    s.wait_done(*h, 1000000000LL);
+    int failed = fault::failed(fault::EPOLL_ADD);
+    fault::disarm(fault::EPOLL_ADD);
+    if (failed == 0) {  // past the last registration: the task runs as it should
+      CHECK(!h->done);
+      done_within(s, *h, 0);
+      break;
+    }
+    ++refused;
+    bool done = done_within(s, *h, 5000000000LL);
+    if (!done) fprintf(stderr, "rung %s: refused registration %d: task not done\n", rung.c_str(), skip);
+    CHECK(done);
+    const Completion& c = h->result;
+    CHECK(c.spawn_stage == STAGE_SUPERVISE && c.spawn_errno == ENOSPC);
+    CHECK(c.note.find("epoll_ctl failed") != std::string::npos);
+    CHECK(!c.exited && c.term_signal == SIGKILL);  // killed, not left to run out
+    CHECK(c.duration_ns < 5000000000LL);
+  }
+  // cgroup and pgroup: pidfd, stdout, stderr, stdin; shepherd: its status pipe too.
+  CHECK(refused >= 4);
+}
+
+// timerfd_settime refused, every time: deadlines still fire (epoll_wait's timeout stands in).
+// Unchecked, the timerfd stayed unarmed and a deadline never came.
+static void test_refused_timer(Supervisor& s) {
+  fault::arm(fault::TIMERFD_SETTIME, 0, 1 << 30, EINVAL);
+  Request r = cmd({"sleep", "30"});
+  r.timeout_ns = 200000000;
+  r.kill_grace_ns = 0;
+  auto h = s.submit(std::move(r), nullptr);
+  bool done = done_within(s, *h, 5000000000LL);
+  int failed = fault::failed(fault::TIMERFD_SETTIME);
+  fault::disarm(fault::TIMERFD_SETTIME);
+  CHECK(failed > 0);
+  CHECK(done && h->result.timed_out);
+  CHECK(h->result.duration_ns < 1500000000LL);
 }
 
 static void test_rung(const std::string& rung, const std::string& shepherd) {
@@ -113,7 +187,53 @@ static void test_rung(const std::string& rung, const std::string& shepherd) {
   s->wait_done(*h, -1);
   CHECK(h->result.cancelled && h->result.term_signal == SIGKILL);
 
+  test_refused_watch(*s, rung);
+  test_refused_timer(*s);
+
   s->shutdown();
+}
+
+// A kernel older than 5.11 refuses close_range(CLOSE_RANGE_CLOEXEC), emulated with a
+// seccomp filter (ENOSYS, as such a kernel answers) in a child process of ours: the task
+// still gets none of our fds beyond its own, on the pgroup rung (the spawn child) and the
+// shepherd rung (the keeper's leader, which inherits the filter). Unchecked, the refusal
+// left every fd not marked close-on-exec to the program.
+static void test_cloexec_without_close_range(const std::string& shepherd) {
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+  pid_t kid = fork();
+  if (kid == 0) {
+    alarm(60);
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_close_range, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
+      _exit(3);
+    if (syscall(SYS_close_range, 100, 100, 0) == 0 || errno != ENOSYS) _exit(4);
+    if (dup2(open("/dev/null", O_RDONLY), 50) != 50) _exit(5);  // inheritable, as dup2 makes it
+    int bad = 0;
+    for (const char* rung : {"pgroup", "shepherd"}) {
+      Supervisor::Config cfg;
+      cfg.isolation = rung;
+      cfg.shepherd_path = shepherd;
+      Supervisor s(cfg);
+      Completion c = run(s, cmd({"sh", "-c", "if [ -e /proc/self/fd/50 ]; then echo leaked; else echo clean; fi"}));
+      if (c.out != "clean\n") {
+        fprintf(stderr, "rung %s without close_range: fd 50 %s", rung, c.out.c_str());
+        ++bad;
+      }
+      s.shutdown();
+    }
+    _exit(bad ? 1 : 0);
+  }
+  int st = 0;
+  CHECK(kid > 0 && waitpid(kid, &st, 0) == kid);
+  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 static void on_term(int) {}
@@ -170,6 +290,7 @@ int main(int argc, char** argv) {
   test_exec_candidates();
   test_hasten_fatal();
   std::string shepherd = argv[1];
+  test_cloexec_without_close_range(shepherd);
   const char* rungs[] = {"cgroup", "shepherd", "pgroup"};
   for (const char* rung : rungs) {
     if (std::string(rung) == "cgroup" && !cgroup_unavailable_reason().empty()) {
