@@ -27,6 +27,8 @@ using release_gil = py::call_guard<py::gil_scoped_release>;
 // One supervisor per process. After fork() the child has the object but not its thread;
 // the child forgets it (leaking it on purpose: destroying it would join a thread that
 // does not exist there) and starts a new one on first use.
+// g_mu guards g_sup: its creation on first use and its hand-over at shutdown, from any
+// Python thread. Not held while the supervisor shuts down (that joins its thread).
 Supervisor* g_sup = nullptr;
 std::mutex g_mu;
 

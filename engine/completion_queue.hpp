@@ -19,9 +19,11 @@ namespace pardo {
 
 // Finished handles, in completion order, for consumers that run many tasks at once.
 //
-// With max_running > 0 the queue is also a limiter: at most that many of its tasks run at
-// once, and the supervisor thread starts the next held one itself the moment one ends, so
-// a batch runs at full speed without a round trip through Python per task.
+// With max_running > 0 the queue is also a limiter with max_running run permits: a task
+// of the queue holds one from its start until its tree is gone, and one submitted while
+// none is free is held back. The supervisor thread starts the next held task itself the
+// moment a permit comes back, so a batch runs at full speed without a round trip through
+// Python per task.
 class CompletionQueue {
  public:
   explicit CompletionQueue(int max_running = 0);
@@ -37,6 +39,10 @@ class CompletionQueue {
   size_t size();
 
  private:
+  // mu_ guards items_, waiting_, lingering_, first_at_ and efd_ (its creation, and the
+  // readiness it signals: set by push, reset by pop); push (the supervisor thread) and
+  // pop/fd/size (consumers) meet here. cv_ wakes the threads waiting in pop. The
+  // supervisor's own mutex is never taken while this one is held, nor the reverse.
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<Handle>> items_;
@@ -48,7 +54,8 @@ class CompletionQueue {
   int efd_ = -1;
   const int max_running_;
 
-  // Supervisor thread only: how many of this queue's tasks run, and those waiting to.
+  // Supervisor thread only, no lock: how many of this queue's permits are held (its tasks
+  // that run), and the tasks waiting for one.
   friend class Supervisor;
   int running_ = 0;
   std::deque<std::pair<std::shared_ptr<Handle>, Request>> held_;

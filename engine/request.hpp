@@ -57,7 +57,9 @@ struct Completion {
 
 class CompletionQueue;
 
-// Python's view of one task. pid and done change under the supervisor's mutex.
+// Python's view of one task. pid, done and result are written by the supervisor thread
+// under the supervisor's mutex (result before done: once done is seen, result is final);
+// `launch` needs no lock (the kernel and the child write it, see LaunchReport).
 struct Handle {
   uint64_t id = 0;
   int pid = 0;  // 0: not started yet; -1: could not start

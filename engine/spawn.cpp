@@ -68,6 +68,8 @@ inline long set_limit(int resource, const struct rlimit* rl) {
 // exited (finish_launch), so the pool holds about as many stacks as children were ever
 // between clone and exec at once.
 constexpr size_t kChildStackSize = 128 * 1024;
+// g_stack_mu guards g_stacks: spawns come from the supervisor thread and, for the cgroup
+// rung's guardian, from the thread that builds the Supervisor. Never held across a clone.
 std::mutex g_stack_mu;
 std::vector<void*> g_stacks;
 

@@ -1,19 +1,44 @@
 // The Supervisor: one native thread that owns every process tree the Python process starts.
 //
-//   Python threads                      supervisor thread (all signals blocked, no GIL)
-//   ──────────────                      ────────────────────────────────────────────────
-//   submit(Request) ──► pending_ ──► eventfd ──► epoll_wait ──► spawn (clone3 into rung)
-//   signal/watch    ──► commands_ ─┘                 │
-//                                                   ├─ pidfd readable   → reap leader, kill rest of tree
-//                                                   ├─ stdout/stderr    → capture (bounded) or drop
-//                                                   ├─ stdin writable   → feed input
-//                                                   ├─ cgroup.events    → tree gone (cgroup rung)
-//                                                   ├─ shepherd status  → leader status (shepherd rung)
-//                                                   └─ timerfd          → deadline: TERM tree, grace, KILL;
-//                                                                         watch slots; output drain bound
-//   Handle.wait / CompletionQueue.pop ◄── complete(): tree gone + pipes drained
+//  Python threads (GIL released)            supervisor thread: loop() (no GIL; every signal
+//  ─────────────────────────────            blocked but SIGCHLD)
+//                                           ──────────────────────────────────────────────
+//  submit(req, queue) ─► pending_  ─┐
+//  kill/terminate/watch ► commands_ ┴─► eventfd ─► epoll_wait ─► on_event, per ready fd:
+//                        (under mu_)
+//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► clone3(CLONE_VM ...)
+//             apply(commands)         │   (a limiting queue's     cgroup/pgroup: without
+//                                     │    task takes a permit)   VFORK where they can:
+//                                     │                           returns at once (launch)
+//                                     └─► queue's held_ (no permit free, or others held)
+//    timerfd  fire_timers: deadline (TERM, grace, KILL) · drain end · kill-wait end ·
+//             watch record due · poll of an unwatchable task
+//    pidfd    tree already gone? ─► permit returned, exited_ (reaped after the refill)
+//             else: reap the leader, kill what is left of its tree
+//    pipes    stdout/stderr captured (bounded) · stdin fed
+//    rung fd  cgroup.events "populated 0" · shepherd status (started, leader exit, gone)
+//        └─► maybe_complete: leader reaped, tree gone, pipes drained
+//                            ─► permit returned, completing_
+//  then, once per round, in this order:
+//    1 refill      queues that got permits back start held tasks, first taking the
+//                  submits that did not wake us (a full queue's submit does not)
+//    2 exited_     reaped;  completing_: complete(): last output read, fds closed,
+//                  Rung::finish, Handle.result and .done set under mu_ ─► cv_ ─► wait_done
+//    3 publish     CompletionQueue::push ─► its cv_ / eventfd ─► pop() (get_many)
+//    4 retire      pace_realtime; finished records go; settle_launches; arm_timerfd
 //
-// - Requests and commands are queued under mu_ and signalled through one eventfd.
+//  wait_started(h): h.pid under mu_, then h.launch, whose word the kernel clears when a
+//  child started without waiting for its exec has exec'd or exited (CLONE_CHILD_CLEARTID).
+//
+// - Python threads only queue work under mu_ and wake the loop through one eventfd (a
+//   flag spares the write while a wakeup is pending); they wait on cv_ or on a
+//   CompletionQueue, never on the loop itself.
+// - The loop starts the next tasks before it does the bookkeeping of finished ones (the
+//   refill comes before reaping, completing and publishing): a consumer woken first would
+//   take the CPU the next task should start on.
+// - A started task's child runs beside the loop until its exec (clone3 with CLONE_VM, on a
+//   stack of its own; spawn.hpp): its ChildPlan and stack stay alive until the kernel
+//   says it is past its exec (settle_launch), even after the task is done (unsettled_).
 // - Deadlines live in a min-heap of (time, task, kind, generation); one timerfd is armed at
 //   the earliest. Stale entries are skipped by generation, never searched for.
 // - How a tree is contained, signalled and known to be gone is the Rung's business
@@ -134,6 +159,16 @@ class Supervisor {
   void notify();
   void close_own_fds();
 
+  void cancel_held(uint64_t id);
+  void settle_unstarted(const std::shared_ptr<Handle>& h, bool cancelled);
+  void pace_realtime();
+  void settle_launches();
+  void retire(std::unique_ptr<TaskState> t);
+  void publish();
+  void admit(Pending&& p);
+  void refill();
+
+  // Set before the thread starts, read-only after.
   Config cfg_;
   std::unique_ptr<Rung> rung_;
   std::string rung_name_, rung_reason_;
@@ -141,44 +176,45 @@ class Supervisor {
   bool pipe_nowait_ = false;  // capture pipes are read with RWF_NOWAIT (else non-blocking)
   bool nofile_raised_ = false;
   struct rlimit nofile_orig_ {};
-  int base_nice_ = 0;
-  std::string priority_;
-  bool loop_started_ = false;
-  void cancel_held(uint64_t id);
-  void settle_unstarted(const std::shared_ptr<Handle>& h, bool cancelled);
-  void pace_realtime();
-  bool realtime_ = false, demoted_ = false;
-  size_t io_bytes_ = 0;
-  int64_t flood_seen_ = 0;
   std::thread thread_;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> woken_{false};
+  std::atomic<bool> stop_{false};   // shutdown() asks the loop to end
+  std::atomic<bool> woken_{false};  // a wakeup is pending: notify() need not write again
+  std::atomic<uint64_t> next_id_{1};
 
-  std::mutex mu_;  // guards pending_, commands_, handle pid/done, in_flight_
+  // mu_ guards what Python threads and the supervisor thread share:
+  //   - pending_ and commands_ (queued by submit/command, taken by take_requests);
+  //   - in_flight_;
+  //   - each Handle's pid, done and result (written by the supervisor thread, read by
+  //     wait_started / wait_done / Handle.result once done);
+  //   - each limiting CompletionQueue's unsettled_ (submit counts up, the loop down);
+  //   - loop_started_ (priority_ is written before it is set and read only after).
+  // cv_ announces a Handle's pid or done and the loop's start. Never held while calling
+  // into a rung, spawning, or taking a CompletionQueue's own lock.
+  std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Pending> pending_;
   std::vector<Command> commands_;
-  std::atomic<uint64_t> next_id_{1};
   size_t in_flight_ = 0;
+  bool loop_started_ = false;
+  std::string priority_;
 
-  // supervisor thread only
+  // The supervisor thread's own: no lock.
+  int base_nice_ = 0;
+  bool realtime_ = false, demoted_ = false;
+  size_t io_bytes_ = 0;
+  int64_t flood_seen_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<TaskState>> tasks_;
   std::vector<uint64_t> finished_;  // completed this round; erased after the event batch
   std::vector<uint64_t> completing_;  // done this round, completed after the refill
   std::vector<uint64_t> exited_;      // leader exited with its tree gone: reaped after the refill
   std::vector<uint64_t> launching_;   // started asynchronously, maybe not past their exec yet
   std::vector<std::unique_ptr<TaskState>> unsettled_;  // finished; their child may still read the plan
-  void settle_launches();
-  void retire(std::unique_ptr<TaskState> t);
   // Limiting queues with tasks running or held; kept alive here until they have none.
   std::unordered_map<CompletionQueue*, std::shared_ptr<CompletionQueue>> limited_;
   std::vector<std::shared_ptr<CompletionQueue>> refill_;  // got a run permit back this round
   // Tasks completed this round, handed to their queues only after the returned permits were
   // refilled: a consumer woken first would take the CPU the next task should start on.
   std::vector<std::pair<std::shared_ptr<CompletionQueue>, std::shared_ptr<Handle>>> publish_;
-  void publish();
-  void admit(Pending&& p);
-  void refill();
   std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
   int64_t armed_for_ = 0;  // the timerfd's expiry (0: not armed)
   int64_t wake_by_ = 0;    // when timerfd_settime was refused: the earliest timer (see loop)
