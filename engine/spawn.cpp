@@ -362,6 +362,19 @@ SpawnOutcome spawn_child(ChildPlan& plan, int cgroup_fd) {
   return out;
 }
 
+SpawnOutcome spawn_with_fds(ChildPlan& plan, int cgroup_fd) {
+  std::vector<int> temps;
+  SpawnOutcome o;
+  if (int e = normalize_fds(plan.fds, &temps)) {
+    o.stage = STAGE_FDS;
+    o.err = e;
+  } else {
+    o = spawn_child(plan, cgroup_fd);
+  }
+  for (int fd : temps) close(fd);
+  return o;
+}
+
 bool async_spawn_supported() { return kHaveTrampoline; }
 
 SpawnOutcome spawn_child_async(ChildPlan& plan, int cgroup_fd, LaunchReport* report) {

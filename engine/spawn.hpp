@@ -96,6 +96,10 @@ std::vector<std::string> exec_candidates(const std::string& program, const std::
 // other, so the spawn must not go ahead.
 int normalize_fds(std::vector<std::pair<int, int>>& fds, std::vector<int>* temps);
 
+// spawn_child for a plan whose fds are not normalized yet (pardo's own helper programs):
+// normalizes them, spawns, and closes the dups it made. A dup that fails is STAGE_FDS.
+SpawnOutcome spawn_with_fds(ChildPlan& plan, int cgroup_fd);
+
 // Start the child described by plan. cgroup_fd >= 0 places it atomically into that cgroup
 // with clone3(CLONE_INTO_CGROUP). Never throws; failures come back in the outcome. The
 // child's exit status is reaped here when it could not exec.

@@ -27,14 +27,14 @@ enum FdKind : int {
   FD_STATUS = 6,  // shepherd -> supervisor messages
 };
 
-// Timer kinds.
+// Timer kinds (their values mean nothing outside the heap).
 enum TimerKind : int {
-  T_DEADLINE = 1,
-  T_GRACE_END = 2,
-  T_DRAIN_END = 3,
-  T_KILL_WAIT_END = 4,
-  T_WATCH = 5,
-  T_POLL = 6,  // an unwatchable task is looked at (Supervisor::unwatchable)
+  T_DEADLINE = 1,   // the task's timeout
+  T_GRACE_END,      // SIGTERM was sent kill_grace ago: SIGKILL
+  T_DRAIN_END,      // the tree is gone; its pipes stay open no longer
+  T_KILL_WAIT_END,  // SIGKILL was sent kill_wait ago and the tree is not gone
+  T_WATCH,          // a pool worker's watch record is due to be read
+  T_POLL,           // an unwatchable task is looked at (Supervisor::unwatchable)
 };
 
 struct TaskState {

@@ -218,15 +218,7 @@ bool start_guardian(const std::string& shepherd, const std::string& subtree, int
   plan.exec_paths = {shepherd};
   plan.argv = {shepherd, "--guardian=" + subtree};
   plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
-  std::vector<int> temps;
-  SpawnOutcome o;
-  if (int e = normalize_fds(plan.fds, &temps)) {
-    o.stage = STAGE_FDS;
-    o.err = e;
-  } else {
-    o = spawn_child(plan, -1);
-  }
-  for (int fd : temps) close(fd);
+  SpawnOutcome o = spawn_with_fds(plan, -1);
   close(p[0]);
   close(devnull);
   if (o.stage != STAGE_NONE) {

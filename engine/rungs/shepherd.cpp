@@ -56,16 +56,12 @@ class ShepherdRung : public Rung {
     // Our ends never block this thread (each end of a pipe is an open file of its own, so
     // the shepherd's ends stay blocking). Set before the spawn, so a failure costs nothing
     // to undo.
-    std::vector<int> temps;
-    int e = fcntl(st[0], F_SETFL, O_NONBLOCK) < 0 || fcntl(ctl[1], F_SETFL, O_NONBLOCK) < 0 ? errno : 0;
-    if (!e) e = normalize_fds(plan.fds, &temps);
-    if (e) {
+    if (fcntl(st[0], F_SETFL, O_NONBLOCK) < 0 || fcntl(ctl[1], F_SETFL, O_NONBLOCK) < 0) {
       o.stage = STAGE_FDS;
-      o.err = e;
+      o.err = errno;
     } else {
-      o = spawn_child(plan, -1);
+      o = spawn_with_fds(plan, -1);
     }
-    for (int fd : temps) close(fd);
     close(st[1]);
     close(ctl[0]);
     // Our helper could not be exec'd: say so, rather than blame the task's program.
