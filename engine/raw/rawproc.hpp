@@ -7,10 +7,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -49,6 +51,19 @@ inline long parse_long(const char* s, int base = 10, const char** end = nullptr)
 // A struct timeval (rusage times) in microseconds.
 inline int64_t tv_us(const struct timeval& tv) {
   return static_cast<int64_t>(tv.tv_sec) * 1000000 + tv.tv_usec;
+}
+
+// The monotonic clock in milliseconds.
+inline int64_t mono_ms() {
+  struct timespec ts;
+  sys(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+// Wait for events on fds, up to timeout_ms (-1: no limit). The count ready, or -errno.
+inline long wait_fds(struct pollfd* fds, int n, int timeout_ms) {
+  struct timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
+  return sys(SYS_ppoll, fds, n, timeout_ms < 0 ? nullptr : &ts, nullptr, 8);
 }
 
 // Appends to a fixed buffer, always NUL-terminated, truncating what does not fit.

@@ -12,8 +12,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <sstream>
-
 #include "proc.hpp"
 #include "rungs/cgroup_tree.hpp"
 #include "rungs/rung.hpp"
@@ -39,18 +37,6 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
     if (end == p) break;
     hasten_dying(tid, sig);
     p = *end ? end + 1 : end;
-  }
-}
-
-// Send sig to each process of a leaf in turn.
-void signal_members(const std::string& leaf, int sig) {
-  std::string procs;
-  if (!read_file(leaf + "/cgroup.procs", &procs)) return;
-  std::istringstream in(procs);
-  pid_t pid;
-  while (in >> pid) {
-    kill(pid, sig);
-    if (sig == SIGTERM) kill(pid, SIGCONT);  // a stopped process cannot act on TERM
   }
 }
 
@@ -121,13 +107,13 @@ class CgroupRung : public Rung {
       // Atomic: a forking tree cannot outrun it. Should the kernel refuse (it has no reason
       // to: the leaf is ours and exists), the members are killed one by one instead; one
       // forked meanwhile keeps the leaf populated, and the kill-wait bound reports it.
-      if (cgroup_kill(t.leaf->path) != 0) signal_members(t.leaf->path, SIGKILL);
+      if (cgroup_kill(t.leaf->path.c_str()) != 0) cgroup_signal_members(t.leaf->path.c_str(), SIGKILL);
       hasten_death(t.leaf->path, SIGKILL);
       watch_events(s, t);
       return;
     }
     // cgroup.kill only knows SIGKILL: other signals go to each member in turn.
-    signal_members(t.leaf->path, sig);
+    cgroup_signal_members(t.leaf->path.c_str(), sig);
     if (sig == SIGTERM) hasten_death(t.leaf->path, sig);  // those it will end
   }
 

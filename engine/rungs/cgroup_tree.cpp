@@ -61,54 +61,9 @@ std::string own_cgroup_path() {
   return "";
 }
 
-int cgroup_populated(int events_fd) {
-  // One pread: the file is a few short lines ("populated 0\nfrozen 0\n").
-  char buf[256];
-  ssize_t n = pread(events_fd, buf, sizeof buf - 1, 0);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
-  const char* p = strstr(buf, "populated ");
-  if (!p) return -1;
-  return p[10] == '1' ? 1 : 0;
-}
+namespace {
 
-int cgroup_kill(const std::string& dir) { return write_file(dir + "/cgroup.kill", "1"); }
-
-int cgroup_remove_tree(const std::string& dir) {
-  if (DIR* d = opendir(dir.c_str())) {
-    std::vector<std::string> subdirs;
-    while (struct dirent* e = readdir(d)) {
-      if (e->d_type != DT_DIR || !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-      subdirs.push_back(dir + "/" + e->d_name);
-    }
-    closedir(d);
-    for (auto& s : subdirs) cgroup_remove_tree(s);
-  }
-  if (rmdir(dir.c_str()) < 0 && errno != ENOENT) return errno;
-  return 0;
-}
-
-bool cgroup_wait_empty(const std::string& dir, int timeout_ms) {
-  int fd = open((dir + "/cgroup.events").c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT;
-  int64_t end = mono_ns() + static_cast<int64_t>(timeout_ms) * 1000000;
-  bool empty = false;
-  while (true) {
-    int p = cgroup_populated(fd);
-    if (p <= 0) {
-      empty = p == 0;
-      break;
-    }
-    int64_t left = (end - mono_ns()) / 1000000;
-    if (left <= 0) break;
-    // kernfs signals a change of cgroup.events with POLLPRI.
-    struct pollfd pfd{fd, POLLPRI, 0};
-    poll(&pfd, 1, static_cast<int>(left));
-  }
-  close(fd);
-  return empty;
-}
-
+// Kill and remove the subtrees of supervisors that are gone. Returns how many.
 int cgroup_sweep_stale(const std::string& pardo_dir) {
   DIR* d = opendir(pardo_dir.c_str());
   if (!d) return 0;
@@ -121,20 +76,11 @@ int cgroup_sweep_stale(const std::string& pardo_dir) {
     stale.push_back(pardo_dir + "/" + e->d_name);
   }
   closedir(d);
-  for (auto& s : stale) cgroup_release_subtree(s, 2000);
+  for (auto& s : stale) cgroup_release_subtree(s.c_str(), 2000);
   return static_cast<int>(stale.size());
 }
 
-void cgroup_release_subtree(const std::string& dir, int timeout_ms) {
-  if (access(dir.c_str(), F_OK) == 0) {
-    cgroup_kill(dir);
-    cgroup_wait_empty(dir, timeout_ms);
-    cgroup_remove_tree(dir);
-  }
-  // EBUSY while another supervisor still has a subtree here: then the last one removes it.
-  size_t slash = dir.rfind('/');
-  if (slash != std::string::npos) rmdir(dir.substr(0, slash).c_str());
-}
+}  // namespace
 
 std::unique_ptr<CgroupTree> CgroupTree::create(std::string* why) {
   std::string mnt = find_cgroup2_mount(why);
@@ -167,7 +113,7 @@ std::unique_ptr<CgroupTree> CgroupTree::create(std::string* why) {
   }
   if (access((t->path_ + "/cgroup.kill").c_str(), W_OK) < 0) {
     *why = "the kernel has no cgroup.kill (needs Linux 5.14+)";
-    cgroup_release_subtree(t->path_, 0);
+    cgroup_release_subtree(t->path_.c_str(), 0);
     return nullptr;
   }
   // memory.max for memory_limit= where the memory controller is available in v2. Enabling
@@ -236,7 +182,7 @@ void CgroupTree::remove(Leaf* leaf) {
     if (leaf->dir_fd >= 0) close(leaf->dir_fd);
     if (leaf->events_fd >= 0) close(leaf->events_fd);
     if (leaf->cpu_fd >= 0) close(leaf->cpu_fd);
-    if (cgroup_remove_tree(leaf->path) != 0) leaf->quarantined = true;  // removed at destroy
+    if (cgroup_remove_tree(leaf->path.c_str()) != 0) leaf->quarantined = true;  // removed at destroy
     if (!leaf->quarantined) leaves_.erase(it);
     else leaf->dir_fd = leaf->events_fd = leaf->cpu_fd = -1;
     return;
@@ -282,7 +228,7 @@ void CgroupTree::destroy() {
   }
   leaves_.clear();
   free_.clear();
-  cgroup_release_subtree(path_, 5000);
+  cgroup_release_subtree(path_.c_str(), 5000);
   path_.clear();
 }
 

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "raw/rawcgroup.hpp"  // populated, kill, remove: shared with the guardian
+
 namespace pardo {
 
 // The cgroup2 mount point from /proc/self/mountinfo, or "" (why says what was found).
@@ -20,19 +22,6 @@ std::string find_cgroup2_mount(std::string* why);
 // This process's cgroup path relative to the cgroup2 mount ("0::" line), or "".
 std::string own_cgroup_path();
 
-// Read "populated" from a cgroup.events fd: 1, 0, or -1 on error.
-int cgroup_populated(int events_fd);
-// Kill every process in the cgroup and below (cgroup.kill). 0 or errno.
-int cgroup_kill(const std::string& dir);
-// Remove dir and every cgroup below it (they must be empty of processes). 0 or errno.
-int cgroup_remove_tree(const std::string& dir);
-// Wait until the cgroup is unpopulated, up to timeout_ms. True when it is.
-bool cgroup_wait_empty(const std::string& dir, int timeout_ms);
-// Kill everything in a supervisor's subtree, wait (bounded) for it to be gone, remove it,
-// and remove the shared parent too when no other supervisor has a subtree there.
-void cgroup_release_subtree(const std::string& dir, int timeout_ms);
-// Kill and remove the subtrees of supervisors that are gone. Returns how many.
-int cgroup_sweep_stale(const std::string& pardo_dir);
 
 struct Leaf {
   std::string path;

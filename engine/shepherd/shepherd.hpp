@@ -3,9 +3,6 @@
 // few helpers stand in for the libc functions it would otherwise use.
 #pragma once
 
-#include <poll.h>
-#include <time.h>
-
 #include <cstddef>
 #include <cstdint>
 
@@ -22,18 +19,6 @@ inline size_t str_len(const char* s) {
 
 // A line on stderr.
 inline void say(const char* s) { sys(SYS_write, 2, s, str_len(s)); }
-
-inline int64_t now_ms() {
-  struct timespec ts;
-  sys(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-// Wait for events on fds, up to timeout_ms (-1: no limit).
-inline long wait_fds(struct pollfd* fds, int n, int timeout_ms) {
-  struct timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
-  return sys(SYS_ppoll, fds, n, timeout_ms < 0 ? nullptr : &ts, nullptr, 8);
-}
 
 inline void set_disposition(int sig, void* handler) {
   KernelSigaction sa{handler, 0, nullptr, 0};
