@@ -10,7 +10,6 @@
 #include <sched.h>
 #include <sys/resource.h>
 
-#include <unordered_map>
 
 namespace pardo {
 
@@ -79,26 +78,9 @@ std::vector<std::pair<pid_t, pid_t>> list_processes() {
 }
 
 std::vector<pid_t> descendants_of(pid_t root) {
-  // Walk down from root through the children files: proportional to the tree, not to
-  // every process on the machine.
   std::vector<pid_t> out;
-  auto add = [&](long c) { out.push_back(static_cast<pid_t>(c)); };
-  bool ok = each_child(root, add);
-  for (size_t i = 0; ok && i < out.size(); ++i) ok = each_child(out[i], add);
-  if (ok) return out;
-  std::unordered_multimap<pid_t, pid_t> kids;
-  each_process([&](long pid, long ppid) { kids.emplace(static_cast<pid_t>(ppid), static_cast<pid_t>(pid)); });
-  out.clear();
-  std::vector<pid_t> stack{root};
-  while (!stack.empty()) {
-    pid_t p = stack.back();
-    stack.pop_back();
-    auto range = kids.equal_range(p);
-    for (auto it = range.first; it != range.second; ++it) {
-      out.push_back(it->second);
-      stack.push_back(it->second);
-    }
-  }
+  std::vector<PidLink> links;
+  find_descendants(root, out, links);
   return out;
 }
 

@@ -216,6 +216,53 @@ inline void cloexec_from(int low) {
   });
 }
 
+// A fixed-size list for code that may not allocate; what does not fit is dropped. Every
+// member has an initializer, so a global one is initialized at compile time: the
+// freestanding shepherd runs no constructors.
+template <class T, int N>
+struct FixedList {
+  T items[N]{};
+  int n = 0;
+  void push_back(const T& v) {
+    if (n < N) items[n++] = v;
+  }
+  int size() const { return n; }
+  void clear() { n = 0; }
+  const T& operator[](int i) const { return items[i]; }
+};
+
+struct PidLink {
+  long pid = 0, ppid = 0;
+};
+
+// Every descendant of root (not root itself) into `out`, a list with push_back, size,
+// clear and []: found through the parent links of every process in /proc, gathered in
+// `links` (scratch). Never 0, -1 (which kill() reads as "our group" or "everyone") or 1.
+template <class List, class Links>
+void descendants_by_links(long root, List& out, Links& links) {
+  links.clear();
+  each_process([&links](long pid, long ppid) { links.push_back(PidLink{pid, ppid}); });
+  out.clear();
+  for (int next = -1; next < static_cast<int>(out.size()); ++next) {
+    long parent = next < 0 ? root : out[next];
+    for (int i = 0; i < static_cast<int>(links.size()); ++i)
+      if (links[i].ppid == parent && links[i].pid > 1) out.push_back(links[i].pid);
+  }
+}
+
+// The same, by walking down through the children files: proportional to the tree, not to
+// every process on the machine. By the parent links where the kernel has no such files.
+template <class List, class Links>
+void find_descendants(long root, List& out, Links& links) {
+  out.clear();
+  auto add = [&out](long p) {
+    if (p > 1) out.push_back(p);
+  };
+  bool ok = each_child(root, add);
+  for (int i = 0; ok && i < static_cast<int>(out.size()); ++i) ok = each_child(out[i], add);
+  if (!ok) descendants_by_links(root, out, links);
+}
+
 // Give a thread that has SIGKILL pending the CPU to die on: SCHED_FIFO where permitted,
 // else nice -20 where permitted, else nothing.
 inline void hasten_one(long tid) {

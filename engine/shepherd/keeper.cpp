@@ -68,45 +68,11 @@ bool reap_all(bool* leader_just_exited) {
   }
 }
 
-// Our descendants, found through /proc/PID/task/TID/children (or, where the kernel lacks
-// those files, the parent links of every process). At most kMaxPids a round: the kill
-// loop repeats until none is left, and orphans of killed processes come to us.
-constexpr int kMaxPids = 32768;
-long g_pids[kMaxPids];
-int g_npids = 0;
-
-void add_pid(long p) {
-  // Never 0 or -1 (which kill() reads as "our group" or "everyone"), nor init.
-  if (p > 1 && g_npids < kMaxPids) g_pids[g_npids++] = p;
-}
-
-// Parent links of every process, for kernels without children files.
-constexpr int kMaxProcs = 65536;
-long g_all_pid[kMaxProcs], g_all_ppid[kMaxProcs];
-
-void scan_all(long root) {
-  int n = 0;
-  each_process([&](long pid, long ppid) {
-    if (n >= kMaxProcs) return;
-    g_all_pid[n] = pid;
-    g_all_ppid[n] = ppid;
-    ++n;
-  });
-  g_npids = 0;
-  long parent = root;
-  for (int next = -1; next < g_npids; ++next) {
-    if (next >= 0) parent = g_pids[next];
-    for (int i = 0; i < n; ++i)
-      if (g_all_ppid[i] == parent) add_pid(g_all_pid[i]);
-  }
-}
-
-void find_descendants(long root) {
-  g_npids = 0;
-  bool ok = each_child(root, add_pid);
-  for (int next = 0; ok && next < g_npids; ++next) ok = each_child(g_pids[next], add_pid);
-  if (!ok) scan_all(root);
-}
+// Our descendants (find_descendants, raw/rawproc.hpp), in fixed lists: at most 32768 a
+// round, as the kill loop repeats until none is left and orphans of killed processes come
+// to us; the parent links of up to 65536 processes where the kernel has no children files.
+FixedList<long, 32768> g_pids;
+FixedList<PidLink, 65536> g_links;
 
 void signal_tree(int sig) {
   // The leader's group first (cheap, catches most of a tree at once) while the leader is
@@ -116,8 +82,8 @@ void signal_tree(int sig) {
     sys(SYS_kill, -g_leader, sig);
     if (sig == SIGTERM) sys(SYS_kill, -g_leader, SIGCONT);
   }
-  find_descendants(sys(SYS_getpid));
-  for (int i = 0; i < g_npids; ++i) {
+  find_descendants(sys(SYS_getpid), g_pids, g_links);
+  for (int i = 0; i < g_pids.size(); ++i) {
     long p = g_pids[i];
     sys(SYS_kill, p, sig);
     if (sig == SIGTERM) sys(SYS_kill, p, SIGCONT);  // a stopped process cannot act on TERM

@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
@@ -236,6 +237,30 @@ static void test_cloexec_without_close_range(const std::string& shepherd) {
   CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+// The two ways of finding a tree's processes (children files, parent links) agree.
+static void test_descendants() {
+  pid_t kid = fork();
+  if (kid == 0) {
+    alarm(30);
+    execl("/bin/sh", "sh", "-c", "sleep 30 & (sleep 31 & wait) & wait", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  std::vector<pid_t> walked, scanned;
+  std::vector<PidLink> links;
+  for (int i = 0; i < 500 && walked.size() < 4; ++i) {  // sh, sleep, subshell, sleep
+    usleep(10000);
+    find_descendants(getpid(), walked, links);
+  }
+  descendants_by_links(getpid(), scanned, links);
+  std::sort(walked.begin(), walked.end());
+  std::sort(scanned.begin(), scanned.end());
+  CHECK(walked.size() == 4);
+  CHECK(walked == scanned);
+  kill(kid, SIGKILL);
+  for (pid_t p : walked) kill(p, SIGKILL);
+  waitpid(kid, nullptr, 0);
+}
+
 static void on_term(int) {}
 
 // hasten_fatal lends priority only to a thread that SIGTERM will end: not to one that
@@ -289,6 +314,7 @@ int main(int argc, char** argv) {
   alarm(120);  // a broken engine must not leave this running
   test_exec_candidates();
   test_hasten_fatal();
+  test_descendants();
   std::string shepherd = argv[1];
   test_cloexec_without_close_range(shepherd);
   const char* rungs[] = {"cgroup", "shepherd", "pgroup"};
