@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+# Test modules import the zoo's audit helpers and tests/helpers by name.
 sys.path.insert(0, str(ZOO_DIR))
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+# Pool tests send module-level functions to worker processes by reference, and
+# --import-mode=importlib names test modules from the repository root
+# (tests.pool.test_pool_contract): a worker imports them from there, whatever the
+# current directory. (The root holds no pardo package: it is under src/.)
+sys.path.insert(0, str(Path(__file__).parent.parent))
 import audit  # noqa: E402
 from support import SYSTEM_PYTHON, Zoo, copy_package_for_nobody, sweep  # noqa: E402
 

@@ -45,11 +45,11 @@ __all__ = [
 
 # name -> module that defines it; imported lazily so that `import pardo` stays cheap
 _LAZY = {
-    "map_commands": "._batch",
-    "BrokenPool": "._pool",
-    "Pool": "._pool",
-    "progress": "._pool",
-    "releases_gil": "._pool",
+    "map_commands": "._batch.scheduler",
+    "BrokenPool": "._pool.executor",
+    "Pool": "._pool.executor",
+    "progress": "._pool.executor",
+    "releases_gil": "._pool.executor",
 }
 
 

@@ -1,0 +1,792 @@
+"""Process backend of pardo.Pool: worker processes started and watched by the engine.
+
+```
+ caller threads                 manager thread (one per pool)             worker processes
+ submit()/map() ──► pending ──► batch of chunks: pickle ──► task pipe ──► per call k:
+  (WorkItem =       (deque      each chunk's args once,     (per worker)  slot = (deadline, k)
+   chunk of calls)   + lock)    frame, non-blocking write,                fn(*args) ...
+                     eventfd ─► watch the worker's slot
+ futures / map runs ◄── settle ◄── decode frames ◄──────── result pipe ◄── results in parts,
+                                   ▲                                       progress values
+ engine (native thread) ── kills a worker whose slot deadline passed; its Task completes
+                          into a ResultQueue whose fd the manager polls ─┘ (deaths)
+```
+
+- **Caller threads** append WorkItems to ``pending`` under ``_lock`` and wake the manager
+  through an eventfd (at most one wake-up in flight). A WorkItem is a *chunk*: one call for
+  ``submit``, as many as the current batch size for ``map`` — arguments and results cross
+  the pipes as one pickle per chunk, which is what makes tiny tasks cheap.
+- **The manager thread** owns everything else: the workers, their pipes and in-flight
+  tables, batching and fault handling. It blocks in ``select`` on the result pipes, the
+  eventfd, and the engine's ResultQueue; writes to task pipes are non-blocking, so a worker
+  that stops reading can never stall it.
+- **A worker** (:mod:`pardo._pool.worker`) runs the calls of a chunk one by one, writing its
+  slot in the shared mapping around each call (layout in :mod:`pardo._pool.wire`): the
+  call's own seq and, with a deadline, the absolute time it must end by.
+- **The engine** reads the slot of every worker that has work in flight (``Task.watch``)
+  and kills the worker's whole tree once its deadline passes — natively, so a call stuck in
+  C holding the GIL dies on time. The manager learns of any death from the ResultQueue,
+  fails the call the slot names (TaskTimeout or TaskCrashed), re-queues the worker's other
+  unfinished calls at the front, and starts a fresh worker in its place. A death while a
+  chunk was (un)pickled as a whole re-sends its calls one by one, so that a second death
+  names the culprit.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import itertools
+import mmap
+import os
+import pickle
+import secrets
+import selectors
+import sys
+import threading
+import time
+
+from .._errors import TaskCrashed
+from . import shm as _shm
+from . import wire
+from .failures import death_error, pickling_error
+from .items import (
+    ELEMENT_BITS,
+    BatchSizer,
+    WHOLE_CHUNK,
+    decode_error,
+    describe_call,
+    detach,
+    report_callback_error,
+)
+
+# A worker that dies this many times with a task in flight without being blamed for it
+# fails that task rather than retrying it forever.
+MAX_TRIES = 3
+# Workers that die before reporting READY this many times in a row break the pool:
+# the interpreter cannot start, an import fails, the machine is out of memory...
+MAX_START_FAILURES = 3
+# How often the engine re-reads an idle slot (no task with a deadline running). A deadline
+# longer than this is met exactly; a shorter one may be late by up to this much.
+IDLE_RECHECK = 0.005
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+
+_WAKE, _READ, _WRITE, _DEATHS = range(4)
+
+
+class _WorkerHandle:
+    __slots__ = (
+        "index",
+        "task",
+        "wfd",
+        "rfd",
+        "reader",
+        "outbuf",
+        "inflight",
+        "assigned",
+        "ready",
+        "pid",
+        "where",
+        "watched",
+        "retiring",
+        "wfd_closed",
+        "watch_buf",
+        "dead",
+        "load",
+    )
+
+    def __init__(self, index):
+        self.index = index
+        self.task = None
+        self.reader = wire.FrameReader()
+        self.outbuf = bytearray()
+        self.inflight = {}  # chunk seq -> WorkItem, in dispatch order
+        self.load = 0  # calls in flight, not yet settled
+        self.assigned = 0
+        self.ready = False
+        self.pid = None
+        self.where = "a pool worker"
+        self.watched = False
+        self.retiring = False
+        self.wfd_closed = False
+        self.dead = False
+
+
+class ProcessBackend:
+    """Runs WorkItems in worker processes. Thread-safe entry points: :meth:`put_many`,
+    :meth:`shutdown`, :meth:`terminate`."""
+
+    def __init__(
+        self,
+        jobs: int,
+        *,
+        initializer=None,
+        initargs=(),
+        max_tasks_per_child=None,
+        kill_grace=0.5,
+        memory_limit=None,
+        nice=None,
+        broken_error=None,
+    ):
+        from .. import _run
+
+        self._engine = _run
+        self.jobs = jobs
+        self._max_tasks = max_tasks_per_child
+        self._kill_grace = kill_grace
+        self._memory_limit = memory_limit
+        self._nice = nice
+        self._broken_error = broken_error
+        self.on_done = None  # called with this backend once it has stopped for good
+        self._init_payload = None
+        if initializer is not None:
+            self._init_payload = _shm.dumps((initializer, tuple(initargs)))
+
+        self._lock = threading.Lock()
+        self._pending = collections.deque()
+        self._wake_armed = False
+        self._shutdown = False
+        self._terminating = False
+        self._broken = None  # the exception new work fails with once the pool is broken
+        self._thread = None
+
+        self.token = f"pardo-{os.getpid()}-{secrets.token_hex(4)}"
+        self._arena = _shm.BufferArena(self.token + "-p")
+        self._sizer = BatchSizer()
+        self._seq = itertools.count(1)
+        self._fn_cache = {}  # id(fn) -> (fn, payload), valid for one dispatch round
+        self._touched = set()
+        self._start_failures = 0
+        self._workers = [None] * jobs
+        self._env = None
+        self._by_task = {}
+        self._sel = None
+        self._queue = None
+        self._wake_fd = None
+        self._slot_fd = None
+        self._slots = None
+
+    # -- caller side -------------------------------------------------------------------
+
+    def put_many(self, items) -> None:
+        """Queue items (FIFO). Raises the pool's broken error if it is broken."""
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken_error(str(self._broken))
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._pending.extend(items)
+            if self._thread is None:
+                self._start()
+            self._wake_locked()
+
+    def batch_hint(self) -> int:
+        """Tasks per batch at the moment (map runs size their window from it)."""
+        return self._sizer.size()
+
+    def shutdown(self, wait=True, cancel_futures=False) -> None:
+        self._stop(cancel=cancel_futures, reason=None, join=wait, join_timeout=None)
+
+    def terminate(self, reason: BaseException, join_timeout=10.0) -> None:
+        """Stop now: cancel what is queued, kill the workers, fail what was running."""
+        self._stop(cancel=True, reason=reason, join=True, join_timeout=join_timeout)
+
+    def _stop(self, *, cancel, reason, join, join_timeout) -> None:
+        with self._lock:
+            self._shutdown = True
+            if reason is not None:
+                self._terminating = reason
+            cancelled = self._take_pending() if cancel else ()
+            thread = self._thread
+        _cancel_all(cancelled)
+        if thread is None:
+            self._close_resources()
+            if self.on_done is not None:
+                self.on_done(self)
+            return
+        self._wake()
+        if join and thread is not threading.current_thread():
+            thread.join(join_timeout)
+
+    def _take_pending(self):
+        items = list(self._pending)
+        self._pending.clear()
+        return items
+
+    def _wake(self):
+        with self._lock:
+            self._wake_locked()
+
+    def _wake_locked(self):
+        # Under _lock, as the close of the fd is: the manager thread may be closing it
+        # right now (a pool that broke), and a write to a closed fd number could land in
+        # whatever file took the number meanwhile.
+        if not self._wake_armed and self._wake_fd is not None:
+            os.eventfd_write(self._wake_fd, 1)
+        self._wake_armed = True
+
+    # -- manager thread ------------------------------------------------------------------
+
+    def _start(self):
+        """Called under _lock by the first put_many."""
+        self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        size = max(mmap.PAGESIZE, self.jobs * wire.SLOT_SIZE)
+        self._slot_fd = os.memfd_create("pardo-pool-slots", os.MFD_CLOEXEC)
+        os.ftruncate(self._slot_fd, size)
+        self._slots = mmap.mmap(self._slot_fd, size)
+        self._queue = self._engine.ResultQueue()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._wake_fd, selectors.EVENT_READ, (_WAKE, None))
+        self._sel.register(self._queue.fileno(), selectors.EVENT_READ, (_DEATHS, None))
+        self._thread = threading.Thread(target=self._manage, name="pardo-pool-manager", daemon=True)
+        self._thread.start()
+
+    def _manage(self):
+        try:
+            for i in range(self.jobs):
+                self._spawn(i)
+            while not self._finished():
+                for key, mask in self._sel.select():
+                    kind, w = key.data
+                    if kind == _READ:
+                        self._on_readable(w)
+                    elif kind == _WRITE:
+                        self._flush_out(w)
+                    elif kind == _WAKE:
+                        self._on_wake()
+                    else:
+                        self._on_deaths()
+                if self._terminating:
+                    self._kill_all()
+                elif self._broken is None:
+                    self._dispatch()
+                self._notify()
+        except BaseException as exc:  # a bug here must not leave callers waiting forever
+            report_callback_error("the pool manager thread", exc)
+            self._break(self._make_broken(f"the pool's manager thread failed: {exc!r}"))
+            self._kill_all()
+        finally:
+            self._notify()
+            self._close_resources()
+            if self.on_done is not None:
+                self.on_done(self)
+
+    def _make_broken(self, message):
+        return self._broken_error(message)
+
+    def _finished(self) -> bool:
+        if not self._shutdown and self._broken is None:
+            return False
+        with self._lock:
+            if self._pending and self._broken is None and not self._terminating:
+                return False
+        alive = [w for w in self._workers if w is not None]
+        if any(w.inflight for w in alive) and not self._terminating:
+            return False
+        # Nothing left to do: let the workers run out of input, then wait for their deaths.
+        for w in alive:
+            self._close_input(w)
+        return not alive
+
+    def _on_wake(self):
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        with self._lock:
+            self._wake_armed = False
+
+    def _spawn(self, index):
+        w = _WorkerHandle(index)
+        base = index * wire.SLOT_SIZE
+        self._slots[base : base + wire.SLOT_SIZE] = bytes(wire.SLOT_SIZE)
+        w.watch_buf = memoryview(self._slots)[base : base + 16]
+        task_r, task_w = os.pipe2(os.O_CLOEXEC)
+        res_r, res_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (task_w, res_r):
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass  # above /proc/sys/fs/pipe-max-size: the default size still works
+            os.set_blocking(fd, False)
+        argv = [sys.executable, "-m", "pardo._pool.worker", "3", "4", "5", str(index), self.token]
+        if self._env is None:
+            # The worker must import this very pardo, even when the caller found it through
+            # a sys.path entry of its own rather than an installed package.
+            here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            path = os.environ.get("PYTHONPATH")
+            self._env = dict(os.environ, PYTHONPATH=here + (os.pathsep + path if path else ""))
+        try:
+            w.task = self._engine.spawn(
+                argv,
+                queue=self._queue,
+                pass_fds={3: task_r, 4: res_w, 5: self._slot_fd},
+                stdout=self._engine.INHERIT,
+                stderr=self._engine.INHERIT,
+                kill_grace=self._kill_grace,
+                env=self._env,
+                memory_limit=self._memory_limit,
+                nice=self._nice,
+                tag=("pardo.Pool worker", index),
+            )
+        finally:
+            os.close(task_r)
+            os.close(res_w)
+        w.wfd, w.rfd = task_w, res_r
+        self._workers[index] = w
+        self._by_task[w.task.id] = w
+        self._sel.register(w.rfd, selectors.EVENT_READ, (_READ, w))
+        w.outbuf += wire.frame((wire.INIT, list(sys.path), self._init_payload))
+        self._flush_out(w)
+
+    def _close_input(self, w):
+        if w.wfd_closed:
+            return
+        if w.outbuf:
+            w.retiring = True  # closed by _flush_out once the buffer is written
+            return
+        w.wfd_closed = True
+        try:
+            self._sel.unregister(w.wfd)
+        except KeyError:
+            pass
+        os.close(w.wfd)
+
+    def _flush_out(self, w):
+        if w.wfd_closed or w.dead:
+            return
+        if w.outbuf:
+            try:
+                n = os.write(w.wfd, w.outbuf)
+                del w.outbuf[:n]
+            except BlockingIOError:
+                pass
+            except BrokenPipeError:
+                w.outbuf.clear()  # the worker is dead; its death is on its way
+        registered = self._sel.get_map().get(w.wfd) is not None
+        if w.outbuf and not registered:
+            self._sel.register(w.wfd, selectors.EVENT_WRITE, (_WRITE, w))
+        elif not w.outbuf and registered:
+            self._sel.unregister(w.wfd)
+        if not w.outbuf and w.retiring:
+            self._close_input(w)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _dispatch(self):
+        self._fn_cache.clear()
+        live = [w for w in self._workers if w is not None and not w.retiring and not w.wfd_closed]
+        if not live:
+            return
+        size = self._sizer.size()
+        progress = True
+        while progress:
+            progress = False
+            with self._lock:
+                npending = len(self._pending)
+            if not npending:
+                break
+            # Spread the tail evenly instead of handing it all to the first worker (counted
+            # in chunks here, as that is all the queue length tells).
+            share = min(size, max(1, -(-npending // len(live))))
+            # Top a worker up while it has less than one batch left, so that the next batch
+            # is in its pipe before it runs dry — for slow calls too (one running, one
+            # queued), unless the queue is down to its tail, which goes to whoever is free.
+            cap = max(2, share) if npending > len(live) else share
+            for w in live:
+                if w.load < cap and not w.retiring:
+                    if self._send_batch(w, share):
+                        progress = True
+        self._fn_cache.clear()
+
+    def _send_batch(self, w, n) -> bool:
+        if self._max_tasks:
+            n = min(n, self._max_tasks - w.assigned)
+        items = []
+        calls = 0
+        with self._lock:
+            pending = self._pending
+            while pending and calls < n:
+                item = pending.popleft()
+                if self._max_tasks and calls + item.count > n:
+                    # This worker may run only n more calls: split the chunk.
+                    _release_payload(item)
+                    pending.appendleft(item.part(n - calls, item.count))
+                    item = item.part(0, n - calls)
+                items.append(item)
+                calls += item.count
+        if not items:
+            return False
+        fn_index = {}
+        fns = []
+        chunks = []
+        inflight = w.inflight
+        deadline_used = False
+        sent = 0
+        for item in items:
+            if not item.claimed:
+                if not item.sink.claim(item):
+                    continue
+                item.claimed = True
+            payload = item.payload
+            if payload is None:
+                payload = self._encode_args(item)
+                if payload is None:
+                    continue
+            fp = item.fn_payload
+            if fp is None:
+                fp = self._encode_fn(item)
+                if fp is None:
+                    continue
+            fi = fn_index.get(id(fp))
+            if fi is None:
+                fi = fn_index[id(fp)] = len(fns)
+                fns.append(fp)
+            seq = next(self._seq)
+            inflight[seq] = item
+            chunks.append((seq, fi, payload, item.timeout_ns, item.count))
+            sent += item.count
+            if item.timeout_ns:
+                deadline_used = True
+        self._notify()
+        if not chunks:
+            return True
+        w.load += sent
+        w.assigned += sent
+        if deadline_used and not w.watched:
+            w.task.watch(w.watch_buf, IDLE_RECHECK)
+            w.watched = True
+        w.outbuf += wire.frame((wire.BATCH, fns, chunks))
+        if self._max_tasks and w.assigned >= self._max_tasks:
+            w.retiring = True
+        self._flush_out(w)
+        return True
+
+    def _encode_args(self, item):
+        try:
+            payload = _shm.dumps((item.args, item.kwargs), self._arena)
+        except Exception as exc:
+            detach(exc)
+            if item.count > 1:
+                # Some call's arguments cannot be pickled: send each call on its own, so
+                # that exactly the offending ones fail.
+                self._requeue_front([item.part(i, i + 1) for i in range(item.count)])
+            else:
+                item.sink.fail(item, 0, pickling_error(item, exc))
+                self._touched.add(item.sink)
+            return None
+        item.payload = payload
+        return payload
+
+    def _encode_fn(self, item):
+        fn = item.fn
+        hit = self._fn_cache.get(id(fn))
+        if hit is not None and hit[0] is fn:
+            return hit[1]
+        try:
+            fp = _shm.dumps(fn)
+        except Exception as exc:
+            detach(exc)
+            err = pickle.PicklingError(
+                f"the callable {fn!r} cannot be pickled to send it to a worker: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            err.__cause__ = exc
+            item.sink.fail_rest(item, err)
+            self._touched.add(item.sink)
+            return None
+        self._fn_cache[id(fn)] = (fn, fp)
+        return fp
+
+    def _requeue_front(self, items):
+        with self._lock:
+            self._pending.extendleft(reversed(items))
+
+    # -- results -------------------------------------------------------------------------
+
+    def _on_readable(self, w):
+        if w.dead:
+            return  # its death was handled earlier in this round of events
+        try:
+            chunk = os.read(w.rfd, _PIPE_SIZE)
+        except BlockingIOError:
+            return
+        if not chunk:
+            self._sel.unregister(w.rfd)  # end of file: the death follows from the queue
+            return
+        self._handle_messages(w, w.reader.feed(chunk))
+
+    def _drain(self, w):
+        """Read whatever a dead worker left in its result pipe."""
+        while True:
+            try:
+                chunk = os.read(w.rfd, _PIPE_SIZE)
+            except (BlockingIOError, OSError):
+                return
+            if not chunk:
+                return
+            self._handle_messages(w, w.reader.feed(chunk))
+
+    def _handle_messages(self, w, messages):
+        for msg in messages:
+            kind = msg[0]
+            if kind == wire.RESULTS:
+                self._on_results(w, msg[1], msg[2], msg[3])
+            elif kind == wire.PROGRESS:
+                self._on_progress(w, msg[1], msg[2])
+            elif kind == wire.READY:
+                w.ready = True
+                w.pid = msg[1]
+                w.where = f"worker pid {msg[1]} on {msg[2]}"
+                self._start_failures = 0
+            elif kind == wire.INIT_FAILED:
+                cause = decode_error(msg[1], w.where)
+                err = self._make_broken(f"the pool's initializer failed in {w.where}: {cause}")
+                err.__cause__ = cause
+                self._break(err)
+
+    def _on_results(self, w, entries, busy_ns, calls):
+        inflight = w.inflight
+        touched = self._touched
+        where = w.where
+        for seq, offset, n, mode, data in entries:
+            item = inflight.get(seq)
+            if item is None:
+                continue
+            if mode == wire.SPLIT:
+                del inflight[seq]
+                w.load -= item.count - item.reported
+                if item.count == 1:
+                    item.sink.fail(item, 0, decode_error(data, where))
+                    touched.add(item.sink)
+                    _release_payload(item)
+                else:
+                    _release_payload(item)
+                    self._requeue_front([item.part(i, i + 1) for i in range(item.count)])
+                continue
+            item.sink.settle_chunk(item, offset, n, mode, data, where)
+            touched.add(item.sink)
+            item.reported = offset + n
+            w.load -= n
+            if item.reported >= item.count:
+                del inflight[seq]
+                if type(item.payload) is not bytes:
+                    _release_payload(item)
+        self._sizer.observe(busy_ns, calls)
+        if not inflight and w.watched:
+            w.task.unwatch()
+            w.watched = False
+        if w.retiring and not inflight:
+            self._close_input(w)
+
+    def _on_progress(self, w, seq, payload):
+        item = w.inflight.get(seq >> ELEMENT_BITS)
+        try:
+            value = _shm.loads(payload, unlink_after=True)
+        except Exception as exc:
+            report_callback_error("unpickling a progress value", exc)
+            return
+        callback = item.on_progress if item is not None else None
+        if callback is None:
+            return
+        try:
+            callback(value)
+        except Exception as exc:
+            report_callback_error(f"the on_progress callback {callback!r}", exc)
+
+    def _notify(self):
+        touched = self._touched
+        while touched:
+            touched.pop().notify()
+
+    # -- deaths --------------------------------------------------------------------------
+
+    def _on_deaths(self):
+        try:
+            tasks = self._queue.get_many(1024, timeout=0)
+        except (TimeoutError, RuntimeError):  # RuntimeError: nothing in flight
+            return
+        for task in tasks:
+            w = self._by_task.pop(task.id, None)
+            if w is not None:
+                self._on_death(w, task.result)
+
+    def _on_death(self, w, result):
+        self._drain(w)
+        try:
+            self._sel.unregister(w.rfd)
+        except KeyError:
+            pass
+        os.close(w.rfd)
+        if not w.wfd_closed:
+            w.outbuf.clear()
+            self._close_input(w)
+        w.dead = True
+        w.watched = False
+        w.watch_buf.release()  # the engine stopped reading it when the worker died
+        self._workers[w.index] = None
+        slot = memoryview(self._slots)[w.index * wire.SLOT_SIZE :][: wire.SLOT_SIZE].cast("q")
+        deadline_ns, watch_seq, running = slot[0], slot[1], slot[2]
+        slot.release()
+        status = str(result.status)
+        seen_ns = time.monotonic_ns()
+        _shm.sweep(f"{self.token}-w{result.pid or w.pid}-")
+
+        if status == "timeout":
+            blame = result.watch_seq or watch_seq
+        elif status == "cancelled":
+            blame = 0  # we killed it (terminate); nobody is to blame
+        else:
+            blame = running
+        item = w.inflight.pop(blame >> ELEMENT_BITS, None) if blame else None
+        again = []
+        if item is not None:
+            offset = blame & WHOLE_CHUNK
+            left = item.count - item.reported
+            if offset == WHOLE_CHUNK and left > 1:
+                # It died (un)pickling the chunk as a whole: run each call on its own, so
+                # that if it happens again the call to blame is known.
+                again += [item.part(i, i + 1) for i in range(item.reported, item.count)]
+            else:
+                if offset == WHOLE_CHUNK:
+                    offset = item.reported
+                err = death_error(result, status, item, result.pid or w.pid, deadline_ns, seen_ns)
+                item.sink.fail(item, offset, err)
+                self._touched.add(item.sink)
+                # Calls before it whose results had not been sent yet run again.
+                if offset > item.reported:
+                    again.append(item.part(item.reported, offset))
+                if offset + 1 < item.count:
+                    again.append(item.part(offset + 1, item.count))
+            _release_payload(item)
+        self._requeue(w, result, again)
+
+        if self._broken is not None or self._terminating:
+            return
+        if not w.ready and status != "ok":
+            self._start_failures += 1
+            if self._start_failures >= MAX_START_FAILURES:
+                self._break(
+                    self._make_broken(
+                        f"{self._start_failures} pool workers in a row died before they were "
+                        f"ready (last: {result.describe()}); see their stderr above"
+                    )
+                )
+                return
+        if not self._shutdown or self._pending_or_inflight():
+            self._spawn(w.index)
+
+    def _pending_or_inflight(self):
+        with self._lock:
+            if self._pending:
+                return True
+        return any(w is not None and w.inflight for w in self._workers)
+
+    def _requeue(self, w, result, again):
+        """Put a dead worker's unfinished calls back at the front, in order."""
+        for item in w.inflight.values():
+            if item.reported:
+                _release_payload(item)
+                item = item.part(item.reported, item.count)
+            if w.ready:  # a worker that never started ran nothing: no call is suspect
+                item.tries += 1
+            again.append(item)
+        w.inflight.clear()
+        w.load = 0
+        keep = []
+        for item in again:
+            if self._terminating:
+                item.sink.fail_rest(item, self._terminating)
+            elif item.tries >= MAX_TRIES:
+                item.sink.fail_rest(
+                    item,
+                    TaskCrashed(
+                        f"{MAX_TRIES} workers died while {describe_call(item.fn)} was queued on "
+                        f"them (last: {result.describe()}); giving up on it",
+                        result,
+                        signal=result.signal,
+                        exitcode=result.returncode,
+                        pid=result.pid,
+                    ),
+                )
+            else:
+                keep.append(item)
+                continue
+            self._touched.add(item.sink)
+            _release_payload(item)
+        if keep:
+            self._requeue_front(keep)
+
+    def _break(self, err):
+        """The pool cannot go on: fail everything queued or running with ``err``."""
+        if self._broken is None:
+            with self._lock:
+                self._broken = err
+                items = self._take_pending()
+            for w in self._workers:
+                if w is not None:
+                    items.extend(w.inflight.values())
+                    w.inflight.clear()
+                    w.load = 0
+            for item in items:
+                item.sink.fail_rest(item, err)
+                self._touched.add(item.sink)
+                _release_payload(item)
+        self._kill_all()
+
+    def _kill_all(self):
+        for w in self._workers:
+            if w is not None and w.task is not None:
+                try:
+                    w.task.kill()
+                except Exception:
+                    pass  # already gone
+
+    def _close_resources(self):
+        for w in self._workers:
+            if w is None:
+                continue
+            for fd in (w.rfd, None if w.wfd_closed else w.wfd):
+                if fd is not None:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+        for w in self._workers:
+            if w is not None:
+                w.watch_buf.release()
+        self._workers = [None] * self.jobs
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+        with self._lock:
+            wake_fd, self._wake_fd = self._wake_fd, None
+        if wake_fd is not None:
+            os.close(wake_fd)
+        if self._slots is not None:
+            self._slots.close()  # mmap holds its own dup of the memfd
+            self._slots = None
+        if self._slot_fd is not None:
+            os.close(self._slot_fd)
+            self._slot_fd = None
+        self._queue = None  # its fd closes with it
+        _shm.sweep(self.token + "-")
+
+
+def _release_payload(item):
+    payload = item.payload
+    if payload is not None and type(payload) is not bytes:
+        for name in _shm.payload_files(payload):
+            _shm.unlink(name)
+    item.payload = None
+
+
+def _cancel_all(items):
+    """Cancel queued items (from a caller thread) and wake whoever waits on their sinks."""
+    sinks = set()
+    for item in items:
+        item.sink.cancel(item)
+        sinks.add(item.sink)
+    for sink in sinks:
+        sink.notify()
