@@ -46,7 +46,7 @@ __all__ = [
 # name -> module that defines it; imported lazily so that `import pardo` stays cheap
 _LAZY = {
     "map_commands": "._batch.scheduler",
-    "BrokenPool": "._pool.executor",
+    "BrokenPool": "._errors",
     "Pool": "._pool.executor",
     "progress": "._pool.executor",
     "releases_gil": "._pool.executor",

@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 
 from . import _engine, _supervisor
+from ._errors import UsageError
 from ._result import Result, Status
 
 WATCH_SLOT_SIZE = 16
@@ -47,7 +48,7 @@ def parse_size(value) -> int:
         raise TypeError("memory_limit must be a number of bytes or a string like '512M'")
     if isinstance(value, int):
         if value <= 0:
-            raise ValueError(f"memory_limit must be positive, not {value}")
+            raise UsageError(f"memory_limit must be positive, not {value}")
         return value
     if isinstance(value, str):
         s = value.strip().upper().removesuffix("B").removesuffix("I")
@@ -56,9 +57,9 @@ def parse_size(value) -> int:
         try:
             n = float(num)
         except ValueError:
-            raise ValueError(f"cannot read {value!r} as a size: use bytes or e.g. '512M', '2G'") from None
+            raise UsageError(f"cannot read {value!r} as a size: use bytes or e.g. '512M', '2G'") from None
         if n <= 0 or not math.isfinite(n):
-            raise ValueError(f"memory_limit must be positive, not {value!r}")
+            raise UsageError(f"memory_limit must be positive, not {value!r}")
         return int(n * _UNITS[unit])
     raise TypeError(f"memory_limit must be int or str, not {type(value).__name__}")
 
@@ -71,7 +72,7 @@ def _seconds_to_ns(value, name) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value}")
+        raise UsageError(f"{name} must be >= 0 seconds, not {value}")
     if math.isinf(value):
         return -1
     return int(value * 1e9)
@@ -105,10 +106,10 @@ def _argv(args, shell):
 def _checked(argv):
     """argv (a list of bytes), if the engine can exec it."""
     if not argv:
-        raise ValueError("args is empty: give at least the program to run")
+        raise UsageError("args is empty: give at least the program to run")
     for a in argv:
         if b"\0" in a:
-            raise ValueError(f"an argument contains a NUL byte: {a!r}")
+            raise UsageError(f"an argument contains a NUL byte: {a!r}")
     return argv
 
 
@@ -127,7 +128,7 @@ def _env(env):
             )
         kb, vb = _arg_bytes(k, "env name"), _arg_bytes(v, "env value")
         if not kb or b"=" in kb or b"\0" in kb or b"\0" in vb:
-            raise ValueError(f"invalid environment variable name or value: {k!r}")
+            raise UsageError(f"invalid environment variable name or value: {k!r}")
         out.append(kb + b"=" + vb)
     return out
 
@@ -142,13 +143,13 @@ def _stream(spec, which, to_close):
         return _engine.OUT_INHERIT, -1
     if spec is STDOUT or (type(spec) is int and spec == _SUBPROCESS_STDOUT):
         if which != "stderr":
-            raise ValueError("STDOUT is only meaningful for stderr=")
+            raise UsageError("STDOUT is only meaningful for stderr=")
         return _engine.OUT_TO_STDOUT, -1
     if isinstance(spec, bool):
         raise TypeError(f"{which}= takes None, DEVNULL, INHERIT, a path, a file or an fd")
     if isinstance(spec, int):
         if spec < 0:
-            raise ValueError(f"{which}={spec} is not a file descriptor")
+            raise UsageError(f"{which}={spec} is not a file descriptor")
         return _engine.OUT_FD, spec
     if isinstance(spec, (str, os.PathLike)):
         fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
@@ -168,7 +169,7 @@ def _cpus(cpus):
         cpus = [cpus]
     out = [int(c) for c in cpus]
     if not out or any(c < 0 for c in out):
-        raise ValueError(f"cpus must be a non-empty list of CPU numbers, not {cpus!r}")
+        raise UsageError(f"cpus must be a non-empty list of CPU numbers, not {cpus!r}")
     return out
 
 
@@ -181,7 +182,7 @@ def _pass_fds(pass_fds):
         pairs = [(int(fd), int(fd)) for fd in pass_fds]
     for target, _ in pairs:
         if target < 3:
-            raise ValueError("pass_fds targets must be >= 3; use stdout=/stderr= for 0-2")
+            raise UsageError("pass_fds targets must be >= 3; use stdout=/stderr= for 0-2")
     return pairs
 
 
@@ -375,7 +376,7 @@ class ResultQueue:
         """
         if max_running is not None and (isinstance(max_running, bool) or not isinstance(max_running, int)
                                         or max_running < 1):
-            raise ValueError(f"max_running must be a positive int or None, not {max_running!r}")
+            raise UsageError(f"max_running must be a positive int or None, not {max_running!r}")
         self._q = _engine.CompletionQueue(max_running or 0)
         self._tasks = {}
         self.max_running = max_running
@@ -429,7 +430,7 @@ def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
     timeout_ns = _seconds_to_ns(timeout, "timeout")
     grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
     if max_output.__class__ is not int or max_output < 0:
-        raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
+        raise UsageError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
     env_list = None if env is None else _env(env)
     cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
     if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):

@@ -7,7 +7,7 @@ import atexit
 import os
 import threading
 
-from ._errors import IsolationUnavailable
+from ._errors import IsolationUnavailable, UsageError
 
 _RUNGS = ("auto", "cgroup", "shepherd", "pgroup")
 _lock = threading.Lock()
@@ -59,7 +59,7 @@ def configure(*, isolation: str | None = None) -> None:
     """
     global _isolation, _sup
     if isolation is not None and isolation not in _RUNGS:
-        raise ValueError(f"isolation must be one of {', '.join(_RUNGS)}, not {isolation!r}")
+        raise UsageError(f"isolation must be one of {', '.join(_RUNGS)}, not {isolation!r}")
     with _lock:
         if _sup is not None:
             if _sup.in_flight():

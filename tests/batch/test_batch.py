@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pardo
-from pardo._batch.scheduler import BatchError, HaltPolicy, _RunningMedian, parse_jobs, parse_timeout
+from pardo._batch.scheduler import HaltPolicy, _RunningMedian, parse_jobs, parse_timeout
+from pardo._errors import BatchError
 
 
 def test_results_carry_job_data():

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pardo._batch.inputs import InputError, Source, group_records, records
+from pardo._batch.inputs import Source, group_records, records
+from pardo._errors import InputError
 
 
 def recs(*sources, **kw):

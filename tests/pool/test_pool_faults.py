@@ -22,7 +22,7 @@ import time
 import pytest
 
 import pardo
-from pardo._pool.executor import BrokenPool
+from pardo import BrokenPool
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

@@ -18,11 +18,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from .._errors import InputError
+
 __all__ = ["InputError", "Source", "records", "group_records", "decode", "encode"]
-
-
-class InputError(ValueError):
-    """An input source cannot be used (unreadable file, empty ``:::``)."""
 
 
 def decode(b: bytes) -> str:

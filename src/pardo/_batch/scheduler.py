@@ -49,6 +49,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from .inputs import Source, encode, group_records, records
+from .._errors import BatchError
 from .._result import Status
 from .template import Field, Template
 
@@ -62,10 +63,6 @@ _MEDIAN_MIN_SAMPLES = 3  # a percentage deadline needs a few successful runs to 
 _AHEAD_PER_SLOT = 32
 _AHEAD_MAX = 4096  # held tasks at most, whatever -j says
 _BATCH_DELAY = 0.02
-
-
-class BatchError(ValueError):
-    """A batch option has a value that cannot be used."""
 
 
 def parse_jobs(spec, ncpu: int) -> int:

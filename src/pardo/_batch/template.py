@@ -22,11 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .._errors import TemplateError
+
 __all__ = ["Template", "TemplateError", "shell_quote"]
-
-
-class TemplateError(ValueError):
-    """The command template cannot be used (e.g. it embeds Perl code)."""
 
 
 # GNU parallel's shell_quote_scalar_default: strings made of these characters only are left

@@ -14,6 +14,8 @@ import re
 import signal
 import sys
 
+from .._errors import PardoError, UsageError
+
 __all__ = ["main"]
 
 USAGE = """\
@@ -108,10 +110,6 @@ _opt("help", "-h", "--help")
 _opt("version", "--version", "-V")
 
 _SEPARATORS = (":::", ":::+", "::::", "::::+")
-
-
-class UsageError(Exception):
-    """Bad command line: a one-line message, exit 255."""
 
 
 def _closest(name):
@@ -272,18 +270,16 @@ def main(argv: list[str]) -> int:
     """Run ``pardo run`` with *argv* (the words after ``run``); return the exit status."""
     try:
         return _main(argv)
-    except UsageError as e:
+    except PardoError as e:  # a user error (option, template, input, isolation): one line
         print(f"pardo run: {e}", file=sys.stderr)
         return 255
     except KeyboardInterrupt:  # Ctrl-C before the batch loop took over the signal
         return 130
-    except OSError as e:
+    except OSError as e:  # the environment said no (a joblog in a missing directory...)
         where = f" {e.filename!r}" if e.filename else ""
         print(f"pardo run: {e.strerror or e}{where}", file=sys.stderr)
         return 255
-    except ValueError as e:  # BatchError, InputError, TemplateError
-        print(f"pardo run: {e}", file=sys.stderr)
-        return 255
+    # Anything else is a bug in pardo: it goes up as a traceback.
 
 
 def _main(argv):

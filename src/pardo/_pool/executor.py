@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import concurrent.futures.process
 import itertools
 import os
 import threading
 import time
 import weakref
 
-from .._errors import PardoError
+from .._errors import BrokenPool, UsageError
 from . import channel as _channel
 from . import shm as _shm
 from .items import (
@@ -46,11 +45,6 @@ __all__ = ["Pool", "BrokenPool", "progress", "releases_gil"]
 
 _POOL_DEFAULT = object()  # "use the pool's task_timeout"
 _BACKENDS = ("process", "thread")
-
-
-class BrokenPool(PardoError, concurrent.futures.process.BrokenProcessPool):
-    """The pool cannot run tasks any more (its initializer failed, or its workers cannot
-    start). Every queued task fails with it, and so does every later submit."""
 
 
 def progress(value=None) -> bool:
@@ -79,7 +73,7 @@ def _timeout_ns(value, what) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{what} must be a number of seconds or None, not {type(value).__name__}")
     if not value > 0:
-        raise ValueError(f"{what} must be > 0 seconds, got {value!r}")
+        raise UsageError(f"{what} must be > 0 seconds, got {value!r}")
     return max(1, int(value * 1e9))
 
 
@@ -162,13 +156,13 @@ class Pool(concurrent.futures.Executor):
         if isinstance(jobs, bool) or not isinstance(jobs, int):
             raise TypeError(f"jobs must be an int or None, not {type(jobs).__name__}")
         if jobs <= 0:
-            raise ValueError(f"jobs must be at least 1, got {jobs}")
+            raise UsageError(f"jobs must be at least 1, got {jobs}")
         if backend not in _BACKENDS:
-            raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+            raise UsageError(f"backend must be one of {_BACKENDS}, got {backend!r}")
         if max_tasks_per_child is not None and (
             not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
         ):
-            raise ValueError(f"max_tasks_per_child must be a positive int, got {max_tasks_per_child!r}")
+            raise UsageError(f"max_tasks_per_child must be a positive int, got {max_tasks_per_child!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         self._timeout_ns = _timeout_ns(task_timeout, "task_timeout")
@@ -181,7 +175,7 @@ class Pool(concurrent.futures.Executor):
                 ("nice", nice),
             ):
                 if value is not None:
-                    raise ValueError(_thread_cannot(name))
+                    raise UsageError(_thread_cannot(name))
             from .thread import ThreadBackend
 
             self._backend = ThreadBackend(
@@ -219,7 +213,7 @@ class Pool(concurrent.futures.Executor):
             return self._timeout_ns
         ns = _timeout_ns(value, what)
         if ns and self._backend_name == "thread":
-            raise ValueError(_thread_cannot(what))
+            raise UsageError(_thread_cannot(what))
         return ns
 
     def submit(self, fn, /, *args, **kwargs):
@@ -286,7 +280,7 @@ class Pool(concurrent.futures.Executor):
                 or not isinstance(chunksize, int)
                 or not 1 <= chunksize < WHOLE_CHUNK
             ):
-                raise ValueError(
+                raise UsageError(
                     f"chunksize must be 'auto' or an int from 1 to {WHOLE_CHUNK - 1}, got {chunksize!r}"
                 )
         else:
@@ -602,7 +596,7 @@ def releases_gil(fn, *args, threads=None, repeat=3, **kwargs) -> GilVerdict:
     if threads is None:
         threads = max(2, _default_jobs())
     if threads < 2:
-        raise ValueError("releases_gil needs at least 2 threads to compare")
+        raise UsageError("releases_gil needs at least 2 threads to compare")
     fn(*args, **kwargs)  # warm up: imports, caches, first-call costs
 
     def serial():
