@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import weakref
 from collections.abc import Iterable, Mapping
 
@@ -39,29 +40,40 @@ STDOUT = _Special("STDOUT")  # stderr=STDOUT: merge stderr into stdout
 _SUBPROCESS_DEVNULL = -3
 _SUBPROCESS_STDOUT = -2
 
+# One grammar for every size pardo takes (memory_limit=, max_output=, --memory-limit,
+# --max-output): a whole or decimal number, then optionally K, M, G or T (powers of 1024,
+# as GNU parallel and ulimit count) and an optional B or iB; case and blanks around the
+# parts do not matter. Exponents, signs and other units are refused rather than guessed.
+_SIZE_PATTERN = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*"
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def parse_size(value) -> int:
-    """Bytes from an int or a string such as ``"512M"`` or ``"2G"``."""
-    if isinstance(value, bool):
-        raise TypeError("memory_limit must be a number of bytes or a string like '512M'")
+def parse_size(value, name: str, *, minimum: int = 1) -> int:
+    """Bytes from an int, or from a string such as ``"512M"``, ``"1.5G"`` or ``"64KiB"``.
+
+    Args:
+        value: the size as given.
+        name: the option it was given for, named in the error message.
+        minimum: the smallest size the option allows (0 for "keep nothing").
+
+    Raises:
+        UsageError: not a size, or below ``minimum``.
+        TypeError: neither an int nor a str.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{name} must be a number of bytes or a string like '512M', "
+                        f"not {type(value).__name__}")
     if isinstance(value, int):
-        if value <= 0:
-            raise UsageError(f"memory_limit must be positive, not {value}")
-        return value
-    if isinstance(value, str):
-        s = value.strip().upper().removesuffix("B").removesuffix("I")
-        unit = s[-1:] if s[-1:] in _UNITS and s[-1:] != "" else ""
-        num = s[: -1] if unit else s
-        try:
-            n = float(num)
-        except ValueError:
-            raise UsageError(f"cannot read {value!r} as a size: use bytes or e.g. '512M', '2G'") from None
-        if n <= 0 or not math.isfinite(n):
-            raise UsageError(f"memory_limit must be positive, not {value!r}")
-        return int(n * _UNITS[unit])
-    raise TypeError(f"memory_limit must be int or str, not {type(value).__name__}")
+        size = value
+    else:
+        m = re.fullmatch(_SIZE_PATTERN, value, re.IGNORECASE)
+        if m is None:
+            raise UsageError(f"{name}: cannot read {value!r} as a size; give bytes, or a "
+                             f"number with K, M, G or T (e.g. 512M, 1.5G)")
+        size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < minimum:
+        raise UsageError(f"{name} must be at least {minimum} bytes, not {value!r}")
+    return size
 
 
 def _seconds_to_ns(value, name) -> int:
@@ -425,18 +437,18 @@ class ResultQueue:
 
 
 def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
-    """spawn()'s options checked and converted for the engine:
-    (timeout_ns, grace_ns, env list or None, cwd bytes, memory limit bytes)."""
+    """spawn()'s options checked and converted for the engine: (timeout_ns, grace_ns,
+    max_output bytes, env list or None, cwd bytes, memory limit bytes)."""
     timeout_ns = _seconds_to_ns(timeout, "timeout")
     grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
     if max_output.__class__ is not int or max_output < 0:
-        raise UsageError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
+        max_output = parse_size(max_output, "max_output", minimum=0)
     env_list = None if env is None else _env(env)
     cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
     if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
         raise TypeError(f"nice must be an int, not {type(nice).__name__}")
-    mem = 0 if memory_limit is None else parse_size(memory_limit)
-    return timeout_ns, grace_ns, env_list, cwd_b, mem
+    mem = 0 if memory_limit is None else parse_size(memory_limit, "memory_limit")
+    return timeout_ns, grace_ns, max_output, env_list, cwd_b, mem
 
 
 def spawn(
@@ -448,7 +460,7 @@ def spawn(
     env: Mapping | None = None,
     input: bytes | str | None = None,
     shell: bool = False,
-    max_output: int = DEFAULT_MAX_OUTPUT,
+    max_output: int | str = DEFAULT_MAX_OUTPUT,
     stdout=None,
     stderr=None,
     cpus: Iterable[int] | None = None,
@@ -476,7 +488,7 @@ def spawn(
     """
     sup = _supervisor._sup or _supervisor.get()
     argv = _argv(args, shell)
-    timeout_ns, grace_ns, env_list, cwd_b, mem = _options(
+    timeout_ns, grace_ns, max_output, env_list, cwd_b, mem = _options(
         timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
     if input is not None:
         if isinstance(input, str):
@@ -522,9 +534,9 @@ class _Spawner:
         self._fast = stdout in simple and (stderr in simple or stderr is STDOUT)
         if not self._fast:
             return
-        self._timeout, self._max_output, self._nice = timeout, max_output, nice
-        self._timeout_ns, self._grace_ns, self._env, self._cwd, self._mem = _options(
-            timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
+        self._timeout, self._nice = timeout, nice
+        (self._timeout_ns, self._grace_ns, self._max_output, self._env, self._cwd,
+         self._mem) = _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
         self._linger = bool(linger)
         self._out = _stream(stdout, "stdout", [])[0]
         self._err = _stream(stderr, "stderr", [])[0]
@@ -555,7 +567,7 @@ def run(
     env: Mapping | None = None,
     input: bytes | str | None = None,
     shell: bool = False,
-    max_output: int = DEFAULT_MAX_OUTPUT,
+    max_output: int | str = DEFAULT_MAX_OUTPUT,
     stdout=None,
     stderr=None,
     cpus: Iterable[int] | None = None,
@@ -581,7 +593,8 @@ def run(
         cwd: directory to run in.
         env: the complete environment for the command (default: this process's).
         input: bytes (or str, UTF-8 encoded) fed to its stdin; else stdin is /dev/null.
-        max_output: bytes kept per captured stream; the rest is read and dropped, and
+        max_output: bytes kept per captured stream (or a size like ``"64M"``, as for
+            ``memory_limit``); the rest is read and dropped, and
             ``result.output_truncated`` is set. Memory stays bounded under any flood.
         stdout, stderr: None to capture; ``pardo.DEVNULL``; ``pardo.INHERIT``; a path,
             file object or fd to write into directly; ``stderr=pardo.STDOUT`` merges.

@@ -104,6 +104,7 @@ def _cli(args, prelude=""):
     (["run", "--halt", "later", "echo", ":::", "1"], "--halt: 'later'"),
     (["run", "echo {= 1 =}", ":::", "1"], "perl expressions"),
     (["run", "echo", "::::", "/nonexistent/pardo-input"], "cannot open input file"),
+    (["run", "--memory-limit", "plenty", "true", ":::", "1"], "--memory-limit"),
     (["run", "--kill-grace", "-1", "true", ":::", "1"], "kill_grace"),
     (["run", "--isolation", "bogus", "true", ":::", "1"], "isolation 'bogus'"),
 ])

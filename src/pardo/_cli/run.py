@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import re
 import signal
 import sys
 
@@ -204,12 +203,13 @@ def _float(opts, key, default=None):
         raise UsageError(f"{key.replace('_', '-')}: {v!r} is not a number") from None
 
 
-def _size(s):
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kKmMgGtT]?)[bB]?", str(s))
-    if not m:
-        raise UsageError(f"{s!r} is not a size such as 512M")
-    mult = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[m.group(2).lower()]
-    return int(float(m.group(1)) * mult)
+def _size(opts, key, default, minimum):
+    v = opts.get(key, default)
+    if v is None:
+        return None
+    from .._run import parse_size
+
+    return parse_size(v, "--" + key.replace("_", "-"), minimum=minimum)
 
 
 def _termseq_grace(seq):
@@ -376,8 +376,8 @@ def _main(argv):
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
         delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
-        memory_limit=_size(opts["memory_limit"]) if opts.get("memory_limit") else None,
-        max_output=_size(opts.get("max_output", "256M")) if view.mode == "group" else None,
+        memory_limit=_size(opts, "memory_limit", None, minimum=1),
+        max_output=_size(opts, "max_output", "256M", minimum=0) if view.mode == "group" else None,
         stdout=pardo.INHERIT if view.mode == "ungroup" else None,
         stderr=pardo.INHERIT if view.mode == "ungroup" else None,
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
