@@ -45,7 +45,7 @@ __all__ = [
 
 # name -> module that defines it; imported lazily so that `import pardo` stays cheap
 _LAZY = {
-    "map_commands": "._batch.scheduler",
+    "map_commands": "._batch",
     "BrokenPool": "._errors",
     "Pool": "._pool.executor",
     "progress": "._pool.executor",

@@ -516,7 +516,7 @@ def spawn(
     return task
 
 
-class _Spawner:
+class Spawner:
     """:func:`spawn` with options checked and converted once, for a caller that starts
     many tasks with the same ones (the batch runner). Options that need work per task
     (streams to files or fds, input) go through :func:`spawn` itself."""

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pardo
-from pardo._batch.scheduler import HaltPolicy, _RunningMedian, parse_jobs, parse_timeout
+from pardo._batch.options import HaltPolicy, RunningMedian, parse_jobs, parse_timeout
 from pardo._errors import BatchError
 
 
@@ -51,13 +51,13 @@ def test_inputs_are_pulled_lazily():
             pulled.append(i)
             yield i
 
-    from pardo._batch.scheduler import _AHEAD_PER_SLOT
+    from pardo._batch.scheduler import AHEAD_PER_SLOT
 
     it = pardo.map_commands("true", gen(), jobs=2)
     first = next(it)
     assert first.status == "ok"
     # what two slots hand to the engine ahead of time, plus one being read
-    assert len(pulled) <= 2 * _AHEAD_PER_SLOT + 1
+    assert len(pulled) <= 2 * AHEAD_PER_SLOT + 1
     it.close()
 
 
@@ -78,10 +78,9 @@ def test_closing_early_kills_running_tasks():
 
 
 def _batch(command, inputs, **kw):
-    from pardo._batch.scheduler import Batch, numbered_jobs
-    from pardo._batch.template import Template
+    from pardo._batch import Batch, Template
 
-    return Batch(Template([command]), numbered_jobs((v,) for v in inputs), **kw)
+    return Batch(Template([command]), ((v,) for v in inputs), **kw)
 
 
 def test_tasks_handed_over_ahead_run_at_most_jobs_wide_in_jobs_slots():
@@ -213,7 +212,7 @@ def test_parse_timeout_and_halt_errors():
 
 
 def test_running_median():
-    m = _RunningMedian()
+    m = RunningMedian()
     rnd = random.Random(3)
     xs = []
     for _ in range(101):

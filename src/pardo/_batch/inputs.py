@@ -13,6 +13,7 @@ turned back into the same bytes when a command is built, so any input arrives by
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .._errors import InputError
 
-__all__ = ["InputError", "Source", "records", "group_records", "decode", "encode"]
+__all__ = ["Source", "records", "group_records", "arg_groups", "count_jobs", "decode", "encode"]
 
 
 def decode(b: bytes) -> str:
@@ -159,3 +160,69 @@ def group_records(recs, n: int | None):
             yield sum(chunk, ())
 
     return gen()
+
+
+def _as_str(v):
+    if isinstance(v, bytes):
+        return decode(v)
+    return v if isinstance(v, str) else str(v)
+
+
+def _as_record(item):
+    if isinstance(item, (tuple, list)):
+        return tuple(_as_str(v) for v in item)
+    return (_as_str(item),)
+
+
+def _all_sources(inputs):
+    if isinstance(inputs, Source):
+        return [inputs]
+    if isinstance(inputs, list) and inputs and all(isinstance(s, Source) for s in inputs):
+        return inputs
+    return None
+
+
+def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
+               max_args: int | None = None, skip_empty: bool = False):
+    """The argument tuple of each job, in job order, read lazily.
+
+    Args:
+        inputs: a :class:`Source` or a list of them (the command line's ``:::``/``::::``),
+            or any iterable of values (str, bytes, paths, numbers) or of tuples of values.
+        delimiter: what ends an input record in files and stdin.
+        colsep: a regular expression splitting each value into columns.
+        max_args: ``-N``: that many records per job.
+        skip_empty: ``-r``: leave out records whose values are all blank.
+    """
+    sources = _all_sources(inputs)
+    if sources is not None:
+        recs = records(sources, delimiter=delimiter, colsep=colsep)
+    else:
+        recs = (_as_record(i) for i in inputs)
+        if colsep is not None:
+            split = re.compile(colsep).split
+            recs = (tuple(c for v in r for c in split(v)) for r in recs)
+    if skip_empty:
+        recs = (r for r in recs if any(v.strip() for v in r))
+    return group_records(recs, max_args)
+
+
+def count_jobs(inputs, max_args: int | None = None) -> int | None:
+    """How many jobs :func:`arg_groups` will give, when that is known without reading the
+    inputs: ``:::`` sources (files stream) or a sized collection of values; else None."""
+    sources = _all_sources(inputs)
+    if sources is not None:
+        if any(s.values is None for s in sources):
+            return None
+        groups = []
+        for s in sources:
+            if s.linked and groups:
+                groups[-1] = min(groups[-1], len(s.values))
+            else:
+                groups.append(len(s.values))
+        n = math.prod(groups)
+    elif isinstance(inputs, (list, tuple, range)):
+        n = len(inputs)
+    else:
+        return None
+    return -(-n // max_args) if max_args else n

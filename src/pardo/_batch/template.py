@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .._errors import TemplateError
 
-__all__ = ["Template", "TemplateError", "shell_quote"]
+__all__ = ["Template", "shell_quote", "perl_dirname"]
 
 
 # GNU parallel's shell_quote_scalar_default: strings made of these characters only are left
@@ -125,10 +125,13 @@ class Template:
         context: context replacement (GNU parallel turns it on with ``-N``/``-X``): a word
             holding ``{}`` is repeated once per argument instead of the arguments being
             spliced in as separate words.
-        quote: quote values (GNU's default); off when the program itself comes from the input.
+        quote: whether values are shell-quoted. By default as GNU parallel decides: yes,
+            unless the program itself comes from the input. False for text that no shell
+            reads (``--tagstring``), where values show as they are.
     """
 
-    def __init__(self, words, *, replace: str = "{}", context: bool = False):
+    def __init__(self, words, *, replace: str = "{}", context: bool = False,
+                 quote: bool | None = None):
         text = " ".join(words)
         if "{=" in text and "=}" in text:
             raise TemplateError(
@@ -142,8 +145,10 @@ class Template:
         if not any(isinstance(p, Field) for g in self.groups for p in g):
             # GNU appends {} when the command names no replacement string
             self.groups = self._parse(text + " " + replace if text else replace)
-        self.uses_input = any(
-            isinstance(p, Field) and p.op not in ("#", "%") for g in self.groups for p in g
+        # {%}: the job slot must be known before the task starts
+        self.uses_slot = any(
+            isinstance(p, Field) and p.op == "%" for g in self.groups if not isinstance(g, str)
+            for p in g
         )
         self.max_position = max(
             (p.pos for g in self.groups for p in g if isinstance(p, Field) and p.pos),
@@ -152,7 +157,7 @@ class Template:
         # GNU: when the program name itself comes from a replacement string, nothing is
         # quoted (so "parallel ::: 'echo a'" runs `echo a`).
         first = re.match(r"[^ \t\n=]*", text or replace).group()
-        self.quote = self._field_re.search(first) is None
+        self.quote = self._field_re.search(first) is None if quote is None else quote
         literal = "".join(p for g in self.groups for p in g if isinstance(p, str))
         self._direct = self.quote and _INERT(literal) is not None and not self._assigns()
 
@@ -190,12 +195,6 @@ class Template:
         # A leading NAME=value word is an assignment for sh, not a program.
         first = next((g for g in self.groups if not isinstance(g, str)), ())
         return bool(first) and isinstance(first[0], str) and "=" in first[0]
-
-    @property
-    def needs_input(self) -> bool:
-        """True when the command refers to input values (it always does unless it only
-        uses ``{#}``/``{%}``)."""
-        return self.uses_input
 
     # -- rendering -------------------------------------------------------------------------
 

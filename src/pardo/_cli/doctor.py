@@ -5,47 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from .. import _supervisor
-
-_RUNG_ORDER = ("cgroup", "shepherd", "pgroup")
-_WHAT_ESCAPES = {
-    "cgroup": "nothing: every process a task starts stays in its cgroup until killed",
-    "shepherd": "processes that leave the task's tree and are not its descendants any more "
-    "(e.g. handed to another parent over a socket); setsid/double-fork escapees are caught",
-    "pgroup": "setsid and setpgid escapees, double-fork daemons, and grandchildren when "
-    "pardo itself is SIGKILLed",
-}
-
-
-def report() -> dict:
-    """Everything ``pardo doctor`` prints, as a dict (for tools and tests)."""
-    from .. import _engine
-
-    sup = _supervisor.get()
-    features = dict(_engine.probe_features())
-    cgroup_why = _engine.cgroup_unavailable_reason()
-    rung = sup.rung
-    why_not = {}
-    for stronger in _RUNG_ORDER[: _RUNG_ORDER.index(rung)]:
-        if stronger == "cgroup":
-            why_not["cgroup"] = cgroup_why or sup.reason
-        elif stronger == "shepherd":
-            why_not["shepherd"] = sup.reason
-    forced = _supervisor._isolation or os.environ.get("PARDO_ISOLATION") or None
-    return {
-        "rung": rung,
-        "reason": sup.reason,
-        "forced": forced,
-        "stronger_rungs_unavailable": why_not,
-        "escapes": _WHAT_ESCAPES[rung],
-        "features": features,
-        "cpus": len(os.sched_getaffinity(0)),
-        "supervisor_priority": sup.priority(),
-        "shepherd": _supervisor.shepherd_path(),
-    }
+from .._errors import PardoError
 
 
 def main(argv: list[str]) -> int:
@@ -53,8 +16,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
-        rep = report()
-    except Exception as e:  # an unavailable forced rung is a finding, not a crash
+        rep = _supervisor.report()
+    except (PardoError, OSError) as e:  # an unavailable forced rung is a finding
         print(f"pardo doctor: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -1,4 +1,4 @@
-"""``pardo run``: GNU parallel's command line over :class:`pardo._batch.scheduler.Batch`.
+"""``pardo run``: GNU parallel's command line over the batch runner (:class:`pardo._batch.Batch`).
 
 This module parses and renders only. Parsing is hand-written because GNU parallel's grammar
 is not argparse's: options stop at the first word that is not an option (the command), and
@@ -8,7 +8,6 @@ is not argparse's: options stop at the first word that is not an option (the com
 from __future__ import annotations
 
 import difflib
-import math
 import os
 import signal
 import sys
@@ -118,7 +117,7 @@ def _closest(name):
 
 def parse(argv):
     """Split argv into (options dict, command words, sources). Raises UsageError."""
-    from .._batch.inputs import Source
+    from .._batch import Source
 
     opts = {"arg_file": []}
     i = 0
@@ -224,48 +223,6 @@ def _termseq_grace(seq):
         raise UsageError(f"--termseq: {parts[1]!r} is not milliseconds") from None
 
 
-class _Out:
-    """Writes to an fd, retrying short writes; remembers a broken pipe instead of raising."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        self.broken = False
-
-    def write(self, data):
-        if self.broken or not data:
-            return
-        mv = memoryview(data)
-        try:
-            while mv:
-                n = os.write(self.fd, mv)
-                mv = mv[n:]
-        except BrokenPipeError:
-            self.broken = True
-
-
-def _tagged(data, tag):
-    lines = data.split(b"\n")
-    last = lines.pop()
-    out = b"".join(tag + ln + b"\n" for ln in lines)
-    return out + (tag + last if last else b"")
-
-
-def _known_total(sources, n_per_job):
-    """Number of jobs if every source is a ::: list (else None: a file streams)."""
-    if any(s.values is None for s in sources):
-        return None
-    groups = []
-    for s in sources:
-        if s.linked and groups:
-            groups[-1] = min(groups[-1], len(s.values))
-        else:
-            groups.append(len(s.values))
-    total = math.prod(groups)
-    if n_per_job:
-        total = -(-total // n_per_job)
-    return total
-
-
 def main(argv: list[str]) -> int:
     """Run ``pardo run`` with *argv* (the words after ``run``); return the exit status."""
     try:
@@ -283,9 +240,6 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv):
-    from .._batch.inputs import Source, group_records, records
-    from .._batch.template import Template
-
     opts, command, sources = parse(argv)
     if opts.get("help"):
         sys.stdout.write(USAGE)
@@ -295,6 +249,10 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
+    from .. import INHERIT
+    from .._batch import RESUME_MODES, Batch, Source, Template, arg_groups, count_jobs
+    from .views import Out, View
+
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
     n_replace = _int(opts, "max_replace")
@@ -302,18 +260,18 @@ def _main(argv):
     per_job = n_replace if n_replace is not None else n_args
     template = Template(command, replace=opts.get("replace") or "{}",
                         context=n_replace is not None)
-    if not sources:
-        if opts.get("retry_failed"):
-            sources = []
-        elif sys.stdin is None or sys.stdin.closed:
+    resume = next((mode for mode in RESUME_MODES if opts.get(mode.replace("-", "_"))), None)
+    if resume is not None and not opts.get("joblog"):
+        raise UsageError("--resume/--resume-failed/--retry-failed need --joblog FILE")
+    if not sources and resume != "retry-failed":
+        if sys.stdin is None or sys.stdin.closed:
             raise UsageError("no input: give ::: values, :::: files, -a FILE, or pipe stdin")
-        elif not command and os.isatty(sys.stdin.fileno()):
+        if not command and os.isatty(sys.stdin.fileno()):
             raise UsageError("missing command: pardo run COMMAND ::: VALUES (see --help)")
-        else:
-            sources = [Source(path="-")]
+        sources = [Source(path="-")]
     n_sources = len(sources) * (per_job or 1)
     if (template.max_position > n_sources and opts.get("colsep") is None
-            and not opts.get("retry_failed")):
+            and resume != "retry-failed"):
         raise UsageError(
             f"{{{template.max_position}}} refers to input {template.max_position}, but there "
             f"{'is only 1' if n_sources == 1 else f'are only {n_sources}'}; add an input "
@@ -326,125 +284,47 @@ def _main(argv):
         delim = opts["delimiter"].encode().decode("unicode_escape").encode("latin-1")
     else:
         delim = b"\n"
-
-    joblog_path = opts.get("joblog")
-    resuming = opts.get("resume") or opts.get("resume_failed") or opts.get("retry_failed")
-    if resuming and not joblog_path:
-        raise UsageError("--resume/--resume-failed/--retry-failed need --joblog FILE")
-    skip = None
-    logged = {}
-    if resuming:
-        from .._store.joblog import read_joblog
-
-        logged = read_joblog(joblog_path)
-        if opts.get("resume"):
-            skip = set(logged)
-        elif opts.get("resume_failed"):
-            skip = {s for s, j in logged.items() if j.ok}
-
-    from .._batch.scheduler import Batch, _Job, numbered_jobs
-
-    if opts.get("retry_failed"):
-        shell = os.environ.get("PARDO_SHELL", "/bin/sh").encode()
-        jobs_iter = (_Job(j.seq, (), [shell, b"-c", j.command.encode("utf-8", "surrogateescape")])
-                     for j in sorted(logged.values(), key=lambda j: j.seq) if not j.ok)
-        total = None
-    else:
-        recs = records(sources, delimiter=delim, colsep=opts.get("colsep"))
-        if opts.get("no_empty"):
-            recs = (r for r in recs if any(v.strip() for v in r))
-        jobs_iter = numbered_jobs(group_records(recs, per_job), skip=skip)
-        total = None if skip or opts.get("no_empty") else _known_total(sources, per_job)
-
-    if opts.get("dry_run"):
-        out = _Out(1)
-        for job in jobs_iter:
-            out.write((template.command(job.args, job.seq, 1) + "\n").encode("utf-8",
-                                                                               "surrogateescape"))
-            if out.broken:
-                break
-        return 0
-
+    skip_empty = bool(opts.get("no_empty"))
+    groups = arg_groups(sources, delimiter=delim, colsep=opts.get("colsep"), max_args=per_job,
+                        skip_empty=skip_empty)
     kill_grace = _float(opts, "kill_grace", 2.0)
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
-    view = _View(opts)
-    import pardo
-
+    view = View(opts)
     batch = Batch(
-        template, jobs_iter, jobs=opts.get("jobs"), timeout=opts.get("timeout"),
+        template, groups, jobs=opts.get("jobs"), timeout=opts.get("timeout"),
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
         delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
         memory_limit=_size(opts, "memory_limit", None, minimum=1),
         max_output=_size(opts, "max_output", "256M", minimum=0) if view.mode == "group" else None,
-        stdout=pardo.INHERIT if view.mode == "ungroup" else None,
-        stderr=pardo.INHERIT if view.mode == "ungroup" else None,
+        stdout=INHERIT if view.mode == "ungroup" else None,
+        stderr=INHERIT if view.mode == "ungroup" else None,
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
+        joblog=opts.get("joblog"), resume=resume,
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
-        total=total,
+        total=None if skip_empty else count_jobs(sources, per_job),
     )
-    return _execute(batch, view, opts, total, joblog_path, resuming)
+    if opts.get("dry_run"):
+        out = Out(1)
+        for line in batch.dry_run():
+            out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            if out.broken:
+                break
+        return 0
+    return _execute(batch, view, opts)
 
 
-class _View:
-    """How task output reaches our stdout/stderr: grouped per task (default), line by line
-    (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
-
-    def __init__(self, opts):
-        self.out, self.err = _Out(1), _Out(2)
-        self.mode = ("ungroup" if opts.get("ungroup") else
-                     "line" if opts.get("line_buffer") else "group")
-        self._tag = bool(opts.get("tag"))
-        self._tag_template = None
-        if opts.get("tagstring") is not None:
-            from .._batch.template import Template
-
-            self._tag_template = Template([opts["tagstring"]])
-            self._tag_template.quote = False  # GNU: the tag shows values as they are
-        self.verbose = opts.get("verbose")
-
-    def tag_of(self, inputs, seq, slot):
-        if self._tag_template is not None:
-            t = self._tag_template.command(inputs, seq, slot)
-        elif self._tag:
-            t = " ".join(inputs)
-        else:
-            return None
-        return t.encode("utf-8", "surrogateescape") + b"\t"
-
-    def line(self, job, stream, data):
-        """Batch's line sink: whole lines of a running task."""
-        tag = self.tag_of(job.args, job.seq, job.slot)
-        (self.out if stream == 1 else self.err).write(_tagged(data, tag) if tag else data)
-
-    def grouped(self, r, line):
-        """A finished task's captured output, all at once."""
-        if self.verbose:
-            self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-        so, se = r.stdout, r.stderr
-        tag = self.tag_of(r.inputs, r.seq, r.slot)
-        if tag:
-            so = _tagged(so, tag) if so else so
-            se = _tagged(se, tag) if se else se
-        self.out.write(so)
-        self.err.write(se)
-        if r.output_truncated:
-            self.err.write(f"pardo: output of task {r.seq} was cut at --max-output\n".encode())
-
-
-def _execute(batch, view, opts, total, joblog_path, resuming):
+def _execute(batch, view, opts):
     from .._result import Status
-    from .._store.joblog import JobLog, exit_fields
-    from .report import Progress, Summary
+    from .views import Progress, Summary
 
     out, err = view.out, view.err
-    joblog = JobLog(joblog_path, append=bool(resuming)) if joblog_path else None
     tty = os.isatty(2)
     want_summary = opts.get("summary") or (tty and not opts.get("no_summary"))
     summary = Summary() if want_summary else None
-    needs_line = joblog is not None or view.verbose or summary is not None
+    needs_line = view.verbose or summary is not None
 
     def on_signal(signum, frame):
         batch.stop(signum)
@@ -452,23 +332,19 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     progress = None
     if tty and (opts.get("bar") or not os.isatty(1)):
-        progress = Progress(batch, total)
+        progress = Progress(batch, batch.total)
     try:
         if progress is not None:
             progress.__enter__()
         for r in batch:
-            job = r.job
-            line = batch.command_line(job) if needs_line else None
+            line = batch.command_line(r.job) if needs_line else None
             if r.status == Status.ERROR:
                 err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
             elif r.status == Status.TIMEOUT:
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +
-                          batch.command_line(job).encode("utf-8", "surrogateescape") + b"\n")
+                          batch.command_line(r.job).encode("utf-8", "surrogateescape") + b"\n")
             if view.mode == "group" and r.status != Status.CANCELLED:
                 view.grouped(r, line)
-            if joblog is not None:
-                ev, sig = exit_fields(r)
-                joblog.write(r.seq, r.started_at, r.duration, ev, sig, line)
             if summary is not None:
                 summary.add(r, line)
             if out.broken:
@@ -478,8 +354,6 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
             progress.__exit__(None, None, None)
         for s, h in old.items():
             signal.signal(s, h)
-        if joblog is not None:
-            joblog.close()
     if summary is not None and batch.finished:
         err.write(summary.render().encode("utf-8", "surrogateescape"))
     hr = batch.halt_result
@@ -488,14 +362,4 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         err.write((f"pardo: --halt {opts.get('halt')}: stopped after task {hr.seq} "
                    f"{hr.describe()}: {batch.command_line(hr.job)}\n")
                   .encode("utf-8", "surrogateescape"))
-    reason = batch.stopped_by
-    if reason == signal.SIGINT:
-        return 130
-    if reason == signal.SIGTERM:
-        return 143
-    if reason == "pipe":
-        return 141  # stdout was closed under us; GNU parallel dies of SIGPIPE here
-    if batch.halt_exit is not None:
-        return batch.halt_exit
-    failed = batch.failed
-    return failed if failed <= 100 else 101
+    return batch.exit_status

@@ -79,6 +79,12 @@ class JobLog:
                 cut = data.rfind(b"\n")
                 f.truncate(size - tail + cut + 1 if cut >= 0 else 0)
 
+    def record(self, result, command: str) -> None:
+        """The row of a finished task: its :class:`pardo.Result` (with the batch's ``seq``)
+        and the command line it ran."""
+        exitval, signal = exit_fields(result)
+        self.write(result.seq, result.started_at, result.duration, exitval, signal, command)
+
     def write(self, seq: int, started_at: float, runtime: float, exitval: int, signal: int,
               command: str) -> None:
         row = f"{seq}\t:\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t{command}\n"

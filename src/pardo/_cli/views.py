@@ -1,6 +1,7 @@
-"""What ``pardo run`` tells a person: the end-of-run summary and the live progress bar.
+"""What ``pardo run`` shows a person: the tasks' output (grouped, line by line, tagged),
+the live progress bar and the end-of-run summary.
 
-Both are views: they read the batch's counters and the finished results and render. The bar
+All are views: they read the batch's counters and the finished results and render. The bar
 is drawn by rich's ``Live`` on its own refresh thread at a bounded rate, from a snapshot of
 the counters, so the scheduler never waits on the terminal.
 """
@@ -8,25 +9,103 @@ the counters, so the scheduler never waits on the terminal.
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from array import array
 
 from .._result import Status
 
-__all__ = ["Summary", "Progress"]
+__all__ = ["Out", "View", "Summary", "Progress"]
 
 _SLOWEST = 5
 
 
-class Summary:
-    """Collects what the end-of-run summary shows, in O(1) memory per task (one float)."""
+class Out:
+    """Writes to an fd, retrying short writes; remembers a broken pipe instead of raising."""
 
-    def __init__(self):
+    def __init__(self, fd):
+        self.fd = fd
+        self.broken = False
+
+    def write(self, data):
+        if self.broken or not data:
+            return
+        mv = memoryview(data)
+        try:
+            while mv:
+                n = os.write(self.fd, mv)
+                mv = mv[n:]
+        except BrokenPipeError:
+            self.broken = True
+
+
+def _tagged(data, tag):
+    lines = data.split(b"\n")
+    last = lines.pop()
+    out = b"".join(tag + ln + b"\n" for ln in lines)
+    return out + (tag + last if last else b"")
+
+
+class View:
+    """How task output reaches our stdout/stderr: grouped per task (default), line by line
+    (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
+
+    def __init__(self, opts):
+        self.out, self.err = Out(1), Out(2)
+        self.mode = ("ungroup" if opts.get("ungroup") else
+                     "line" if opts.get("line_buffer") else "group")
+        self._tag = bool(opts.get("tag"))
+        self._tag_template = None
+        if opts.get("tagstring") is not None:
+            from .._batch import Template
+
+            # GNU: the tag shows values as they are
+            self._tag_template = Template([opts["tagstring"]], quote=False)
+        self.verbose = opts.get("verbose")
+
+    def tag_of(self, inputs, seq, slot):
+        if self._tag_template is not None:
+            t = self._tag_template.command(inputs, seq, slot)
+        elif self._tag:
+            t = " ".join(inputs)
+        else:
+            return None
+        return t.encode("utf-8", "surrogateescape") + b"\t"
+
+    def line(self, job, stream, data):
+        """Batch's line sink: whole lines of a running task."""
+        tag = self.tag_of(job.args, job.seq, job.slot)
+        (self.out if stream == 1 else self.err).write(_tagged(data, tag) if tag else data)
+
+    def grouped(self, r, line):
+        """A finished task's captured output, all at once."""
+        if self.verbose:
+            self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        so, se = r.stdout, r.stderr
+        tag = self.tag_of(r.inputs, r.seq, r.slot)
+        if tag:
+            so = _tagged(so, tag) if so else so
+            se = _tagged(se, tag) if se else se
+        self.out.write(so)
+        self.err.write(se)
+        if r.output_truncated:
+            self.err.write(f"pardo: output of task {r.seq} was cut at --max-output\n".encode())
+
+
+class Summary:
+    """Collects what the end-of-run summary shows, in O(1) memory per task (one float).
+
+    Args:
+        clock: the monotonic clock the run's wall time is read from (tests pass a fake).
+    """
+
+    def __init__(self, clock=time.monotonic):
         self.durations = array("d")
         self.slowest = []  # min-heap of (duration, seq, command)
         self.failures: dict[str, list] = {}  # reason -> [count, first seqs...]
         self.by_status: dict[str, int] = {}
-        self.started = time.monotonic()
+        self._clock = clock
+        self.started = clock()
 
     def add(self, result, command):
         st = result.status.value
@@ -47,7 +126,7 @@ class Summary:
     def render(self) -> str:
         """The summary as plain text lines."""
         n = len(self.durations)
-        wall = time.monotonic() - self.started
+        wall = self._clock() - self.started
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self.by_status.items()))
         lines = [f"pardo: {n} task{'s' if n != 1 else ''} in {wall:.2f} s ({counts or 'none'})"]
         if n:
@@ -75,17 +154,21 @@ class Progress:
     """A live progress bar on stderr (rich), fed from the batch's counters.
 
     Args:
-        batch: the running :class:`pardo._batch.scheduler.Batch` (its counters are read, never written).
+        batch: the running :class:`pardo._batch.Batch` (its counters are read, never
+            written).
         total: number of tasks if known (for percentage and ETA), else None.
+        file: where to draw (default: stderr).
+        clock: the monotonic clock elapsed time and ETA are read from.
     """
 
-    def __init__(self, batch, total=None, file=None):
+    def __init__(self, batch, total=None, file=None, clock=time.monotonic):
         from rich.console import Console
         from rich.live import Live
 
         self._batch = batch
         self._total = total
-        self._t0 = time.monotonic()
+        self._clock = clock
+        self._t0 = clock()
         self._console = Console(file=file, stderr=file is None)
         self._live = Live(get_renderable=self._render, console=self._console,
                           refresh_per_second=8, transient=False, redirect_stdout=False,
@@ -99,7 +182,7 @@ class Progress:
         b = self._batch
         done, running = b.finished, len(b.running)
         counts = dict(b.by_status)  # snapshot; the scheduler thread may add keys meanwhile
-        elapsed = time.monotonic() - self._t0
+        elapsed = self._clock() - self._t0
         t = Table.grid(padding=(0, 1))
         total = self._total
         line = Text()
