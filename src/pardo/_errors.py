@@ -69,6 +69,19 @@ class TaskCrashed(TaskError):
         self.pid = pid
 
 
+class RemoteTraceback(PardoError):
+    """Attached as ``__cause__`` to an exception re-raised from a worker: its traceback
+    there, tagged with the worker's pid and host."""
+
+    def __init__(self, tb_text: str, where: str):
+        super().__init__(tb_text, where)
+        self.tb_text = tb_text
+        self.where = where
+
+    def __str__(self):
+        return f'\n"""\nTraceback from {self.where}:\n{self.tb_text}"""'
+
+
 # BrokenPool subclasses concurrent.futures.process.BrokenProcessPool, and importing that
 # module costs about as much as the rest of `import pardo` (it pulls in multiprocessing):
 # the class is made on first use (module __getattr__), once.

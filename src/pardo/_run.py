@@ -18,7 +18,10 @@ from . import _engine, _supervisor
 from ._errors import UsageError
 from ._result import Result, Status
 
-WATCH_SLOT_SIZE = 16
+# Task.watch(buf): the engine reads the first WATCH_BYTES of buf as two native int64 words,
+# an absolute CLOCK_MONOTONIC deadline in ns (0: none) and the seq that deadline belongs to
+# (reported back as Result.watch_seq when it fires).
+WATCH_BYTES = 16
 DEFAULT_MAX_OUTPUT = 16 * 2**20
 
 
@@ -264,7 +267,7 @@ class Task:
 
     def watch(self, buf, idle_recheck: float = 0.001) -> None:
         """Let the engine enforce deadlines written into ``buf`` by the task itself (see
-        ``WATCH_SLOT_SIZE``). Keeps a reference to ``buf`` until :meth:`unwatch`."""
+        ``WATCH_BYTES``). Keeps a reference to ``buf`` until :meth:`unwatch`."""
         self._watch_buf = buf
         self._sup.watch(self._h.id, buf, int(idle_recheck * 1e9))
 
@@ -381,8 +384,8 @@ class ResultQueue:
         """
         Args:
             max_running: run at most this many of the queue's tasks at once. Tasks spawned
-                beyond it wait inside the engine, which starts the next one the moment a
-                slot frees (no round trip through Python), so a batch can be handed over
+                beyond it wait inside the engine, which starts the next one the moment
+                one of them ends (no round trip through Python), so a batch can be handed over
                 far ahead of time and still run exactly ``max_running`` wide. Their
                 deadlines count from when they actually start.
         """

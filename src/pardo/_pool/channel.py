@@ -1,4 +1,4 @@
-"""The channel a running task talks through: ``pardo.progress(value)``.
+"""The channel a running task talks through: :func:`pardo.progress`.
 
 A task does not know which backend runs it. The backend installs an *emitter* for the
 duration of each task — per thread for ``backend="thread"``, per process in a pool worker —
@@ -28,11 +28,15 @@ def set_process_emitter(emitter):
     _process_emitter = emitter
 
 
-def emit(value) -> bool:
-    """Send ``value`` from the running task to the parent's ``on_progress`` callback.
+def progress(value=None) -> bool:
+    """Send ``value`` from the running pool task to the parent's ``on_progress`` callback.
+
+    Call it from inside a task, as often as useful; each call is delivered in order, promptly
+    (a worker process writes it at once). Outside a pool task it does nothing, so a function
+    that reports progress runs unchanged on its own.
 
     Returns:
-        True if a pool task was running here and the value was sent, False otherwise.
+        True if the value was sent, False when not running inside a pool task.
     """
     emitter = getattr(_local, "emitter", None) or _process_emitter
     if emitter is None:

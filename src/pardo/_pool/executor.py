@@ -2,8 +2,8 @@
 
 ```
  Pool.submit / schedule ──► WorkItem (1 call) + Future ──┐
- Pool.map ──► _MapRun: pulls the iterables lazily, cuts  ├─► backend ─► settle into
-              them into WorkItems of many calls ─────────┘   │          Future / _MapRun
+ Pool.map ──► MapRun: pulls the iterables lazily, cuts   ├─► backend ─► settle into
+              them into WorkItems of many calls ─────────┘   │          Future / MapRun
                                                process: process.py; thread: thread.py
 ```
 
@@ -11,7 +11,7 @@
   (``concurrent.futures.Executor``). Everything that runs tasks sits behind the backend
   interface: ``put_many(items)``, ``shutdown(wait, cancel_futures)``, ``terminate(reason)``,
   ``batch_hint()``.
-- :class:`_MapRun` is one ``map`` call: it keeps at most a window of calls in flight
+- :class:`MapRun` (``map_run.py``) is one ``map`` call: it keeps at most a window of calls in flight
   (enough to keep every worker's batches full), in chunks as long as the backend's current
   batch size, collects outcomes behind one condition variable, and yields them in order
   (or as they complete with ``ordered=False``).
@@ -21,46 +21,23 @@
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import itertools
 import os
 import threading
-import time
 import weakref
 
 from .._errors import BrokenPool, UsageError
-from . import channel as _channel
-from . import shm as _shm
-from .items import (
-    FUTURE_SINK,
-    MAX_CHUNK,
-    WHOLE_CHUNK,
-    WorkItem,
-    decode_error,
-    decode_value,
-)
+from .items import FUTURE_SINK, WHOLE_CHUNK, WorkItem
+from .map_run import MapRun
 
-__all__ = ["Pool", "BrokenPool", "progress", "releases_gil"]
+__all__ = ["Pool", "default_jobs"]
 
 _POOL_DEFAULT = object()  # "use the pool's task_timeout"
 _BACKENDS = ("process", "thread")
 
 
-def progress(value=None) -> bool:
-    """Send ``value`` from the running pool task to the parent's ``on_progress`` callback.
-
-    Call it from inside a task, as often as useful; each call is delivered in order, promptly
-    (a worker process writes it at once). Outside a pool task it does nothing, so a function
-    that reports progress runs unchanged on its own.
-
-    Returns:
-        True if the value was sent, False when not running inside a pool task.
-    """
-    return _channel.emit(value)
-
-
-def _default_jobs() -> int:
+def default_jobs() -> int:
+    """The CPUs this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -152,7 +129,7 @@ class Pool(concurrent.futures.Executor):
         on_progress=None,
     ):
         if jobs is None:
-            jobs = _default_jobs()
+            jobs = default_jobs()
         if isinstance(jobs, bool) or not isinstance(jobs, int):
             raise TypeError(f"jobs must be an int or None, not {type(jobs).__name__}")
         if jobs <= 0:
@@ -178,9 +155,7 @@ class Pool(concurrent.futures.Executor):
                     raise UsageError(_thread_cannot(name))
             from .thread import ThreadBackend
 
-            self._backend = ThreadBackend(
-                jobs, initializer=initializer, initargs=initargs, broken_error=BrokenPool
-            )
+            self._backend = ThreadBackend(jobs, initializer=initializer, initargs=initargs)
         else:
             from .process import ProcessBackend
 
@@ -192,7 +167,6 @@ class Pool(concurrent.futures.Executor):
                 kill_grace=kill_grace,
                 memory_limit=memory_limit,
                 nice=nice,
-                broken_error=BrokenPool,
             )
         self.jobs = jobs
         self._on_progress = on_progress
@@ -237,11 +211,14 @@ class Pool(concurrent.futures.Executor):
             raise TypeError(f"{fn!r} is not callable")
         fut = concurrent.futures.Future()
         item = WorkItem(fn, [args], [kwargs] if kwargs else None, timeout_ns, FUTURE_SINK, fut, 0, on_progress)
+        self._submit((item,))
+        return fut
+
+    def _submit(self, items):
         with self._shutdown_lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            self._backend.put_many((item,))
-        return fut
+            self._backend.put_many(items)
 
     def map(
         self,
@@ -286,7 +263,6 @@ class Pool(concurrent.futures.Executor):
         else:
             chunksize = None
         tns = self._task_timeout(task_timeout, "task_timeout")
-        deadline = None if timeout is None else time.monotonic() + timeout
         total = None
         try:
             total = min(len(it) for it in iterables) if iterables else 0
@@ -297,16 +273,19 @@ class Pool(concurrent.futures.Executor):
             from .progress_bar import open_bar
 
             bar = open_bar(total, getattr(fn, "__name__", "tasks"))
-        run = _MapRun(
-            self,
+        run = MapRun(
+            self._submit,
+            self._backend,
+            self.jobs,
             fn,
             zip(*iterables),
             tns,
             ordered,
             chunksize,
             on_progress or self._on_progress,
-            deadline,
             bar,
+            pickle_fn=self._backend_name == "process",
+            timeout=timeout,
         )
         run.prime()
         return run.results()
@@ -342,292 +321,3 @@ def _thread_cannot(name):
     )
 
 
-class _MapRun:
-    """The sink of one ``Pool.map`` call (interface in :class:`pardo._pool.items.FutureSink`).
-
-    Outcomes are stored by the map position of their first call, as
-    ``(kind, data, where, n)`` covering ``n`` calls: kind 0 one plain value (thread
-    backend), 1 a pickled list of values, 2 a list of per-call ``(ok, payload)``, 3 an
-    exception. Re-sent parts of a chunk get their own entries, so entries always tile the
-    positions; the consumer walks them in order (or in arrival order, unordered).
-    """
-
-    MIN_WINDOW = 256
-
-    def __init__(self, pool, fn, iterator, timeout_ns, ordered, chunksize, on_progress, deadline, bar):
-        self._pool = pool
-        self._backend = pool._backend
-        self.fn = fn
-        self._iterator = iterator
-        self._timeout_ns = timeout_ns
-        self._ordered = ordered
-        self._chunksize = chunksize
-        self._on_progress = on_progress
-        self._deadline = deadline
-        self._bar = bar
-        self._cond = threading.Condition(threading.Lock())
-        self._done = {} if ordered else collections.deque()
-        self._n_settled = 0
-        self.closed = False
-        self._submitted = 0
-        self._yielded = 0
-        self._exhausted = False
-        self._fn_payload = None
-        if pool._backend_name == "process":
-            # Pickle the callable once for the whole map, and fail early if it cannot be.
-            self._fn_payload = _shm.dumps(fn)
-
-    # sink interface (called by the backend)
-
-    def claim(self, item) -> bool:
-        return not self.closed
-
-    def _store(self, index, outcome):
-        if self._ordered:
-            self._done[index] = outcome
-        else:
-            self._done.append(outcome)
-        self._n_settled += outcome[3]  # only for the bar: a lost update costs nothing
-
-    def settle_chunk(self, item, offset, n, mode, data, where):
-        self._store(item.index + offset, (1 if mode == 0 else 2, data, where, n))
-
-    def settle(self, item, offset, value):
-        self._store(item.index + offset, (0, value, None, 1))
-
-    def fail(self, item, offset, exc):
-        self._store(item.index + offset, (3, exc, None, 1))
-
-    def fail_rest(self, item, exc):
-        self._store(item.index + item.reported, (3, exc, None, item.count - item.reported))
-
-    def cancel(self, item):
-        self.fail_rest(item, concurrent.futures.CancelledError())
-
-    def notify(self):
-        with self._cond:
-            self._cond.notify_all()
-        if self._bar is not None:
-            self._bar.update(self._n_settled)
-
-    # consumer side
-
-    def _chunk(self) -> int:
-        return self._chunksize or max(1, min(MAX_CHUNK, self._backend.batch_hint()))
-
-    def prime(self):
-        try:
-            self._top_up()
-        except BaseException:
-            self.close()
-            raise
-
-    def _top_up(self):
-        chunk = self._chunk()
-        window = max(self.MIN_WINDOW, 4 * self._pool.jobs * chunk)
-        room = window - (self._submitted - self._yielded)
-        if room <= 0 or self._exhausted:
-            return
-        items = []
-        tns = self._timeout_ns
-        fn = self.fn
-        fp = self._fn_payload
-        progress_cb = self._on_progress
-        index = self._submitted
-        iterator = self._iterator
-        islice = itertools.islice
-        while room > 0:
-            args = list(islice(iterator, min(chunk, room)))
-            if not args:
-                self._exhausted = True
-                break
-            item = WorkItem(fn, args, None, tns, self, None, index, progress_cb)
-            item.fn_payload = fp
-            items.append(item)
-            index += len(args)
-            room -= len(args)
-        if items:
-            with self._pool._shutdown_lock:
-                if self._pool._closed:
-                    raise RuntimeError("cannot schedule new futures after shutdown")
-                self._backend.put_many(items)
-            self._submitted = index
-
-    def _next_outcome(self):
-        """Wait for the next outcome; None when every call has been yielded."""
-        cond = self._cond
-        done = self._done
-        with cond:
-            while True:
-                if self._ordered:
-                    outcome = done.pop(self._yielded, None)
-                else:
-                    outcome = done.popleft() if done else None
-                if outcome is not None:
-                    return outcome
-                if self._exhausted and self._yielded >= self._submitted:
-                    return None
-                if self._deadline is None:
-                    cond.wait()
-                else:
-                    remaining = self._deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise concurrent.futures.TimeoutError()
-                    cond.wait(remaining)
-
-    def results(self):
-        try:
-            while True:
-                outcome = self._next_outcome()
-                if outcome is None:
-                    return
-                kind, data, where, n = outcome
-                outcome = None
-                self._yielded += n
-                if not self._exhausted and self._submitted - self._yielded <= self._window_low():
-                    self._top_up()
-                # Hand each value over without keeping a reference here (pop it straight
-                # into the yield): once the caller drops a result, it is freed.
-                if kind == 1:
-                    ok, values = decode_value(data, where)
-                    data = None
-                    if not ok:
-                        raise values
-                    values.reverse()
-                    while values:
-                        yield values.pop()
-                elif kind == 0:
-                    box = [data]
-                    data = None
-                    yield box.pop()
-                elif kind == 2:
-                    data.reverse()
-                    while data:
-                        ok, payload = data.pop()
-                        if not ok:
-                            raise decode_error(payload, where)
-                        ok, value = decode_value(payload, where)
-                        payload = None
-                        if not ok:
-                            raise value
-                        box = [value]
-                        value = None
-                        yield box.pop()
-                else:
-                    raise data
-        finally:
-            self.close()
-
-    def _window_low(self) -> int:
-        return max(self.MIN_WINDOW, 4 * self._pool.jobs * self._chunk()) // 2
-
-    def close(self):
-        """Stop: calls not yet dispatched are dropped, results not yet taken released."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._bar is not None:
-            self._bar.update(self._n_settled)
-            self._bar.close()
-        with self._cond:
-            leftovers = list(self._done.values() if self._ordered else self._done)
-            self._done.clear()
-        for kind, data, _, _ in leftovers:
-            if kind == 1:
-                _release(data)
-            elif kind == 2:
-                for _, payload in data:
-                    _release(payload)
-
-
-def _release(payload):
-    for name in _shm.payload_files(payload):
-        _shm.unlink(name)
-
-
-class GilVerdict:
-    """What :func:`releases_gil` measured. True in a boolean context when the callable
-    scaled on threads well enough for ``backend="thread"``."""
-
-    def __init__(self, fn, threads, serial_s, parallel_s):
-        self.fn = fn
-        self.threads = threads
-        self.serial_s = serial_s
-        self.parallel_s = parallel_s
-        self.speedup = serial_s / parallel_s if parallel_s > 0 else float("inf")
-        # Half of the ideal gain: a callable that holds the GIL stays near 1.0x.
-        self.releases = self.speedup >= 1 + 0.5 * (threads - 1)
-
-    def __bool__(self):
-        return self.releases
-
-    def __repr__(self):
-        return (
-            f"GilVerdict(releases={self.releases}, speedup={self.speedup:.2f}, "
-            f"threads={self.threads})"
-        )
-
-    def __str__(self):
-        name = getattr(self.fn, "__name__", None) or repr(self.fn)
-        if self.releases:
-            advice = "it releases the GIL: backend='thread' suits it"
-        else:
-            advice = "it holds the GIL: use backend='process'"
-        return (
-            f"{name}: {self.threads} calls took {self.serial_s:.3f} s one after the other and "
-            f"{self.parallel_s:.3f} s on {self.threads} threads ({self.speedup:.2f}x); {advice}"
-        )
-
-
-def releases_gil(fn, *args, threads=None, repeat=3, **kwargs) -> GilVerdict:
-    """Measure whether ``fn(*args, **kwargs)`` runs faster on several threads.
-
-    Runs ``threads`` calls one after the other, then ``threads`` calls at once on as many
-    threads, ``repeat`` times each, and compares the best times. Choose a call that takes
-    tens of milliseconds: shorter ones drown in thread start-up noise.
-
-    Args:
-        threads: how many threads (default: CPUs available, at least 2).
-
-    Returns:
-        A :class:`GilVerdict`; ``bool(verdict)`` says whether ``backend="thread"`` suits
-        ``fn``, ``str(verdict)`` says so in a sentence.
-    """
-    if threads is None:
-        threads = max(2, _default_jobs())
-    if threads < 2:
-        raise UsageError("releases_gil needs at least 2 threads to compare")
-    fn(*args, **kwargs)  # warm up: imports, caches, first-call costs
-
-    def serial():
-        t0 = time.perf_counter()
-        for _ in range(threads):
-            fn(*args, **kwargs)
-        return time.perf_counter() - t0
-
-    def parallel():
-        barrier = threading.Barrier(threads + 1)
-        errors = []
-
-        def run():
-            barrier.wait()
-            try:
-                fn(*args, **kwargs)
-            except BaseException as exc:
-                errors.append(exc)
-
-        workers = [threading.Thread(target=run) for _ in range(threads)]
-        for t in workers:
-            t.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for t in workers:
-            t.join()
-        elapsed = time.perf_counter() - t0
-        if errors:
-            raise errors[0]
-        return elapsed
-
-    best_serial = min(serial() for _ in range(repeat))
-    best_parallel = min(parallel() for _ in range(repeat))
-    return GilVerdict(fn, threads, best_serial, best_parallel)

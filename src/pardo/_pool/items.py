@@ -2,7 +2,7 @@
 *sink* that receives their outcomes, and the :class:`BatchSizer` that sizes chunks.
 
 Two kinds of sink. :class:`FutureSink` settles a ``concurrent.futures.Future`` (``submit``,
-``schedule``). A map run (``pardo._pool.executor._MapRun``) collects many outcomes behind one
+``schedule``). A map run (:class:`pardo._pool.map_run.MapRun`) collects many outcomes behind one
 condition variable, so that a map of 100,000 tiny tasks pays for neither 100,000 futures nor
 100,000 wake-ups. The process backend hands a sink *encoded* outcomes (pickled bytes):
 futures decode them at once, map runs leave the decoding to the consuming thread.
@@ -10,18 +10,14 @@ futures decode them at once, map runs leave the decoding to the consuming thread
 
 from __future__ import annotations
 
-import logging
 import pickle
-import traceback
 
-from .._errors import TaskError
-from . import shm as _shm
-
-log = logging.getLogger("pardo.pool")
+from . import shm, wire
+from .failures import decode_error, detach
 
 
 # A call inside a chunk is known by (chunk seq << ELEMENT_BITS) | offset: that is the seq a
-# worker writes into its slot, so a deadline or a crash names the very call to blame.
+# worker writes into its watch record, so a deadline or a crash names the very call to blame.
 ELEMENT_BITS = 16
 MAX_CHUNK = 2048  # < 2**ELEMENT_BITS - 1
 WHOLE_CHUNK = (1 << ELEMENT_BITS) - 1  # offset meaning "the chunk as a whole" (pickling)
@@ -91,31 +87,6 @@ class WorkItem:
         return sub
 
 
-def describe_call(fn) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
-    return f"{name}()"
-
-
-def detach(exc):
-    """Drop the tracebacks of ``exc`` and of the exceptions chained to it.
-
-    An exception raised on the pool's manager thread carries frames that reference the
-    manager, and through it the whole pool: handing it to a caller as is would keep the
-    pool's pipes and processes alive for as long as the caller keeps the exception.
-    """
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        exc.__traceback__ = None
-        if exc.__context__ is not None and exc.__cause__ is None:
-            exc = exc.__context__
-        else:
-            if exc.__context__ is not None:
-                detach(exc.__context__)
-            exc = exc.__cause__
-    return exc
-
-
 class BatchSizer:
     """Chooses how many tasks go into one batch, from how long tasks have been taking.
 
@@ -143,36 +114,10 @@ class BatchSizer:
         return max(1, min(self.max_size, int(self.target_ns / max(self.per_task_ns, 1.0))))
 
 
-class RemoteTraceback(Exception):
-    """Attached as ``__cause__`` to an exception re-raised from a worker: its traceback
-    there, tagged with the worker's pid and host."""
-
-    def __init__(self, tb_text: str, where: str):
-        super().__init__(tb_text, where)
-        self.tb_text = tb_text
-        self.where = where
-
-    def __str__(self):
-        return f'\n"""\nTraceback from {self.where}:\n{self.tb_text}"""'
-
-
-def decode_error(payload, where: str) -> BaseException:
-    """Rebuild the exception a worker sent (see ``pardo._pool.worker._encode_error``)."""
-    try:
-        exc, tb_text, desc = _shm.loads(payload, unlink_after=True)
-    except Exception as err:  # the error payload itself is broken: say so, keep going
-        detach(err)
-        return TaskError(f"a task failed in {where} and its error could not be read: {err!r}")
-    if exc is None:
-        exc = TaskError(f"task raised {desc} (the exception could not be pickled)")
-    exc.__cause__ = RemoteTraceback(tb_text, where)
-    return exc
-
-
 def decode_value(payload, where):
     """The value a worker sent, or an UnpicklingError for it (returned, not raised)."""
     try:
-        return True, _shm.loads(payload, unlink_after=True)
+        return True, shm.loads(payload, unlink_after=True)
     except Exception as err:
         detach(err)
         exc = pickle.UnpicklingError(
@@ -182,20 +127,10 @@ def decode_value(payload, where):
         return False, exc
 
 
-def decode_outcome(ok: bool, payload, where: str):
-    """The value a worker sent, or raise the exception it sent."""
-    if ok:
-        ok, value = decode_value(payload, where)
-        if ok:
-            return value
-        raise value
-    raise decode_error(payload, where)
-
-
 class FutureSink:
     """Settles ``item.future`` (items of one call). One instance serves every future.
 
-    The sink interface, shared with map runs (``pardo._pool.executor._MapRun``):
+    The sink interface, shared with map runs (:class:`pardo._pool.map_run.MapRun`):
     ``claim(item)``; ``settle_chunk(item, offset, n, mode, data, where)`` with what a
     worker sent for calls ``offset:offset+n``; ``settle(item, offset, value)`` and
     ``fail(item, offset, exc)`` for one call; ``fail_rest(item, exc)`` for every call not
@@ -208,7 +143,7 @@ class FutureSink:
     def settle_chunk(self, item, offset, n, mode, data, where):
         # Never raise here: a traceback through the manager's frames would keep the
         # whole pool alive for as long as the caller keeps the exception.
-        if mode == 0:
+        if mode == wire.OK_LIST:
             ok, value = decode_value(data, where)
             if ok:
                 value = value[0]
@@ -249,9 +184,27 @@ class FutureSink:
 FUTURE_SINK = FutureSink()
 
 
-def report_callback_error(what, exc):
-    # Log the traceback as text: a record holding the exception itself (exc_info) would
-    # keep the manager's frames, and the whole pool, alive as long as the record lives.
-    text = "".join(traceback.format_exception(exc))
-    detach(exc)
-    log.error("pardo.Pool: %s raised:\n%s", what, text)
+def release_payload(item):
+    """Remove the shared-memory files of an item's pickled arguments, and forget them."""
+    shm.release(item.payload)
+    item.payload = None
+
+
+def check_open(broken, shutdown):
+    """Raise what a submit to a backend in this state must raise (call under its lock)."""
+    if broken is not None:
+        from .._errors import BrokenPool
+
+        raise BrokenPool(str(broken))
+    if shutdown:
+        raise RuntimeError("cannot schedule new futures after shutdown")
+
+
+def cancel_items(items):
+    """Cancel queued items (from a caller thread) and wake whoever waits on their sinks."""
+    sinks = set()
+    for item in items:
+        item.sink.cancel(item)
+        sinks.add(item.sink)
+    for sink in sinks:
+        sink.notify()

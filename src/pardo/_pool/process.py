@@ -2,40 +2,40 @@
 
 ```
  caller threads                 manager thread (one per pool)             worker processes
- submit()/map() ──► pending ──► batch of chunks: pickle ──► task pipe ──► per call k:
-  (WorkItem =       (deque      each chunk's args once,     (per worker)  slot = (deadline, k)
-   chunk of calls)   + lock)    frame, non-blocking write,                fn(*args) ...
-                     eventfd ─► watch the worker's slot
- futures / map runs ◄── settle ◄── decode frames ◄──────── result pipe ◄── results in parts,
-                                   ▲                                       progress values
- engine (native thread) ── kills a worker whose slot deadline passed; its Task completes
-                          into a ResultQueue whose fd the manager polls ─┘ (deaths)
+ submit()/map() ──► _pending ─► _dispatch: batch of chunks ─► task pipe ─► per call k:
+  (WorkItem =       (deque,     per worker, each chunk's     (per worker,   watch record =
+   chunk of calls)   _lock)     args pickled once; frame,    non-blocking)  (deadline, k)
+                     eventfd ─► non-blocking write; watch                   fn(*args) ...
+                                the worker's record
+ futures / map runs ◄── settle ◄── _on_results: decode ◄── result pipe ◄── results in parts,
+                                   frames                                 progress values
+ engine (native thread) ── kills a worker whose watch deadline passed; its Task completes
+                          into the ResultQueue whose fd the manager selects on ─► _on_death
 ```
 
-- **Caller threads** append WorkItems to ``pending`` under ``_lock`` and wake the manager
+- **Caller threads** append WorkItems to ``_pending`` under ``_lock`` and wake the manager
   through an eventfd (at most one wake-up in flight). A WorkItem is a *chunk*: one call for
   ``submit``, as many as the current batch size for ``map`` — arguments and results cross
   the pipes as one pickle per chunk, which is what makes tiny tasks cheap.
-- **The manager thread** owns everything else: the workers, their pipes and in-flight
-  tables, batching and fault handling. It blocks in ``select`` on the result pipes, the
-  eventfd, and the engine's ResultQueue; writes to task pipes are non-blocking, so a worker
-  that stops reading can never stall it.
-- **A worker** (:mod:`pardo._pool.worker`) runs the calls of a chunk one by one, writing its
-  slot in the shared mapping around each call (layout in :mod:`pardo._pool.wire`): the
-  call's own seq and, with a deadline, the absolute time it must end by.
-- **The engine** reads the slot of every worker that has work in flight (``Task.watch``)
-  and kills the worker's whole tree once its deadline passes — natively, so a call stuck in
-  C holding the GIL dies on time. The manager learns of any death from the ResultQueue,
-  fails the call the slot names (TaskTimeout or TaskCrashed), re-queues the worker's other
-  unfinished calls at the front, and starts a fresh worker in its place. A death while a
-  chunk was (un)pickled as a whole re-sends its calls one by one, so that a second death
-  names the culprit.
+- **The manager thread** owns everything else: the workers (``workers.py``: their pipes,
+  in-flight tables and watch records), batching and fault handling. It blocks in ``select``
+  on the result pipes, the eventfd and the engine's ResultQueue; writes to task pipes are
+  non-blocking, so a worker that stops reading can never stall it.
+- **A worker** (``worker.py``) runs the calls of a chunk one by one, writing its watch
+  record in the shared mapping around each call (layout in ``wire.py``): the call's own seq
+  and, with a deadline, the absolute time it must end by.
+- **The engine** reads the watch record of every worker that has a call with a deadline in
+  flight (``Task.watch``) and kills the worker's whole tree once that deadline passes —
+  natively, so a call stuck in C holding the GIL dies on time. The manager learns of any
+  death from the ResultQueue, fails the call the record names (TaskTimeout or
+  TaskCrashed), re-queues the worker's other unfinished calls at the front, and starts a
+  fresh worker in its place. A death while a chunk was (un)pickled as a whole re-sends its
+  calls one by one, so that a second death names the culprit.
 """
 
 from __future__ import annotations
 
 import collections
-import fcntl
 import itertools
 import mmap
 import os
@@ -46,19 +46,26 @@ import sys
 import threading
 import time
 
-from .._errors import TaskCrashed
-from . import shm as _shm
-from . import wire
-from .failures import death_error, pickling_error
-from .items import (
-    ELEMENT_BITS,
-    BatchSizer,
-    WHOLE_CHUNK,
+from .._errors import BrokenPool, TaskCrashed
+from .._run import ResultQueue
+from . import shm, wire
+from .failures import (
+    death_error,
     decode_error,
     describe_call,
     detach,
+    pickling_error,
     report_callback_error,
 )
+from .items import (
+    ELEMENT_BITS,
+    WHOLE_CHUNK,
+    BatchSizer,
+    cancel_items,
+    check_open,
+    release_payload,
+)
+from .workers import READ, WRITE, WorkerProcess, worker_env
 
 # A worker that dies this many times with a task in flight without being blamed for it
 # fails that task rather than retrying it forever.
@@ -66,56 +73,17 @@ MAX_TRIES = 3
 # Workers that die before reporting READY this many times in a row break the pool:
 # the interpreter cannot start, an import fails, the machine is out of memory...
 MAX_START_FAILURES = 3
-# How often the engine re-reads an idle slot (no task with a deadline running). A deadline
-# longer than this is met exactly; a shorter one may be late by up to this much.
+# How often the engine re-reads an idle watch record (no call with a deadline running). A
+# deadline longer than this is met exactly; a shorter one may be late by up to this much.
 IDLE_RECHECK = 0.005
-_F_SETPIPE_SZ = 1031
-_PIPE_SIZE = 1 << 20
 
-_WAKE, _READ, _WRITE, _DEATHS = range(4)
-
-
-class _WorkerHandle:
-    __slots__ = (
-        "index",
-        "task",
-        "wfd",
-        "rfd",
-        "reader",
-        "outbuf",
-        "inflight",
-        "assigned",
-        "ready",
-        "pid",
-        "where",
-        "watched",
-        "retiring",
-        "wfd_closed",
-        "watch_buf",
-        "dead",
-        "load",
-    )
-
-    def __init__(self, index):
-        self.index = index
-        self.task = None
-        self.reader = wire.FrameReader()
-        self.outbuf = bytearray()
-        self.inflight = {}  # chunk seq -> WorkItem, in dispatch order
-        self.load = 0  # calls in flight, not yet settled
-        self.assigned = 0
-        self.ready = False
-        self.pid = None
-        self.where = "a pool worker"
-        self.watched = False
-        self.retiring = False
-        self.wfd_closed = False
-        self.dead = False
+# Selector events of the manager's own fds (workers' pipes use workers.READ and WRITE).
+_WAKE, _DEATHS = 3, 4
 
 
 class ProcessBackend:
     """Runs WorkItems in worker processes. Thread-safe entry points: :meth:`put_many`,
-    :meth:`shutdown`, :meth:`terminate`."""
+    :meth:`shutdown`, :meth:`terminate`, :meth:`batch_hint`."""
 
     def __init__(
         self,
@@ -127,55 +95,58 @@ class ProcessBackend:
         kill_grace=0.5,
         memory_limit=None,
         nice=None,
-        broken_error=None,
     ):
-        from .. import _run
-
-        self._engine = _run
         self.jobs = jobs
         self._max_tasks = max_tasks_per_child
         self._kill_grace = kill_grace
         self._memory_limit = memory_limit
         self._nice = nice
-        self._broken_error = broken_error
         self.on_done = None  # called with this backend once it has stopped for good
         self._init_payload = None
         if initializer is not None:
-            self._init_payload = _shm.dumps((initializer, tuple(initargs)))
+            self._init_payload = shm.dumps((initializer, tuple(initargs)))
 
+        # _lock guards what caller threads share with the manager thread, and nothing else:
+        #   _pending      WorkItems not yet sent to a worker (callers append at the back,
+        #                 the manager takes from the front and puts re-sends back there)
+        #   _wake_armed   a wake-up is in flight on _wake_fd (one is enough)
+        #   _wake_fd      None once the manager closed it: no caller writes to it after
+        #   _thread       the manager, started by the first put_many
+        #   _shutdown, _terminating, _broken   written under it; the manager thread also
+        #                 reads them without it, where a stale value only costs a loop round
+        # It is held for these few operations only (and the manager's start-up), never
+        # while waiting or while calling into a sink, a callback or a worker, so a worker
+        # that dies cannot leave it taken. Everything else belongs to the manager thread.
         self._lock = threading.Lock()
         self._pending = collections.deque()
         self._wake_armed = False
         self._shutdown = False
-        self._terminating = False
+        self._terminating = False  # the exception running calls fail with, once terminated
         self._broken = None  # the exception new work fails with once the pool is broken
         self._thread = None
+        self._wake_fd = None
 
         self.token = f"pardo-{os.getpid()}-{secrets.token_hex(4)}"
-        self._arena = _shm.BufferArena(self.token + "-p")
+        self._arena = shm.BufferArena(self.token + "-p")
         self._sizer = BatchSizer()
         self._seq = itertools.count(1)
         self._fn_cache = {}  # id(fn) -> (fn, payload), valid for one dispatch round
-        self._touched = set()
+        self._touched = set()  # sinks settled this round: notified once at its end
         self._start_failures = 0
         self._workers = [None] * jobs
         self._env = None
-        self._by_task = {}
+        self._by_task = {}  # engine task id -> WorkerProcess
         self._sel = None
-        self._queue = None
-        self._wake_fd = None
-        self._slot_fd = None
-        self._slots = None
+        self._queue = None  # the engine's ResultQueue: worker deaths
+        self._watch_fd = None  # memfd of the watch records, one per worker
+        self._watch_map = None
 
     # -- caller side -------------------------------------------------------------------
 
     def put_many(self, items) -> None:
         """Queue items (FIFO). Raises the pool's broken error if it is broken."""
         with self._lock:
-            if self._broken is not None:
-                raise self._broken_error(str(self._broken))
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            check_open(self._broken, self._shutdown)
             self._pending.extend(items)
             if self._thread is None:
                 self._start()
@@ -199,7 +170,7 @@ class ProcessBackend:
                 self._terminating = reason
             cancelled = self._take_pending() if cancel else ()
             thread = self._thread
-        _cancel_all(cancelled)
+        cancel_items(cancelled)
         if thread is None:
             self._close_resources()
             if self.on_done is not None:
@@ -231,11 +202,11 @@ class ProcessBackend:
     def _start(self):
         """Called under _lock by the first put_many."""
         self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        size = max(mmap.PAGESIZE, self.jobs * wire.SLOT_SIZE)
-        self._slot_fd = os.memfd_create("pardo-pool-slots", os.MFD_CLOEXEC)
-        os.ftruncate(self._slot_fd, size)
-        self._slots = mmap.mmap(self._slot_fd, size)
-        self._queue = self._engine.ResultQueue()
+        size = max(mmap.PAGESIZE, self.jobs * wire.WATCH_RECORD_SIZE)
+        self._watch_fd = os.memfd_create("pardo-pool-watch", os.MFD_CLOEXEC)
+        os.ftruncate(self._watch_fd, size)
+        self._watch_map = mmap.mmap(self._watch_fd, size)
+        self._queue = ResultQueue()
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_fd, selectors.EVENT_READ, (_WAKE, None))
         self._sel.register(self._queue.fileno(), selectors.EVENT_READ, (_DEATHS, None))
@@ -247,12 +218,13 @@ class ProcessBackend:
             for i in range(self.jobs):
                 self._spawn(i)
             while not self._finished():
-                for key, mask in self._sel.select():
+                for key, _ in self._sel.select():
                     kind, w = key.data
-                    if kind == _READ:
-                        self._on_readable(w)
-                    elif kind == _WRITE:
-                        self._flush_out(w)
+                    if kind == READ:
+                        if not w.dead:  # else its death was handled earlier this round
+                            self._handle_messages(w, w.read())
+                    elif kind == WRITE:
+                        w.flush()
                     elif kind == _WAKE:
                         self._on_wake()
                     else:
@@ -264,16 +236,13 @@ class ProcessBackend:
                 self._notify()
         except BaseException as exc:  # a bug here must not leave callers waiting forever
             report_callback_error("the pool manager thread", exc)
-            self._break(self._make_broken(f"the pool's manager thread failed: {exc!r}"))
+            self._break(BrokenPool(f"the pool's manager thread failed: {exc!r}"))
             self._kill_all()
         finally:
             self._notify()
             self._close_resources()
             if self.on_done is not None:
                 self.on_done(self)
-
-    def _make_broken(self, message):
-        return self._broken_error(message)
 
     def _finished(self) -> bool:
         if not self._shutdown and self._broken is None:
@@ -286,7 +255,7 @@ class ProcessBackend:
             return False
         # Nothing left to do: let the workers run out of input, then wait for their deaths.
         for w in alive:
-            self._close_input(w)
+            w.close_input()
         return not alive
 
     def _on_wake(self):
@@ -298,79 +267,14 @@ class ProcessBackend:
             self._wake_armed = False
 
     def _spawn(self, index):
-        w = _WorkerHandle(index)
-        base = index * wire.SLOT_SIZE
-        self._slots[base : base + wire.SLOT_SIZE] = bytes(wire.SLOT_SIZE)
-        w.watch_buf = memoryview(self._slots)[base : base + 16]
-        task_r, task_w = os.pipe2(os.O_CLOEXEC)
-        res_r, res_w = os.pipe2(os.O_CLOEXEC)
-        for fd in (task_w, res_r):
-            try:
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-            except OSError:
-                pass  # above /proc/sys/fs/pipe-max-size: the default size still works
-            os.set_blocking(fd, False)
-        argv = [sys.executable, "-m", "pardo._pool.worker", "3", "4", "5", str(index), self.token]
         if self._env is None:
-            # The worker must import this very pardo, even when the caller found it through
-            # a sys.path entry of its own rather than an installed package.
-            here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-            path = os.environ.get("PYTHONPATH")
-            self._env = dict(os.environ, PYTHONPATH=here + (os.pathsep + path if path else ""))
-        try:
-            w.task = self._engine.spawn(
-                argv,
-                queue=self._queue,
-                pass_fds={3: task_r, 4: res_w, 5: self._slot_fd},
-                stdout=self._engine.INHERIT,
-                stderr=self._engine.INHERIT,
-                kill_grace=self._kill_grace,
-                env=self._env,
-                memory_limit=self._memory_limit,
-                nice=self._nice,
-                tag=("pardo.Pool worker", index),
-            )
-        finally:
-            os.close(task_r)
-            os.close(res_w)
-        w.wfd, w.rfd = task_w, res_r
+            self._env = worker_env()
+        w = WorkerProcess(index, self._sel)
+        w.start(self._watch_map, self._watch_fd, self._queue, self.token, self._env,
+                kill_grace=self._kill_grace, memory_limit=self._memory_limit, nice=self._nice)
         self._workers[index] = w
         self._by_task[w.task.id] = w
-        self._sel.register(w.rfd, selectors.EVENT_READ, (_READ, w))
-        w.outbuf += wire.frame((wire.INIT, list(sys.path), self._init_payload))
-        self._flush_out(w)
-
-    def _close_input(self, w):
-        if w.wfd_closed:
-            return
-        if w.outbuf:
-            w.retiring = True  # closed by _flush_out once the buffer is written
-            return
-        w.wfd_closed = True
-        try:
-            self._sel.unregister(w.wfd)
-        except KeyError:
-            pass
-        os.close(w.wfd)
-
-    def _flush_out(self, w):
-        if w.wfd_closed or w.dead:
-            return
-        if w.outbuf:
-            try:
-                n = os.write(w.wfd, w.outbuf)
-                del w.outbuf[:n]
-            except BlockingIOError:
-                pass
-            except BrokenPipeError:
-                w.outbuf.clear()  # the worker is dead; its death is on its way
-        registered = self._sel.get_map().get(w.wfd) is not None
-        if w.outbuf and not registered:
-            self._sel.register(w.wfd, selectors.EVENT_WRITE, (_WRITE, w))
-        elif not w.outbuf and registered:
-            self._sel.unregister(w.wfd)
-        if not w.outbuf and w.retiring:
-            self._close_input(w)
+        w.send((wire.INIT, list(sys.path), self._init_payload))
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -411,7 +315,7 @@ class ProcessBackend:
                 item = pending.popleft()
                 if self._max_tasks and calls + item.count > n:
                     # This worker may run only n more calls: split the chunk.
-                    _release_payload(item)
+                    release_payload(item)
                     pending.appendleft(item.part(n - calls, item.count))
                     item = item.part(0, n - calls)
                 items.append(item)
@@ -454,18 +358,16 @@ class ProcessBackend:
             return True
         w.load += sent
         w.assigned += sent
-        if deadline_used and not w.watched:
-            w.task.watch(w.watch_buf, IDLE_RECHECK)
-            w.watched = True
-        w.outbuf += wire.frame((wire.BATCH, fns, chunks))
+        if deadline_used:
+            w.watch(IDLE_RECHECK)
         if self._max_tasks and w.assigned >= self._max_tasks:
-            w.retiring = True
-        self._flush_out(w)
+            w.retiring = True  # its input closes once this batch is written
+        w.send((wire.BATCH, fns, chunks))
         return True
 
     def _encode_args(self, item):
         try:
-            payload = _shm.dumps((item.args, item.kwargs), self._arena)
+            payload = shm.dumps((item.args, item.kwargs), self._arena)
         except Exception as exc:
             detach(exc)
             if item.count > 1:
@@ -485,7 +387,7 @@ class ProcessBackend:
         if hit is not None and hit[0] is fn:
             return hit[1]
         try:
-            fp = _shm.dumps(fn)
+            fp = shm.dumps(fn)
         except Exception as exc:
             detach(exc)
             err = pickle.PicklingError(
@@ -505,29 +407,6 @@ class ProcessBackend:
 
     # -- results -------------------------------------------------------------------------
 
-    def _on_readable(self, w):
-        if w.dead:
-            return  # its death was handled earlier in this round of events
-        try:
-            chunk = os.read(w.rfd, _PIPE_SIZE)
-        except BlockingIOError:
-            return
-        if not chunk:
-            self._sel.unregister(w.rfd)  # end of file: the death follows from the queue
-            return
-        self._handle_messages(w, w.reader.feed(chunk))
-
-    def _drain(self, w):
-        """Read whatever a dead worker left in its result pipe."""
-        while True:
-            try:
-                chunk = os.read(w.rfd, _PIPE_SIZE)
-            except (BlockingIOError, OSError):
-                return
-            if not chunk:
-                return
-            self._handle_messages(w, w.reader.feed(chunk))
-
     def _handle_messages(self, w, messages):
         for msg in messages:
             kind = msg[0]
@@ -542,7 +421,7 @@ class ProcessBackend:
                 self._start_failures = 0
             elif kind == wire.INIT_FAILED:
                 cause = decode_error(msg[1], w.where)
-                err = self._make_broken(f"the pool's initializer failed in {w.where}: {cause}")
+                err = BrokenPool(f"the pool's initializer failed in {w.where}: {cause}")
                 err.__cause__ = cause
                 self._break(err)
 
@@ -560,9 +439,9 @@ class ProcessBackend:
                 if item.count == 1:
                     item.sink.fail(item, 0, decode_error(data, where))
                     touched.add(item.sink)
-                    _release_payload(item)
+                    release_payload(item)
                 else:
-                    _release_payload(item)
+                    release_payload(item)
                     self._requeue_front([item.part(i, i + 1) for i in range(item.count)])
                 continue
             item.sink.settle_chunk(item, offset, n, mode, data, where)
@@ -572,18 +451,17 @@ class ProcessBackend:
             if item.reported >= item.count:
                 del inflight[seq]
                 if type(item.payload) is not bytes:
-                    _release_payload(item)
+                    release_payload(item)
         self._sizer.observe(busy_ns, calls)
-        if not inflight and w.watched:
-            w.task.unwatch()
-            w.watched = False
-        if w.retiring and not inflight:
-            self._close_input(w)
+        if not inflight:
+            w.unwatch()
+            if w.retiring:
+                w.close_input()
 
     def _on_progress(self, w, seq, payload):
         item = w.inflight.get(seq >> ELEMENT_BITS)
         try:
-            value = _shm.loads(payload, unlink_after=True)
+            value = shm.loads(payload, unlink_after=True)
         except Exception as exc:
             report_callback_error("unpickling a progress value", exc)
             return
@@ -613,25 +491,23 @@ class ProcessBackend:
                 self._on_death(w, task.result)
 
     def _on_death(self, w, result):
-        self._drain(w)
-        try:
-            self._sel.unregister(w.rfd)
-        except KeyError:
-            pass
-        os.close(w.rfd)
+        self._handle_messages(w, w.read_to_end())
         if not w.wfd_closed:
             w.outbuf.clear()
-            self._close_input(w)
+            w.close_input()
         w.dead = True
         w.watched = False
-        w.watch_buf.release()  # the engine stopped reading it when the worker died
+        w.watch_view.release()  # the engine stopped reading it when the worker died
         self._workers[w.index] = None
-        slot = memoryview(self._slots)[w.index * wire.SLOT_SIZE :][: wire.SLOT_SIZE].cast("q")
-        deadline_ns, watch_seq, running = slot[0], slot[1], slot[2]
-        slot.release()
+        base = w.index * wire.WATCH_RECORD_SIZE
+        record = memoryview(self._watch_map)[base: base + wire.WATCH_RECORD_SIZE].cast("q")
+        deadline_ns = record[wire.WATCH_DEADLINE]
+        watch_seq = record[wire.WATCH_SEQ]
+        running = record[wire.WATCH_RUNNING]
+        record.release()
         status = str(result.status)
         seen_ns = time.monotonic_ns()
-        _shm.sweep(f"{self.token}-w{result.pid or w.pid}-")
+        shm.sweep(f"{self.token}-w{result.pid or w.pid}-")
 
         if status == "timeout":
             blame = result.watch_seq or watch_seq
@@ -659,7 +535,7 @@ class ProcessBackend:
                     again.append(item.part(item.reported, offset))
                 if offset + 1 < item.count:
                     again.append(item.part(offset + 1, item.count))
-            _release_payload(item)
+            release_payload(item)
         self._requeue(w, result, again)
 
         if self._broken is not None or self._terminating:
@@ -667,12 +543,10 @@ class ProcessBackend:
         if not w.ready and status != "ok":
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
-                self._break(
-                    self._make_broken(
-                        f"{self._start_failures} pool workers in a row died before they were "
-                        f"ready (last: {result.describe()}); see their stderr above"
-                    )
-                )
+                self._break(BrokenPool(
+                    f"{self._start_failures} pool workers in a row died before they were "
+                    f"ready (last: {result.describe()}); see their stderr above"
+                ))
                 return
         if not self._shutdown or self._pending_or_inflight():
             self._spawn(w.index)
@@ -687,7 +561,7 @@ class ProcessBackend:
         """Put a dead worker's unfinished calls back at the front, in order."""
         for item in w.inflight.values():
             if item.reported:
-                _release_payload(item)
+                release_payload(item)
                 item = item.part(item.reported, item.count)
             if w.ready:  # a worker that never started ran nothing: no call is suspect
                 item.tries += 1
@@ -714,7 +588,7 @@ class ProcessBackend:
                 keep.append(item)
                 continue
             self._touched.add(item.sink)
-            _release_payload(item)
+            release_payload(item)
         if keep:
             self._requeue_front(keep)
 
@@ -732,7 +606,7 @@ class ProcessBackend:
             for item in items:
                 item.sink.fail_rest(item, err)
                 self._touched.add(item.sink)
-                _release_payload(item)
+                release_payload(item)
         self._kill_all()
 
     def _kill_all(self):
@@ -745,17 +619,8 @@ class ProcessBackend:
 
     def _close_resources(self):
         for w in self._workers:
-            if w is None:
-                continue
-            for fd in (w.rfd, None if w.wfd_closed else w.wfd):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-        for w in self._workers:
             if w is not None:
-                w.watch_buf.release()
+                w.release()
         self._workers = [None] * self.jobs
         if self._sel is not None:
             self._sel.close()
@@ -764,29 +629,11 @@ class ProcessBackend:
             wake_fd, self._wake_fd = self._wake_fd, None
         if wake_fd is not None:
             os.close(wake_fd)
-        if self._slots is not None:
-            self._slots.close()  # mmap holds its own dup of the memfd
-            self._slots = None
-        if self._slot_fd is not None:
-            os.close(self._slot_fd)
-            self._slot_fd = None
+        if self._watch_map is not None:
+            self._watch_map.close()  # mmap holds its own dup of the memfd
+            self._watch_map = None
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
         self._queue = None  # its fd closes with it
-        _shm.sweep(self.token + "-")
-
-
-def _release_payload(item):
-    payload = item.payload
-    if payload is not None and type(payload) is not bytes:
-        for name in _shm.payload_files(payload):
-            _shm.unlink(name)
-    item.payload = None
-
-
-def _cancel_all(items):
-    """Cancel queued items (from a caller thread) and wake whoever waits on their sinks."""
-    sinks = set()
-    for item in items:
-        item.sink.cancel(item)
-        sinks.add(item.sink)
-    for sink in sinks:
-        sink.notify()
+        shm.sweep(self.token + "-")

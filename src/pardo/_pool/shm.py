@@ -174,6 +174,9 @@ def loads(payload, unlink_after: bool = False):
     return pickle.loads(data, buffers=maps)
 
 
-def payload_files(payload) -> list:
-    """The buffer file names a payload refers to (empty for an in-band payload)."""
-    return [] if type(payload) is bytes else payload[1]
+def release(payload) -> None:
+    """Remove the buffer files a payload refers to (nothing for an in-band payload or None):
+    the sender's part once the payload will not be sent again."""
+    if payload is not None and type(payload) is not bytes:
+        for name in payload[1]:
+            unlink(name)

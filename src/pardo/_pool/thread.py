@@ -15,7 +15,9 @@ from __future__ import annotations
 import queue
 import threading
 
-from . import channel as _channel
+from .._errors import BrokenPool
+from . import channel
+from .items import check_open
 
 _STOP = None
 
@@ -23,11 +25,10 @@ _STOP = None
 class ThreadBackend:
     """Runs WorkItems on threads. Same entry points as the process backend."""
 
-    def __init__(self, jobs, *, initializer=None, initargs=(), broken_error=None):
+    def __init__(self, jobs, *, initializer=None, initargs=()):
         self.jobs = jobs
         self._initializer = initializer
         self._initargs = tuple(initargs)
-        self._broken_error = broken_error
         self._queue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._threads = []
@@ -38,10 +39,7 @@ class ThreadBackend:
 
     def put_many(self, items) -> None:
         with self._lock:
-            if self._broken is not None:
-                raise self._broken_error(str(self._broken))
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            check_open(self._broken, self._shutdown)
             if not self._threads:
                 for i in range(self.jobs):
                     t = threading.Thread(target=self._work, name=f"pardo-pool-thread-{i}", daemon=True)
@@ -67,7 +65,7 @@ class ThreadBackend:
             try:
                 self._initializer(*self._initargs)
             except BaseException as exc:
-                err = self._broken_error(f"the pool's initializer failed: {exc!r}")
+                err = BrokenPool(f"the pool's initializer failed: {exc!r}")
                 err.__cause__ = exc
                 self._break(err)
                 return
@@ -86,7 +84,7 @@ class ThreadBackend:
                     continue
                 item.claimed = True
             fn, args, kwargs = item.fn, item.args, item.kwargs
-            _channel.set_thread_emitter(item.on_progress)
+            channel.set_thread_emitter(item.on_progress)
             try:
                 for i in range(item.count):
                     try:
@@ -97,7 +95,7 @@ class ThreadBackend:
                         sink.settle(item, i, value)
                         value = None  # the caller decides how long a result lives
             finally:
-                _channel.set_thread_emitter(None)
+                channel.set_thread_emitter(None)
             item = fn = args = kwargs = None
             sink.notify()
 

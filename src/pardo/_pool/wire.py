@@ -3,7 +3,7 @@
 Two pipes per worker, one each way. Every message is a frame: an 8-byte little-endian
 length, then a pickle (protocol 5) of a tuple of built-in values whose first item is the
 message kind. Task arguments, functions and results inside a message are themselves pickled
-separately (see :mod:`pardo._pool.shm`), so that a worker can tell *which* task's data failed to
+separately (see ``shm.py``), so that a worker can tell *which* task's data failed to
 unpickle and the parent can fail exactly that task.
 
 parent -> worker (task pipe):
@@ -27,7 +27,8 @@ worker -> parent (result pipe):
                              the error payload); the parent re-sends each call on its own.
     (PROGRESS, seq, payload) a value sent by pardo.progress() from call ``seq``
 
-The worker also writes to its slot in the pool's shared memory (see :data:`SLOT_SIZE`).
+The worker also writes its watch record in the pool's shared memory (see
+:data:`WATCH_RECORD_SIZE`).
 """
 
 from __future__ import annotations
@@ -42,15 +43,17 @@ OK_LIST, EACH, SPLIT = range(3)
 _HEADER = struct.Struct("<Q")
 HEADER_SIZE = _HEADER.size
 
-# Each worker owns SLOT_SIZE bytes of one shared mapping, read as int64 words:
-#   [0] absolute CLOCK_MONOTONIC deadline (ns) of the running task, 0 = none  } the engine's
-#   [1] seq of the call that deadline belongs to                               } watch slot
-#   [2] seq of the call the worker is busy with, (chunk seq << 16) | 0xFFFF while it
-#       (un)pickles a chunk as a whole, 0 = none
-# Word 2 is pardo's own: after a crash it names the task to blame. A whole cache line per
-# worker keeps the workers from sharing one.
-SLOT_SIZE = 64
-SLOT_DEADLINE, SLOT_WATCH_SEQ, SLOT_RUNNING = 0, 1, 2
+# Each worker owns a watch record of WATCH_RECORD_SIZE bytes in one shared mapping, read as
+# int64 words (indexes below):
+#   WATCH_DEADLINE  absolute CLOCK_MONOTONIC deadline (ns) of the running call, 0 = none  } what
+#   WATCH_SEQ       seq of the call that deadline belongs to                              } the
+#                   (the first pardo._run.WATCH_BYTES of the record)                      } engine reads
+#   WATCH_RUNNING   seq of the call the worker is busy with, (chunk seq << ELEMENT_BITS) |
+#                   WHOLE_CHUNK while it (un)pickles a chunk as a whole, 0 = none
+# WATCH_RUNNING is the pool's own: after a crash it names the call to blame. A whole cache
+# line per worker keeps the workers from sharing one.
+WATCH_RECORD_SIZE = 64
+WATCH_DEADLINE, WATCH_SEQ, WATCH_RUNNING = 0, 1, 2
 
 
 def frame(message) -> bytes:

@@ -1,10 +1,12 @@
-"""A pardo.Pool worker process: ``python -m pardo._pool.worker TASK_FD RESULT_FD SLOT_FD SLOT PREFIX``.
+"""A pardo.Pool worker process:
+``python -m pardo._pool.worker TASK_FD RESULT_FD WATCH_FD INDEX PREFIX``.
 
 Started by the engine (never forked from the parent), it reads batches of chunks of calls
 from TASK_FD, runs the calls one after the other, and writes results to RESULT_FD (protocol
-in :mod:`pardo._pool.wire`). Around each call it writes into its slot of the shared mapping
-on SLOT_FD: the seq of the call it is busy with, and, for a call with a deadline, the
-absolute monotonic deadline the engine enforces by killing this process's whole tree.
+in ``wire.py``). Around each call it writes into its watch record, number INDEX of the
+pool's shared mapping on WATCH_FD: the seq of the call it is busy with, and, for a call
+with a deadline, the absolute monotonic deadline the engine enforces by killing this
+process's whole tree.
 
 Results are written back in groups, not one by one: a group is flushed when a batch ends,
 when a call starts more than ``FLUSH_NS`` after the last flush, and before progress values.
@@ -25,123 +27,114 @@ import threading
 import time
 import traceback
 
+from . import channel, shm, wire
+from .failures import describe_call, encode_error, short_repr
+from .items import ELEMENT_BITS, WHOLE_CHUNK
+from .wire import WATCH_DEADLINE, WATCH_RUNNING, WATCH_SEQ
+
 # Flush completed results at least this often (ns) while a batch runs.
 FLUSH_NS = 2_000_000
-from .items import ELEMENT_BITS, WHOLE_CHUNK
 
 
-def _describe_call(fn) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-    return f"{name}()"
+class Worker:
+    """The worker's state: its pipes, its watch record, results not yet sent.
 
+    Args:
+        clock_ns: the monotonic clock of deadlines and flush timing, in ns. Deadlines must
+            be CLOCK_MONOTONIC, which the engine compares them with; tests pass a fake to
+            check flush timing.
+    """
 
-def _encode_error(exc, shm):
-    """Payload for a failed task: the exception if it can travel, its traceback as text,
-    and a one-line description for when the exception itself cannot travel."""
-    tb_text = "".join(traceback.format_exception(exc))
-    desc = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
-    try:
-        return shm.dumps((exc, tb_text, desc))
-    except Exception:
-        return shm.dumps((None, tb_text, desc))
-
-
-class _Worker:
-    def __init__(self, task_fd, result_fd, slot_fd, slot, prefix):
-        from . import channel as _channel
-        from . import shm as _shm
-        from . import wire
-
-        self.wire = wire
-        self.shm = _shm
+    def __init__(self, task_fd, result_fd, watch_fd, index, prefix, clock_ns=time.monotonic_ns):
         self.result_fd = result_fd
         self.tasks = os.fdopen(task_fd, "rb", buffering=1 << 16)
-        size = (slot + 1) * wire.SLOT_SIZE
-        self.map = mmap.mmap(slot_fd, size)
-        os.close(slot_fd)
-        base = slot * wire.SLOT_SIZE
-        self.slot = memoryview(self.map)[base : base + wire.SLOT_SIZE].cast("q")
-        self.arena = _shm.BufferArena(f"{prefix}-w{os.getpid()}")
+        size = (index + 1) * wire.WATCH_RECORD_SIZE
+        self.map = mmap.mmap(watch_fd, size)
+        os.close(watch_fd)
+        base = index * wire.WATCH_RECORD_SIZE
+        self.watch = memoryview(self.map)[base: base + wire.WATCH_RECORD_SIZE].cast("q")
+        self.arena = shm.BufferArena(f"{prefix}-w{os.getpid()}")
+        self.clock_ns = clock_ns
         self.fn_cache = {}
         self.out = []
         self.busy_ns = 0
-        self.last_flush = time.monotonic_ns()
+        self.last_flush = clock_ns()
         self.current_seq = 0
         self.send_lock = threading.Lock()
-        _channel.set_process_emitter(self._emit_progress)
+        channel.set_process_emitter(self._emit_progress)
 
     def send(self, message):
-        data = self.wire.frame(message)
+        data = wire.frame(message)
         # A task may call pardo.progress() from a thread of its own: frames must not mix.
         with self.send_lock:
-            self.wire.write_all(self.result_fd, data)
+            wire.write_all(self.result_fd, data)
 
     def flush(self):
         if self.out:
             calls = sum(entry[2] for entry in self.out)
-            self.send((self.wire.RESULTS, self.out, self.busy_ns, calls))
+            self.send((wire.RESULTS, self.out, self.busy_ns, calls))
             self.out = []
             self.busy_ns = 0
-        self.last_flush = time.monotonic_ns()
+        self.last_flush = self.clock_ns()
 
     def _emit_progress(self, value):
         seq = self.current_seq
         if not seq:
             return
-        payload = self.shm.dumps(value, self.arena)
+        payload = shm.dumps(value, self.arena)
         # Results that are ready go first, so the parent sees them no later than this.
         self.flush()
-        self.send((self.wire.PROGRESS, seq, payload))
+        self.send((wire.PROGRESS, seq, payload))
 
     def initialize(self, sys_path, init_payload):
         sys.path[:] = sys_path
         if init_payload is None:
             return True
         try:
-            initializer, initargs = self.shm.loads(init_payload)
+            initializer, initargs = shm.loads(init_payload)
             initializer(*initargs)
         except BaseException as exc:
-            err = _encode_error(exc, self.shm)
-            self.send((self.wire.INIT_FAILED, err, "".join(traceback.format_exception(exc))))
+            err = encode_error(exc)
+            self.send((wire.INIT_FAILED, err, "".join(traceback.format_exception(exc))))
             return False
         return True
 
     def load_fn(self, data):
         fn = self.fn_cache.get(data)
         if fn is None:
-            fn = self.shm.loads(data)
+            fn = shm.loads(data)
             if len(self.fn_cache) > 64:
                 self.fn_cache.clear()
             self.fn_cache[data] = fn
         return fn
 
     def run_batch(self, fns, chunks):
-        slot = self.slot
+        watch = self.watch
         for seq, fi, payload, timeout_ns, count in chunks:
             whole = (seq << ELEMENT_BITS) | WHOLE_CHUNK
-            slot[2] = whole  # a crash from here to the first call: blame the whole chunk
+            watch[WATCH_RUNNING] = whole  # a crash from here to the first call: the chunk
             self.current_seq = whole
             fn = None
             try:
                 fn = self.load_fn(fns[fi])
-                args, kwargs = self.shm.loads(payload)
+                args, kwargs = shm.loads(payload)
             except Exception as exc:
-                what = "the callable" if fn is None else f"the arguments of {_describe_call(fn)}"
+                what = "the callable" if fn is None else f"the arguments of {describe_call(fn)}"
                 err = pickle.UnpicklingError(
                     f"{what} cannot be unpickled in the worker ({type(exc).__name__}: {exc})"
                 )
                 err.__cause__ = exc
-                self.out.append((seq, 0, count, self.wire.SPLIT, _encode_error(err, self.shm)))
+                self.out.append((seq, 0, count, wire.SPLIT, encode_error(err)))
             else:
                 self.run_chunk(seq, fn, args, kwargs, timeout_ns)
             self.current_seq = 0
-            slot[2] = 0
+            watch[WATCH_RUNNING] = 0
         self.flush()
 
     def run_chunk(self, seq, fn, args, kwargs, timeout_ns):
         """Run the calls of one chunk; their results go to ``self.out`` in parts."""
-        slot = self.slot
-        clock = time.monotonic_ns
+        watch = self.watch
+        clock = self.clock_ns
         base = seq << ELEMENT_BITS
         values = []
         errors = None  # {index in values: exception}
@@ -158,11 +151,11 @@ class _Worker:
                 errors = None
                 first = i
             eseq = base | i
-            slot[2] = eseq
+            watch[WATCH_RUNNING] = eseq
             self.current_seq = eseq
             if timeout_ns:
-                slot[1] = eseq
-                slot[0] = now + timeout_ns
+                watch[WATCH_SEQ] = eseq
+                watch[WATCH_DEADLINE] = now + timeout_ns
             try:
                 value = fn(*a) if kwargs is None else fn(*a, **kwargs[i])
             except BaseException as exc:
@@ -171,7 +164,7 @@ class _Worker:
                     errors = {}
                 errors[len(values)] = exc
             if timeout_ns:
-                slot[0] = 0
+                watch[WATCH_DEADLINE] = 0
             values.append(value)
         self.emit(seq, first, fn, values, errors)
         self.busy_ns += clock() - started
@@ -180,9 +173,9 @@ class _Worker:
         """Queue the results of calls ``first:first+len(values)`` of chunk ``seq``."""
         if not values:
             return
-        wire, shm, arena = self.wire, self.shm, self.arena
+        arena = self.arena
         base = seq << ELEMENT_BITS
-        self.slot[2] = base | WHOLE_CHUNK
+        self.watch[WATCH_RUNNING] = base | WHOLE_CHUNK
         if errors is None:
             try:
                 data = shm.dumps(values, arena)
@@ -193,7 +186,7 @@ class _Worker:
                 return
         entries = []
         for j, value in enumerate(values):
-            self.slot[2] = base | (first + j)  # a crash while pickling this one: blame it
+            self.watch[WATCH_RUNNING] = base | (first + j)  # a crash pickling it: blame it
             exc = errors.get(j) if errors else None
             if exc is None:
                 try:
@@ -201,15 +194,14 @@ class _Worker:
                     continue
                 except Exception as err:
                     exc = pickle.PicklingError(
-                        f"the result of {_describe_call(fn)} cannot be pickled: "
-                        f"{_short_repr(value)} ({type(err).__name__}: {err})"
+                        f"the result of {describe_call(fn)} cannot be pickled: "
+                        f"{short_repr(value)} ({type(err).__name__}: {err})"
                     )
                     exc.__cause__ = err
-            entries.append((False, _encode_error(exc, shm)))
+            entries.append((False, encode_error(exc)))
         self.out.append((seq, first, len(values), wire.EACH, entries))
 
     def serve(self):
-        wire = self.wire
         first = wire.read_frame(self.tasks)
         if first is None:
             return 0
@@ -226,18 +218,9 @@ class _Worker:
             self.run_batch(fns, chunks)
 
 
-def _short_repr(obj) -> str:
-    import reprlib
-
-    try:
-        return reprlib.repr(obj)
-    except Exception:
-        return f"<{type(obj).__qualname__} object>"
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    task_fd, result_fd, slot_fd, slot = (int(a) for a in argv[:4])
+    task_fd, result_fd, watch_fd, index = (int(a) for a in argv[:4])
     prefix = argv[4]
     # The parent handles Ctrl-C for the whole pool; a worker must not die of it mid-task.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -245,7 +228,7 @@ def main(argv=None) -> int:
     # and friends would not), so that the parent sees end-of-file when this process dies.
     for fd in (task_fd, result_fd):
         os.set_inheritable(fd, False)
-    return _Worker(task_fd, result_fd, slot_fd, slot, prefix).serve()
+    return Worker(task_fd, result_fd, watch_fd, index, prefix).serve()
 
 
 if __name__ == "__main__":
