@@ -303,12 +303,14 @@ def _spawn_error(task, stage, err):
         prog = task._exe
     prog = os.fsdecode(prog) if isinstance(prog, (bytes, os.PathLike)) else str(prog)
     if name == "exec":
+        import errno  # not needed at start-up: only for a task that could not start
+
         hint = ""
-        if err == 13 and os.path.isdir(prog):
+        if err == errno.EACCES and os.path.isdir(prog):
             hint = " (it is a directory)"
-        elif err == 13 and os.path.exists(prog):
+        elif err == errno.EACCES and os.path.exists(prog):
             hint = " (the file is not executable)"
-        elif err == 7:
+        elif err == errno.E2BIG:
             hint = " (the arguments and environment exceed the system's limit)"
         return f"{reason}: {prog!r}{hint}"
     if name == "chdir":
@@ -322,8 +324,6 @@ def _spawn_error(task, stage, err):
     if name == "rlimit":
         return f"cannot set the memory limit: {reason}"
     if name == "helper":
-        from . import _supervisor
-
         return (f"pardo's shepherd helper {_supervisor.shepherd_path()!r} could not run "
                 f"({reason}); reinstall pardo, or choose another isolation rung")
     return f"{name} failed: {reason} (starting {prog!r})"

@@ -68,7 +68,7 @@ def read_resume(joblog, mode):
         raise BatchError(f"resume must be one of {', '.join(RESUME_MODES)}, not {mode!r}")
     if joblog is None:
         raise BatchError(f"resuming ({mode}) needs a joblog to read: give --joblog FILE")
-    from .._store.joblog import read_joblog
+    from .._store import read_joblog
 
     return read_joblog(joblog)
 

@@ -432,7 +432,7 @@ class Batch:
     def __iter__(self):
         joblog = None
         if self._joblog_path is not None:
-            from .._store.joblog import JobLog
+            from .._store import JobLog
 
             joblog = JobLog(self._joblog_path, append=self._resume is not None)
         try:

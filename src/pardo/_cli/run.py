@@ -249,7 +249,7 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
-    from .. import INHERIT
+    from .._run import INHERIT
     from .._batch import RESUME_MODES, Batch, Source, Template, arg_groups, count_jobs
     from .views import Out, View
 
