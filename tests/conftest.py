@@ -90,12 +90,22 @@ def pool(engine_started):
         yield p
 
 
+@pytest.fixture(autouse=True)
+def _leak_check(request):
+    """Every test runs under ``no_leaks``: nearly all of them start processes, through
+    pardo or directly. A test that legitimately keeps a process or descriptor alive past
+    its end says so with ``@pytest.mark.no_leak_check(reason="...")``."""
+    marker = request.node.get_closest_marker("no_leak_check")
+    if marker is None:
+        request.getfixturevalue("no_leaks")
+    elif not marker.kwargs.get("reason"):
+        pytest.fail("no_leak_check needs a reason= that says what stays alive and why")
+    yield
+
+
 @pytest.fixture
 def no_leaks(engine_started):
-    """Fail the test if it leaves fds, live children or zombie children in this process.
-
-    Opt in per module with ``pytestmark = pytest.mark.usefixtures("no_leaks")``.
-    """
+    """Fail the test if it leaves fds, live children or zombie children in this process."""
     fds0, kids0 = _snapshot()
     yield
     zombies = audit.zombie_children()

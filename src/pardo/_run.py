@@ -253,7 +253,8 @@ class Task:
         if self._result is None:
             ns = _seconds_to_ns(timeout, "timeout")
             if not self._sup.wait_done(self._h, ns):
-                raise TimeoutError(f"task {self.id} ({_short(self.args)}) still running after {timeout} s")
+                raise TimeoutError(
+                    f"task {self.id} ({_short(self.args)}) still running after {timeout} s")
             self._finish()
         return self._result
 
@@ -389,8 +390,8 @@ class ResultQueue:
                 far ahead of time and still run exactly ``max_running`` wide. Their
                 deadlines count from when they actually start.
         """
-        if max_running is not None and (isinstance(max_running, bool) or not isinstance(max_running, int)
-                                        or max_running < 1):
+        if max_running is not None and (isinstance(max_running, bool)
+                                        or not isinstance(max_running, int) or max_running < 1):
             raise UsageError(f"max_running must be a positive int or None, not {max_running!r}")
         self._q = _engine.CompletionQueue(max_running or 0)
         self._tasks = {}
@@ -645,7 +646,7 @@ class _LoopWaiter:
                 fut.set_result(task.result)
 
 
-_waiters: "weakref.WeakKeyDictionary[object, _LoopWaiter]" = weakref.WeakKeyDictionary()
+_waiters: weakref.WeakKeyDictionary[object, _LoopWaiter] = weakref.WeakKeyDictionary()
 
 
 async def run_async(args, **kwargs) -> Result:

@@ -40,7 +40,7 @@ def test_file_source_lines_keep_blanks_and_bytes(tmp_path):
 
 def test_other_delimiter_across_chunks(tmp_path):
     f = tmp_path / "in"
-    vals = [("v%d" % i) * 50 for i in range(3000)]
+    vals = [f"v{i}" * 50 for i in range(3000)]
     f.write_bytes("\0".join(vals).encode())
     assert [r[0] for r in recs(Source(path=str(f)), delimiter=b"\0")] == vals
 
@@ -94,8 +94,7 @@ def test_million_line_input_streams_in_flat_memory(tmp_path):
                 "sys.stderr.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss));"
                 "sys.exit(rc)")
         p = subprocess.run([sys.executable, "-c", code, "--dry-run", "echo", "{#}", "{.}",
-                            "::::", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           timeout=300)
+                            "::::", str(path)], capture_output=True, timeout=300)
         assert p.returncode == 0, p.stderr
         return int(p.stderr.decode().split()[-1]), p.stdout
 

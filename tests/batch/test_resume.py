@@ -60,5 +60,6 @@ def test_a_row_is_written_once_the_consumer_is_done_with_its_result(tmp_path):
 def test_dry_run_renders_every_job_and_runs_none(tmp_path):
     marker = tmp_path / "ran"
     batch = _batch("touch " + str(marker) + "; echo {#} {%} {}", ["a", "b c"])
-    assert list(batch.dry_run()) == [f"touch {marker}; echo 1 1 a", f"touch {marker}; echo 2 1 'b c'"]
+    assert list(batch.dry_run()) == [f"touch {marker}; echo 1 1 a",
+                                     f"touch {marker}; echo 2 1 'b c'"]
     assert not marker.exists()

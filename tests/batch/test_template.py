@@ -100,8 +100,8 @@ def test_echo_goes_through_the_shell_when_it_could_differ():
 def _shell_words(command):
     # Literal text of a direct-exec template is inert, so `set --` + the command line gives
     # exactly the words sh would exec.
-    p = subprocess.run(["/bin/sh", "-c", 'set -- ' + command + '; for a; do printf "%s\\0" "$a"; done'],
-                       capture_output=True, check=True)
+    script = "set -- " + command + '; for a; do printf "%s\\0" "$a"; done'
+    p = subprocess.run(["/bin/sh", "-c", script], capture_output=True, check=True)
     return p.stdout.split(b"\0")[:-1]
 
 

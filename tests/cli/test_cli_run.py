@@ -2,13 +2,13 @@
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
 from pardo_cli import pardo_cmd, run  # tests/helpers, on sys.path through conftest.py
 
 
@@ -31,7 +31,8 @@ def test_exit_status_counts_failures():
 def test_unknown_option_suggests_the_closest():
     p = run(["--keep-ordr", "echo", ":::", "a"])
     assert p.returncode == 255
-    assert p.stderr.decode() == "pardo run: unknown option --keep-ordr; did you mean --keep-order?\n"
+    assert p.stderr.decode() == ("pardo run: unknown option --keep-ordr; "
+                                 "did you mean --keep-order?\n")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -106,7 +107,8 @@ def test_retries(tmp_path):
     assert counter.read_text().count("x") == 3
     counter.write_text("")
     # succeeds on the second attempt: not a failure, one output
-    p = run(["--retries", "3", f"echo x >> {counter}; test $(wc -l < {counter}) -ge 2 && echo done {{}}",
+    p = run(["--retries", "3",
+             f"echo x >> {counter}; test $(wc -l < {counter}) -ge 2 && echo done {{}}",
              ":::", "a"])
     assert p.returncode == 0 and p.stdout == b"done a\n"
 

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(autouse=True)
 def _parallel_present():
-    assert PARALLEL is not None, "GNU parallel is missing: .ci/run installs it (apt-get install parallel)"
+    assert PARALLEL is not None, (
+        "GNU parallel is missing: .ci/run installs it (apt-get install parallel)")
 
 HOSTILE = ["a b", "it's", '"q"', "$(id)", "`id`", "; rm -rf x", "*", "?", "[a]", "~", "a\\b",
            "-n", "--help", "", " ", "tab\there", "$HOME", "a&b|c>d<e", "é ü", "{}", "'",

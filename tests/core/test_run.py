@@ -2,7 +2,7 @@
 clear error, exit statuses are exact, streams, input, placement and limits do what they say.
 
 Every test here checks that it leaves no fd, live child or zombie child behind in the
-test process (the ``no_leaks`` fixture of conftest.py).
+test process (conftest.py's leak check, on for every test).
 """
 
 from __future__ import annotations
@@ -17,9 +17,6 @@ import pardo
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-
-pytestmark = pytest.mark.usefixtures("no_leaks")
-
 
 # --- bad input: each a clear error --------------------------------------------------
 
@@ -251,7 +248,8 @@ def test_run_async_cancelled_kills_the_tree(zoo):
 
     async def main():
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(pardo.run_async(zoo.argv("tree", token), env=zoo.env(token)), 0.3)
+            task = pardo.run_async(zoo.argv("tree", token), env=zoo.env(token))
+            await asyncio.wait_for(task, 0.3)
 
     asyncio.run(main())
     assert audit.survivors(token, settle=2.0) == []

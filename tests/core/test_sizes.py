@@ -2,11 +2,12 @@
 map_commands, and --memory-limit and --max-output of pardo run."""
 
 import pytest
-from pardo_cli import run as pardo_run  # tests/helpers, on sys.path through conftest.py
 
 import pardo
 from pardo._errors import UsageError
 from pardo._run import parse_size
+
+from pardo_cli import run as pardo_run  # tests/helpers, on sys.path through conftest.py
 
 K, M, G, T = 2**10, 2**20, 2**30, 2**40
 

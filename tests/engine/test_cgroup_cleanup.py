@@ -14,12 +14,12 @@ import pytest
 
 def _cgroup2_home():
     with open("/proc/self/mountinfo") as f:
-        mnt = next((pre.split()[4] for pre, _, post in (l.partition(" - ") for l in f)
+        mnt = next((pre.split()[4] for pre, _, post in (ln.partition(" - ") for ln in f)
                     if post.split()[0] == "cgroup2"), None)
     if mnt is None:
         return None
     with open("/proc/self/cgroup") as f:
-        home = next(l[3:].strip() for l in f if l.startswith("0::"))
+        home = next(ln[3:].strip() for ln in f if ln.startswith("0::"))
     return mnt + ("" if home == "/" else home)
 
 

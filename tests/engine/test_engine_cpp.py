@@ -1,7 +1,6 @@
 """Build and run the engine's own C++ tests (engine/tests/engine_tests.cpp) against the
 engine sources of this checkout and the installed shepherd."""
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

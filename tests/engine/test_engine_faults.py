@@ -2,7 +2,7 @@
 running out of descriptors.
 
 Every test here checks that it leaves no fd, live child or zombie child behind in the
-test process (the ``no_leaks`` fixture of conftest.py).
+test process (conftest.py's leak check, on for every test).
 """
 
 from __future__ import annotations
@@ -26,9 +26,6 @@ import pardo
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
 from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
-
-pytestmark = pytest.mark.usefixtures("no_leaks")
-
 
 def test_deadline_fires_while_main_thread_holds_the_gil(zoo):
     """The supervisor needs no GIL: a 0.3 s deadline kills the task on time while the
@@ -136,8 +133,9 @@ def test_supervisor_killed_leaves_no_survivors(zoo, rung, request):
         leaves = [g for g in groups if g and g != "/"]
         assert leaves, f"task processes were not in a cgroup of their own: {groups}"
         # A new supervisor sweeps what dead ones left.
-        r = subprocess.run([sys.executable, "-c", "import pardo; print(pardo.run(['true']).status)"],
-                           env=env, capture_output=True, text=True, timeout=60)
+        code = "import pardo; print(pardo.run(['true']).status)"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=60)
         assert r.stdout.strip() == "ok", r.stderr
         stale = [g for g in leaves if os.path.exists(mount + g)]
         assert not stale, f"cgroups of the dead supervisor still there: {stale}"

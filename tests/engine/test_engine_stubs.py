@@ -12,7 +12,8 @@ STUB = Path(__file__).resolve().parents[2] / "src" / "pardo" / "_engine.pyi"
 
 
 def _without_imports(text):
-    return "\n".join(l for l in text.splitlines() if not l.startswith(("import ", "from ")))
+    return "\n".join(ln for ln in text.splitlines()
+                     if not ln.startswith(("import ", "from ")))
 
 
 def test_stubs_are_current(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 
 import pardo
 from pardo import _supervisor
+
 from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
 
 

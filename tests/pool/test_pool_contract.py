@@ -20,9 +20,6 @@ import pytest
 import pardo
 
 BACKENDS = ["process", "thread"]
-pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     return request.param

@@ -24,9 +24,6 @@ import pytest
 import pardo
 from pardo import BrokenPool
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
 def add(a, b=0):
     return a + b
 

@@ -20,9 +20,6 @@ import pytest
 import pardo
 from pardo._pool import shm as _shm
 
-pytestmark = pytest.mark.usefixtures("no_leaks")
-
-
 def double_array(a):
     return a * 2
 

@@ -56,7 +56,7 @@ def test_other_threads_run_while_the_kernel_works(kernel, iterations):
     counts = {}
     for name, fn in (("releases", kernel.crunch), ("holds", kernel.crunch_holding_gil)):
         done = threading.Event()
-        worker = threading.Thread(target=lambda: (fn(4 * iterations), done.set()))
+        worker = threading.Thread(target=lambda fn=fn, done=done: (fn(4 * iterations), done.set()))
         n = 0
         worker.start()
         while not done.is_set():

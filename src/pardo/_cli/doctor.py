@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(rep, indent=2))
         return 0
-    print(f"isolation: {rep['rung']}" + (f" (forced by {rep['forced']!r})" if rep["forced"] else ""))
+    forced = f" (forced by {rep['forced']!r})" if rep["forced"] else ""
+    print(f"isolation: {rep['rung']}{forced}")
     print(f"  why: {rep['reason']}")
     for name, why in rep["stronger_rungs_unavailable"].items():
         print(f"  {name} not used: {why}")
@@ -31,7 +32,8 @@ def main(argv: list[str]) -> int:
     print(f"cpus usable: {rep['cpus']}")
     prio = rep["supervisor_priority"]
     print(f"supervisor thread: {prio}" + ("" if prio != "normal" else
-          " (deadlines may fire late on a saturated machine; root or RLIMIT_RTPRIO/RLIMIT_NICE lets it rise)"))
+          " (deadlines may fire late on a saturated machine; root or RLIMIT_RTPRIO/RLIMIT_NICE"
+          " lets it rise)"))
     print("kernel features:")
     for k, v in rep["features"].items():
         print(f"  {k}: {v}")

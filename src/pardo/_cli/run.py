@@ -249,8 +249,8 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
-    from .._run import INHERIT
     from .._batch import RESUME_MODES, Batch, Source, Template, arg_groups, count_jobs
+    from .._run import INHERIT
     from .views import Out, View
 
     if opts.get("isolation"):

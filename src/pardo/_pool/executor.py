@@ -139,7 +139,8 @@ class Pool(concurrent.futures.Executor):
         if max_tasks_per_child is not None and (
             not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0
         ):
-            raise UsageError(f"max_tasks_per_child must be a positive int, got {max_tasks_per_child!r}")
+            raise UsageError(
+                f"max_tasks_per_child must be a positive int, got {max_tasks_per_child!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         self._timeout_ns = _timeout_ns(task_timeout, "task_timeout")
@@ -204,13 +205,15 @@ class Pool(concurrent.futures.Executor):
             on_progress: callback for this task's :func:`pardo.progress` values.
         """
         tns = self._task_timeout(timeout, "timeout")
-        return self._schedule(fn, tuple(args), dict(kwargs or {}), tns, on_progress or self._on_progress)
+        return self._schedule(fn, tuple(args), dict(kwargs or {}), tns,
+                              on_progress or self._on_progress)
 
     def _schedule(self, fn, args, kwargs, timeout_ns, on_progress):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         fut = concurrent.futures.Future()
-        item = WorkItem(fn, [args], [kwargs] if kwargs else None, timeout_ns, FUTURE_SINK, fut, 0, on_progress)
+        item = WorkItem(fn, [args], [kwargs] if kwargs else None, timeout_ns, FUTURE_SINK, fut,
+                        0, on_progress)
         self._submit((item,))
         return fut
 
@@ -258,7 +261,8 @@ class Pool(concurrent.futures.Executor):
                 or not 1 <= chunksize < WHOLE_CHUNK
             ):
                 raise UsageError(
-                    f"chunksize must be 'auto' or an int from 1 to {WHOLE_CHUNK - 1}, got {chunksize!r}"
+                    f"chunksize must be 'auto' or an int from 1 to {WHOLE_CHUNK - 1}, "
+                    f"got {chunksize!r}"
                 )
         else:
             chunksize = None

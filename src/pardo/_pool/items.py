@@ -15,7 +15,6 @@ import pickle
 from . import shm, wire
 from .failures import decode_error, detach
 
-
 # A call inside a chunk is known by (chunk seq << ELEMENT_BITS) | offset: that is the seq a
 # worker writes into its watch record, so a deadline or a crash names the very call to blame.
 ELEMENT_BITS = 16

@@ -42,7 +42,8 @@ class ThreadBackend:
             check_open(self._broken, self._shutdown)
             if not self._threads:
                 for i in range(self.jobs):
-                    t = threading.Thread(target=self._work, name=f"pardo-pool-thread-{i}", daemon=True)
+                    t = threading.Thread(target=self._work, name=f"pardo-pool-thread-{i}",
+                                         daemon=True)
                     self._running += 1
                     t.start()
                     self._threads.append(t)

@@ -45,9 +45,9 @@ HEADER_SIZE = _HEADER.size
 
 # Each worker owns a watch record of WATCH_RECORD_SIZE bytes in one shared mapping, read as
 # int64 words (indexes below):
-#   WATCH_DEADLINE  absolute CLOCK_MONOTONIC deadline (ns) of the running call, 0 = none  } what
-#   WATCH_SEQ       seq of the call that deadline belongs to                              } the
-#                   (the first pardo._run.WATCH_BYTES of the record)                      } engine reads
+#   WATCH_DEADLINE  absolute CLOCK_MONOTONIC deadline (ns) of the running call, 0 = none } what the
+#   WATCH_SEQ       seq of the call that deadline belongs to                             } engine
+#                   (the first pardo._run.WATCH_BYTES of the record)                     } reads
 #   WATCH_RUNNING   seq of the call the worker is busy with, (chunk seq << ELEMENT_BITS) |
 #                   WHOLE_CHUNK while it (un)pickles a chunk as a whole, 0 = none
 # WATCH_RUNNING is the pool's own: after a crash it names the call to blame. A whole cache

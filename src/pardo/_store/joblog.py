@@ -58,7 +58,8 @@ class JobLog:
         if path == "-":
             self._fd, self._own = 1, False
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+            flags |= os.O_APPEND if append else os.O_TRUNC
             self._fd, self._own = os.open(path, flags, 0o666), True
         size = os.fstat(self._fd).st_size if self._own else 0
         if append and size:
