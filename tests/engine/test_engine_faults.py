@@ -27,6 +27,7 @@ import pardo
 import audit
 from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
 
+
 def test_deadline_fires_while_main_thread_holds_the_gil(zoo):
     """The supervisor needs no GIL: a 0.3 s deadline kills the task on time while the
     main thread sits for 1.5 s inside a C call that keeps the GIL (ctypes.PyDLL)."""

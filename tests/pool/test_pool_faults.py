@@ -24,6 +24,7 @@ import pytest
 import pardo
 from pardo import BrokenPool
 
+
 def add(a, b=0):
     return a + b
 
@@ -429,5 +430,26 @@ def test_a_pool_breaking_while_being_woken_writes_to_no_closed_fd(monkeypatch):
             fut.result(timeout=30)
         with pytest.raises(BrokenPool):
             p.submit(add, 2)
+    finally:
+        p.shutdown()
+
+
+def test_a_worker_that_cannot_be_spawned_breaks_the_pool_and_leaks_nothing(monkeypatch):
+    """The engine refusing to start a worker (out of fds, say) breaks the pool with the
+    reason; the pipes, the watch mapping and the wake-up fd are all closed (the leak check
+    of conftest.py sees to it)."""
+    import errno
+
+    import pardo._pool.workers as workers
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(workers, "spawn", refuse)
+    p = pardo.Pool(1)
+    try:
+        fut = p.submit(add, 1)
+        with pytest.raises(BrokenPool, match="manager thread failed.*Too many open files"):
+            fut.result(timeout=30)
     finally:
         p.shutdown()

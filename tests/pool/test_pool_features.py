@@ -20,6 +20,7 @@ import pytest
 import pardo
 from pardo._pool import shm as _shm
 
+
 def double_array(a):
     return a * 2
 

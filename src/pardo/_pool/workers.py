@@ -99,6 +99,11 @@ class WorkerProcess:
                 nice=nice,
                 tag=("pardo.Pool worker", self.index),
             )
+        except BaseException:  # nothing of this worker may outlive the failed start
+            os.close(task_w)
+            os.close(res_r)
+            self.watch_view.release()
+            raise
         finally:
             os.close(task_r)
             os.close(res_w)
