@@ -62,7 +62,10 @@ def test_inputs_are_pulled_lazily():
 
 
 def test_closing_early_kills_running_tasks():
-    it = pardo.map_commands("{}", ["true", "sleep 30", "sleep 31"], jobs=3)
+    # Durations unique to this test process, so that another user's `sleep 30` on a shared
+    # machine is not mistaken for a survivor: sleep 30.0<pid>, sleep 31.0<pid>.
+    mark = f".0{os.getpid()}"
+    it = pardo.map_commands("{}", ["true", f"sleep 30{mark}", f"sleep 31{mark}"], jobs=3)
     r = next(it)
     assert r.inputs == ("true",)
     t0 = time.monotonic()
@@ -72,7 +75,9 @@ def test_closing_early_kills_running_tasks():
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    assert b"sleep 3" not in f.read().replace(b"\0", b" ")
+                    cmd = f.read().replace(b"\0", b" ")
+                    assert f"sleep 30{mark}".encode() not in cmd
+                    assert f"sleep 31{mark}".encode() not in cmd
             except OSError:
                 pass
 
