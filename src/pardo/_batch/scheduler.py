@@ -52,7 +52,7 @@ from collections import deque
 from .._result import Status
 from .._run import ResultQueue, Spawner, spawn
 from .inputs import encode
-from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume
+from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
 from .results_dir import write_results
 
@@ -115,7 +115,8 @@ class Batch:
         self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
         self._line_sink = line_sink
         self._input_may_block = input_may_block
-        self.total = None if resume is not None else total
+        # Known only while every input job will run (a resume that skips none).
+        self.total = total if skipped_seqs(resume, logged) == set() else None
         self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
