@@ -440,12 +440,12 @@ def test_a_worker_that_cannot_be_spawned_breaks_the_pool_and_leaks_nothing(monke
     of conftest.py sees to it)."""
     import errno
 
-    import pardo._pool.workers as workers
+    import pardo._pool.worker_process as worker_process
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(workers, "spawn", refuse)
+    monkeypatch.setattr(worker_process, "spawn", refuse)
     p = pardo.Pool(1)
     try:
         fut = p.submit(add, 1)

@@ -72,7 +72,8 @@ class Batch:
     """One batch run: the iterator of results and its controls.
 
     Built by :func:`pardo.map_commands` and by ``pardo run``, which also calls :meth:`stop`
-    from its signal handlers and reads the counters for its summary and progress bar.
+    from its signal handlers and reads the counters for its summary and progress bar. The
+    options not listed below are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
 
     Args:
         template: the parsed command template.
@@ -88,8 +89,6 @@ class Batch:
             it is read on a thread, so that the loop keeps reaping and starting tasks.
         total: the number of jobs when known up front: ``--halt N%`` counts against it, as
             GNU does (else against the tasks finished so far).
-
-        The other options are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
     """
 
     def __init__(self, template, arg_groups, *, jobs=None, timeout=None, kill_grace=2.0,

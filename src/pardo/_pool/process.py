@@ -17,7 +17,7 @@
   through an eventfd (at most one wake-up in flight). A WorkItem is a *chunk*: one call for
   ``submit``, as many as the current batch size for ``map`` — arguments and results cross
   the pipes as one pickle per chunk, which is what makes tiny tasks cheap.
-- **The manager thread** owns everything else: the workers (``workers.py``: their pipes,
+- **The manager thread** owns everything else: the workers (``worker_process.py``: their pipes,
   in-flight tables and watch records), batching and fault handling. It blocks in ``select``
   on the result pipes, the eventfd and the engine's ResultQueue; writes to task pipes are
   non-blocking, so a worker that stops reading can never stall it.
@@ -65,7 +65,7 @@ from .items import (
     check_open,
     release_payload,
 )
-from .workers import READ, WRITE, WorkerProcess, worker_env
+from .worker_process import READ, WRITE, WorkerProcess, worker_env
 
 # A worker that dies this many times with a task in flight without being blamed for it
 # fails that task rather than retrying it forever.
