@@ -213,7 +213,7 @@ class BusyLoad:
         self.max_seconds = max_seconds
         self.procs: list[subprocess.Popen] = []
 
-    def __enter__(self) -> "BusyLoad":
+    def __enter__(self) -> BusyLoad:
         if self.n:
             exe = compile_c("_busy")
             self.procs = [

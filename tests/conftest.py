@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+# Test modules import the zoo's audit helpers and tests/helpers by name.
 sys.path.insert(0, str(ZOO_DIR))
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+# Pool tests send module-level functions to worker processes by reference, and
+# --import-mode=importlib names test modules from the repository root
+# (tests.pool.test_pool_contract): a worker imports them from there, whatever the
+# current directory. (The root holds no pardo package: it is under src/.)
+sys.path.insert(0, str(Path(__file__).parent.parent))
 import audit  # noqa: E402
 from support import SYSTEM_PYTHON, Zoo, copy_package_for_nobody, sweep  # noqa: E402
 
@@ -83,12 +90,22 @@ def pool(engine_started):
         yield p
 
 
+@pytest.fixture(autouse=True)
+def _leak_check(request):
+    """Every test runs under ``no_leaks``: nearly all of them start processes, through
+    pardo or directly. A test that legitimately keeps a process or descriptor alive past
+    its end says so with ``@pytest.mark.no_leak_check(reason="...")``."""
+    marker = request.node.get_closest_marker("no_leak_check")
+    if marker is None:
+        request.getfixturevalue("no_leaks")
+    elif not marker.kwargs.get("reason"):
+        pytest.fail("no_leak_check needs a reason= that says what stays alive and why")
+    yield
+
+
 @pytest.fixture
 def no_leaks(engine_started):
-    """Fail the test if it leaves fds, live children or zombie children in this process.
-
-    Opt in per module with ``pytestmark = pytest.mark.usefixtures("no_leaks")``.
-    """
+    """Fail the test if it leaves fds, live children or zombie children in this process."""
     fds0, kids0 = _snapshot()
     yield
     zombies = audit.zombie_children()

@@ -13,7 +13,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import build  # noqa: E402
-
 import pardo  # noqa: E402
 
 
@@ -30,9 +29,11 @@ def main():
         start = time.perf_counter()
         # pardo.progress as the C++ callback: each report crosses back into Python with
         # the GIL taken for just that call.
-        hashes = list(pool.map(lambda k: gil_kernel.crunch(n + k, pardo.progress, n // 4), range(8)))
+        hashes = list(pool.map(lambda k: gil_kernel.crunch(n + k, pardo.progress, n // 4),
+                               range(8)))
         elapsed = time.perf_counter() - start
-    print(f"8 calls on {pool.jobs} threads: {elapsed:.2f} s, {len(done)} progress reports, {len(set(hashes))} distinct hashes")
+    print(f"8 calls on {pool.jobs} threads: {elapsed:.2f} s, {len(done)} progress reports, "
+          f"{len(set(hashes))} distinct hashes")
 
 
 if __name__ == "__main__":

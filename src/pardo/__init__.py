@@ -12,6 +12,7 @@ from ._errors import (
     TaskError,
     TaskTimeout,
 )
+from ._lazy import lazy_getattr as _lazy_getattr
 from ._result import Result, Status
 from ._run import DEVNULL, INHERIT, STDOUT, ResultQueue, Task, run, run_async, spawn
 from ._supervisor import configure, isolation
@@ -44,24 +45,13 @@ __all__ = [
 ]
 
 # name -> module that defines it; imported lazily so that `import pardo` stays cheap
-_LAZY = {
+__getattr__ = _lazy_getattr(globals(), {
     "map_commands": "._batch",
-    "BrokenPool": "._pool",
+    "BrokenPool": "._errors",
     "Pool": "._pool",
     "progress": "._pool",
     "releases_gil": "._pool",
-}
-
-
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pardo' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
+})
 
 
 def __dir__():

@@ -1,9 +1,35 @@
-"""The exceptions pardo raises. One base class; standard ones subclassed where users
-already catch them (``OSError``, ``TimeoutError``)."""
+"""Every exception pardo raises, in one family under :class:`PardoError`. Each also
+subclasses the standard exception users already catch for it (``ValueError``, ``OSError``,
+``TimeoutError``, ``BrokenProcessPool``), so ``except ValueError`` keeps working.
+
+Misuse that the standard library reports with its own exceptions is reported the same way,
+as a bug in the calling code: ``TypeError`` for an argument of the wrong type,
+``RuntimeError`` for a call in the wrong state (submit after shutdown), ``TimeoutError`` when
+a wait the caller bounded runs out (``Task.wait(timeout)``).
+"""
+
+import threading
 
 
 class PardoError(Exception):
     """Base class of every exception pardo raises on purpose."""
+
+
+class UsageError(PardoError, ValueError):
+    """A value given to pardo cannot be used: an argument, an option, a command line.
+    The message says which value and why; the ``pardo`` command prints it on one line."""
+
+
+class BatchError(UsageError):
+    """A batch option (``-j``, ``--timeout``, ``--halt``...) has a value that cannot be used."""
+
+
+class TemplateError(UsageError):
+    """The command template cannot be used (e.g. it embeds Perl code)."""
+
+
+class InputError(UsageError):
+    """An input source cannot be used (an unreadable file)."""
 
 
 class IsolationUnavailable(PardoError, OSError):
@@ -41,3 +67,46 @@ class TaskCrashed(TaskError):
         self.signal = signal
         self.exitcode = exitcode
         self.pid = pid
+
+
+class RemoteTraceback(PardoError):
+    """Attached as ``__cause__`` to an exception re-raised from a worker: its traceback
+    there, tagged with the worker's pid and host."""
+
+    def __init__(self, tb_text: str, where: str):
+        super().__init__(tb_text, where)
+        self.tb_text = tb_text
+        self.where = where
+
+    def __str__(self):
+        return f'\n"""\nTraceback from {self.where}:\n{self.tb_text}"""'
+
+
+# BrokenPool subclasses concurrent.futures.process.BrokenProcessPool, and importing that
+# module costs about as much as the rest of `import pardo` (it pulls in multiprocessing):
+# the class is made on first use (module __getattr__), once.
+_broken_pool = None
+_broken_pool_lock = threading.Lock()
+
+
+def _make_broken_pool():
+    global _broken_pool
+    with _broken_pool_lock:
+        if _broken_pool is None:
+            import concurrent.futures.process
+
+            class BrokenPool(PardoError, concurrent.futures.process.BrokenProcessPool):
+                """The pool cannot run tasks any more (its initializer failed, or its workers
+                cannot start). Every queued task fails with it, and so does every later
+                submit."""
+
+            BrokenPool.__module__ = __name__
+            BrokenPool.__qualname__ = "BrokenPool"  # pickled by name, found by __getattr__
+            _broken_pool = BrokenPool
+    return _broken_pool
+
+
+def __getattr__(name):
+    if name == "BrokenPool":
+        return _make_broken_pool()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -86,7 +86,9 @@ class Result:
         if s == Status.FAILED:
             return f"exited {self.returncode}"
         if s == Status.TIMEOUT:
-            return f"timed out after {self.deadline:g} s" if self.deadline is not None else "timed out"
+            if self.deadline is None:
+                return "timed out"
+            return f"timed out after {self.deadline:g} s"
         if s in (Status.SIGNALED, Status.CRASHED) and self.signal:
             return f"killed by {signal_name(self.signal)}"
         if s == Status.ERROR:
@@ -95,7 +97,7 @@ class Result:
             return "cancelled"
         return str(s)
 
-    def check(self) -> "Result":
+    def check(self) -> Result:
         """Return self if the task succeeded, else raise :class:`pardo.TaskError`
         (:class:`pardo.TaskTimeout` for a deadline) carrying this result."""
         if self.status == Status.OK:

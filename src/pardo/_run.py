@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import weakref
 from collections.abc import Iterable, Mapping
 
 from . import _engine, _supervisor
+from ._errors import UsageError
 from ._result import Result, Status
 
-WATCH_SLOT_SIZE = 16
+# Task.watch(buf): the engine reads the first WATCH_BYTES of buf as two native int64 words,
+# an absolute CLOCK_MONOTONIC deadline in ns (0: none) and the seq that deadline belongs to
+# (reported back as Result.watch_seq when it fires).
+WATCH_BYTES = 16
 DEFAULT_MAX_OUTPUT = 16 * 2**20
 
 
@@ -38,29 +43,40 @@ STDOUT = _Special("STDOUT")  # stderr=STDOUT: merge stderr into stdout
 _SUBPROCESS_DEVNULL = -3
 _SUBPROCESS_STDOUT = -2
 
+# One grammar for every size pardo takes (memory_limit=, max_output=, --memory-limit,
+# --max-output): a whole or decimal number, then optionally K, M, G or T (powers of 1024,
+# as GNU parallel and ulimit count) and an optional B or iB; case and blanks around the
+# parts do not matter. Exponents, signs and other units are refused rather than guessed.
+_SIZE_PATTERN = r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*"
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-def parse_size(value) -> int:
-    """Bytes from an int or a string such as ``"512M"`` or ``"2G"``."""
-    if isinstance(value, bool):
-        raise TypeError("memory_limit must be a number of bytes or a string like '512M'")
+def parse_size(value, name: str, *, minimum: int = 1) -> int:
+    """Bytes from an int, or from a string such as ``"512M"``, ``"1.5G"`` or ``"64KiB"``.
+
+    Args:
+        value: the size as given.
+        name: the option it was given for, named in the error message.
+        minimum: the smallest size the option allows (0 for "keep nothing").
+
+    Raises:
+        UsageError: not a size, or below ``minimum``.
+        TypeError: neither an int nor a str.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"{name} must be a number of bytes or a string like '512M', "
+                        f"not {type(value).__name__}")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"memory_limit must be positive, not {value}")
-        return value
-    if isinstance(value, str):
-        s = value.strip().upper().removesuffix("B").removesuffix("I")
-        unit = s[-1:] if s[-1:] in _UNITS and s[-1:] != "" else ""
-        num = s[: -1] if unit else s
-        try:
-            n = float(num)
-        except ValueError:
-            raise ValueError(f"cannot read {value!r} as a size: use bytes or e.g. '512M', '2G'") from None
-        if n <= 0 or not math.isfinite(n):
-            raise ValueError(f"memory_limit must be positive, not {value!r}")
-        return int(n * _UNITS[unit])
-    raise TypeError(f"memory_limit must be int or str, not {type(value).__name__}")
+        size = value
+    else:
+        m = re.fullmatch(_SIZE_PATTERN, value, re.IGNORECASE)
+        if m is None:
+            raise UsageError(f"{name}: cannot read {value!r} as a size; give bytes, or a "
+                             f"number with K, M, G or T (e.g. 512M, 1.5G)")
+        size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if size < minimum:
+        raise UsageError(f"{name} must be at least {minimum} bytes, not {value!r}")
+    return size
 
 
 def _seconds_to_ns(value, name) -> int:
@@ -71,7 +87,7 @@ def _seconds_to_ns(value, name) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value}")
+        raise UsageError(f"{name} must be >= 0 seconds, not {value}")
     if math.isinf(value):
         return -1
     return int(value * 1e9)
@@ -105,10 +121,10 @@ def _argv(args, shell):
 def _checked(argv):
     """argv (a list of bytes), if the engine can exec it."""
     if not argv:
-        raise ValueError("args is empty: give at least the program to run")
+        raise UsageError("args is empty: give at least the program to run")
     for a in argv:
         if b"\0" in a:
-            raise ValueError(f"an argument contains a NUL byte: {a!r}")
+            raise UsageError(f"an argument contains a NUL byte: {a!r}")
     return argv
 
 
@@ -127,7 +143,7 @@ def _env(env):
             )
         kb, vb = _arg_bytes(k, "env name"), _arg_bytes(v, "env value")
         if not kb or b"=" in kb or b"\0" in kb or b"\0" in vb:
-            raise ValueError(f"invalid environment variable name or value: {k!r}")
+            raise UsageError(f"invalid environment variable name or value: {k!r}")
         out.append(kb + b"=" + vb)
     return out
 
@@ -142,13 +158,13 @@ def _stream(spec, which, to_close):
         return _engine.OUT_INHERIT, -1
     if spec is STDOUT or (type(spec) is int and spec == _SUBPROCESS_STDOUT):
         if which != "stderr":
-            raise ValueError("STDOUT is only meaningful for stderr=")
+            raise UsageError("STDOUT is only meaningful for stderr=")
         return _engine.OUT_TO_STDOUT, -1
     if isinstance(spec, bool):
         raise TypeError(f"{which}= takes None, DEVNULL, INHERIT, a path, a file or an fd")
     if isinstance(spec, int):
         if spec < 0:
-            raise ValueError(f"{which}={spec} is not a file descriptor")
+            raise UsageError(f"{which}={spec} is not a file descriptor")
         return _engine.OUT_FD, spec
     if isinstance(spec, (str, os.PathLike)):
         fd = os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
@@ -168,7 +184,7 @@ def _cpus(cpus):
         cpus = [cpus]
     out = [int(c) for c in cpus]
     if not out or any(c < 0 for c in out):
-        raise ValueError(f"cpus must be a non-empty list of CPU numbers, not {cpus!r}")
+        raise UsageError(f"cpus must be a non-empty list of CPU numbers, not {cpus!r}")
     return out
 
 
@@ -181,7 +197,7 @@ def _pass_fds(pass_fds):
         pairs = [(int(fd), int(fd)) for fd in pass_fds]
     for target, _ in pairs:
         if target < 3:
-            raise ValueError("pass_fds targets must be >= 3; use stdout=/stderr= for 0-2")
+            raise UsageError("pass_fds targets must be >= 3; use stdout=/stderr= for 0-2")
     return pairs
 
 
@@ -237,7 +253,8 @@ class Task:
         if self._result is None:
             ns = _seconds_to_ns(timeout, "timeout")
             if not self._sup.wait_done(self._h, ns):
-                raise TimeoutError(f"task {self.id} ({_short(self.args)}) still running after {timeout} s")
+                raise TimeoutError(
+                    f"task {self.id} ({_short(self.args)}) still running after {timeout} s")
             self._finish()
         return self._result
 
@@ -251,7 +268,7 @@ class Task:
 
     def watch(self, buf, idle_recheck: float = 0.001) -> None:
         """Let the engine enforce deadlines written into ``buf`` by the task itself (see
-        ``WATCH_SLOT_SIZE``). Keeps a reference to ``buf`` until :meth:`unwatch`."""
+        ``WATCH_BYTES``). Keeps a reference to ``buf`` until :meth:`unwatch`."""
         self._watch_buf = buf
         self._sup.watch(self._h.id, buf, int(idle_recheck * 1e9))
 
@@ -287,12 +304,14 @@ def _spawn_error(task, stage, err):
         prog = task._exe
     prog = os.fsdecode(prog) if isinstance(prog, (bytes, os.PathLike)) else str(prog)
     if name == "exec":
+        import errno  # not needed at start-up: only for a task that could not start
+
         hint = ""
-        if err == 13 and os.path.isdir(prog):
+        if err == errno.EACCES and os.path.isdir(prog):
             hint = " (it is a directory)"
-        elif err == 13 and os.path.exists(prog):
+        elif err == errno.EACCES and os.path.exists(prog):
             hint = " (the file is not executable)"
-        elif err == 7:
+        elif err == errno.E2BIG:
             hint = " (the arguments and environment exceed the system's limit)"
         return f"{reason}: {prog!r}{hint}"
     if name == "chdir":
@@ -306,8 +325,6 @@ def _spawn_error(task, stage, err):
     if name == "rlimit":
         return f"cannot set the memory limit: {reason}"
     if name == "helper":
-        from . import _supervisor
-
         return (f"pardo's shepherd helper {_supervisor.shepherd_path()!r} could not run "
                 f"({reason}); reinstall pardo, or choose another isolation rung")
     return f"{name} failed: {reason} (starting {prog!r})"
@@ -368,14 +385,14 @@ class ResultQueue:
         """
         Args:
             max_running: run at most this many of the queue's tasks at once. Tasks spawned
-                beyond it wait inside the engine, which starts the next one the moment a
-                slot frees (no round trip through Python), so a batch can be handed over
+                beyond it wait inside the engine, which starts the next one the moment
+                one of them ends (no round trip through Python), so a batch can be handed over
                 far ahead of time and still run exactly ``max_running`` wide. Their
                 deadlines count from when they actually start.
         """
-        if max_running is not None and (isinstance(max_running, bool) or not isinstance(max_running, int)
-                                        or max_running < 1):
-            raise ValueError(f"max_running must be a positive int or None, not {max_running!r}")
+        if max_running is not None and (isinstance(max_running, bool)
+                                        or not isinstance(max_running, int) or max_running < 1):
+            raise UsageError(f"max_running must be a positive int or None, not {max_running!r}")
         self._q = _engine.CompletionQueue(max_running or 0)
         self._tasks = {}
         self.max_running = max_running
@@ -424,18 +441,18 @@ class ResultQueue:
 
 
 def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
-    """spawn()'s options checked and converted for the engine:
-    (timeout_ns, grace_ns, env list or None, cwd bytes, memory limit bytes)."""
+    """spawn()'s options checked and converted for the engine: (timeout_ns, grace_ns,
+    max_output bytes, env list or None, cwd bytes, memory limit bytes)."""
     timeout_ns = _seconds_to_ns(timeout, "timeout")
     grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
     if max_output.__class__ is not int or max_output < 0:
-        raise ValueError(f"max_output must be a number of bytes >= 0, not {max_output!r}")
+        max_output = parse_size(max_output, "max_output", minimum=0)
     env_list = None if env is None else _env(env)
     cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
     if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
         raise TypeError(f"nice must be an int, not {type(nice).__name__}")
-    mem = 0 if memory_limit is None else parse_size(memory_limit)
-    return timeout_ns, grace_ns, env_list, cwd_b, mem
+    mem = 0 if memory_limit is None else parse_size(memory_limit, "memory_limit")
+    return timeout_ns, grace_ns, max_output, env_list, cwd_b, mem
 
 
 def spawn(
@@ -447,7 +464,7 @@ def spawn(
     env: Mapping | None = None,
     input: bytes | str | None = None,
     shell: bool = False,
-    max_output: int = DEFAULT_MAX_OUTPUT,
+    max_output: int | str = DEFAULT_MAX_OUTPUT,
     stdout=None,
     stderr=None,
     cpus: Iterable[int] | None = None,
@@ -475,7 +492,7 @@ def spawn(
     """
     sup = _supervisor._sup or _supervisor.get()
     argv = _argv(args, shell)
-    timeout_ns, grace_ns, env_list, cwd_b, mem = _options(
+    timeout_ns, grace_ns, max_output, env_list, cwd_b, mem = _options(
         timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
     if input is not None:
         if isinstance(input, str):
@@ -503,7 +520,7 @@ def spawn(
     return task
 
 
-class _Spawner:
+class Spawner:
     """:func:`spawn` with options checked and converted once, for a caller that starts
     many tasks with the same ones (the batch runner). Options that need work per task
     (streams to files or fds, input) go through :func:`spawn` itself."""
@@ -521,9 +538,9 @@ class _Spawner:
         self._fast = stdout in simple and (stderr in simple or stderr is STDOUT)
         if not self._fast:
             return
-        self._timeout, self._max_output, self._nice = timeout, max_output, nice
-        self._timeout_ns, self._grace_ns, self._env, self._cwd, self._mem = _options(
-            timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
+        self._timeout, self._nice = timeout, nice
+        (self._timeout_ns, self._grace_ns, self._max_output, self._env, self._cwd,
+         self._mem) = _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
         self._linger = bool(linger)
         self._out = _stream(stdout, "stdout", [])[0]
         self._err = _stream(stderr, "stderr", [])[0]
@@ -554,7 +571,7 @@ def run(
     env: Mapping | None = None,
     input: bytes | str | None = None,
     shell: bool = False,
-    max_output: int = DEFAULT_MAX_OUTPUT,
+    max_output: int | str = DEFAULT_MAX_OUTPUT,
     stdout=None,
     stderr=None,
     cpus: Iterable[int] | None = None,
@@ -580,7 +597,8 @@ def run(
         cwd: directory to run in.
         env: the complete environment for the command (default: this process's).
         input: bytes (or str, UTF-8 encoded) fed to its stdin; else stdin is /dev/null.
-        max_output: bytes kept per captured stream; the rest is read and dropped, and
+        max_output: bytes kept per captured stream (or a size like ``"64M"``, as for
+            ``memory_limit``); the rest is read and dropped, and
             ``result.output_truncated`` is set. Memory stays bounded under any flood.
         stdout, stderr: None to capture; ``pardo.DEVNULL``; ``pardo.INHERIT``; a path,
             file object or fd to write into directly; ``stderr=pardo.STDOUT`` merges.
@@ -628,7 +646,7 @@ class _LoopWaiter:
                 fut.set_result(task.result)
 
 
-_waiters: "weakref.WeakKeyDictionary[object, _LoopWaiter]" = weakref.WeakKeyDictionary()
+_waiters: weakref.WeakKeyDictionary[object, _LoopWaiter] = weakref.WeakKeyDictionary()
 
 
 async def run_async(args, **kwargs) -> Result:

@@ -1,5 +1,5 @@
 """The process-wide native supervisor: started on first use, configured once, stopped at
-interpreter exit, forgotten in a forked child."""
+interpreter exit, forgotten in a forked child; and what ``pardo doctor`` reports of it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import atexit
 import os
 import threading
 
-from ._errors import IsolationUnavailable
+from ._errors import IsolationUnavailable, UsageError
 
 _RUNGS = ("auto", "cgroup", "shepherd", "pgroup")
 _lock = threading.Lock()
@@ -59,7 +59,7 @@ def configure(*, isolation: str | None = None) -> None:
     """
     global _isolation, _sup
     if isolation is not None and isolation not in _RUNGS:
-        raise ValueError(f"isolation must be one of {', '.join(_RUNGS)}, not {isolation!r}")
+        raise UsageError(f"isolation must be one of {', '.join(_RUNGS)}, not {isolation!r}")
     with _lock:
         if _sup is not None:
             if _sup.in_flight():
@@ -77,10 +77,6 @@ def isolation() -> str:
     return get().rung
 
 
-def isolation_reason() -> str:
-    return get().reason
-
-
 def shutdown() -> None:
     """Kill every task tree still running and stop the supervisor thread."""
     global _sup
@@ -91,6 +87,44 @@ def shutdown() -> None:
     from . import _engine
 
     _engine.shutdown()
+
+
+_RUNG_ORDER = _RUNGS[1:]  # the rungs themselves, strongest first
+_WHAT_ESCAPES = {
+    "cgroup": "nothing: every process a task starts stays in its cgroup until killed",
+    "shepherd": "processes that leave the task's tree and are not its descendants any more "
+    "(e.g. handed to another parent over a socket); setsid/double-fork escapees are caught",
+    "pgroup": "setsid and setpgid escapees, double-fork daemons, and grandchildren when "
+    "pardo itself is SIGKILLed",
+}
+
+
+def report() -> dict:
+    """Everything ``pardo doctor`` prints, as a dict (for tools and tests)."""
+    from . import _engine
+
+    sup = get()
+    features = dict(_engine.probe_features())
+    cgroup_why = _engine.cgroup_unavailable_reason()
+    rung = sup.rung
+    why_not = {}
+    for stronger in _RUNG_ORDER[: _RUNG_ORDER.index(rung)]:
+        if stronger == "cgroup":
+            why_not["cgroup"] = cgroup_why or sup.reason
+        elif stronger == "shepherd":
+            why_not["shepherd"] = sup.reason
+    forced = _isolation or os.environ.get("PARDO_ISOLATION") or None
+    return {
+        "rung": rung,
+        "reason": sup.reason,
+        "forced": forced,
+        "stronger_rungs_unavailable": why_not,
+        "escapes": _WHAT_ESCAPES[rung],
+        "features": features,
+        "cpus": len(os.sched_getaffinity(0)),
+        "supervisor_priority": sup.priority(),
+        "shepherd": shepherd_path(),
+    }
 
 
 def _after_fork_in_child() -> None:

@@ -68,6 +68,14 @@ def token_processes(token):
     return found
 
 
+def wait_for_token_processes(token, n, limit=5.0):
+    """Wait until at least ``n`` processes carry ``token``; fail after ``limit`` seconds."""
+    end = time.monotonic() + limit
+    while len(token_processes(token)) < n:
+        assert time.monotonic() < end, f"fewer than {n} processes with {token}"
+        time.sleep(0.01)
+
+
 def survivors(token, settle=1.0):
     """Token processes still alive after giving the kernel up to ``settle`` seconds to
     finish processes that were already sent SIGKILL (death is not instantaneous)."""

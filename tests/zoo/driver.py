@@ -84,7 +84,8 @@ ADVERSARIES = {
     "binary": dict(mode="binary", timeout=10, status="ok", returncode=0, busy=0.0),
     "exit208": dict(mode="exit208", timeout=10, status="failed", returncode=208, busy=0.0),
     "segv": dict(mode="segv", timeout=10, status="signaled", signal=11, busy=0.0),
-    "missing": dict(program="/nonexistent/pzoo-missing-{token}", timeout=10, status="error", busy=0.0),
+    "missing": dict(program="/nonexistent/pzoo-missing-{token}", timeout=10, status="error",
+                    busy=0.0),
     "missing_path": dict(program="pzoo-missing-{token}", timeout=10, status="error", busy=0.0),
 }
 
@@ -125,7 +126,8 @@ def _check_output(name, spec, r, problems):
             problems.append("flood: output_truncated is False")
         for label, got in (("stdout", out), ("stderr", err)):
             if len(got) > FLOOD_MAX_OUTPUT:
-                problems.append(f"flood: {label} kept {len(got)} bytes > max_output {FLOOD_MAX_OUTPUT}")
+                problems.append(
+                    f"flood: {label} kept {len(got)} bytes > max_output {FLOOD_MAX_OUTPUT}")
             if len(got) < FLOOD_MAX_OUTPUT // 2:
                 problems.append(f"flood: {label} kept only {len(got)} bytes")
             if got != _flood_expected(len(got)):
@@ -205,7 +207,8 @@ class _ProcessAudit:
         zombies = audit.zombie_children()
         new_kids = {p: v for p, v in audit.children().items() if p not in self.kids and v[0] != "Z"}
         leaks = audit.fd_leaks(self.fds, audit.fd_table())
-        orphans = audit.zombies_named(self.comm, ignore=self.old_zombies, settle=1.0, patient_with=1)
+        orphans = audit.zombies_named(self.comm, ignore=self.old_zombies, settle=1.0,
+                                      patient_with=1)
         if surv:
             problems.append(f"{len(surv)} survivor(s): {surv[:5]}")
         if zombies:
@@ -265,7 +268,7 @@ def run_together(pardo, zoo, load):
     prepared = {name: _prepare(name, zoo) for name in TOGETHER}
     t0 = time.monotonic()
     tasks = {}
-    for name, (token, argv, kwargs) in prepared.items():
+    for name, (_token, argv, kwargs) in prepared.items():
         try:
             tasks[name] = pardo.spawn(argv, tag=name, **kwargs)
         except Exception as e:

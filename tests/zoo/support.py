@@ -127,7 +127,8 @@ def copy_package_for_nobody(dest: Path) -> Path:
         mod = importlib.import_module(missing)
         src = Path(mod.__file__)
         if src.name == "__init__.py":
-            shutil.copytree(src.parent, site / missing, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src.parent, site / missing,
+                            ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, site / src.name)
     _open_up(dest)

@@ -1,0 +1,23 @@
+"""The batch part: one command template run over many inputs, GNU parallel's way.
+
+- ``map_commands.py``: :func:`pardo.map_commands`, the entry point for Python code.
+- ``scheduler.py``: :class:`Batch`, the loop that keeps ``-j`` tasks running in their job
+  slots: retries, ``--halt``, ``N%`` deadlines, ordered output, the joblog.
+- ``jobs.py``: where jobs come from: numbered inputs, ``--resume`` from a joblog, a
+  prefetch thread for inputs that block.
+- ``options.py``: ``-j``, ``--timeout`` (seconds or ``N%``), ``--halt``.
+- ``inputs.py``: ``:::`` values, ``::::`` files, stdin; product, links, columns, ``-N``.
+- ``template.py``: replacement strings, shell quoting, and exec without a shell when exact.
+- ``results_dir.py``: ``--results DIR`` in GNU parallel's layout.
+
+Other parts use the names exported here, and no others.
+"""
+
+from .inputs import Source, arg_groups, count_jobs
+from .jobs import RESUME_MODES
+from .map_commands import map_commands
+from .scheduler import Batch
+from .template import Template
+
+__all__ = ["Batch", "RESUME_MODES", "Source", "Template", "arg_groups", "count_jobs",
+           "map_commands"]

@@ -1,0 +1,148 @@
+"""Where a batch's jobs come from: input records numbered 1, 2, ... (``{#}``), less those a
+joblog says are done (``--resume``, ``--resume-failed``), or the failed commands of a joblog
+run again (``--retry-failed``); read on a thread of their own when the input can block."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+
+from .._errors import BatchError
+from .inputs import encode
+
+# GNU parallel's options for picking up where a joblog left off.
+RESUME_MODES = ("resume", "resume-failed", "retry-failed")
+
+
+class Job:
+    """One job of a batch: its inputs and, while it runs, its task and job slot.
+
+    Attributes:
+        seq: the job number (``{#}``, the joblog's Seq).
+        args: the input values (a tuple of str).
+        argv: a fixed command (from ``--retry-failed``), else None: rendered per attempt.
+        slot: the GNU job slot (``{%}``) of the current attempt; 0 while the engine holds
+            the task for want of a free slot.
+        attempts: runs so far (``--retries``).
+        task: the :class:`pardo.Task` of the attempt in flight.
+        started: when the attempt started, by the scheduler's clock (``N%`` deadlines).
+        kill_reason: "timeout" once the scheduler killed it for an ``N%`` deadline.
+        result: the final Result, once the job is done.
+        shell_line: the command line, once rendered.
+        pipes: line mode: {read fd: [stream number, pending partial line]}.
+        last: the Result of the previous attempt, while a retry is in flight.
+    """
+
+    __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
+                 "argv", "shell_line", "pipes", "last")
+
+    def __init__(self, seq, args, argv=None):
+        self.seq = seq
+        self.args = args
+        self.argv = argv
+        self.slot = 0
+        self.attempts = 0
+        self.task = None
+        self.started = 0.0
+        self.kill_reason = None
+        self.result = None
+        self.shell_line = None
+        self.pipes = None
+        self.last = None
+
+
+def numbered_jobs(arg_groups, skip=None):
+    """A job per argument tuple, numbered from 1, leaving out the seqs in ``skip``."""
+    seq = 0
+    for args in arg_groups:
+        seq += 1
+        if skip is not None and seq in skip:
+            continue
+        yield Job(seq, args)
+
+
+def read_resume(joblog, mode):
+    """The rows of ``joblog`` that resuming in ``mode`` needs, by Seq ({} without a file)."""
+    if mode not in RESUME_MODES:
+        raise BatchError(f"resume must be one of {', '.join(RESUME_MODES)}, not {mode!r}")
+    if joblog is None:
+        raise BatchError(f"resuming ({mode}) needs a joblog to read: give --joblog FILE")
+    from .._store import read_joblog
+
+    return read_joblog(joblog)
+
+
+def planned_jobs(arg_groups, mode, logged, shell: bytes):
+    """The jobs to run: every input job (``mode`` None), the ones ``logged`` does not
+    have (``resume``) or has not seen succeed (``resume-failed``), or the failed logged
+    commands themselves, with their old numbers (``retry-failed``; inputs are ignored)."""
+    if mode is None:
+        return numbered_jobs(arg_groups)
+    if mode == "resume":
+        return numbered_jobs(arg_groups, skip=set(logged))
+    if mode == "resume-failed":
+        return numbered_jobs(arg_groups, skip={seq for seq, row in logged.items() if row.ok})
+    return (Job(row.seq, (), [shell, b"-c", encode(row.command)])
+            for row in sorted(logged.values(), key=lambda row: row.seq) if not row.ok)
+
+
+NOT_YET = object()  # Prefetch: no job read yet; the wake fd says when there is one
+_END = object()
+
+
+class Prefetch:
+    """Reads jobs from a possibly blocking iterator on a daemon thread into a bounded queue.
+
+    ``next()`` never blocks: it gives a job, ``NOT_YET`` (the thread writes to the wake fd
+    when one arrives), or raises StopIteration at the end. An exception raised by the
+    iterator is re-raised in the loop's thread.
+    """
+
+    def __init__(self, it, wake_fd, size):
+        self._q = queue.Queue(size)
+        self._wake_fd = wake_fd
+        # The thread may still be blocked on a read when the batch ends; once closed it
+        # must not write to the wake fd, whose number may by then belong to another file.
+        self._lock = threading.Lock()
+        self._closed = False
+        self._t = threading.Thread(target=self._run, args=(iter(it),), daemon=True,
+                                   name="pardo-input")
+        self._t.start()
+
+    def _run(self, it):
+        try:
+            for job in it:
+                self._q.put(job)
+                self._wake()
+        except BaseException as e:  # noqa: BLE001 - handed to the loop's thread
+            self._q.put(e)
+        self._q.put(_END)
+        self._wake()
+
+    def _wake(self):
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._wake_fd, b"i")
+            except OSError:
+                pass  # full: a wake-up is pending already
+
+    def close(self):
+        with self._lock:
+            self._closed = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            item = self._q.get_nowait()
+        except queue.Empty:
+            return NOT_YET
+        if item is _END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item

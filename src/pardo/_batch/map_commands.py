@@ -1,0 +1,62 @@
+"""The batch runner's entry point for Python code: :func:`pardo.map_commands`."""
+
+from __future__ import annotations
+
+from .inputs import arg_groups, count_jobs
+from .scheduler import Batch
+from .template import Template
+
+
+def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0, retries=1,
+                 halt=None, keep_order=False, max_args=None, colsep=None, replace="{}",
+                 pin=False, delay=0.0, nice=None, memory_limit=None, env=None, cwd=None,
+                 max_output=None, stdout=None, stderr=None, results=None):
+    """Run a command template once per input, in parallel, and yield each task's Result.
+
+    The template speaks GNU parallel: ``command`` is shell code in which ``{}`` stands for
+    the input (also ``{.}`` ``{/}`` ``{//}`` ``{/.}`` ``{#}`` ``{%}``, and ``{1}`` ``{2}`` ...
+    for the columns of a tuple input). Values are shell-quoted, so an input is always data;
+    when the command needs nothing of a shell it is exec'd directly. ``{}`` is appended when
+    the command names no replacement string.
+
+    Inputs are consumed lazily, one per free slot, so an input of any length streams::
+
+        for r in pardo.map_commands("gzip -9 {}", pathlib.Path(".").glob("*.log"),
+                                    timeout=60, jobs=8):
+            print(r.inputs[0], r.status)
+
+    Args:
+        command: the template, a str (or a list of words, joined by spaces).
+        inputs: an iterable of values (str, bytes, paths, numbers) or of tuples of values.
+        jobs: parallel slots; default the CPUs this process may run on. GNU forms such as
+            ``"50%"`` or ``"+1"`` are accepted.
+        timeout: per-task deadline in seconds, or ``"N%"`` of the median runtime of
+            successful tasks. The whole process tree of a late task is killed.
+        kill_grace: seconds between SIGTERM and SIGKILL when a deadline fires.
+        retries: attempts per task (GNU's ``--retries``: 3 means up to 3 runs).
+        halt: GNU's ``--halt`` policy, e.g. ``"now,fail=1"`` or ``"soon,success=50%"``.
+        keep_order: yield in input order instead of completion order.
+        max_args: GNU's ``-N``: that many inputs per command.
+        colsep: regex splitting each input value into columns ``{1}`` ``{2}`` ...
+        pin: run slot i on its own CPU (for benchmark harnesses).
+        delay: minimum seconds between two task starts.
+        nice, memory_limit, env, cwd, max_output, stdout, stderr: passed to
+            :func:`pardo.spawn` for every task (default: output captured in the Result).
+        results: a directory to save each task's output in, laid out as GNU's ``--results``.
+
+    Yields:
+        :class:`pardo.Result`, with extra attributes ``seq`` (1-based input number),
+        ``slot``, ``inputs`` (the tuple of values), ``attempts`` and ``job``.
+        Closing the generator early kills the tasks still running.
+    """
+    if isinstance(inputs, (str, bytes)):
+        raise TypeError("inputs must be an iterable of values (a str is not: wrap it in a list)")
+    words = [command] if isinstance(command, str) else list(command)
+    template = Template(words, replace=replace, context=max_args is not None)
+    batch = Batch(template, arg_groups(inputs, colsep=colsep, max_args=max_args), jobs=jobs,
+                  timeout=timeout, kill_grace=kill_grace, retries=retries, halt=halt,
+                  keep_order=keep_order, pin=pin, delay=delay, nice=nice,
+                  memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
+                  stdout=stdout, stderr=stderr, results=results,
+                  total=count_jobs(inputs, max_args))
+    return iter(batch)

@@ -1,0 +1,554 @@
+"""The batch scheduler behind :func:`pardo.map_commands` and ``pardo run``.
+
+::
+
+    inputs ──► records ──► -N groups ──► Job(seq, args) ──┐  (pulled lazily, a few ahead;
+    (or a joblog's rows: --resume, --retry-failed)        │   on a thread if input blocks)
+                                                          ▼
+      _start(): template.argv() or sh -c ──► spawn(queue=q, tag=job)
+                                                          │   engine thread: holds the task
+                                                          │   until fewer than q's
+                                                          ▼   max_running run; spawns, kills
+      q.get_many()  (or select([q.fileno(), wake fd, pipes]) when there are other fds)
+                                                          │
+                                                          ▼
+                                       _finish(): job slot, retry? halt? timeout N%?
+                                                          │
+                                      keep_order: hold until every earlier seq is out
+                                                          ▼
+                                      yield Result (+ seq, slot, command...), then its
+                                      joblog row and --results files
+
+- At most ``jobs`` tasks run. When nothing depends on knowing a task's job slot before it
+  starts (no ``{%}``, ``--pin``, ``--delay``, ``--halt``, ``N%`` deadline or line mode), the
+  loop hands the engine up to ``32 * jobs`` tasks (a ``ResultQueue(max_running=jobs)``): the
+  engine starts the next one the moment a task exits, with no round trip through Python.
+  Otherwise it submits a task only when a job slot is free. Either way inputs stream.
+- Job slots are the loop's bookkeeping: a task submitted ahead gets the slot of the
+  completion that let it start (the engine starts held tasks in submission order).
+- A task cancelled while still held by the engine never ran: like GNU parallel, which would
+  not have started it, the loop reports nothing for it.
+- Deadlines in seconds are the engine's (counted from the real start). ``N%`` deadlines depend
+  on the median runtime of successful tasks, which changes while tasks run, so the loop
+  enforces those itself by its clock: it waits until the earliest task would pass the
+  current limit and terminates it.
+- A result's joblog row is written once the consumer is done with the result (when it asks
+  for the next one, or closes the iterator), so that a ``pardo`` killed in between runs that
+  job again on ``--resume`` rather than losing its output.
+- ``stop()`` (the CLI calls it from a signal handler) sets a flag and kills what is in flight;
+  the loop then drains the queue. It waits on ``q.get_many()`` directly (the engine keeps no
+  readiness fd then), or on a selector for a prefetch thread, line-mode pipes or --delay.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import time
+from collections import deque
+
+from .._result import Status
+from .._run import ResultQueue, Spawner, spawn
+from .inputs import encode
+from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume
+from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
+from .results_dir import write_results
+
+# Tasks handed to the engine ahead of time, per job slot (one running, the rest held), so
+# that a slot never idles while Python is busy with results; the loop then wakes once per
+# half of the held tasks finishing instead of once per task, or once the oldest finished
+# task has waited _BATCH_DELAY seconds (results of slow tasks are not held back).
+AHEAD_PER_SLOT = 32
+_AHEAD_MAX = 4096  # held tasks at most, whatever -j says
+_BATCH_DELAY = 0.02
+_NEVER_RAN = object()  # a job's result when it was cancelled before it ever started
+# GNU parallel's exit statuses for a batch that did not run to its end.
+_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141}
+
+
+class Batch:
+    """One batch run: the iterator of results and its controls.
+
+    Built by :func:`pardo.map_commands` and by ``pardo run``, which also calls :meth:`stop`
+    from its signal handlers and reads the counters for its summary and progress bar.
+
+    Args:
+        template: the parsed command template.
+        arg_groups: the argument tuple of each job, in job order (``{#}`` counts from 1).
+        joblog: GNU parallel's joblog to write a row to per finished job (``-``: stdout).
+        resume: pick up from ``joblog``: ``"resume"`` (skip the jobs it has),
+            ``"resume-failed"`` (skip those that succeeded) or ``"retry-failed"`` (run its
+            failed commands again, ignoring ``arg_groups``).
+        clock: the monotonic clock of ``--delay`` and ``N%`` deadlines (tests pass a fake).
+        line_sink: line mode (``--line-buffer``): output comes through our own pipes, whole
+            lines at a time, to ``line_sink(job, stream, data)`` while tasks run.
+        input_may_block: ``arg_groups`` may wait on another process (a pipe, a terminal):
+            it is read on a thread, so that the loop keeps reaping and starting tasks.
+        total: the number of jobs when known up front: ``--halt N%`` counts against it, as
+            GNU does (else against the tasks finished so far).
+
+        The other options are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
+    """
+
+    def __init__(self, template, arg_groups, *, jobs=None, timeout=None, kill_grace=2.0,
+                 retries=1, halt=None, keep_order=False, pin=False, delay=0.0, nice=None,
+                 memory_limit=None, env=None, cwd=None, max_output=None, stdout=None,
+                 stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
+                 line_sink=None, input_may_block=False, total=None, clock=time.monotonic):
+        self.template = template
+        cpus = sorted(os.sched_getaffinity(0))
+        self.jobs = parse_jobs(jobs, len(cpus))
+        self.timeout, timeout_fraction = parse_timeout(timeout)
+        self.retries = max(1, int(retries or 1))
+        self.halt = HaltPolicy.parse(halt)
+        self.keep_order = keep_order
+        self.delay = float(delay or 0.0)
+        self._clock = clock
+        self._pin = [[cpus[(s - 1) % len(cpus)]] for s in range(self.jobs + 1)] if pin else None
+        self._shell = encode(shell)
+        self._results_dir = results
+        self._joblog_path = joblog
+        self._resume = resume
+        logged = read_resume(joblog, resume) if resume is not None else None
+        self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+        self._line_sink = line_sink
+        self._input_may_block = input_may_block
+        self.total = None if resume is not None else total
+        self._sel = None
+        kw = {"kill_grace": kill_grace}
+        for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
+                     ("env", env), ("cwd", cwd), ("max_output", max_output),
+                     ("stdout", stdout), ("stderr", stderr)):
+            if v is not None:
+                kw[k] = v
+        self._spawn_kw = kw
+        self._spawner = Spawner(**kw)
+        self._stop_reason = None  # signal number, "pipe", "stop" or "halt"
+        self._wake_r = self._wake_w = -1  # made when iteration starts
+        # counters the CLI reads
+        self.started = 0
+        self.finished = 0
+        self.failed = 0
+        self.succeeded = 0
+        self.by_status: dict[str, int] = {}
+        self.halt_exit = None  # exit status decided by a halt policy
+        self.halt_result = None  # the result that made the halt policy stop the batch
+        self.running: dict = {}  # {task: job} of the tasks that hold a job slot
+        self._held: deque = deque()  # jobs handed to the engine ahead, waiting for a slot
+        self._exe_cache: dict = {}  # program name -> where PATH finds it (see _executable)
+        self._free: list = []  # free job slots; pop() gives the lowest
+        self._pct = None if timeout_fraction is None else MedianDeadline(timeout_fraction)
+        # Handing tasks over ahead of time is only exact when nothing needs a task's job
+        # slot, or the moment it starts, before it starts; and when a halt cannot find tasks
+        # started that GNU parallel would never have started.
+        ahead = not (template.uses_slot or pin or self.delay or self.halt is not None
+                     or self._pct is not None or line_sink is not None)
+        held_max = max(2, min((AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
+        self._max_in_flight = self.jobs + held_max if ahead else self.jobs
+
+    # -- control -------------------------------------------------------------------------
+
+    def stop(self, reason=None):
+        """Stop starting tasks and kill every running tree (safe from a signal handler).
+
+        ``reason``: a signal number, or "pipe" (our stdout closed); it decides
+        :attr:`exit_status`."""
+        if self._stop_reason is None:
+            self._stop_reason = reason if reason is not None else "stop"
+        # Killing here, not only in the loop, ends a wait in q.get_many() at once.
+        self._kill_all()
+        try:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
+        except OSError:
+            pass  # the pipe is full: a wake-up is already pending
+
+    def _kill_all(self):
+        """Kill every task in flight; return their jobs.
+
+        Newest first: the engine starts held tasks in submission order, so the held ones
+        are cancelled before a killed running one frees its slot for them. The copies are
+        made by single C calls, so a signal handler interrupting the loop sees consistent
+        containers.
+        """
+        jobs = list(reversed(self._held)) + list(reversed(self.running.values()))
+        for job in jobs:
+            job.task.kill()
+        return jobs
+
+    @property
+    def stopped_by(self):
+        return self._stop_reason
+
+    @property
+    def exit_status(self) -> int:
+        """GNU parallel's exit status for the batch so far: 0 if every task succeeded,
+        else the number that failed (101 for more than 100); a ``--halt`` policy's own;
+        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed."""
+        by_stop = _EXIT_BY_STOP.get(self._stop_reason)
+        if by_stop is not None:
+            return by_stop
+        if self.halt_exit is not None:
+            return self.halt_exit
+        return self.failed if self.failed <= 100 else 101
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _command_args(self, job, slot):
+        if job.argv is not None:
+            return job.argv
+        argv = self.template.argv(job.args, job.seq, slot)
+        if argv is not None:
+            return [encode(a) for a in argv]
+        line = self.template.command(job.args, job.seq, slot)
+        job.shell_line = line
+        return [self._shell, b"-c", encode(line)]
+
+    def command_line(self, job):
+        """The shell command line of a job, as GNU parallel would show it."""
+        if job.shell_line is None:
+            if job.argv is not None:
+                job.shell_line = job.argv[-1].decode("utf-8", "surrogateescape")
+            else:
+                job.shell_line = self.template.command(job.args, job.seq, job.slot)
+        return job.shell_line
+
+    def dry_run(self):
+        """The command line of every job, running none (``--dry-run``; ``{%}`` is 1)."""
+        for job in self._jobs_iter:
+            job.slot = 1
+            yield self.command_line(job)
+
+    def _executable(self, program):
+        """Where PATH finds ``program``, looked up once per batch (as a shell's hash
+        table does): with a long PATH, the search costs a failed exec per entry per task.
+        None when it has a slash or is not found (the engine then reports it)."""
+        try:
+            return self._exe_cache[program]
+        except KeyError:
+            pass
+        exe = None
+        name = program.decode("utf-8", "surrogateescape") if isinstance(program, bytes) else program
+        if "/" not in name:
+            env = self._spawn_kw.get("env")
+            # the engine's search: the task's own PATH, else ours; /bin:/usr/bin without one
+            path = (os.environ if env is None else env).get("PATH", "/bin:/usr/bin")
+            exe = shutil.which(name, path=path)
+            if exe is not None:
+                exe = encode(exe)
+        self._exe_cache[program] = exe
+        return exe
+
+    # -- job slots -----------------------------------------------------------------------
+
+    def _start(self, job, q):
+        """Hand a job to the engine: in a free job slot, or held until one frees (slot 0)."""
+        slot = job.slot = self._free.pop() if self._free else 0
+        job.attempts += 1
+        job.kill_reason = None
+        cpus = None if self._pin is None else self._pin[slot]
+        if self._pct is not None:
+            job.started = self._clock()  # exact: with N% deadlines nothing is held
+        argv = self._command_args(job, slot)
+        exe = self._executable(argv[0])
+        if self._line_sink is None:
+            task = job.task = self._spawner(argv, q, job, exe, cpus)
+        else:
+            (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
+            try:
+                job.task = spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
+                                 **dict(self._spawn_kw, stdout=w1, stderr=w2))
+            finally:
+                os.close(w1)  # the engine holds its own copies now
+                os.close(w2)
+            job.pipes = {r1: [1, b""], r2: [2, b""]}
+            for fd in job.pipes:
+                self._sel.register(fd, selectors.EVENT_READ, job)
+            task = job.task
+        if slot:
+            self.running[task] = job
+        else:
+            self._held.append(job)
+        self.started += 1
+
+    def _release(self, slot):
+        """A task that held job slot ``slot`` is over: the engine has started the oldest
+        held task in its place (or will start the next one submitted)."""
+        if self._held:
+            job = self._held.popleft()
+            job.slot = slot
+            self.running[job.task] = job
+        else:
+            self._free.append(slot)
+
+    def _claim_slot(self, job):
+        """Give a job slot to a held job that turned out to have run already.
+
+        The engine started it ahead of an older held task (a submission and an exit in
+        the same engine round); take the slot of the task slotted last, most likely the
+        one still waiting, and hold that one instead.
+        """
+        self._held.remove(job)
+        if self._free:
+            job.slot = self._free.pop()
+            return
+        _, other = self.running.popitem()  # the last inserted
+        job.slot, other.slot = other.slot, 0
+        self._held.appendleft(other)
+
+    def _pipe_readable(self, job, fd):
+        """Read what a line-mode pipe has; hand complete lines (or the last, unterminated
+        one at EOF) to the sink."""
+        entry = job.pipes[fd]
+        data = os.read(fd, 1 << 16)
+        if data:
+            buf = entry[1] + data
+            cut = buf.rfind(b"\n") + 1
+            if cut:
+                self._line_sink(job, entry[0], buf[:cut])
+            entry[1] = buf[cut:]
+            return
+        if entry[1]:
+            self._line_sink(job, entry[0], entry[1])
+        self._sel.unregister(fd)
+        os.close(fd)
+        del job.pipes[fd]
+
+    # -- finished tasks ------------------------------------------------------------------
+
+    def _enforce_fraction(self, now):
+        """Terminate tasks past the N% deadline; return seconds until the next could be."""
+        nxt = None
+        for job in self.running.values():
+            if job.kill_reason is not None:
+                continue
+            left = self._pct.time_left(job.started, now)
+            if left is None:
+                return None
+            if left <= 0:
+                job.kill_reason = "timeout"
+                job.task.terminate()
+            elif nxt is None or left < nxt:
+                nxt = left
+        return nxt
+
+    def _halt_check(self, result):
+        h = self.halt
+        if h is None or self._stop_reason is not None:
+            return
+        ok = result.status == Status.OK
+        n = {"fail": self.failed, "success": self.succeeded, "done": self.finished}[h.why]
+        if h.why == "fail" and ok or h.why == "success" and not ok:
+            return
+        if h.count is not None:
+            hit = n >= h.count
+        else:
+            hit = n >= h.fraction * (self.total or self.finished)
+        if hit:
+            self.halt_result = result  # the task that triggered it (the CLI says so)
+            if h.why == "fail":
+                rc = result.returncode if result.status == Status.FAILED else 1
+                self.halt_exit = rc if 0 < rc < 256 else 1
+            elif h.why == "success":
+                self.halt_exit = 0
+            self._stop_reason = "halt"
+            if h.when == "now":
+                self._kill_all()
+
+    def _finish(self, task, q):
+        """Handle one completed task; return its job if that job is done for good.
+
+        Frees the task's job slot, or starts the job again when it is to be retried.
+        """
+        job = task.tag
+        r = task.result
+        if r.pid is None and r.status == Status.CANCELLED:
+            # Cancelled while the engine still held it: it never ran, and GNU parallel
+            # would never have started it. Report the attempt before, if any.
+            if job.slot:
+                del self.running[task]
+                self._release(job.slot)
+            else:
+                self._held.remove(job)
+            self.started -= 1
+            job.attempts -= 1
+            job.task = None
+            if job.last is None:
+                job.result = _NEVER_RAN
+                return None
+            job.slot = job.last.slot
+            return self._done(job, job.last)
+        if job.slot:
+            del self.running[task]
+        else:
+            self._claim_slot(job)
+        if job.pipes:
+            # The whole tree is gone, so every writer is closed: read to EOF.
+            for fd in list(job.pipes):
+                while fd in job.pipes:
+                    self._pipe_readable(job, fd)
+        if job.kill_reason == "timeout":
+            r.status = Status.TIMEOUT
+            r.deadline = self._pct.limit()
+        self._release(job.slot)
+        if (r.status != Status.OK and job.attempts < self.retries and self._stop_reason is None
+                and r.status != Status.CANCELLED):
+            r.slot = job.slot
+            job.last = r
+            self._start(job, q)  # without anything held: the slot just released
+            return None
+        return self._done(job, r)
+
+    def _done(self, job, r):
+        """Count the final result of a job; return the job."""
+        job.task = None
+        job.last = None
+        job.result = r
+        r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
+        r.job = job
+        self.finished += 1
+        st = r.status.value
+        self.by_status[st] = self.by_status.get(st, 0) + 1
+        if r.status == Status.OK:
+            self.succeeded += 1
+            if self._pct is not None:
+                self._pct.observe(r.duration)
+        else:
+            self.failed += 1
+        if self._results_dir is not None:
+            write_results(self._results_dir, job, r)
+        self._halt_check(r)
+        return job
+
+    def _record(self, joblog, r):
+        """A result has been handed out: its joblog row goes to disk."""
+        if joblog is not None:
+            joblog.record(r, self.command_line(r.job))
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def __iter__(self):
+        joblog = None
+        if self._joblog_path is not None:
+            from .._store import JobLog
+
+            joblog = JobLog(self._joblog_path, append=self._resume is not None)
+        try:
+            yield from self._loop(joblog)
+        finally:
+            if joblog is not None:
+                joblog.close()
+
+    def _loop(self, joblog):
+        jobs = self.jobs
+        limit = self._max_in_flight
+        q = ResultQueue(max_running=jobs) if limit > jobs else ResultQueue()
+        # A selector only when there is more than the queue to watch: the queue's fd costs
+        # the engine two system calls per task, and a select round costs one more wake-up.
+        sel = None
+        if self._input_may_block or self._line_sink is not None or self.delay:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            sel = self._sel = selectors.DefaultSelector()
+            qfd = q.fileno()
+            sel.register(qfd, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+        self._free = list(range(jobs, 0, -1))  # pop() hands out the lowest job slot first
+        running, held = self.running, self._held
+        keep_order = self.keep_order
+        clock = self._clock
+        order = deque()
+        if self._input_may_block:
+            source = Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * jobs))
+        else:
+            source = iter(self._jobs_iter)
+        exhausted = False
+        next_start = 0.0
+        killed = False
+        try:
+            while True:
+                wait = None
+                while (len(running) + len(held) < limit and not exhausted
+                       and self._stop_reason is None):
+                    if self.delay:
+                        now = clock()
+                        if now < next_start:
+                            wait = next_start - now
+                            break
+                        next_start = now + self.delay
+                    job = next(source, None)
+                    if job is None:
+                        exhausted = True
+                        break
+                    if job is NOT_YET:
+                        break  # the prefetch thread wakes us when the next one is read
+                    self._start(job, q)
+                    if keep_order:
+                        order.append(job)
+                if self._stop_reason is not None and not killed and self._stop_reason != "halt":
+                    killed = True
+                    self._kill_all()
+                if not (running or held) and (exhausted or self._stop_reason is not None):
+                    break
+                if self._pct is not None:
+                    nxt = self._enforce_fraction(clock())
+                    if nxt is not None:
+                        wait = nxt if wait is None else min(wait, nxt)
+                if sel is None:
+                    # Something is in flight here (only a delay or a prefetch, which have a
+                    # selector, can leave the loop waiting with nothing in flight); stop()
+                    # kills what is in flight, which ends this wait too.
+                    # With tasks held in the engine, wake once per few results: the
+                    # engine keeps every job slot busy meanwhile.
+                    done = q.get_many(timeout=wait, min_items=max(1, len(held) // 2),
+                                      max_delay=_BATCH_DELAY)
+                else:
+                    # Wait on the queue's fd first and pop only when it is readable: a pop
+                    # that finds the queue empty costs a timed condition-variable wait.
+                    done = ()
+                    for key, _ in sel.select(wait):
+                        if key.fd == qfd:
+                            done = q.get_many(timeout=0)
+                        elif key.data is not None:
+                            self._pipe_readable(key.data, key.fd)
+                        else:
+                            try:
+                                os.read(self._wake_r, 4096)
+                            except BlockingIOError:
+                                pass
+                for task in done:
+                    job = self._finish(task, q)
+                    if job is not None and not keep_order:
+                        try:
+                            yield job.result
+                        finally:
+                            self._record(joblog, job.result)
+                while order and order[0].result is not None:
+                    r = order.popleft().result
+                    if r is not _NEVER_RAN:
+                        try:
+                            yield r
+                        finally:
+                            self._record(joblog, r)
+        finally:
+            # Reached on normal end, on an exception in the consumer, and on close(): no
+            # task may outlive the batch.
+            left = self._kill_all()
+            for job in left:
+                try:
+                    job.task.wait()
+                except Exception:
+                    pass
+            if isinstance(source, Prefetch):
+                source.close()
+            for job in left:
+                for fd in job.pipes or ():
+                    os.close(fd)
+            running.clear()
+            held.clear()
+            if sel is not None:
+                sel.close()
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_r = self._wake_w = -1

@@ -1,0 +1,307 @@
+"""Command templates: GNU parallel's replacement strings, shell quoting, and the choice
+between running a command through ``/bin/sh -c`` and exec'ing it directly.
+
+A template is the command words joined by spaces, as in GNU parallel: the command is shell
+code and every value put into it is shell-quoted, so a value is always data. The template is
+parsed once into *groups* (runs of non-blank text) of literal text and replacement fields;
+rendering a task is then a walk over those few parts.
+
+Two renderings come out of one template:
+
+- :meth:`Template.command` — the shell command line, byte for byte what GNU parallel builds
+  (it is what ``--dry-run`` prints, what the joblog records and what ``/bin/sh -c`` runs);
+- :meth:`Template.argv` — the argv the shell would end up exec'ing, computed without a shell,
+  or None when the command needs one. It is only offered when every literal character of the
+  template is inert for ``sh`` (no quotes, ``$``, globs, redirections, ``;``...), so word
+  splitting and quote removal are the only things the shell would do; and only when the
+  program is not a shell builtin whose behaviour could differ from the program on PATH.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .._errors import TemplateError
+
+__all__ = ["Template", "shell_quote", "perl_dirname"]
+
+
+# GNU parallel's shell_quote_scalar_default: strings made of these characters only are left
+# bare, anything else is wrapped in single quotes (with ' written as '"'"').
+_NEEDS_QUOTE = re.compile(r"[^-_.+a-zA-Z0-9/]").search
+
+
+def shell_quote(value: str) -> str:
+    """Quote *value* for a POSIX shell exactly as GNU parallel does."""
+    if _NEEDS_QUOTE(value):
+        q = "'" + value.replace("'", "'\"'\"'") + "'"
+        # GNU strips the empty '' left at either end when the value starts/ends with a quote
+        if q.startswith("''"):
+            q = q[2:]
+        if q.endswith("''"):
+            q = q[:-2]
+        return q
+    if value == "":
+        return "''"
+    return value
+
+
+# The transformations of GNU parallel's default replacement strings, same regexes (Python's
+# `$` and `.` treat a trailing newline like Perl's do).
+_strip_ext = re.compile(r"\.[^/.]*$").sub
+_strip_dir = re.compile(r".*/").sub
+
+
+def _perl_fileparse(path):
+    i = path.rfind("/")
+    if i < 0:
+        return "./", path
+    return path[: i + 1], path[i + 1 :]
+
+
+def _perl_strip_sep(d):
+    return d.rstrip("/") or ("/" if d else "")
+
+
+def perl_dirname(path: str) -> str:
+    """File::Basename::dirname on Unix, which ``{//}`` uses (``a`` -> ``.``, ``a/b/`` -> ``a``)."""
+    d, b = _perl_fileparse(path)
+    d = _perl_strip_sep(d)
+    if not b:
+        d, b = _perl_fileparse(d)
+        d = _perl_strip_sep(d)
+    return d
+
+
+def _basename(v):
+    return _strip_dir("", v, count=1)
+
+
+_TRANSFORMS = {
+    "": lambda v: v,
+    ".": lambda v: _strip_ext("", v, count=1),
+    "/": _basename,
+    "//": perl_dirname,
+    "/.": lambda v: _strip_ext("", _basename(v), count=1),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One replacement string in a template.
+
+    Attributes:
+        pos: 1-based (or negative, from the end) position for ``{n}`` forms, else None.
+        op: the transformation: "" "." "/" "//" "/." or "#" (job number) "%" (slot).
+    """
+
+    pos: int | None
+    op: str
+
+
+# dash's builtins and keywords: a command whose program is one of these must go through the
+# shell, which would run the builtin rather than a program of the same name.
+_SHELL_WORDS = frozenset(
+    ". : [ alias bg break cd chdir command continue echo eval exec exit export false fc fg "
+    "getopts hash jobs kill local printf pwd read readonly return set shift test times trap "
+    "true type ulimit umask unalias unset wait ! case do done elif else esac fi for if in "
+    "then until while { } [[ ]] function select source let declare typeset".split()
+)
+# Builtins that behave exactly like their namesakes on PATH for any arguments.
+_SAME_AS_PROGRAM = frozenset({"true", "false"})
+# Characters of literal template text that mean nothing to sh inside a word.
+_INERT = re.compile(r"[-_.,:=+@%^/A-Za-z0-9 \t]*\Z").match
+_BLANK = re.compile(r"[ \t\n]+")
+
+
+class Template:
+    """A parsed command template.
+
+    Args:
+        words: the command and its arguments as given (joined by single spaces, like GNU
+            parallel). Empty means "each input is itself a command".
+        replace: the string that stands for the whole input (``-I``), default ``{}``.
+        context: context replacement (GNU parallel turns it on with ``-N``/``-X``): a word
+            holding ``{}`` is repeated once per argument instead of the arguments being
+            spliced in as separate words.
+        quote: whether values are shell-quoted. By default as GNU parallel decides: yes,
+            unless the program itself comes from the input. False for text that no shell
+            reads (``--tagstring``), where values show as they are.
+    """
+
+    def __init__(self, words, *, replace: str = "{}", context: bool = False,
+                 quote: bool | None = None):
+        text = " ".join(words)
+        if "{=" in text and "=}" in text:
+            raise TemplateError(
+                "perl expressions {= ... =} are not supported; use a shell command instead"
+            )
+        self._context = context
+        self._field_re = re.compile(
+            r"\{(-?\d+)(|\.|/|//|/\.)\}|\{(\.|/|//|/\.|#|%)\}|(" + re.escape(replace) + ")"
+        )
+        self.groups = self._parse(text)
+        if not any(isinstance(p, Field) for g in self.groups for p in g):
+            # GNU appends {} when the command names no replacement string
+            self.groups = self._parse(text + " " + replace if text else replace)
+        # {%}: the job slot must be known before the task starts
+        self.uses_slot = any(
+            isinstance(p, Field) and p.op == "%" for g in self.groups if not isinstance(g, str)
+            for p in g
+        )
+        self.max_position = max(
+            (p.pos for g in self.groups for p in g if isinstance(p, Field) and p.pos),
+            default=0,
+        )
+        # GNU: when the program name itself comes from a replacement string, nothing is
+        # quoted (so "parallel ::: 'echo a'" runs `echo a`).
+        first = re.match(r"[^ \t\n=]*", text or replace).group()
+        self.quote = self._field_re.search(first) is None if quote is None else quote
+        literal = "".join(p for g in self.groups for p in g if isinstance(p, str))
+        self._direct = self.quote and _INERT(literal) is not None and not self._assigns()
+
+    def _parse(self, text):
+        groups = []
+        pos = 0
+        for m in _BLANK.finditer(text):
+            if m.start() > pos:
+                groups.append(self._parse_word(text[pos : m.start()]))
+            groups.append(m.group())  # blanks are kept verbatim, as a plain str
+            pos = m.end()
+        if pos < len(text):
+            groups.append(self._parse_word(text[pos:]))
+        return groups
+
+    def _parse_word(self, word):
+        parts = []
+        pos = 0
+        for m in self._field_re.finditer(word):
+            if m.start() > pos:
+                parts.append(word[pos : m.start()])
+            if m.group(1) is not None:
+                n = int(m.group(1))
+                parts.append(Field(n if n else None, m.group(2)))
+            elif m.group(3) is not None:
+                parts.append(Field(None, m.group(3)))
+            else:
+                parts.append(Field(None, ""))
+            pos = m.end()
+        if pos < len(word):
+            parts.append(word[pos:])
+        return tuple(parts)
+
+    def _assigns(self):
+        # A leading NAME=value word is an assignment for sh, not a program.
+        first = next((g for g in self.groups if not isinstance(g, str)), ())
+        return bool(first) and isinstance(first[0], str) and "=" in first[0]
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def _value(self, field, args, seq, slot, quote):
+        op = field.op
+        if op == "#":
+            return str(seq)
+        if op == "%":
+            return str(slot)
+        pos = field.pos
+        n = len(args)
+        if pos is not None:
+            i = pos - 1 if pos > 0 else n + pos
+            if not 0 <= i < n:
+                return None  # GNU: an argument that does not exist becomes nothing at all
+            v = _TRANSFORMS[op](args[i])
+            return shell_quote(v) if quote else v
+        return [(shell_quote(t) if quote else t) for t in map(_TRANSFORMS[op], args)]
+
+    def command(self, args, seq: int = 1, slot: int = 1) -> str:
+        """The shell command line for one task (what GNU parallel would run).
+
+        Args:
+            args: the task's input values, flattened (one per source, times ``-N``).
+            seq: the job number (``{#}``); slot: the job slot (``{%}``).
+        """
+        out = []
+        quote = self.quote
+        for g in self.groups:
+            if isinstance(g, str):
+                out.append(g)
+                continue
+            if self._context and len(args) > 1 and any(
+                isinstance(p, Field) and p.pos is None and p.op not in ("#", "%") for p in g
+            ):
+                copies = []
+                for a in args:
+                    copies.append(self._render_group(g, args, (a,), seq, slot, quote))
+                out.append(" ".join(copies))
+            else:
+                out.append(self._render_group(g, args, args, seq, slot, quote))
+        return "".join(out)
+
+    def _render_group(self, g, args, current, seq, slot, quote):
+        s = []
+        for p in g:
+            if isinstance(p, str):
+                s.append(p)
+                continue
+            if p.pos is None and p.op not in ("#", "%"):
+                vals = self._value(p, current, seq, slot, quote)
+                s.append(" ".join(vals) if vals else ("" if not current else "''"))
+            else:
+                v = self._value(p, args, seq, slot, quote)
+                if v is not None:
+                    s.append(v)
+        return "".join(s)
+
+    def argv(self, args, seq: int = 1, slot: int = 1):
+        """The argv that ``sh -c <command line>`` would exec, or None when a shell is needed.
+
+        Exact because literal text is inert for sh and every value is single-quoted: the
+        shell would only split words at blanks and remove the quotes.
+        """
+        if not self._direct:
+            return None
+        words = []
+        for g in self.groups:
+            if isinstance(g, str):
+                continue
+            if self._context and len(args) > 1 and any(
+                isinstance(p, Field) and p.pos is None and p.op not in ("#", "%") for p in g
+            ):
+                for a in args:
+                    self._argv_group(words, g, args, (a,), seq, slot)
+            else:
+                self._argv_group(words, g, args, args, seq, slot)
+        if not words:
+            return None
+        prog = words[0]
+        if prog in _SHELL_WORDS and prog not in _SAME_AS_PROGRAM:
+            if prog != "echo" or any(
+                "\\" in w for w in words
+            ) or (len(words) > 1 and words[1][:1] == "-"):
+                return None
+            # sh's echo and /bin/echo agree when no option-like first word and no backslash
+        return words
+
+    def _argv_group(self, words, g, args, current, seq, slot):
+        cur = None  # None: no word started yet (an unquoted empty expansion makes none)
+        for p in g:
+            if isinstance(p, str):
+                cur = p if cur is None else cur + p
+                continue
+            if p.pos is None and p.op not in ("#", "%"):
+                vals = self._value(p, current, seq, slot, False)
+                if not vals:
+                    # GNU: no arguments at all (-N0) expands to nothing
+                    continue
+                first, *rest = vals
+                cur = first if cur is None else cur + first
+                for v in rest:
+                    words.append(cur)
+                    cur = v
+            else:
+                v = self._value(p, args, seq, slot, False)
+                if v is not None:
+                    cur = v if cur is None else cur + v
+        if cur is not None:
+            words.append(cur)
