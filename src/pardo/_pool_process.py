@@ -60,8 +60,8 @@ from ._pool_items import (
     report_callback_error,
 )
 
-# A worker that dies this many times with a task in flight without being blamed for it
-# fails that task rather than retrying it forever.
+# A call that sits queued on this many workers whose deaths name no culprit (so that it
+# may be the one killing them) fails rather than being retried forever.
 MAX_TRIES = 3
 # Workers that die before reporting READY this many times in a row break the pool:
 # the interpreter cannot start, an import fails, the machine is out of memory...
@@ -660,7 +660,7 @@ class ProcessBackend:
                 if offset + 1 < item.count:
                     again.append(item.part(offset + 1, item.count))
             _release_payload(item)
-        self._requeue(w, result, again)
+        self._requeue(w, result, again, culprit_known=item is not None)
 
         if self._broken is not None or self._terminating:
             return
@@ -683,13 +683,20 @@ class ProcessBackend:
                 return True
         return any(w is not None and w.inflight for w in self._workers)
 
-    def _requeue(self, w, result, again):
-        """Put a dead worker's unfinished calls back at the front, in order."""
+    def _requeue(self, w, result, again, culprit_known):
+        """Put a dead worker's unfinished calls back at the front, in order.
+
+        The calls still in ``w.inflight`` never started on it when the slot named the
+        call (or chunk) that was running: they are not suspects and are charged no try,
+        however many deaths they sit through. Only a death nothing names (the worker
+        killed from outside between calls, say) charges each of them one.
+        """
+        suspects = w.ready and not culprit_known  # a worker never ready ran nothing
         for item in w.inflight.values():
             if item.reported:
                 _release_payload(item)
                 item = item.part(item.reported, item.count)
-            if w.ready:  # a worker that never started ran nothing: no call is suspect
+            if suspects:
                 item.tries += 1
             again.append(item)
         w.inflight.clear()
