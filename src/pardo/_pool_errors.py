@@ -62,7 +62,7 @@ def pickling_error(item, exc):
     for key, value in args + kwargs:
         try:
             _shm.dumps(value)
-        except Exception:
+        except BaseException:
             culprit = (key, value)
             break
     call = describe_call(item.fn)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import traceback
 
 from . import _shm
@@ -160,7 +161,8 @@ def decode_error(payload, where: str) -> BaseException:
     """Rebuild the exception a worker sent (see ``pardo._worker._encode_error``)."""
     try:
         exc, tb_text, desc = _shm.loads(payload, unlink_after=True)
-    except Exception as err:  # the error payload itself is broken: say so, keep going
+    except BaseException as err:  # the error payload itself is broken: say so, keep going
+        _reraise_interrupt(err)
         detach(err)
         return TaskError(f"a task failed in {where} and its error could not be read: {err!r}")
     if exc is None:
@@ -173,13 +175,22 @@ def decode_value(payload, where):
     """The value a worker sent, or an UnpicklingError for it (returned, not raised)."""
     try:
         return True, _shm.loads(payload, unlink_after=True)
-    except Exception as err:
+    except BaseException as err:
+        _reraise_interrupt(err)
         detach(err)
         exc = pickle.UnpicklingError(
             f"the result sent by {where} cannot be unpickled here: {type(err).__name__}: {err}"
         )
         exc.__cause__ = err
         return False, exc
+
+
+def _reraise_interrupt(err):
+    """Let a real Ctrl-C through: a SystemExit (or a KeyboardInterrupt on a thread signals
+    never reach, as the manager's) from some ``__reduce__`` only fails that call, and must
+    not end the thread that unpickles, but Ctrl-C on the main thread stays Ctrl-C."""
+    if isinstance(err, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise err
 
 
 def decode_outcome(ok: bool, payload, where: str):

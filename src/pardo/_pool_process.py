@@ -466,7 +466,7 @@ class ProcessBackend:
     def _encode_args(self, item):
         try:
             payload = _shm.dumps((item.args, item.kwargs), self._arena)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__: this call's error
             detach(exc)
             if item.count > 1:
                 # Some call's arguments cannot be pickled: send each call on its own, so
@@ -486,7 +486,7 @@ class ProcessBackend:
             return hit[1]
         try:
             fp = _shm.dumps(fn)
-        except Exception as exc:
+        except BaseException as exc:
             detach(exc)
             err = pickle.PicklingError(
                 f"the callable {fn!r} cannot be pickled to send it to a worker: "
@@ -584,7 +584,7 @@ class ProcessBackend:
         item = w.inflight.get(seq >> ELEMENT_BITS)
         try:
             value = _shm.loads(payload, unlink_after=True)
-        except Exception as exc:
+        except BaseException as exc:  # this thread must outlive any __reduce__
             report_callback_error("unpickling a progress value", exc)
             return
         callback = item.on_progress if item is not None else None
@@ -592,7 +592,7 @@ class ProcessBackend:
             return
         try:
             callback(value)
-        except Exception as exc:
+        except BaseException as exc:  # a SystemExit there must not end the manager thread
             report_callback_error(f"the on_progress callback {callback!r}", exc)
 
     def _notify(self):

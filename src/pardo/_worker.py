@@ -42,7 +42,7 @@ def _encode_error(exc, shm):
     desc = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
         return shm.dumps((exc, tb_text, desc))
-    except Exception:
+    except BaseException:  # a SystemExit from some __reduce__ too: the worker goes on
         return shm.dumps((None, tb_text, desc))
 
 
@@ -123,7 +123,7 @@ class _Worker:
             try:
                 fn = self.load_fn(fns[fi])
                 args, kwargs = self.shm.loads(payload)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit from a __reduce__ is this call's error
                 what = "the callable" if fn is None else f"the arguments of {_describe_call(fn)}"
                 err = pickle.UnpicklingError(
                     f"{what} cannot be unpickled in the worker ({type(exc).__name__}: {exc})"
@@ -184,7 +184,7 @@ class _Worker:
         if errors is None:
             try:
                 data = shm.dumps(values, arena)
-            except Exception:
+            except BaseException:
                 pass  # some value cannot be pickled: find it, one by one
             else:
                 self.out.append((seq, first, len(values), wire.OK_LIST, data))
@@ -197,7 +197,7 @@ class _Worker:
                 try:
                     entries.append((True, shm.dumps(value, arena)))
                     continue
-                except Exception as err:
+                except BaseException as err:  # SystemExit too: this call's error
                     exc = pickle.PicklingError(
                         f"the result of {_describe_call(fn)} cannot be pickled: "
                         f"{_short_repr(value)} ({type(err).__name__}: {err})"
