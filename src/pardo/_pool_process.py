@@ -38,6 +38,7 @@ import collections
 import fcntl
 import itertools
 import mmap
+import multiprocessing
 import os
 import pickle
 import secrets
@@ -337,7 +338,11 @@ class ProcessBackend:
         self._workers[index] = w
         self._by_task[w.task.id] = w
         self._sel.register(w.rfd, selectors.EVENT_READ, (_READ, w))
-        w.outbuf += wire.frame((wire.INIT, list(sys.path), self._init_payload))
+        # The parent's multiprocessing key, so that Manager proxies passed to tasks can
+        # connect back, as in multiprocessing's own children. Over the pipe: neither argv
+        # nor the environment, which processes a task starts would see.
+        authkey = bytes(multiprocessing.current_process().authkey)
+        w.outbuf += wire.frame((wire.INIT, list(sys.path), self._init_payload, authkey))
         self._flush_out(w)
 
     def _close_input(self, w):

@@ -211,7 +211,10 @@ class _Worker:
         first = wire.read_frame(self.tasks)
         if first is None:
             return 0
-        _, sys_path, init_payload = first
+        _, sys_path, init_payload, authkey = first
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = authkey
         if not self.initialize(sys_path, init_payload):
             return 1
         self.send((wire.READY, os.getpid(), socket.gethostname()))
