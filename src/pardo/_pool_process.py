@@ -74,6 +74,9 @@ _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 
 _WAKE, _READ, _WRITE, _DEATHS = range(4)
+# WorkItem.claimed of a call put_many claimed for an idle worker, until the manager takes it
+# from the queue (truthy, as claimed items are).
+CLAIMED_AT_SUBMIT = 2
 
 
 class _WorkerHandle:
@@ -146,6 +149,10 @@ class ProcessBackend:
 
         self._lock = threading.Lock()
         self._pending = collections.deque()
+        # Calls on workers (pipe or running), kept by the manager; put_many reads it without
+        # the lock, as an estimate of how many workers are idle.
+        self._load_total = 0
+        self._claimed_pending = 0  # queued calls claimed by put_many (under _lock)
         self._wake_armed = False
         self._shutdown = False
         self._terminating = False
@@ -177,10 +184,29 @@ class ProcessBackend:
                 raise self._broken_error(str(self._broken))
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._claimed_pending + self._load_total < self.jobs:
+                self._claim_for_idle(items)
             self._pending.extend(items)
             if self._thread is None:
                 self._start()
             self._wake_locked()
+
+    def _claim_for_idle(self, items):
+        """Under _lock: mark as running the submitted calls idle workers will take.
+
+        Only the manager thread hands calls to workers, and it needs the GIL the caller
+        holds: a call given to an idle pool would otherwise still count as queued when the
+        caller goes straight on to ``shutdown(cancel_futures=True)``, and be cancelled.
+        The standard library's executors run such calls; so does this.
+        """
+        free = self.jobs - self._claimed_pending - self._load_total
+        for item in items:
+            if free <= 0:
+                return
+            if item.future is not None and not item.claimed and item.sink.claim(item):
+                item.claimed = CLAIMED_AT_SUBMIT
+                self._claimed_pending += 1
+                free -= 1
 
     def batch_hint(self) -> int:
         """Tasks per batch at the moment (map runs size their window from it)."""
@@ -194,12 +220,26 @@ class ProcessBackend:
         self._stop(cancel=True, reason=reason, join=True, join_timeout=join_timeout)
 
     def _stop(self, *, cancel, reason, join, join_timeout) -> None:
+        failed = ()
         with self._lock:
             self._shutdown = True
             if reason is not None:
                 self._terminating = reason
             cancelled = self._take_pending() if cancel else ()
+            if cancelled:
+                # A call already running (claimed for an idle worker, or re-queued after a
+                # death) cannot be cancelled: it runs, unless the pool is being killed.
+                started = [i for i in cancelled if i.future is not None and i.claimed]
+                if started:
+                    cancelled = [i for i in cancelled if not (i.future is not None and i.claimed)]
+                    if reason is None:
+                        self._pending.extend(started)
+                        self._claimed_pending = sum(i.claimed == CLAIMED_AT_SUBMIT for i in started)
+                    else:
+                        failed = started
             thread = self._thread
+        for item in failed:
+            item.sink.fail_rest(item, reason)
         _cancel_all(cancelled)
         if thread is None:
             self._close_resources()
@@ -213,6 +253,7 @@ class ProcessBackend:
     def _take_pending(self):
         items = list(self._pending)
         self._pending.clear()
+        self._claimed_pending = 0
         return items
 
     def _wake(self):
@@ -414,6 +455,9 @@ class ProcessBackend:
             pending = self._pending
             while pending and calls < n:
                 item = pending.popleft()
+                if item.claimed == CLAIMED_AT_SUBMIT:
+                    item.claimed = True
+                    self._claimed_pending -= 1
                 if self._max_tasks and calls + item.count > n:
                     # This worker may run only n more calls: split the chunk.
                     _release_payload(item)
@@ -458,6 +502,7 @@ class ProcessBackend:
         if not chunks:
             return True
         w.load += sent
+        self._load_total += sent
         w.assigned += sent
         if deadline_used and not w.watched:
             w.task.watch(w.watch_buf, IDLE_RECHECK)
@@ -562,6 +607,7 @@ class ProcessBackend:
             if mode == wire.SPLIT:
                 del inflight[seq]
                 w.load -= item.count - item.reported
+                self._load_total -= item.count - item.reported
                 if item.count == 1:
                     item.sink.fail(item, 0, decode_error(data, where))
                     touched.add(item.sink)
@@ -574,6 +620,7 @@ class ProcessBackend:
             touched.add(item.sink)
             item.reported = offset + n
             w.load -= n
+            self._load_total -= n
             if item.reported >= item.count:
                 del inflight[seq]
                 if type(item.payload) is not bytes:
@@ -705,6 +752,7 @@ class ProcessBackend:
                 item.tries += 1
             again.append(item)
         w.inflight.clear()
+        self._load_total -= w.load
         w.load = 0
         keep = []
         for item in again:
@@ -740,6 +788,7 @@ class ProcessBackend:
                 if w is not None:
                     items.extend(w.inflight.values())
                     w.inflight.clear()
+                    self._load_total -= w.load
                     w.load = 0
             for item in items:
                 item.sink.fail_rest(item, err)
