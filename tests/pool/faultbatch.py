@@ -123,7 +123,7 @@ def main(argv=None):
     signal.alarm(60 * args.runs + 60)  # a hung run cannot keep the machine busy
     busy = []
     if args.load:
-        loop = "import signal; signal.alarm(%d)\nwhile True: pass" % (30 * args.runs + 60)
+        loop = f"import signal; signal.alarm({30 * args.runs + 60})\nwhile True: pass"
         busy = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(2 * os.cpu_count())]
     failed = 0
     start = time.monotonic()

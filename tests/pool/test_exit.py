@@ -61,7 +61,9 @@ def test_submitted_work_is_done_before_the_interpreter_exits(tmp_path, backend, 
         print("leaving", flush=True)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["leaving"]
     lines = out.read_text().split("\n")[:-1]
@@ -168,7 +170,9 @@ def test_leaving_a_with_block_normally_still_waits(tmp_path, backend):
         print(sum(f.done() for f in futs), [f.result() for f in futs], flush=True)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "6 [0, 1, 2, 3, 4, 5]"
 
@@ -177,13 +181,12 @@ def test_an_exception_leaving_a_with_block_kills_running_calls():
     import pardo
 
     start = time.monotonic()
-    with pytest.raises(LookupError):
-        with pardo.Pool(1) as p:
-            running = p.submit(time.sleep, 30)
-            queued = p.submit(time.sleep, 30)
-            while not running.running():
-                time.sleep(0.01)
-            raise LookupError("leaving")
+    with pytest.raises(LookupError), pardo.Pool(1) as p:
+        running = p.submit(time.sleep, 30)
+        queued = p.submit(time.sleep, 30)
+        while not running.running():
+            time.sleep(0.01)
+        raise LookupError("leaving")
     assert time.monotonic() - start < 10
     assert queued.cancelled()
     with pytest.raises(pardo.BrokenPool, match="terminated"):

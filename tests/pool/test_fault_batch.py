@@ -8,9 +8,8 @@ call fails, and the others run on a fresh worker however many deaths they sit th
 
 from __future__ import annotations
 
-import pytest
-
 import faultbatch
+import pytest
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
