@@ -13,7 +13,9 @@
 ```
 
 - **Caller threads** append WorkItems to ``pending`` under ``_lock`` and wake the manager
-  through an eventfd (at most one wake-up in flight). A WorkItem is a *chunk*: one call for
+  through an eventfd (at most one wake-up in flight). Calls that idle workers will take
+  are claimed (their futures set running) right there, so that they count as started
+  before the manager gets the GIL. A WorkItem is a *chunk*: one call for
   ``submit``, as many as the current batch size for ``map`` — arguments and results cross
   the pipes as one pickle per chunk, which is what makes tiny tasks cheap.
 - **The manager thread** owns everything else: the workers, their pipes and in-flight
@@ -27,7 +29,8 @@
   and kills the worker's whole tree once its deadline passes — natively, so a call stuck in
   C holding the GIL dies on time. The manager learns of any death from the ResultQueue,
   fails the call the slot names (TaskTimeout or TaskCrashed), re-queues the worker's other
-  unfinished calls at the front, and starts a fresh worker in its place. A death while a
+  unfinished calls at the front (no suspects: they never started there), and starts a
+  fresh worker in its place. Only a death the slot names no call for charges them a try. A death while a
   chunk was (un)pickled as a whole re-sends its calls one by one, so that a second death
   names the culprit.
 """
