@@ -117,7 +117,9 @@ class Pool(concurrent.futures.Executor):
 
     A ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown`` and the
     ``with`` statement behave as in the standard library, and ``as_completed``/``wait``
-    work on its futures.
+    work on its futures; but a ``with`` block left by an exception (Ctrl-C) stops the
+    pool at once (:meth:`terminate`) instead of waiting for its work. The README lists
+    every difference from ``ProcessPoolExecutor``.
 
     With ``backend="process"`` (the default) tasks run in worker processes that the engine
     starts and watches, in the same isolation as commands:
