@@ -76,8 +76,11 @@ def test_submitted_work_is_done_before_the_interpreter_exits(tmp_path, backend, 
 
 WITH_SCRIPT = PRELUDE + textwrap.dedent(
     """
+    def say(text):
+        os.write(1, f"{text}\\n".encode())  # one write: lines from workers never mix
+
     def pid_then_sleep(seconds):
-        print(os.getpid(), flush=True)
+        say(os.getpid())
         time.sleep(seconds)
         return seconds
 
@@ -85,11 +88,11 @@ WITH_SCRIPT = PRELUDE + textwrap.dedent(
     try:
         with pardo.Pool(2, backend=sys.argv[1]) as p:
             futs = [p.submit(pid_then_sleep, float(sys.argv[2])) for _ in range(6)]
-            print("submitted", flush=True)
+            say("submitted")
             for f in futs:
                 f.result()
     except KeyboardInterrupt:
-        print("interrupted", flush=True)
+        say("interrupted")
     states = []
     for f in futs:
         if f.cancelled():
@@ -98,16 +101,20 @@ WITH_SCRIPT = PRELUDE + textwrap.dedent(
             states.append("ok")
         else:
             states.append(type(f.exception()).__name__)
-    print(" ".join(states), flush=True)
+    say(" ".join(states))
     """
 )
 
 
 def _start_with_block(backend, seconds):
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", WITH_SCRIPT, backend, str(seconds)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+
+
+def _wait_until_running(proc):
+    """The pids that print they run a call, once two do and the block has submitted."""
     pids = []
     submitted = False
     while len(pids) < 2 or not submitted:  # both workers are running a call
@@ -117,12 +124,13 @@ def _start_with_block(backend, seconds):
             submitted = True
         else:
             pids.append(int(line))
-    return proc, pids
+    return pids
 
 
 def test_ctrl_c_in_a_with_block_stops_the_running_calls_promptly():
-    proc, pids = _start_with_block("process", 30)
+    proc = _start_with_block("process", 30)
     try:
+        pids = _wait_until_running(proc)
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -146,8 +154,9 @@ def test_ctrl_c_in_a_with_block_stops_the_running_calls_promptly():
 
 
 def test_ctrl_c_in_a_thread_pool_with_block_cancels_what_is_queued():
-    proc, _ = _start_with_block("thread", 1.0)
+    proc = _start_with_block("thread", 1.0)
     try:
+        _wait_until_running(proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -214,12 +223,12 @@ def test_terminate_kills_and_cancels():
 INTERRUPTED_EXIT = PRELUDE + textwrap.dedent(
     """
     def pid_then_sleep(seconds):
-        print(os.getpid(), flush=True)
+        os.write(1, f"{os.getpid()}\\n".encode())  # one write: lines never mix
         time.sleep(seconds)
 
     p = pardo.Pool(2)
     futs = [p.submit(pid_then_sleep, 30) for _ in range(2)]
-    print("leaving", flush=True)
+    os.write(1, b"leaving\\n")
     """
 )
 
