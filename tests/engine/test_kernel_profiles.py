@@ -1,0 +1,248 @@
+"""pardo where its users are: older kernels and Docker's default seccomp profile, emulated
+by tests/engine/kernel_profile.c (a launcher that installs a seccomp filter answering as
+that kernel does, then execs the program), as root and as user nobody.
+
+Per profile and user: the filter itself answers as documented; tasks start; a caller's
+inheritable fd 50 never reaches a task; the zoo's adversaries are all handled (one driver
+run per profile and user, idle); no task process outlives a SIGKILLed supervisor; and
+``pardo doctor`` tells the truth about each feature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# tests/zoo is on sys.path (tests/conftest.py puts it there)
+import audit
+from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
+
+HERE = Path(__file__).parent
+PROFILES = ["4.18", "5.4", "5.10", "docker"]
+USERS = ["root", "nobody"]
+DRIVER_TIMEOUT = 200
+
+
+@pytest.fixture(scope="session")
+def launcher(zoo):
+    """The compiled launcher, in the zoo's world-readable directory (nobody runs it too)."""
+    exe = zoo.dir / "kernel_profile"
+    subprocess.run(["gcc", "-O1", "-Wall", "-Werror", "-o", str(exe), str(HERE / "kernel_profile.c")],
+                   check=True, capture_output=True)
+    exe.chmod(0o755)
+    return exe
+
+
+class Under:
+    """Builds command lines that run a Python program under a profile as a user."""
+
+    def __init__(self, launcher, zoo, request):
+        self.launcher, self.zoo, self.request = launcher, zoo, request
+
+    def command(self, profile, user, pyargs, env=None):
+        """(argv, env, cwd) for ``python PYARGS`` under ``profile`` as ``user``."""
+        if user == "nobody":
+            pp = self.request.getfixturevalue("nobody_pythonpath")
+            e = {**nobody_env(pp, self.zoo.dir), **(env or {})}
+            return as_nobody_argv([str(self.launcher), profile, SYSTEM_PYTHON, *pyargs]), e, self.zoo.dir
+        e = {k: v for k, v in os.environ.items() if not k.startswith("PARDO_")}
+        e.update(env or {})
+        return [str(self.launcher), profile, sys.executable, *pyargs], e, None
+
+    def run(self, profile, user, pyargs, env=None, timeout=120):
+        argv, e, cwd = self.command(profile, user, pyargs, env)
+        return subprocess.run(argv, env=e, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+    def script(self, name, text):
+        p = self.zoo.dir / name
+        p.write_text(text)
+        p.chmod(0o644)
+        return p
+
+
+@pytest.fixture
+def under(launcher, zoo, request):
+    return Under(launcher, zoo, request)
+
+
+# ---------------------------------------------------------------- the launcher itself
+
+PROBE = r"""
+import ctypes, errno, json, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(*args):
+    r = libc.syscall(*[ctypes.c_long(a) for a in args])
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+def clone3(flags, size=88, cgroup=0, set_tid=0):
+    # Arguments every kernel refuses before creating anything: a bad cgroup fd (EBADF),
+    # a set_tid array without a size (EINVAL); E2BIG where the kernel knows neither field.
+    buf = ctypes.create_string_buffer(struct.pack("11Q", flags, 0, 0, 0, 17, 0, 0, 0, set_tid, 0, cgroup))
+    return call(435, ctypes.addressof(buf), size)
+out = {}
+out["clone3_size0"] = call(435, 0, 0)
+out["clone3_into_bad_cgroup"] = clone3(1 << 33, cgroup=1 << 30)
+out["clone3_set_tid"] = clone3(0, set_tid=8)
+out["pidfd_open"] = call(434, os.getpid(), 0)
+out["close_range_cloexec"] = call(436, 900, 901, 4)
+out["close_range_plain"] = call(436, 900, 901, 0)
+r, w = os.pipe()
+try:
+    os.preadv(r, [bytearray(1)], -1, os.RWF_NOWAIT)
+    out["pipe_nowait"] = "ok"
+except OSError as e:
+    out["pipe_nowait"] = errno.errorcode[e.errno]
+out["hide"] = os.environ.get("PARDO_TEST_HIDE", "")
+print(json.dumps(out))
+"""
+
+# What each kernel answers (Python names EOPNOTSUPP by its alias ENOTSUP).
+EXPECTED_SYSCALLS = {
+    "4.18": dict(clone3_size0="ENOSYS", clone3_into_bad_cgroup="ENOSYS",
+                 clone3_set_tid="ENOSYS", pidfd_open="ENOSYS",
+                 close_range_cloexec="ENOSYS", close_range_plain="ENOSYS", pipe_nowait="ENOTSUP",
+                 hide="cgroup.kill,cgroup.freeze"),
+    "5.4": dict(clone3_size0="EINVAL", clone3_into_bad_cgroup="EINVAL",
+                clone3_set_tid="E2BIG", pidfd_open="ok",
+                close_range_cloexec="ENOSYS", close_range_plain="ENOSYS", pipe_nowait="ENOTSUP",
+                hide="cgroup.kill"),
+    "5.10": dict(clone3_size0="EINVAL", clone3_into_bad_cgroup="EBADF",
+                 clone3_set_tid="EINVAL", pidfd_open="ok",
+                 close_range_cloexec="EINVAL", close_range_plain="ok", pipe_nowait="EAGAIN",
+                 hide="cgroup.kill"),
+    "docker": dict(clone3_size0="ENOSYS", clone3_into_bad_cgroup="ENOSYS",
+                   clone3_set_tid="ENOSYS", pidfd_open="ok",
+                   close_range_cloexec="ok", close_range_plain="ok", pipe_nowait="EAGAIN", hide=""),
+    "host": dict(clone3_size0="EINVAL", clone3_into_bad_cgroup="EBADF",
+                 clone3_set_tid="EINVAL", pidfd_open="ok",
+                 close_range_cloexec="ok", close_range_plain="ok", pipe_nowait="EAGAIN", hide=""),
+}
+
+
+@pytest.mark.parametrize("profile", [*PROFILES, "host"])
+def test_filter_answers_as_the_kernel(under, profile):
+    r = under.run(profile, "root", ["-c", PROBE])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == EXPECTED_SYSCALLS[profile]
+
+
+def test_launcher_refuses_unknown_profile(launcher):
+    r = subprocess.run([str(launcher), "4.19", "/bin/true"], capture_output=True, text=True)
+    assert r.returncode == 125 and "unknown profile '4.19'" in r.stderr
+
+
+# ---------------------------------------------------------------- tasks start, fds stay home
+
+TASKS = r"""
+import json, os, sys
+import pardo
+out = {"rung": pardo.isolation()}
+r = pardo.run(["/bin/echo", "hi"], timeout=30)
+out["echo"] = [r.status, r.stdout.decode(), r.error]
+# An inheritable fd the caller holds: no task may see it.
+fd = os.open("/dev/null", os.O_RDONLY)
+os.dup2(fd, 50)
+os.close(fd)
+r = pardo.run(["/bin/ls", "/proc/self/fd"], timeout=30)
+out["fds"] = sorted(r.stdout.decode().split(), key=int) if r.status == "ok" else [r.status, r.error]
+r = pardo.run(["/nonexistent-program"], timeout=30)
+out["missing"] = [r.status, r.error]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_tasks_start_and_see_only_their_fds(under, profile, user):
+    r = under.run(profile, user, ["-c", TASKS])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    assert out["echo"] == ["ok", "hi\n", None], out
+    # ls's own directory fd is 3; fd 50 of the caller must not be there.
+    assert out["fds"] == ["0", "1", "2", "3"], out
+    assert out["missing"][0] == "error" and "No such file" in out["missing"][1], out
+
+
+# ---------------------------------------------------------------- the zoo under each profile
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_zoo_adversaries(under, zoo, profile, user):
+    """Every zoo adversary (idle), isolation chosen by pardo itself, audited from inside
+    the driver and swept again from here as root."""
+    args = [str(zoo.dir / "driver.py"), "--zoo", str(zoo.bin), "--load", "idle"]
+    argv, env, cwd = under.command(profile, user, args)
+    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=DRIVER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # our own driver's session
+        out, err = p.communicate()
+        pytest.fail(f"zoo driver hung under {profile}: {err.decode()[-3000:]}")
+    assert p.returncode == 0, err.decode()[-3000:]
+    rep = json.loads(out)
+    assert "unavailable" not in rep, rep
+    problems = []
+    for name, case in rep["cases"].items():
+        late = [x for t in case["tokens"] for x in audit.survivors(t, settle=0)]
+        audit.kill_all(late)
+        if late:
+            problems.append(f"{name}: survivors seen as root: {late}")
+        problems += [f"{name}: {x}" for x in case["problems"]]
+    assert not problems, f"under {profile} as {user} (isolation {rep['isolation']}):\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------- a SIGKILLed supervisor
+
+OWNER = r"""
+import sys, time
+import pardo
+zoo, token = sys.argv[1], sys.argv[2]
+env = {"PARDO_ZOO_TOKEN": token, "PATH": "/usr/bin:/bin", "PARDO_ZOO_ALARM": "60"}
+tasks = [pardo.spawn([zoo, mode, token], env=env, timeout=60)
+         for mode in ("tree", "setsid", "daemon", "termignore", "forkstorm")]
+print(pardo.isolation(), flush=True)
+time.sleep(60)
+"""
+OWNER_TREES = 5
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_supervisor_killed_leaves_no_survivors(under, zoo, profile, user):
+    token = zoo.token()
+    script = under.script(f"owner-{token}.py", OWNER)
+    argv, env, cwd = under.command(profile, user, [str(script), str(zoo.bin), token])
+    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready, "the supervisor process never reported its tasks"
+        line = p.stdout.readline().split()
+        assert line, p.stderr.read1(4000)
+        end = time.monotonic() + 5
+        while len(audit.token_processes(token)) < OWNER_TREES and time.monotonic() < end:
+            time.sleep(0.02)
+        assert len(audit.token_processes(token)) >= OWNER_TREES, "trees did not form"
+        p.kill()
+        p.wait()
+        left = audit.survivors(token, settle=2.0)
+        assert left == [], f"{len(left)} task process(es) outlived the SIGKILLed supervisor " \
+                           f"under {profile} as {user} ({line[0].decode()}): {left[:8]}"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        script.unlink()
+        audit.kill_all(audit.token_processes(token))
