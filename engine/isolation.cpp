@@ -47,11 +47,13 @@ int64_t tv_us(const struct timeval& tv) {
 }
 
 // Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
-bool reap(Supervisor& s, TaskState& t, int* status, struct rusage* ru) {
+// `block`: the child is known to be exiting (it closed its last fd), so wait the moment
+// until it is a zombie.
+bool reap(Supervisor& s, TaskState& t, int* status, struct rusage* ru, bool block = false) {
   if (t.child_reaped) return false;
   pid_t r;
   do {
-    r = wait4(t.child_pid, status, WNOHANG, ru);
+    r = wait4(t.child_pid, status, block ? 0 : WNOHANG, ru);
   } while (r < 0 && errno == EINTR);
   if (r == 0 || (r < 0 && errno != ECHILD)) return false;
   if (r < 0) {  // someone else reaped it (should not happen)
@@ -271,25 +273,7 @@ class ShepherdRung : public Rung {
     return o;
   }
 
-  void on_child_exit(Supervisor& s, TaskState& t) override {
-    int st;
-    struct rusage ru;
-    if (!reap(s, t, &st, &ru)) return;
-    read_status(s, t);  // everything the shepherd said before it exited
-    if (!t.leader_done) {
-      // The shepherd died without reporting its task's end: it was killed from outside,
-      // or could not start. Report that rather than guess.
-      if (!t.got_started && t.c.spawn_stage == STAGE_NONE) {
-        t.c.spawn_stage = STAGE_HELPER;
-        t.c.spawn_errno = WIFSIGNALED(st) ? EINTR : ECHILD;
-      } else {
-        t.c.note = "the shepherd process died unexpectedly";
-      }
-      s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
-      if (!t.got_started) s.publish_pid(t);
-    }
-    s.tree_gone(t);  // the shepherd exits only once its tree is reaped
-  }
+  void on_child_exit(Supervisor& s, TaskState& t) override { shepherd_exited(s, t, false); }
 
   void on_event(Supervisor& s, TaskState& t, int kind) override {
     if (kind == FD_STATUS) read_status(s, t);
@@ -317,8 +301,32 @@ class ShepherdRung : public Rung {
   }
 
  private:
+  // The shepherd exited: its pidfd said so, or (no pidfds, Linux < 5.3) its status pipe
+  // reached end-of-file, which only its exit brings (the pipe is close-on-exec in its
+  // leader and it never closes the pipe itself): then it is a zombie a moment later.
+  void shepherd_exited(Supervisor& s, TaskState& t, bool at_eof) {
+    int st;
+    struct rusage ru;
+    if (!reap(s, t, &st, &ru, at_eof)) return;
+    read_status(s, t);  // everything the shepherd said before it exited
+    if (!t.leader_done) {
+      // The shepherd died without reporting its task's end: it was killed from outside,
+      // or could not start. Report that rather than guess.
+      if (!t.got_started && t.c.spawn_stage == STAGE_NONE) {
+        t.c.spawn_stage = STAGE_HELPER;
+        t.c.spawn_errno = WIFSIGNALED(st) ? EINTR : ECHILD;
+      } else {
+        t.c.note = "the shepherd process died unexpectedly";
+      }
+      s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+      if (!t.got_started) s.publish_pid(t);
+    }
+    s.tree_gone(t);  // the shepherd exits only once its tree is reaped
+  }
+
   void read_status(Supervisor& s, TaskState& t) {
     if (t.status_fd < 0) return;
+    bool eof = false;
     char buf[4096];
     while (true) {
       ssize_t n = read(t.status_fd, buf, sizeof buf);
@@ -331,6 +339,7 @@ class ShepherdRung : public Rung {
         s.unwatch_fd(t.status_fd);
         close(t.status_fd);
         t.status_fd = -1;
+        eof = n == 0;
       }
       break;
     }
@@ -362,6 +371,7 @@ class ShepherdRung : public Rung {
           break;
       }
     }
+    if (eof && t.pidfd < 0 && !t.child_reaped) shepherd_exited(s, t, true);
   }
 
   std::string path_;
@@ -457,7 +467,12 @@ bool start_guardian(const std::string& shepherd, const std::string& subtree, int
 
 }  // namespace
 
+const char* const kNoPidfd =
+    "the kernel has no pidfds (Linux 5.3 has them), which this rung needs to learn of each "
+    "task's exit";
+
 std::string cgroup_unavailable_reason() {
+  if (!start_features().pidfd) return kNoPidfd;
   std::string why;
   std::string mnt = find_cgroup2_mount(&why);
   if (mnt.empty()) return why;
@@ -480,11 +495,16 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
     return ch;
   }
   bool have_shepherd = !shepherd_path.empty() && access(shepherd_path.c_str(), X_OK) == 0;
+  // The cgroup and pgroup rungs learn of their child's exit from its pidfd; the shepherd
+  // rung also from its status pipe, so it alone works without pidfds.
+  const std::string no_pidfd = start_features().pidfd ? "" : kNoPidfd;
   std::string shepherd_why =
       have_shepherd ? "" : "the helper program " + shepherd_path + " is missing or not executable";
   std::string cg_why;
   if (is_auto || wanted == "cgroup") {
-    if (!have_shepherd) {
+    if (!no_pidfd.empty()) {
+      cg_why = no_pidfd;
+    } else if (!have_shepherd) {
       cg_why = shepherd_why + " (the cgroup rung needs it as its guardian)";
     } else if (auto tree = CgroupTree::create(&cg_why)) {
       int wfd;
@@ -515,6 +535,12 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
       ch.error = shepherd_why;
       return ch;
     }
+  }
+  if (!no_pidfd.empty()) {
+    ch.error = is_auto ? "no isolation rung can work here: shepherd: " + shepherd_why +
+                             "; cgroup and pgroup: " + no_pidfd
+                       : "pgroup: " + no_pidfd;
+    return ch;
   }
   ch.rung = std::make_unique<PgroupRung>();
   ch.name = "pgroup";

@@ -59,6 +59,9 @@ struct RungChoice {
 // Pick the rung: "auto" takes the strongest available; a named one must be available.
 RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path);
 
+// Why a rung that learns of exits from pidfds cannot work on this kernel.
+extern const char* const kNoPidfd;
+
 // Why the cgroup rung is or is not available here ("" when it is).
 std::string cgroup_unavailable_reason();
 

@@ -246,3 +246,26 @@ def test_supervisor_killed_leaves_no_survivors(under, zoo, profile, user):
         p.stderr.close()
         script.unlink()
         audit.kill_all(audit.token_processes(token))
+
+
+# ---------------------------------------------------------------- rungs this kernel cannot give
+
+REFUSAL = r"""
+import pardo, sys
+try:
+    pardo.run(["/bin/true"])
+except pardo.IsolationUnavailable as e:
+    print(e)
+else:
+    print("ran under", pardo.isolation())
+"""
+
+
+@pytest.mark.parametrize("rung", ["cgroup", "pgroup"])
+def test_rungs_needing_pidfds_refused_on_4_18(under, rung):
+    """On 4.18 the cgroup and pgroup rungs cannot learn of a task's exit: asked for, they
+    are refused in one line that names the missing feature and the kernel that has it."""
+    r = under.run("4.18", "root", ["-c", REFUSAL], env={"PARDO_ISOLATION": rung})
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = r.stdout.strip()
+    assert "\n" not in line and "no pidfds" in line and "Linux 5.3" in line, line
