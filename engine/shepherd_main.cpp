@@ -215,7 +215,8 @@ void drain(int sigfd) {
     if (r < 0) fail(STAGE_FDS, -r);
     top = fd > top ? fd : top;
   }
-  sys(SYS_close_range, top + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  r = cloexec_from(top + 1, err_fd);
+  if (r < 0) fail(STAGE_FDS, -r);
   long err = exec_search(execs, args, envp);
   fail(STAGE_EXEC, err);
   leave(127);

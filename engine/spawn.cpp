@@ -148,8 +148,9 @@ int child_main(void* arg) {
   }
   int max_target = 2;
   for (const auto& m : plan->fds) max_target = m.first > max_target ? m.first : max_target;
-  // Everything above the targets is closed at exec (the error pipe included).
-  sys(SYS_close_range, max_target + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+  // Everything above the targets is closed at exec (the error pipe included): a task never
+  // sees an fd it was not given, and failing that it does not run.
+  check(plan, cloexec_from(max_target + 1, plan->err_fd), STAGE_FDS);
 
   if (!plan->cwd.empty()) check(plan, sys(SYS_chdir, plan->cwd.c_str()), STAGE_CHDIR);
   if (plan->has_cpus) check(plan, sys(SYS_sched_setaffinity, 0, sizeof(cpu_set_t), &plan->cpus), STAGE_AFFINITY);
