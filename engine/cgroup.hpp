@@ -20,9 +20,17 @@ std::string find_cgroup2_mount(std::string* why);
 // This process's cgroup path relative to the cgroup2 mount ("0::" line), or "".
 std::string own_cgroup_path();
 
+// True when the tests' kernel emulation hides `what` (a cgroupfs file, or "cgroup2").
+bool cgroup_test_hidden(const char* what);
+// True when dir/name exists and is not hidden.
+bool cgroup_has_file(const std::string& dir, const char* name);
+// True when trees are killed by freezing (no cgroup.kill: Linux 5.2-5.13).
+bool cgroup_kills_by_freeze();
+
 // Read "populated" from a cgroup.events fd: 1, 0, or -1 on error.
 int cgroup_populated(int events_fd);
-// Kill every process in the cgroup and below (cgroup.kill). 0 or errno.
+// Kill every process in the cgroup and below (cgroup.kill, or freeze-kill-thaw where the
+// kernel lacks it). 0 or errno.
 int cgroup_kill(const std::string& dir);
 // Remove dir and every cgroup below it (they must be empty of processes). 0 or errno.
 int cgroup_remove_tree(const std::string& dir);

@@ -448,6 +448,7 @@ bool start_guardian(const std::string& shepherd, const std::string& subtree, int
   ChildPlan plan;
   plan.exec_paths = {shepherd};
   plan.argv = {shepherd, "--guardian=" + subtree};
+  if (cgroup_kills_by_freeze()) plan.argv.push_back("--freeze");
   plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
   std::vector<int> temps = normalize_fds(plan.fds);
   SpawnOutcome o = spawn_child(plan, -1);
@@ -482,8 +483,9 @@ std::string cgroup_unavailable_reason() {
   if (access(dir.c_str(), W_OK) < 0)
     return "no write access to " + dir +
            ": run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
-  if (access((dir + "/cgroup.kill").c_str(), F_OK) < 0 && home != "/")
-    return "the kernel has no cgroup.kill (needs Linux 5.14+)";
+  if (home != "/" && !cgroup_has_file(dir, "cgroup.kill") && !cgroup_has_file(dir, "cgroup.freeze"))
+    return "the kernel has neither cgroup.kill (Linux 5.14) nor cgroup.freeze (5.2) to kill a "
+           "task's cgroup with";
   return "";
 }
 

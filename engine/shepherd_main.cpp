@@ -6,9 +6,10 @@
 //     kills what is left of the tree (unless --linger) and exits once waitpid() says ECHILD:
 //     its exit means the whole tree is gone. EOF on fd M, SIGTERM or SIGHUP (its
 //     PDEATHSIG) mean the supervisor is gone: kill everything and exit.
-//   pardo-shepherd --guardian=CGROUP_DIR
+//   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     Waits for EOF on stdin (the supervisor process died or shut down), then kills every
-//     process in CGROUP_DIR and removes it.
+//     process in CGROUP_DIR (with cgroup.kill, or by freezing it where the kernel has no
+//     cgroup.kill) and removes it.
 //
 // One is exec'd per task of the shepherd rung, so its start-up is on that rung's hot path:
 // it is written against the kernel alone (rawsys.hpp) and, on x86-64, built without libc
@@ -365,7 +366,7 @@ void remove_tree(const char* dir) {
   sys(SYS_rmdir, dir);
 }
 
-int guardian_main(const char* dir) {
+int guardian_main(const char* dir, bool by_freeze) {
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTSTP})
     set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   char buf[256];
@@ -373,7 +374,11 @@ int guardian_main(const char* dir) {
     long n = sys(SYS_read, 0, buf, sizeof buf);
     if (n == 0 || (n < 0 && n != -EINTR)) break;
   }
-  if (sys(SYS_faccessat, AT_FDCWD, dir, F_OK) == 0) {
+  if (sys(SYS_faccessat, AT_FDCWD, dir, F_OK) == 0 && by_freeze) {
+    freeze_kill(dir);  // no cgroup.kill (Linux < 5.14)
+    wait_empty(dir, 10000);
+    remove_tree(dir);
+  } else if (sys(SYS_faccessat, AT_FDCWD, dir, F_OK) == 0) {
     Text kill_file;
     kill_file.add(dir).add("/cgroup.kill");
     long fd = sys(SYS_openat, AT_FDCWD, kill_file.buf, O_WRONLY | O_CLOEXEC);
@@ -400,7 +405,8 @@ int guardian_main(const char* dir) {
 
 extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
   if (argc >= 2) {
-    if (const char* dir = after(argv[1], "--guardian=")) return guardian_main(dir);
+    if (const char* dir = after(argv[1], "--guardian="))
+      return guardian_main(dir, argc >= 3 && after(argv[2], "--freeze") && argv[2][8] == '\0');
     if (after(argv[1], "--task") && argv[1][6] == '\0') return task_main(argc, argv, envp);
   }
   say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");

@@ -23,12 +23,21 @@ import pytest
 
 # tests/zoo is on sys.path (tests/conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
+from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
 
 HERE = Path(__file__).parent
 PROFILES = ["4.18", "5.4", "5.10", "docker"]
 USERS = ["root", "nobody"]
 DRIVER_TIMEOUT = 200
+
+
+def expected_rung(profile, user):
+    """The rung pardo must choose by itself: the cgroup rung wherever root has a writable
+    cgroup2 and the kernel has pidfds and cgroup.kill or cgroup.freeze (all but 4.18);
+    elsewhere the shepherd."""
+    if user == "nobody" or profile == "4.18" or not cgroup2_writable():
+        return "shepherd"
+    return "cgroup"
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +174,7 @@ def test_tasks_start_and_see_only_their_fds(under, profile, user):
     r = under.run(profile, user, ["-c", TASKS])
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
+    assert out["rung"] == expected_rung(profile, user), out
     assert out["echo"] == ["ok", "hi\n", None], out
     # ls's own directory fd is 3; fd 50 of the caller must not be there.
     assert out["fds"] == ["0", "1", "2", "3"], out
@@ -192,6 +202,7 @@ def test_zoo_adversaries(under, zoo, profile, user):
     assert p.returncode == 0, err.decode()[-3000:]
     rep = json.loads(out)
     assert "unavailable" not in rep, rep
+    assert rep["isolation"] == expected_rung(profile, user)
     problems = []
     for name, case in rep["cases"].items():
         late = [x for t in case["tokens"] for x in audit.survivors(t, settle=0)]
@@ -269,3 +280,18 @@ def test_rungs_needing_pidfds_refused_on_4_18(under, rung):
     assert r.returncode == 0, r.stderr[-2000:]
     line = r.stdout.strip()
     assert "\n" not in line and "no pidfds" in line and "Linux 5.3" in line, line
+
+
+def test_cgroup_rung_refused_without_kill_or_freeze(under):
+    """A cgroup v2 kernel older than 5.2 (neither cgroup.kill nor cgroup.freeze): the
+    cgroup rung says what it lacks, and auto falls back to the shepherd."""
+    if not cgroup2_writable():
+        pytest.skip("no writable cgroup2 here: the cgroup rung is refused for that already")
+    argv, env, _ = under.command("host", "root", ["-c", REFUSAL])
+    argv.insert(2, "--hide=cgroup.kill,cgroup.freeze")
+    r = subprocess.run(argv, env={**env, "PARDO_ISOLATION": "cgroup"}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "neither cgroup.kill (Linux 5.14) nor cgroup.freeze (5.2)" in r.stdout, r.stdout
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ran under shepherd", r.stdout + r.stderr[-2000:]
