@@ -18,6 +18,8 @@
 namespace pardo {
 
 namespace {
+const char* const kNoCgroup2 =
+    "no cgroup2 filesystem is mounted (a cgroup v1 host, as RHEL 8 is by default, or none)";
 // How a cgroup's tree is killed here: cgroup.kill, or (5.2-5.13) freeze-kill-thaw.
 // Decided once, in CgroupTree::create, from what the kernel offers in a cgroup of ours.
 std::atomic<bool> g_kill_by_freeze{false};
@@ -42,7 +44,7 @@ bool cgroup_kills_by_freeze() { return g_kill_by_freeze.load(); }
 
 std::string find_cgroup2_mount(std::string* why) {
   if (cgroup_test_hidden("cgroup2")) {
-    if (why) *why = "no cgroup2 filesystem is mounted (only cgroup v1, or none)";
+    if (why) *why = kNoCgroup2;
     return "";
   }
   std::string info;
@@ -75,7 +77,7 @@ std::string find_cgroup2_mount(std::string* why) {
     }
     return decoded;
   }
-  if (why) *why = "no cgroup2 filesystem is mounted (only cgroup v1, or none)";
+  if (why) *why = kNoCgroup2;
   return "";
 }
 

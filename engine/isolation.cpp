@@ -473,19 +473,20 @@ const char* const kNoPidfd =
     "task's exit";
 
 std::string cgroup_unavailable_reason() {
-  if (!start_features().pidfd) return kNoPidfd;
   std::string why;
   std::string mnt = find_cgroup2_mount(&why);
   if (mnt.empty()) return why;
+  if (!start_features().pidfd) return kNoPidfd;
   std::string home = own_cgroup_path();
   if (home.empty()) return "this process has no cgroup v2 path in /proc/self/cgroup";
   std::string dir = mnt + (home == "/" ? "" : home);
-  if (access(dir.c_str(), W_OK) < 0)
-    return "no write access to " + dir +
-           ": run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
+  // What the kernel lacks first: no delegation can make up for it, so no advice then.
   if (home != "/" && !cgroup_has_file(dir, "cgroup.kill") && !cgroup_has_file(dir, "cgroup.freeze"))
     return "the kernel has neither cgroup.kill (Linux 5.14) nor cgroup.freeze (5.2) to kill a "
            "task's cgroup with";
+  if (access(dir.c_str(), W_OK) < 0)
+    return "no write access to " + dir +
+           ": run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
   return "";
 }
 
@@ -504,7 +505,10 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
       have_shepherd ? "" : "the helper program " + shepherd_path + " is missing or not executable";
   std::string cg_why;
   if (is_auto || wanted == "cgroup") {
-    if (!no_pidfd.empty()) {
+    std::string no_mount;
+    if (find_cgroup2_mount(&no_mount).empty()) {
+      cg_why = no_mount;  // a cgroup v1 host: say so first, whatever else is missing
+    } else if (!no_pidfd.empty()) {
       cg_why = no_pidfd;
     } else if (!have_shepherd) {
       cg_why = shepherd_why + " (the cgroup rung needs it as its guardian)";
