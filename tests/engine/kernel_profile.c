@@ -22,6 +22,8 @@
  *           open_by_handle_at, userfaultfd -> EPERM (Docker's default errno). Processes
  *           in a container also lack CAP_SYS_NICE etc.; that is a capability matter, not
  *           seccomp, and is emulated by running as user nobody.
+ *   noproc  no process can be started (clone without CLONE_THREAD, fork, vfork -> EPERM;
+ *           clone3 -> ENOSYS): a host where pardo can start no task and must say so.
  *   host    no filter (a control run through the same launcher).
  *
  * clone3's flags live in memory, which a seccomp filter cannot read. The 5.4 profile
@@ -82,12 +84,12 @@
 #define NS_FLAGS 0x7e020000 /* CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET */
 
 enum { ANY = -1 };
-enum Test { ALWAYS, ARG_HAS, ARG_EQ };
+enum Test { ALWAYS, ARG_HAS, ARG_LACKS, ARG_EQ };
 struct Rule {
   int nr;
   enum Test test;
   int arg;       /* which argument (low 32 bits) */
-  uint32_t val;  /* mask for ARG_HAS, value for ARG_EQ */
+  uint32_t val;  /* mask for ARG_HAS and ARG_LACKS, value for ARG_EQ */
   uint32_t ret;  /* SECCOMP_RET_* | data */
 };
 
@@ -115,6 +117,8 @@ static void emit_rule(const struct Rule* r) {
                                       offsetof(struct seccomp_data, args) + 8 * r->arg));
     if (r->test == ARG_HAS)
       emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, r->val, 0, 1));
+    else if (r->test == ARG_LACKS)
+      emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, r->val, 1, 0));
     else
       emit((struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, r->val, 0, 1));
   }
@@ -165,6 +169,16 @@ static const struct Rule kdocker[] = {
     {__NR_userfaultfd, ALWAYS, 0, 0, ERR(EPERM)},
     {0, 0, 0, 0, 0}};
 
+/* No process can be started at all (threads can): a host where pardo must refuse. */
+static const struct Rule knoproc[] = {
+    {NR_clone3, ALWAYS, 0, 0, ERR(ENOSYS)}, /* so that glibc makes threads with clone */
+    {__NR_clone, ARG_LACKS, 0, CLONE_THREAD, ERR(EPERM)},
+#ifdef __NR_fork
+    {__NR_fork, ALWAYS, 0, 0, ERR(EPERM)},
+    {__NR_vfork, ALWAYS, 0, 0, ERR(EPERM)},
+#endif
+    {0, 0, 0, 0, 0}};
+
 struct Profile {
   const char* name;
   const struct Rule* rules;
@@ -175,6 +189,7 @@ static const struct Profile profiles[] = {
     {"5.4", k54, "cgroup.kill"},
     {"5.10", k510, "cgroup.kill"},
     {"docker", kdocker, ""},
+    {"noproc", knoproc, ""},
     {"host", NULL, ""},
     {NULL, NULL, NULL}};
 
@@ -305,7 +320,7 @@ static int start_server(void) {
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    fprintf(stderr, "usage: kernel_profile 4.18|5.4|5.10|docker|host [--hide=X,...] PROGRAM ARGS...\n");
+    fprintf(stderr, "usage: kernel_profile 4.18|5.4|5.10|docker|noproc|host [--hide=X,...] PROGRAM ARGS...\n");
     return 125;
   }
   const struct Profile* pr = NULL;

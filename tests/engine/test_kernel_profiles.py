@@ -295,3 +295,81 @@ def test_cgroup_rung_refused_without_kill_or_freeze(under):
     assert "neither cgroup.kill (Linux 5.14) nor cgroup.freeze (5.2)" in r.stdout, r.stdout
     r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "ran under shepherd", r.stdout + r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- doctor tells the truth
+
+# Feature lines doctor must print per profile (the start of each value).
+DOCTOR_FEATURES = {
+    "4.18": {"clone3": "no", "clone3 CLONE_INTO_CGROUP": "no", "pidfd": "no", "close_range": "no",
+             "close_range CLOSE_RANGE_CLOEXEC": "no", "cgroup.kill": "no", "cgroup.freeze": "no"},
+    "5.4": {"clone3": "yes", "clone3 CLONE_INTO_CGROUP": "no", "pidfd": "yes", "close_range": "no",
+            "close_range CLOSE_RANGE_CLOEXEC": "no", "cgroup.kill": "no", "cgroup.freeze": "yes"},
+    "5.10": {"clone3": "yes", "clone3 CLONE_INTO_CGROUP": "yes", "pidfd": "yes", "close_range": "yes",
+             "close_range CLOSE_RANGE_CLOEXEC": "no", "cgroup.kill": "no", "cgroup.freeze": "yes"},
+    "docker": {"clone3": "no", "clone3 CLONE_INTO_CGROUP": "no", "pidfd": "yes", "close_range": "yes",
+               "close_range CLOSE_RANGE_CLOEXEC": "yes", "cgroup.kill": "yes", "cgroup.freeze": "yes"},
+}
+
+
+def _doctor(under, profile, user, *hide):
+    argv, env, cwd = under.command(profile, user, ["-m", "pardo", "doctor"])
+    k = argv.index(str(under.launcher)) + 2
+    argv[k:k] = [f"--hide={h}" for h in hide]
+    r = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+@pytest.mark.parametrize("user", USERS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_doctor_lines(under, profile, user):
+    text = _doctor(under, profile, user)
+    lines = text.splitlines()
+    assert lines[0] == f"isolation: {expected_rung(profile, user)}", text
+    assert "tasks: can start" in lines, text
+    got = dict(line.strip().split(": ", 1) for line in lines if line.startswith("  ") and ": " in line)
+    for feature, answer in DOCTOR_FEATURES[profile].items():
+        assert got.get(feature, "").startswith(answer), (feature, text)
+    if not DOCTOR_FEATURES[profile]["pidfd"] == "yes":
+        # Delegation cannot give the cgroup rung without pidfds: no advice to try it.
+        assert "systemd-run" not in text and "no pidfds" in text and "Linux 5.3" in text, text
+    if profile in ("4.18", "5.4"):
+        assert "walking /proc/self/fd" in text, text
+    if profile in ("5.4", "5.10"):
+        assert "by freezing it" in text, text
+
+
+@pytest.mark.parametrize("profile,advice", [("4.18", False), ("5.10", True)])
+def test_doctor_on_cgroup_v1_host(under, profile, advice):
+    """A cgroup v1 host (RHEL 8's default): the shepherd rung, the reason, and advice to
+    boot into cgroup v2 only where the kernel could then give the cgroup rung."""
+    text = _doctor(under, profile, "root", "cgroup2")
+    assert text.splitlines()[0] == "isolation: shepherd", text
+    assert "cgroup not used: no cgroup2 filesystem is mounted (a cgroup v1 host" in text, text
+    assert ("systemd.unified_cgroup_hierarchy=1" in text) == advice, text
+    assert "systemd-run" not in text, text
+
+
+def test_doctor_when_no_task_can_start(under):
+    text = _doctor(under, "noproc", "root")
+    assert "tasks: NONE CAN START here: clone failed: Operation not permitted" in text, text
+
+
+def test_run_stops_at_first_task_when_none_can_start(under, zoo):
+    """Every input would fail alike: `pardo run` says so once and stops, exit 255."""
+    argv, env, _ = under.command("noproc", "root", ["-m", "pardo", "run", "-j", "2", "echo", ":::",
+                                                   *map(str, range(50))])
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=zoo.dir)
+    assert r.returncode == 255, (r.returncode, r.stderr)
+    assert r.stderr.count("clone failed: Operation not permitted") == 1, r.stderr
+    assert "no task can start on this host" in r.stderr, r.stderr
+    assert r.stdout == ""
+
+
+def test_run_goes_on_past_a_missing_program(under, zoo):
+    """A task's own failure to start (its program is missing) does not stop the run."""
+    argv, env, _ = under.command("host", "root", ["-m", "pardo", "run", "{}", ":::", "nonexistent-x",
+                                                 "/bin/true"])
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=zoo.dir)
+    assert r.returncode == 1 and "no task can start" not in r.stderr, r.stderr
