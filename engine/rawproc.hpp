@@ -231,8 +231,9 @@ inline long write_in(const char* dir, const char* name, const char* s) {
   return w < 0 ? w : 0;
 }
 
-// True once DIR/cgroup.events says "frozen 1"; waits up to timeout_ms for it.
-inline bool wait_frozen(const char* dir, int timeout_ms) {
+// True once DIR/cgroup.events has `key` (e.g. "frozen ") followed by `want`; waits up to
+// timeout_ms for it. False at once when the file or the key is missing.
+inline bool wait_cgroup_event(const char* dir, const char* key, char want, int timeout_ms) {
   Text f;
   f.add(dir).add("/cgroup.events");
   long fd = sys(SYS_openat, AT_FDCWD, f.buf, O_RDONLY | O_CLOEXEC);
@@ -240,17 +241,17 @@ inline bool wait_frozen(const char* dir, int timeout_ms) {
   struct timespec now;
   sys(SYS_clock_gettime, CLOCK_MONOTONIC, &now);
   int64_t end = now.tv_sec * 1000LL + now.tv_nsec / 1000000 + timeout_ms;
-  bool frozen = false;
+  bool seen = false;
   while (true) {
     char buf[256];
     long n = sys(SYS_pread64, fd, buf, sizeof buf - 1, 0);
     if (n <= 0) break;
     buf[n] = '\0';
     const char* at = nullptr;
-    for (const char* p = buf; *p && !at; ++p) at = after(p, "frozen ");
+    for (const char* p = buf; *p && !at; ++p) at = after(p, key);
     if (!at) break;
-    if (*at == '1') {
-      frozen = true;
+    if (*at == want) {
+      seen = true;
       break;
     }
     sys(SYS_clock_gettime, CLOCK_MONOTONIC, &now);
@@ -262,7 +263,7 @@ inline bool wait_frozen(const char* dir, int timeout_ms) {
     sys(SYS_ppoll, &pfd, 1, &ts, nullptr, 8);
   }
   sys(SYS_close, fd);
-  return frozen;
+  return seen;
 }
 
 // SIGKILL every process in DIR/cgroup.procs and in every cgroup below DIR. Returns how
@@ -310,7 +311,7 @@ inline long freeze_kill(const char* dir) {
   if (r < 0) return r;
   // Frozen within microseconds, unless a member is stuck in the kernel (where SIGKILL
   // would not reach it either): then kill what is there and let the caller see the rest.
-  wait_frozen(dir, 1000);
+  wait_cgroup_event(dir, "frozen ", '1', 1000);
   kill_members(dir);
   write_in(dir, "cgroup.freeze", "0");
   return 0;

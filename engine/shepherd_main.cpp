@@ -49,12 +49,6 @@ size_t str_len(const char* s) {
 
 void say(const char* s) { sys(SYS_write, 2, s, str_len(s)); }
 
-int64_t now_ms() {
-  struct timespec ts;
-  sys(SYS_clock_gettime, CLOCK_MONOTONIC, &ts);
-  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
 // Wait for events on fds, up to timeout_ms (-1: no limit).
 long wait_fds(struct pollfd* fds, int n, int timeout_ms) {
   struct timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000L};
@@ -333,28 +327,7 @@ int task_main(int argc, char** argv, char** envp) {
 // ------------------------------------------------------------------ the guardian
 
 // "populated 0" in DIR/cgroup.events, waiting up to timeout_ms for it.
-void wait_empty(const char* dir, int timeout_ms) {
-  Text f;
-  f.add(dir).add("/cgroup.events");
-  long fd = sys(SYS_openat, AT_FDCWD, f.buf, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  int64_t end = now_ms() + timeout_ms;
-  while (true) {
-    char buf[256];
-    long n = sys(SYS_pread64, fd, buf, sizeof buf - 1, 0);
-    if (n <= 0) break;
-    buf[n] = '\0';
-    const char* at = nullptr;
-    for (const char* p = buf; *p && !at; ++p) at = after(p, "populated ");
-    if (!at || *at != '1') break;
-    int64_t left = end - now_ms();
-    if (left <= 0) break;
-    // kernfs signals a change of cgroup.events with POLLPRI.
-    struct pollfd p{static_cast<int>(fd), POLLPRI, 0};
-    wait_fds(&p, 1, static_cast<int>(left));
-  }
-  sys(SYS_close, fd);
-}
+void wait_empty(const char* dir, int timeout_ms) { wait_cgroup_event(dir, "populated ", '0', timeout_ms); }
 
 void remove_tree(const char* dir) {
   each_entry(dir, [dir](const char* name, unsigned char type) {
