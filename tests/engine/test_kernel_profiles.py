@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 # tests/zoo is on sys.path (tests/conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
+from support import (SYSTEM_PYTHON, DriverHung, as_nobody_argv, cgroup2_writable, nobody_env,
+                     run_zoo_driver, supervisor_owner, wait_for_processes)
 
 HERE = Path(__file__).parent
 PROFILES = ["4.18", "5.4", "5.10", "docker"]
@@ -191,15 +189,11 @@ def test_zoo_adversaries(under, zoo, profile, user):
     the driver and swept again from here as root."""
     args = [str(zoo.dir / "driver.py"), "--zoo", str(zoo.bin), "--load", "idle"]
     argv, env, cwd = under.command(profile, user, args)
-    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         start_new_session=True)
     try:
-        out, err = p.communicate(timeout=DRIVER_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)  # our own driver's session
-        out, err = p.communicate()
-        pytest.fail(f"zoo driver hung under {profile}: {err.decode()[-3000:]}")
-    assert p.returncode == 0, err.decode()[-3000:]
+        rc, out, err = run_zoo_driver(argv, env, cwd, DRIVER_TIMEOUT)
+    except DriverHung as e:
+        pytest.fail(f"zoo driver hung under {profile} as {user}: {e}")
+    assert rc == 0, err.decode()[-3000:]
     rep = json.loads(out)
     assert "unavailable" not in rep, rep
     assert rep["isolation"] == expected_rung(profile, user)
@@ -234,29 +228,14 @@ def test_supervisor_killed_leaves_no_survivors(under, zoo, profile, user):
     token = zoo.token()
     script = under.script(f"owner-{token}.py", OWNER)
     argv, env, cwd = under.command(profile, user, [str(script), str(zoo.bin), token])
-    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        ready, _, _ = select.select([p.stdout], [], [], 60)
-        assert ready, "the supervisor process never reported its tasks"
-        line = p.stdout.readline().split()
+    with supervisor_owner(argv, env, cwd, script, token) as (p, line):
         assert line, p.stderr.read1(4000)
-        end = time.monotonic() + 5
-        while len(audit.token_processes(token)) < OWNER_TREES and time.monotonic() < end:
-            time.sleep(0.02)
-        assert len(audit.token_processes(token)) >= OWNER_TREES, "trees did not form"
+        assert len(wait_for_processes(token, OWNER_TREES)) >= OWNER_TREES, "trees did not form"
         p.kill()
         p.wait()
         left = audit.survivors(token, settle=2.0)
         assert left == [], f"{len(left)} task process(es) outlived the SIGKILLed supervisor " \
                            f"under {profile} as {user} ({line[0].decode()}): {left[:8]}"
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stdout.close()
-        p.stderr.close()
-        script.unlink()
-        audit.kill_all(audit.token_processes(token))
 
 
 # ---------------------------------------------------------------- rungs this kernel cannot give
