@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -50,11 +51,18 @@ std::vector<std::pair<std::string, std::string>> probe_features() {
     read_file(dir + "/cgroup.controllers", &ctl);
     while (!ctl.empty() && (ctl.back() == '\n' || ctl.back() == ' ')) ctl.pop_back();
     out.emplace_back("cgroup v2 controllers", ctl.empty() ? "(none)" : ctl);
-    // The root cgroup has neither file: look in a cgroup below it then.
-    std::string probe_dir = dir;
+    // The root cgroup has neither file: look in a cgroup below it then, or in one made
+    // for the purpose where we may.
+    std::string probe_dir = dir, made;
     if (home == "/") {
       probe_dir.clear();
-      if (DIR* d = opendir(mnt.c_str())) {
+      made = mnt + "/pardo-probe-" + std::to_string(getpid());
+      if (mkdir(made.c_str(), 0755) == 0)
+        probe_dir = made;
+      else
+        made.clear();
+      DIR* d = probe_dir.empty() ? opendir(mnt.c_str()) : nullptr;
+      if (d) {
         while (struct dirent* e = readdir(d)) {
           if (e->d_type == DT_DIR && e->d_name[0] != '.') {
             probe_dir = mnt + "/" + e->d_name;
@@ -65,8 +73,9 @@ std::vector<std::pair<std::string, std::string>> probe_features() {
       }
     }
     for (const char* f : {"cgroup.kill", "cgroup.freeze"})
-      out.emplace_back(f, probe_dir.empty() ? "unknown (no cgroup below the root)"
+      out.emplace_back(f, probe_dir.empty() ? "unknown (no cgroup below the root to look in)"
                           : cgroup_has_file(probe_dir, f) ? "yes" : "no");
+    if (!made.empty()) rmdir(made.c_str());
   }
   int cur = 0;
   out.emplace_back("child subreaper", prctl(PR_GET_CHILD_SUBREAPER, &cur) == 0 ? "yes" : "no");

@@ -309,7 +309,10 @@ def test_doctor_lines(under, profile, user):
     assert "tasks: can start" in lines, text
     got = dict(line.strip().split(": ", 1) for line in lines if line.startswith("  ") and ": " in line)
     for feature, answer in DOCTOR_FEATURES[profile].items():
-        assert got.get(feature, "").startswith(answer), (feature, text)
+        found = got.get(feature, "")
+        if user == "nobody" and found.startswith("unknown (no cgroup below the root"):
+            continue  # true: in the root cgroup, nobody may make none to look in
+        assert found.startswith(answer), (feature, text)
     if not DOCTOR_FEATURES[profile]["pidfd"] == "yes":
         # Delegation cannot give the cgroup rung without pidfds: no advice to try it.
         assert "systemd-run" not in text and "no pidfds" in text and "Linux 5.3" in text, text
