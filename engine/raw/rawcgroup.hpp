@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 
+#include "fault.hpp"
 #include "raw/rawproc.hpp"
 
 namespace pardo {
@@ -126,7 +127,8 @@ inline long cgroup_write(const char* dir, const char* name, const char* s) {
 // member of it and of every cgroup below (a fatal signal ends a frozen process too), thaw.
 // 0, or -errno of the freeze (then nothing was done).
 inline long cgroup_freeze_kill(const char* dir) {
-  long r = cgroup_write(dir, "cgroup.freeze", "1");
+  long r = fault::hit(fault::CGROUP_FREEZE) ? -fault::err(fault::CGROUP_FREEZE)
+                                            : cgroup_write(dir, "cgroup.freeze", "1");
   if (r < 0) return r;
   // Frozen within microseconds, unless a member is stuck in the kernel (where SIGKILL would
   // not reach it either): then kill what is there, and the caller's wait sees the rest.

@@ -126,7 +126,7 @@ struct linux_dirent64 {
 };
 
 // Calls fn(name, d_type) for each entry of the directory at `path` but . and ..; false
-// when it cannot be opened (*err: the errno).
+// when it cannot be opened or read to its end (*err: the errno).
 template <class Fn>
 bool each_entry(const char* path, Fn fn, long* err = nullptr) {
   long fd = sys(SYS_openat, AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -137,7 +137,12 @@ bool each_entry(const char* path, Fn fn, long* err = nullptr) {
   alignas(8) char buf[4096];
   while (true) {
     long n = sys(SYS_getdents64, fd, buf, sizeof buf);
-    if (n <= 0) break;
+    if (n < 0) {  // a listing cut short is no listing: the caller must not take it as whole
+      sys(SYS_close, fd);
+      if (err) *err = -n;
+      return false;
+    }
+    if (n == 0) break;
     for (long off = 0; off < n;) {
       auto* e = reinterpret_cast<linux_dirent64*>(buf + off);
       off += e->d_reclen;
