@@ -65,7 +65,8 @@ _AHEAD_MAX = 4096  # held tasks at most, whatever -j says
 _BATCH_DELAY = 0.02
 _NEVER_RAN = object()  # a job's result when it was cancelled before it ever started
 # GNU parallel's exit statuses for a batch that did not run to its end.
-_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141}
+# "unstartable": no task can start on this host; 255 is GNU parallel's "other error".
+_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "unstartable": 255}
 
 
 class Batch:
@@ -153,8 +154,8 @@ class Batch:
     def stop(self, reason=None):
         """Stop starting tasks and kill every running tree (safe from a signal handler).
 
-        ``reason``: a signal number, or "pipe" (our stdout closed); it decides
-        :attr:`exit_status`."""
+        ``reason``: a signal number, "pipe" (our stdout closed) or "unstartable" (no task
+        can start on this host); it decides :attr:`exit_status`."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
         # Killing here, not only in the loop, ends a wait in q.get_many() at once.
@@ -186,7 +187,8 @@ class Batch:
     def exit_status(self) -> int:
         """GNU parallel's exit status for the batch so far: 0 if every task succeeded,
         else the number that failed (101 for more than 100); a ``--halt`` policy's own;
-        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed."""
+        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed, 255 when no task
+        can start on this host."""
         by_stop = _EXIT_BY_STOP.get(self._stop_reason)
         if by_stop is not None:
             return by_stop
