@@ -164,6 +164,14 @@ class StoreReader:
 
     # -- resume ---------------------------------------------------------------------------
 
+    def failed_tasks(self):
+        """(seq, args, command) of every task whose completion was not "ok", by seq: what
+        ``--retry-failed`` runs again (the recorded command, as GNU does with its joblog)."""
+        for seq, args, command in self._con.execute(
+                "SELECT seq, args, command FROM attempts WHERE final = 1 AND status != 'ok'"
+                " ORDER BY seq"):
+            yield seq, tuple(json.loads(args)) if args is not None else (), command
+
     def resume_state(self) -> "ResumeState":
         """What a resume needs: the completed tasks, their outcome and their inputs."""
         seqs, crcs, failed = array("q"), array("L"), array("q")
@@ -252,9 +260,11 @@ class ResumeState:
             return
         got = zlib.crc32(json.dumps(list(args)).encode("utf-8", "surrogatepass"))
         if got != self.crcs[i]:
+            with StoreReader(self.path) as rd:  # rare: fetch what was recorded, to show it
+                was = [a["args"] for a in rd.task(seq) if a["final"]]
             raise StoreMismatch(
                 f"cannot resume {self.path}: the inputs of task {seq} differ from the ones "
-                f"recorded (now {list(args)!r}; see `pardo show {self.path} {seq}`) "
+                f"recorded: were {was[0] if was else '?'!r}, now {list(args)!r} "
                 "(--force resumes anyway)")
 
 
