@@ -35,3 +35,24 @@ def small_tmpfs(size="1m", options=""):
     finally:
         subprocess.run(["umount", "-l", d], check=False)
         os.rmdir(d)
+
+
+def record_batch(path, command, inputs, **kw):
+    """Run a batch with map_commands and record every task into a store at *path* (the
+    way the runner will); return the results by seq."""
+    import socket
+
+    import pardo
+    from pardo._store import StoreSink
+
+    sink = StoreSink(path)
+    sink.run_started(template=command, inputs=list(inputs), rung=None)
+    out = {}
+    for r in pardo.map_commands(command, inputs, **kw):
+        command = r.job.shell_line or " ".join(
+            a.decode() if isinstance(a, bytes) else a for a in r.args)
+        sink.task_done(r.seq, r.inputs, command, r.attempts, r, slot=r.slot,
+                       host=socket.gethostname())
+        out[r.seq] = r
+    sink.run_ended("completed")
+    return out

@@ -1,0 +1,1 @@
+"""The ``pardo`` command's subcommands, one module each (``main(argv) -> int``)."""

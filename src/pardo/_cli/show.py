@@ -1,0 +1,29 @@
+"""``pardo show STORE SEQ``: one task in full, every attempt, with its output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="pardo show",
+                                 description="Show one task of a job store in full.")
+    ap.add_argument("store")
+    ap.add_argument("seq", type=int, help="the task's input number (as {#})")
+    a = ap.parse_args(argv)
+    from ._common import open_reader
+
+    reader = open_reader("show", a.store)
+    if reader is None:
+        return 1
+    with reader:
+        from .._store._views import show_text
+
+        text = show_text(reader, a.seq)
+    if text is None:
+        print(f"pardo show: task {a.seq} has no record in {a.store} (it never completed)",
+              file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
