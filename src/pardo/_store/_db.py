@@ -8,6 +8,11 @@ lock and who holds it) and ``runs.db.out/`` (task output too large to keep inlin
 - ``runs``: one row per ``pardo run`` (or resume) that wrote to the store: command template,
   options, inputs' identity, host, pid, pardo version, isolation rung, start, end and how it
   ended (NULL end: the run was killed, or is still going).
+- ``tallies``: per status, the number of completed tasks and of attempts, the first start
+  and the last end, kept by the writer in the same transactions as the rows, so that
+  ``pardo status`` need not count a million rows. Partial indexes on duration (completed
+  tasks), on failures and on deadline lateness serve its percentiles, slowest tasks and
+  failure groups without a scan.
 - ``attempts``: one row per finished task attempt. ``final = 1`` marks the attempt that
   completed its task (the last one, after retries); a partial unique index allows at most
   one such row per seq. A row is only ever written after its attempt ended, in one
@@ -211,6 +216,17 @@ CREATE TABLE IF NOT EXISTS attempts (
     truncated INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS attempts_done ON attempts (seq) WHERE final = 1;
+CREATE INDEX IF NOT EXISTS attempts_duration ON attempts (duration) WHERE final = 1;
+CREATE INDEX IF NOT EXISTS attempts_failed ON attempts (status, returncode, signal, error, seq)
+    WHERE final = 1 AND status != 'ok';
+CREATE INDEX IF NOT EXISTS attempts_late ON attempts (late) WHERE late IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tallies (
+    status TEXT PRIMARY KEY,
+    tasks INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    first_start REAL,
+    last_end REAL
+) WITHOUT ROWID;
 """
 
 

@@ -48,7 +48,42 @@ _QUICK = ("INSERT INTO attempts (run, final, status, returncode, seq, attempt, a
           " slot, started_at, duration, deadline, cpu_user, cpu_sys, max_rss, stdout, stderr)"
           " VALUES ({run}, 1, 'ok', 0, ?,?,?,?,?,?,?,?,?,?,?,?,?)")
 _SUPERSEDE = "UPDATE attempts SET final = 0 WHERE seq = ? AND final = 1"
+_TALLY = ("INSERT INTO tallies VALUES (?,?,?,?,?) ON CONFLICT (status) DO UPDATE SET"
+          " tasks = tasks + excluded.tasks, attempts = attempts + excluded.attempts,"
+          " first_start = min(coalesce(first_start, excluded.first_start),"
+          "                   coalesce(excluded.first_start, first_start)),"
+          " last_end = max(coalesce(last_end, excluded.last_end),"
+          "                coalesce(excluded.last_end, last_end))")
 _CLOSE = object()
+
+
+def _tally(batch):
+    """Per status: (status, completed tasks, attempts, first start, last end) of a batch."""
+    t = {}
+    for _seq, _in, _cmd, _att, final, r, *_ in batch:
+        st = r.status.value if hasattr(r.status, "value") else str(r.status)
+        start = r.started_at
+        end = start + (r.duration or 0.0) if start is not None else None
+        e = t.get(st)
+        if e is None:
+            t[st] = [st, 1 if final else 0, 1, start, end]
+            continue
+        e[1] += 1 if final else 0
+        e[2] += 1
+        if start is not None:
+            e[3] = start if e[3] is None else min(e[3], start)
+            e[4] = end if e[4] is None else max(e[4], end)
+    return list(t.values())
+
+
+def _supersede(con, seqs):
+    """Take back the completion records of *seqs* (a run that completes them again)."""
+    for (seq,) in seqs:
+        old = con.execute("SELECT status FROM attempts WHERE seq = ? AND final = 1",
+                          (seq,)).fetchone()
+        if old is not None:
+            con.execute(_SUPERSEDE, (seq,))
+            con.execute("UPDATE tallies SET tasks = tasks - 1 WHERE status = ?", old)
 
 
 class StoreSink:
@@ -271,10 +306,11 @@ class StoreSink:
                          so, se, so_file, se_file, 1 if r.output_truncated else None))
         con = self._con
         quick_sql = self._quick_sql
+        tallies = _tally(batch)
         con.execute("BEGIN")
         try:
             if self._supersede:
-                con.executemany(_SUPERSEDE, finals)
+                _supersede(con, finals)
             if quick:
                 con.executemany(quick_sql, quick)
             if rows:
@@ -285,12 +321,17 @@ class StoreSink:
             con.rollback()
             con.execute("BEGIN")
             for row in quick:
-                con.execute(_SUPERSEDE, (row[0],))
+                _supersede(con, [(row[0],)])
                 con.execute(quick_sql, row)
             for row in rows:
                 if row[3]:
-                    con.execute(_SUPERSEDE, (row[1],))
+                    _supersede(con, [(row[1],)])
                 con.execute(_INSERT, row)
+        except BaseException:
+            con.rollback()
+            raise
+        try:
+            con.executemany(_TALLY, tallies)
         except BaseException:
             con.rollback()
             raise
