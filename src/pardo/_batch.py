@@ -257,7 +257,7 @@ class Batch:
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
                  stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
-                 input_may_block=False, total=None):
+                 input_may_block=False, total=None, store=None):
         import pardo
 
         self._pardo = pardo
@@ -282,6 +282,7 @@ class Batch:
         # number of jobs when known up front: --halt N% counts against it (as GNU does),
         # else against the tasks finished so far
         self.total = total
+        self._store = store  # a _store.RunStore: every finished attempt is recorded there
         self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
@@ -548,6 +549,9 @@ class Batch:
                 and r.status != Status.CANCELLED):
             r.slot = job.slot
             job.last = r
+            if self._store is not None:
+                self._store.attempt(job, r, self.command_line(job), final=False,
+                                    cpus=None if self._pin is None else self._pin[job.slot])
             self._start(job, q)  # without anything held: the slot just released
             return None
         return self._done(job, r)
@@ -570,6 +574,9 @@ class Batch:
             self.failed += 1
         if self._results_dir is not None:
             write_results(self._results_dir, job, r)
+        if self._store is not None:
+            self._store.attempt(job, r, self.command_line(job), final=True,
+                                cpus=None if self._pin is None else self._pin[job.slot])
         self._halt_check(r)
         return job
 
@@ -731,7 +738,7 @@ def _count_jobs(inputs, max_args):
 def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0, retries=1,
                  halt=None, keep_order=False, max_args=None, colsep=None, replace="{}",
                  pin=False, delay=0.0, nice=None, memory_limit=None, env=None, cwd=None,
-                 max_output=None, stdout=None, stderr=None, results=None):
+                 max_output=None, stdout=None, stderr=None, results=None, store=None):
     """Run a command template once per input, in parallel, and yield each task's Result.
 
     The template speaks GNU parallel: ``command`` is shell code in which ``{}`` stands for
@@ -764,6 +771,9 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         nice, memory_limit, env, cwd, max_output, stdout, stderr: passed to
             :func:`pardo.spawn` for every task (default: output captured in the Result).
         results: a directory to save each task's output in, laid out as GNU's ``--results``.
+        store: a job store file (SQLite) recording the run and every task attempt; see
+            ``pardo status``. It must not hold completed tasks already (the CLI's
+            ``--resume`` continues a stored run).
 
     Yields:
         :class:`pardo.Result`, with extra attributes ``seq`` (1-based input number),
@@ -787,5 +797,30 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
                   keep_order=keep_order, pin=pin, delay=delay, nice=nice,
                   memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
                   stdout=stdout, stderr=stderr, results=results,
-                  total=_count_jobs(inputs, max_args))
-    return iter(batch)
+                  total=_count_jobs(inputs, max_args), store=_open_store(store, words))
+    return iter(batch) if store is None else _stored(batch)
+
+
+def _open_store(path, words):
+    if path is None:
+        return None
+    from ._store._runlink import RunStore
+    from ._supervisor import isolation
+
+    return RunStore(os.fspath(path), template=" ".join(map(str, words)), inputs=None,
+                    rung=isolation())
+
+
+def _stored(batch):
+    """Iterate a batch that records into a store; end the store's run however it ends.
+    A store that fails mid-run (a full disk) stops the batch, and the error is raised."""
+    store = batch._store
+    store.stop_on_error(batch)
+    how = "stopped"
+    try:
+        yield from batch
+        how = "completed" if store.error is None else f"stopped: {store.error}"
+    finally:
+        store.end(how)
+    if store.error is not None:
+        raise store.error

@@ -14,6 +14,8 @@ import re
 import signal
 import sys
 
+from ._errors import PardoError
+
 __all__ = ["main"]
 
 USAGE = """\
@@ -51,6 +53,10 @@ pardo's own:
   --kill-grace SECS        SIGTERM -> SIGKILL pause for deadlines (default 2)
   --max-output SIZE        per-task buffered output limit in --group mode (default 256M)
   --summary / --no-summary end-of-run summary on stderr (default: on a terminal)
+  --store FILE             record the run and every task attempt in a job store (SQLite);
+                           --resume, --resume-failed, --retry-failed read it; see pardo status
+  --force                  resume a stored run with another command or inputs, or start
+                           over in a store that holds a run
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
 --halt: the failing task's exit status; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout
@@ -101,6 +107,8 @@ _opt("pin", "--pin")
 _opt("memory_limit", "--memory-limit", value=True)
 _opt("isolation", "--isolation", value=True)
 _opt("max_output", "--max-output", value=True)
+_opt("store", "--store", value=True)
+_opt("force", "--force")
 _opt("summary", "--summary")
 _opt("no_summary", "--no-summary")
 _opt("will_cite", "--will-cite", "--no-notice")
@@ -284,6 +292,9 @@ def main(argv: list[str]) -> int:
     except ValueError as e:  # BatchError, InputError, TemplateError
         print(f"pardo run: {e}", file=sys.stderr)
         return 255
+    except PardoError as e:  # a store refusing a resume whose task inputs differ
+        print(f"pardo run: {e}", file=sys.stderr)
+        return 255
 
 
 def _main(argv):
@@ -332,12 +343,19 @@ def _main(argv):
         delim = b"\n"
 
     joblog_path = opts.get("joblog")
+    store_path = opts.get("store")
     resuming = opts.get("resume") or opts.get("resume_failed") or opts.get("retry_failed")
-    if resuming and not joblog_path:
-        raise UsageError("--resume/--resume-failed/--retry-failed need --joblog FILE")
+    if resuming and not joblog_path and not store_path:
+        raise UsageError("--resume/--resume-failed/--retry-failed need --joblog FILE or "
+                         "--store FILE")
     skip = None
     logged = {}
-    if resuming:
+    store = None
+    if store_path and not opts.get("dry_run"):
+        store = _open_store(store_path, opts, command, sources)
+    if store is not None:
+        skip = store.skip()
+    elif resuming:
         from ._joblog import read_joblog
 
         logged = read_joblog(joblog_path)
@@ -350,14 +368,22 @@ def _main(argv):
 
     if opts.get("retry_failed"):
         shell = os.environ.get("PARDO_SHELL", "/bin/sh").encode()
-        jobs_iter = (_Job(j.seq, (), [shell, b"-c", j.command.encode("utf-8", "surrogateescape")])
-                     for j in sorted(logged.values(), key=lambda j: j.seq) if not j.ok)
+        if store is not None:
+            jobs_iter = (_Job(seq, args, [shell, b"-c", cmd.encode("utf-8", "surrogateescape")])
+                         for seq, args, cmd in store.failed)
+        else:
+            jobs_iter = (_Job(j.seq, (), [shell, b"-c",
+                                          j.command.encode("utf-8", "surrogateescape")])
+                         for j in sorted(logged.values(), key=lambda j: j.seq) if not j.ok)
         total = None
     else:
         recs = records(sources, delimiter=delim, colsep=opts.get("colsep"))
         if opts.get("no_empty"):
             recs = (r for r in recs if any(v.strip() for v in r))
-        jobs_iter = numbered_jobs(group_records(recs, per_job), skip=skip)
+        groups = group_records(recs, per_job)
+        if store is not None:
+            groups = store.checked(groups)
+        jobs_iter = numbered_jobs(groups, skip=skip)
         total = None if skip or opts.get("no_empty") else _known_total(sources, per_job)
 
     if opts.get("dry_run"):
@@ -387,9 +413,45 @@ def _main(argv):
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
-        total=total,
+        total=total, store=store,
     )
-    return _execute(batch, view, opts, total, joblog_path, resuming)
+    if store is None:
+        return _execute(batch, view, opts, total, joblog_path, resuming)
+    store.stop_on_error(batch)
+    how = "stopped"
+    try:
+        rc = _execute(batch, view, opts, total, joblog_path, resuming)
+        how = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "interrupted (SIGTERM)",
+               "pipe": "stopped: stdout closed", "halt": "halted",
+               "store": f"stopped: {store.error}", None: "completed"}.get(batch.stopped_by,
+                                                                          "stopped")
+    finally:
+        store.end(how)
+    if store.error is not None:
+        print(f"pardo run: {store.error}; what was recorded before is intact, and --resume "
+              "runs the rest", file=sys.stderr)
+        return 255
+    return rc
+
+
+def _open_store(path, opts, command, sources):
+    """The run's store, opened before any task starts (every refusal is one line)."""
+    from ._store import StoreError
+    from ._store._runlink import RunStore, inputs_identity
+    from ._supervisor import isolation
+
+    mode = ("retry-failed" if opts.get("retry_failed") else
+            "resume-failed" if opts.get("resume_failed") else
+            "resume" if opts.get("resume") else None)
+    recorded = {k: opts[k] for k in ("jobs", "timeout", "retries", "halt", "max_args",
+                                     "max_replace", "colsep", "replace", "pin", "nice",
+                                     "memory_limit") if opts.get(k) is not None}
+    try:
+        return RunStore(path, template=" ".join(command), inputs=inputs_identity(sources),
+                        mode=mode, force=bool(opts.get("force")), options=recorded,
+                        rung=isolation())
+    except StoreError as e:
+        raise UsageError(str(e)) from None
 
 
 class _View:

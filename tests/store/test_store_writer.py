@@ -163,6 +163,10 @@ def test_a_superseding_run_replaces_the_completion_record(store_path):
         finals = [(a["seq"], a["status"], a["run"]) for a in rd.attempts(final_only=True)]
         assert len(list(rd.attempts())) == 3
     assert finals == [(1, "ok", 2), (2, "ok", 1)]
+    with StoreReader(store_path) as rd:  # the tallies took the failed completion back
+        s = rd.summary()
+    assert s["counts"] == {"ok": 2} and s["tasks"] == 2 and s["attempts"] == 3
+    assert s["failures"] == []
 
 
 def test_a_second_writer_is_refused_with_who_and_since(store_path):

@@ -187,8 +187,10 @@ class StoreReader:
             crcs.append(zlib.crc32((args or "").encode("utf-8", "surrogatepass")))
             if status != "ok":
                 failed.append(seq)
-        runs = self.runs()
-        return ResumeState(self.path, seqs, crcs, failed, runs[0] if runs else None)
+        # the run a resume continues: the latest one that ran a template (a --retry-failed
+        # run re-ran recorded commands, and a --force run started over with its own)
+        runs = [r for r in self.runs() if r["options"].get("mode") != "retry-failed"]
+        return ResumeState(self.path, seqs, crcs, failed, runs[-1] if runs else None)
 
 
 def _reason(status, rc, sig, err):
@@ -212,7 +214,8 @@ class ResumeState:
     Attributes:
         seqs: sorted seqs with a completion record.
         failed: sorted seqs whose completion was not "ok".
-        first_run: the store's first run (template, options, inputs), or None.
+        first_run: the run a resume continues (template, options, inputs): the store's
+            latest run that was not a ``--retry-failed``, or None.
     """
 
     path: str

@@ -123,7 +123,7 @@ def show_text(reader: StoreReader, seq: int) -> str | None:
     out = []
     for a in attempts:
         head = f"task {a['seq']}, attempt {a['attempt']}"
-        head += "" if a["final"] else " (retried)"
+        head += "" if a["final"] else " (an earlier attempt)"
         out.append(head)
         how = a["status"]
         if a["returncode"] is not None:
