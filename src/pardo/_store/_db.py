@@ -258,6 +258,9 @@ def create_or_open(path: str, *, network: str | None = None) -> tuple[sqlite3.Co
         # pardo's death (SIGKILL); the WAL is fsync'd at checkpoints. FULL in rollback
         # mode, where NORMAL would risk the database itself on a crash.
         con.execute("PRAGMA synchronous = " + ("NORMAL" if got == "wal" else "FULL"))
+        # room for the index pages a million rows touch (the default is 2 MiB): inserts
+        # into the seq and duration indexes then stay in memory between commits
+        con.execute("PRAGMA cache_size = -65536")
         con.execute("BEGIN IMMEDIATE")
         # one statement at a time: executescript() would COMMIT the transaction first
         for stmt in _SCHEMA.split(";"):

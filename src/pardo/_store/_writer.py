@@ -33,6 +33,7 @@ import sqlite3
 import threading
 import time
 
+from .._result import Status
 from ._db import StoreError, WriterLock, create_or_open, describe_write_error, out_dir
 
 __all__ = ["StoreSink", "INLINE_LIMIT"]
@@ -57,23 +58,21 @@ _TALLY = ("INSERT INTO tallies VALUES (?,?,?,?,?) ON CONFLICT (status) DO UPDATE
 _CLOSE = object()
 
 
-def _tally(batch):
-    """Per status: (status, completed tasks, attempts, first start, last end) of a batch."""
-    t = {}
-    for _seq, _in, _cmd, _att, final, r, *_ in batch:
-        st = r.status.value if hasattr(r.status, "value") else str(r.status)
-        start = r.started_at
-        end = start + (r.duration or 0.0) if start is not None else None
-        e = t.get(st)
-        if e is None:
-            t[st] = [st, 1 if final else 0, 1, start, end]
-            continue
-        e[1] += 1 if final else 0
-        e[2] += 1
-        if start is not None:
-            e[3] = start if e[3] is None else min(e[3], start)
-            e[4] = end if e[4] is None else max(e[4], end)
-    return list(t.values())
+_STATUS = {st: st.value for st in Status}
+_dumps = json.JSONEncoder().encode
+
+
+def _args_json(inputs):
+    """The inputs as a JSON array (the same text ``json.dumps`` makes). One plain value,
+    the usual case, is written without the encoder, which costs more than the insert."""
+    if inputs is None:
+        return None
+    if len(inputs) == 1:
+        v = inputs[0]
+        if (type(v) is str and v.isascii() and v.isprintable() and '"' not in v
+                and "\\" not in v):
+            return '["' + v + '"]'
+    return _dumps(list(inputs))
 
 
 def _supersede(con, seqs):
@@ -273,13 +272,24 @@ class StoreSink:
                 pass
 
     def _commit(self, batch):
-        run, inline, dumps, host = self.run_id, self._inline, json.dumps, self.host
+        run, inline, host = self.run_id, self._inline, self.host
         rows, quick, finals = [], [], []
+        tallies = {}
         for seq, inputs, command, attempt, final, r, slot, cpus, where in batch:
             so, se = r.stdout or None, r.stderr or None
-            args = dumps(list(inputs)) if inputs is not None else None
-            status = r.status.value if hasattr(r.status, "value") else str(r.status)
+            args = _args_json(inputs)
+            status = _STATUS.get(r.status) or str(r.status)
+            start, duration = r.started_at, r.duration
+            t = tallies.get(status)
+            if t is None:
+                t = tallies[status] = [status, 0, 0, start, start + duration]
+            t[2] += 1
+            if start < t[3]:
+                t[3] = start
+            if start + duration > t[4]:
+                t[4] = start + duration
             if final:
+                t[1] += 1
                 finals.append((seq,))
             if (final and status == "ok" and r.returncode == 0 and r.signal is None
                     and cpus is None and (where is None or where == host) and r.error is None
@@ -287,7 +297,7 @@ class StoreSink:
                     and (se is None or len(se) <= inline)):
                 # the common row: binding a parameter costs about as much as the rest of
                 # the insert, so the columns this row has fixed are constants in _QUICK
-                quick.append((seq, attempt, args, command, slot, r.started_at, r.duration,
+                quick.append((seq, attempt, args, command, slot, start, duration,
                               r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
                 continue
             so_file = se_file = None
@@ -296,17 +306,16 @@ class StoreSink:
             if se is not None and len(se) > inline:
                 se_file, se = self._spill(run, seq, attempt, "stderr", se), None
             deadline = r.deadline
-            late = (r.duration - deadline if status == "timeout" and deadline is not None
-                    else None)
+            late = duration - deadline if status == "timeout" and deadline is not None else None
             rows.append((run, seq, attempt, 1 if final else 0, args, command, status,
                          r.returncode, r.signal, slot,
                          ",".join(map(str, cpus)) if cpus else None,
-                         where if where and where != host else None, r.started_at, r.duration,
+                         where if where and where != host else None, start, duration,
                          deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, r.error,
                          so, se, so_file, se_file, 1 if r.output_truncated else None))
+        tallies = list(tallies.values())
         con = self._con
         quick_sql = self._quick_sql
-        tallies = _tally(batch)
         con.execute("BEGIN")
         try:
             if self._supersede:
