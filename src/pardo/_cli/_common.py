@@ -20,3 +20,10 @@ def open_reader(prog: str, path: str | None):
     except StoreError as e:
         print(f"pardo {prog}: {e}", file=sys.stderr)
         return None
+
+
+def parse_and_open(ap, argv):
+    """Parse *argv* with *ap* (its first positional is ``store``); return (args, reader),
+    reader None after a one-line error."""
+    a = ap.parse_args(argv)
+    return a, open_reader(ap.prog.split()[-1], a.store)

@@ -15,10 +15,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("store")
     ap.add_argument("--format", "-f", choices=("jsonl", "csv", "joblog"), default="jsonl")
     ap.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
-    a = ap.parse_args(argv)
-    from ._common import open_reader
+    from ._common import parse_and_open
 
-    reader = open_reader("export", a.store)
+    a, reader = parse_and_open(ap, argv)
     if reader is None:
         return 1
     from .._store._views import export

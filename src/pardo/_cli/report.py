@@ -14,10 +14,9 @@ def main(argv: list[str]) -> int:
                     "per status and the failures.")
     ap.add_argument("store")
     ap.add_argument("-o", "--output", default="report.html", help="default: report.html")
-    a = ap.parse_args(argv)
-    from ._common import open_reader
+    from ._common import parse_and_open
 
-    reader = open_reader("report", a.store)
+    a, reader = parse_and_open(ap, argv)
     if reader is None:
         return 1
     from .._store._html import write_report

@@ -11,10 +11,9 @@ def main(argv: list[str]) -> int:
                                  description="Show one task of a job store in full.")
     ap.add_argument("store")
     ap.add_argument("seq", type=int, help="the task's input number (as {#})")
-    a = ap.parse_args(argv)
-    from ._common import open_reader
+    from ._common import parse_and_open
 
-    reader = open_reader("show", a.store)
+    a, reader = parse_and_open(ap, argv)
     if reader is None:
         return 1
     with reader:

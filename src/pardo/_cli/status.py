@@ -18,10 +18,9 @@ def main(argv: list[str]) -> int:
                     help="redraw while a run writes the store, until it ends (or Ctrl-C)")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between redraws")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
-    a = ap.parse_args(argv)
-    from ._common import open_reader
+    from ._common import parse_and_open
 
-    reader = open_reader("status", a.store)
+    a, reader = parse_and_open(ap, argv)
     if reader is None:
         return 1
     with reader:
