@@ -23,10 +23,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import arm_alarm  # noqa: E402
+from _common import arm_alarm
 
-import pardo  # noqa: E402
-from pardo._store import StoreReader, StoreSink  # noqa: E402
+import pardo
+from pardo._store import StoreReader, StoreSink
 
 
 def main():

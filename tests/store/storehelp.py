@@ -15,9 +15,9 @@ from pardo import Result, Status
 
 def make_result(status="ok", returncode=0, **kw):
     """A Result as the engine gives one, without running anything."""
-    base = dict(args=["true"], status=Status(status), returncode=returncode,
-                started_at=1_700_000_000.0, duration=0.01, cpu_user=0.001, cpu_sys=0.002,
-                max_rss=1 << 20)
+    base = {"args": ["true"], "status": Status(status), "returncode": returncode,
+            "started_at": 1_700_000_000.0, "duration": 0.01, "cpu_user": 0.001,
+            "cpu_sys": 0.002, "max_rss": 1 << 20}
     base.update(kw)
     return Result(**base)
 

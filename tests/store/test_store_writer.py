@@ -15,8 +15,7 @@ import time
 import pytest
 from storehelp import make_result, small_tmpfs
 
-from pardo._store import StoreError, StoreReader, StoreSink
-from pardo._store import _db
+from pardo._store import StoreError, StoreReader, StoreSink, _db
 
 
 @pytest.fixture
@@ -119,7 +118,7 @@ def test_records_survive_sigkill_after_the_bound(store_path):
         import time; time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
-    p = subprocess.run([sys.executable, "-c", code], timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], timeout=60, check=False)
     assert p.returncode == -9
     con = sqlite3.connect(store_path)
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -174,7 +173,7 @@ def test_a_second_writer_is_refused_with_who_and_since(store_path):
     try:
         code = f"from pardo._store import StoreSink; StoreSink({store_path!r})"
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=60)
+                           timeout=60, check=False)
         assert p.returncode != 0
         msg = p.stderr.strip().splitlines()[-1]
         assert "being written by another pardo" in msg
@@ -299,7 +298,7 @@ def test_a_disk_filling_mid_run_stops_cleanly_and_keeps_what_was_written():
         sink.run_started(template="t")
         with StoreReader(path) as rd:
             state = rd.resume_state()
-        assert [s for s in range(1, 200) if s not in state.skip("resume")][0] == written + 1
+        assert next(s for s in range(1, 200) if s not in state.skip("resume")) == written + 1
         sink.task_done(written + 1, (str(written + 1),), "t", 1, make_result())
         sink.run_ended("completed")
 

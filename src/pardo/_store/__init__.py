@@ -4,4 +4,4 @@ from ._db import StoreError
 from ._read import ResumeState, StoreMismatch, StoreReader
 from ._writer import StoreSink
 
-__all__ = ["StoreError", "StoreMismatch", "StoreReader", "StoreSink", "ResumeState"]
+__all__ = ["ResumeState", "StoreError", "StoreMismatch", "StoreReader", "StoreSink"]

@@ -33,8 +33,17 @@ import sqlite3
 
 from .._errors import PardoError
 
-__all__ = ["StoreError", "SCHEMA_VERSION", "NETWORK_FS", "fs_magic", "journal_mode_for",
-           "connect_reader", "create_or_open", "WriterLock", "out_dir"]
+__all__ = [
+    "NETWORK_FS",
+    "SCHEMA_VERSION",
+    "StoreError",
+    "WriterLock",
+    "connect_reader",
+    "create_or_open",
+    "fs_magic",
+    "journal_mode_for",
+    "out_dir",
+]
 
 SCHEMA_VERSION = 1
 FORMAT = "pardo-store"
@@ -313,7 +322,7 @@ class WriterLock:
             os.close(self._fd)
             raise StoreError(f"store {path} is being written by another pardo ({holder or 'unknown holder'}); "
                              "wait for it to end, or use another store") from None
-        since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         who = f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode()
         try:
             os.ftruncate(self._fd, 0)

@@ -15,7 +15,7 @@ from importlib import resources
 
 from ._read import StoreReader
 
-__all__ = ["write_report", "report_html"]
+__all__ = ["report_html", "write_report"]
 
 _CMD_BUDGET = 1_500_000  # bytes of command lines to embed at most (failures always kept)
 _CMD_WIDTH = 160

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ._db import StoreError, WriterLock, connect_reader, out_dir
 
-__all__ = ["StoreReader", "ResumeState", "StoreMismatch", "ATTEMPT_FIELDS"]
+__all__ = ["ATTEMPT_FIELDS", "ResumeState", "StoreMismatch", "StoreReader"]
 
 # The fields of one attempt as readers give them (export's JSON keys, in this order).
 ATTEMPT_FIELDS = ("seq", "args", "command", "attempt", "final", "status", "returncode",
@@ -178,7 +178,7 @@ class StoreReader:
                 " ORDER BY seq"):
             yield seq, tuple(json.loads(args)) if args is not None else (), command
 
-    def resume_state(self) -> "ResumeState":
+    def resume_state(self) -> ResumeState:
         """What a resume needs: the completed tasks, their outcome and their inputs."""
         seqs, crcs, failed = array("q"), array("L"), array("q")
         for seq, args, status in self._con.execute(
@@ -232,7 +232,7 @@ class ResumeState:
         i = bisect.bisect_left(self.failed, seq)
         return i < len(self.failed) and self.failed[i] == seq
 
-    def skip(self, mode: str) -> "ResumeState._Skip":
+    def skip(self, mode: str) -> ResumeState._Skip:
         """The set of seqs a resume leaves out: ``"resume"`` every completed one,
         ``"resume-failed"`` the completed ok ones (failed ones run again)."""
         return ResumeState._Skip(self, mode)

@@ -14,7 +14,7 @@ import types
 from .._result import Status, signal_name
 from ._read import StoreReader
 
-__all__ = ["status_renderable", "show_text", "export", "EXPORT_FIELDS"]
+__all__ = ["EXPORT_FIELDS", "export", "show_text", "status_renderable"]
 
 # JSON lines and CSV columns, in this order. Outputs are text when they are UTF-8; other
 # bytes go into ``stdout_base64`` / ``stderr_base64`` instead, so nothing is lost.
@@ -27,7 +27,7 @@ EXPORT_FIELDS = ("seq", "args", "command", "attempt", "final", "status", "return
 def _when(t):
     if t is None:
         return "-"
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime(
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime(
         "%Y-%m-%d %H:%M:%S UTC")
 
 

@@ -36,7 +36,7 @@ import time
 from .._result import Status
 from ._db import StoreError, WriterLock, create_or_open, describe_write_error, out_dir
 
-__all__ = ["StoreSink", "INLINE_LIMIT"]
+__all__ = ["INLINE_LIMIT", "StoreSink"]
 
 INLINE_LIMIT = 64 * 1024  # bytes per stream kept in the row; more goes to a file beside it
 _MAX_BATCH = 20000  # rows per transaction at most, so one commit stays short
@@ -284,10 +284,8 @@ class StoreSink:
             if t is None:
                 t = tallies[status] = [status, 0, 0, start, start + duration]
             t[2] += 1
-            if start < t[3]:
-                t[3] = start
-            if start + duration > t[4]:
-                t[4] = start + duration
+            t[3] = min(t[3], start)
+            t[4] = max(t[4], start + duration)
             if final:
                 t[1] += 1
                 finals.append((seq,))
