@@ -255,7 +255,7 @@ class ResumeState:
         if run["template"] != template:
             diffs.append(f"command template was {run['template']!r}, now {template!r}")
         if inputs is not None and run["inputs"] is not None and run["inputs"] != inputs:
-            diffs.append(f"inputs were {_short(run['inputs'])}, now {_short(inputs)}")
+            diffs.append(f"inputs were {_sources(run['inputs'])}, now {_sources(inputs)}")
         if diffs:
             raise StoreMismatch(f"cannot resume {self.path}: " + "; ".join(diffs)
                                 + " (--force resumes anyway)")
@@ -275,6 +275,27 @@ class ResumeState:
                 f"cannot resume {self.path}: the inputs of task {seq} differ from the ones "
                 f"recorded: were {was[0] if was else '?'!r}, now {list(args)!r} "
                 "(--force resumes anyway)")
+
+
+def _sources(identity):
+    """The inputs' identity as a person reads it: ``::: a b c ... z (26 values)``."""
+    if not isinstance(identity, list):
+        return _short(identity)
+    parts = []
+    for src in identity:
+        if not isinstance(src, dict):
+            parts.append(_short(src))
+        elif "file" in src:
+            parts.append(("::::+ " if src.get("linked") else ":::: ") + src["file"])
+        else:
+            vals = " ".join(src.get("first") or [])
+            if src.get("values", 0) > 4:
+                vals += " ..."
+            if src.get("values", 0) > 3 and src.get("last") is not None:
+                vals += " " + src["last"]
+            parts.append(f"{':::+' if src.get('linked') else ':::'} {vals} "
+                         f"({src.get('values')} values, sha256 {src.get('sha256')})")
+    return " ".join(parts) or "(none)"
 
 
 def _short(v, width=120):

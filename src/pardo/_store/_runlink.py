@@ -26,6 +26,8 @@ def inputs_identity(sources) -> list:
         if s.values is not None:
             h = hashlib.sha256("\0".join(map(str, s.values)).encode("utf-8", "surrogatepass"))
             out.append({"values": len(s.values), "sha256": h.hexdigest()[:16],
+                        "first": list(map(str, s.values[:3])),
+                        "last": str(s.values[-1]) if s.values else None,
                         "linked": bool(s.linked)})
         else:
             out.append({"file": s.path if s.path == "-" else os.path.abspath(s.path),
