@@ -102,10 +102,11 @@ class _DevTools:
         shutil.rmtree(self._profile, ignore_errors=True)
 
 
-def load(path):
+def load(path, interact=None):
     """Load *path* in headless chromium. Returns (window.__pardo, problems, requests): the
     console errors/warnings, exceptions and log errors; the URLs the page requested besides
-    itself."""
+    itself. ``interact(send)`` runs after the load (``send(method, **params)`` talks to the
+    page) and its result replaces window.__pardo in the answer."""
     url = f"file://{os.path.abspath(path)}"
     b = _DevTools()
     try:
@@ -120,6 +121,8 @@ def load(path):
         got = b.send("Runtime.evaluate", session, returnByValue=True,
                      expression="JSON.stringify(window.__pardo || null)")
         state = json.loads(got["result"]["result"]["value"])
+        if interact is not None:
+            state = interact(lambda method, **kw: b.send(method, session, **kw))
         problems, requests = [], []
         for e in b.events:
             m, p = e["method"], e.get("params", {})
@@ -200,6 +203,45 @@ def test_a_100000_task_report_loads_in_under_2_seconds(tmp_path):
     assert state["lanes"] == 16 and state["drawn"] == attempts == 100_000
     # from navigation start to the end of the first full drawing, in the page's own clock
     assert state["renderMs"] < 2000, state
+
+
+def _eval(send, expr):
+    return json.loads(send("Runtime.evaluate", expression=f"JSON.stringify({expr})",
+                           returnByValue=True)["result"]["result"]["value"])
+
+
+def test_hover_shows_the_task_and_dragging_zooms_into_a_time_range(tmp_path):
+    store, out = str(tmp_path / "runs.db"), str(tmp_path / "report.html")
+    _store(store, 400, slots=4, retries=False)
+    _report(store, out)
+
+    def interact(send):
+        box = _eval(send, "(() => { const r = document.getElementById('timeline')"
+                          ".getBoundingClientRect(); return [r.left, r.top, r.width]; })()")
+        left, top, width = box
+        mouse = lambda kind, x, y, **kw: send("Input.dispatchMouseEvent", type=kind, x=x, y=y,  # noqa: E731
+                                              **kw)
+        # the first lane's first bar starts at the time axis' 0, 64 px into the canvas
+        mouse("mouseMoved", left + 66, top + 5)
+        tip = _eval(send, "[document.getElementById('tip').style.display, "
+                          "document.getElementById('tip').textContent]")
+        before = _eval(send, "window.__pardo.drawn")
+        x0, x1 = left + 64 + (width - 72) * 0.25, left + 64 + (width - 72) * 0.35
+        mouse("mousePressed", x0, top + 5, button="left", clickCount=1)
+        mouse("mouseMoved", x1, top + 5, button="left")
+        mouse("mouseReleased", x1, top + 5, button="left", clickCount=1)
+        zoomed = _eval(send, "window.__pardo.drawn")
+        send("Runtime.evaluate", expression="document.getElementById('reset').click()")
+        return {"tip": tip, "before": before, "zoomed": zoomed,
+                "reset": _eval(send, "window.__pardo.drawn")}
+
+    state, problems, requests = load(out, interact)
+    assert problems == [] and requests == []
+    assert state["tip"][0] == "block" and state["tip"][1].startswith("task 1 "), state["tip"]
+    assert "measure <1> </script>" in state["tip"][1]  # the command, unharmed by the page
+    # a tenth of the time range holds about a tenth of the bars (plus the ones it cuts)
+    assert state["before"] == state["reset"] == 400
+    assert 20 <= state["zoomed"] <= 70, state
 
 
 def test_the_detectors_catch_errors_and_requests(tmp_path):
