@@ -798,29 +798,16 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
                   memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
                   stdout=stdout, stderr=stderr, results=results,
                   total=_count_jobs(inputs, max_args), store=_open_store(store, words))
-    return iter(batch) if store is None else _stored(batch)
+    if store is None:
+        return iter(batch)
+    from ._store._runlink import stored
+
+    return stored(batch)
 
 
 def _open_store(path, words):
     if path is None:
         return None
-    from ._store._runlink import RunStore
-    from ._supervisor import isolation
+    from ._store._runlink import open_for_map
 
-    return RunStore(os.fspath(path), template=" ".join(map(str, words)), inputs=None,
-                    rung=isolation())
-
-
-def _stored(batch):
-    """Iterate a batch that records into a store; end the store's run however it ends.
-    A store that fails mid-run (a full disk) stops the batch, and the error is raised."""
-    store = batch._store
-    store.stop_on_error(batch)
-    how = "stopped"
-    try:
-        yield from batch
-        how = "completed" if store.error is None else f"stopped: {store.error}"
-    finally:
-        store.end(how)
-    if store.error is not None:
-        raise store.error
+    return open_for_map(os.fspath(path), " ".join(map(str, words)))

@@ -14,7 +14,7 @@ import socket
 from ._read import StoreReader
 from ._writer import StoreSink
 
-__all__ = ["RunStore", "inputs_identity"]
+__all__ = ["RunStore", "inputs_identity", "open_for_map", "stored"]
 
 
 def inputs_identity(sources) -> list:
@@ -113,3 +113,25 @@ class RunStore:
 
     def end(self, how):
         self.sink.run_ended(how)
+
+
+def open_for_map(path: str, template: str) -> RunStore:
+    """The store of a ``map_commands(..., store=path)`` run (a new run: no resume)."""
+    from .._supervisor import isolation
+
+    return RunStore(path, template=template, inputs=None, rung=isolation())
+
+
+def stored(batch):
+    """Iterate a batch that records into a store; end the store's run however it ends.
+    A store that fails mid-run (a full disk) stops the batch, and the error is raised."""
+    store = batch._store
+    store.stop_on_error(batch)
+    how = "stopped"
+    try:
+        yield from batch
+        how = "completed" if store.error is None else f"stopped: {store.error}"
+    finally:
+        store.end(how)
+    if store.error is not None:
+        raise store.error
