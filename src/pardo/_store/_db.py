@@ -23,7 +23,6 @@ lock and who holds it) and ``runs.db.out/`` (task output too large to keep inlin
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import datetime
 import errno
 import fcntl
@@ -86,7 +85,9 @@ def fs_magic(path: str) -> int:
     """The statfs(2) ``f_type`` of the filesystem holding *path* (tests replace this)."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the symbols already in this process (libc's among them): find_library("c")
+        # would run ldconfig in a subprocess
+        _libc = ctypes.CDLL(None, use_errno=True)
     buf = _Statfs()
     if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         e = ctypes.get_errno()

@@ -209,9 +209,6 @@ class StoreSink:
             if self.run_id is not None and self.error is None:
                 self._con.execute("UPDATE runs SET ended_at = ?, ended = ? WHERE id = ?",
                                   (time.time(), how, self.run_id))
-            if self.journal.startswith("wal"):
-                # fold the WAL back in, so the store is one file again between runs
-                self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass  # what is committed is intact; the end time is only informative
         self._abandon()
@@ -222,6 +219,8 @@ class StoreSink:
 
     def _abandon(self):
         try:
+            # closing the last connection checkpoints the WAL and removes it: between runs
+            # the store is one file
             self._con.close()
         finally:
             self._lock.release()
