@@ -32,6 +32,15 @@ class InputError(UsageError):
     """An input source cannot be used (an unreadable file)."""
 
 
+class StoreError(PardoError):
+    """A job store cannot be used (not a pardo store, written by another pardo, a full
+    disk...); the message is one line that says why and what to do."""
+
+
+class StoreMismatch(StoreError):
+    """A resume was asked with a command template or inputs other than the store's."""
+
+
 class IsolationUnavailable(PardoError, OSError):
     """The isolation rung that was asked for cannot be had on this machine.
 

@@ -17,7 +17,8 @@
                                       keep_order: hold until every earlier seq is out
                                                           ▼
                                       yield Result (+ seq, slot, command...), then its
-                                      joblog row and --results files
+                                      joblog row; --results files and the store's
+                                      record (every attempt) as it finishes
 
 - At most ``jobs`` tasks run. When nothing depends on knowing a task's job slot before it
   starts (no ``{%}``, ``--pin``, ``--delay``, ``--halt``, ``N%`` deadline or line mode), the
@@ -52,7 +53,7 @@ from collections import deque
 from .._result import Status
 from .._run import ResultQueue, Spawner, spawn
 from .inputs import encode
-from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume
+from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, stored_jobs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
 from .results_dir import write_results
 
@@ -78,9 +79,13 @@ class Batch:
         template: the parsed command template.
         arg_groups: the argument tuple of each job, in job order (``{#}`` counts from 1).
         joblog: GNU parallel's joblog to write a row to per finished job (``-``: stdout).
-        resume: pick up from ``joblog``: ``"resume"`` (skip the jobs it has),
-            ``"resume-failed"`` (skip those that succeeded) or ``"retry-failed"`` (run its
-            failed commands again, ignoring ``arg_groups``).
+        resume: pick up from ``joblog`` (or from ``store`` when given): ``"resume"`` (skip
+            the jobs it has), ``"resume-failed"`` (skip those that succeeded) or
+            ``"retry-failed"`` (run its failed commands again, ignoring ``arg_groups``).
+        store: a job store opened for this run (the store part's ``RunStore``): every
+            finished attempt is recorded there, a resume is planned from it, and the
+            batch stops (as :meth:`stop` with reason ``"store"``) if it fails mid-run.
+            Whoever opened it ends its run.
         clock: the monotonic clock of ``--delay`` and ``N%`` deadlines (tests pass a fake).
         line_sink: line mode (``--line-buffer``): output comes through our own pipes, whole
             lines at a time, to ``line_sink(job, stream, data)`` while tasks run.
@@ -96,7 +101,8 @@ class Batch:
                  retries=1, halt=None, keep_order=False, pin=False, delay=0.0, nice=None,
                  memory_limit=None, env=None, cwd=None, max_output=None, stdout=None,
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
-                 line_sink=None, input_may_block=False, total=None, clock=time.monotonic):
+                 line_sink=None, input_may_block=False, total=None, clock=time.monotonic,
+                 store=None):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
         self.jobs = parse_jobs(jobs, len(cpus))
@@ -111,8 +117,12 @@ class Batch:
         self._results_dir = results
         self._joblog_path = joblog
         self._resume = resume
-        logged = read_resume(joblog, resume) if resume is not None else None
-        self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+        self._store = store
+        if store is not None:
+            self._jobs_iter = stored_jobs(arg_groups, resume, store, self._shell)
+        else:
+            logged = read_resume(joblog, resume) if resume is not None else None
+            self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
         self._line_sink = line_sink
         self._input_may_block = input_may_block
         self.total = None if resume is not None else total
@@ -147,14 +157,17 @@ class Batch:
                      or self._pct is not None or line_sink is not None)
         held_max = max(2, min((AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
         self._max_in_flight = self.jobs + held_max if ahead else self.jobs
+        if store is not None:
+            store.stop_on_error(lambda: self.stop("store"))
 
     # -- control -------------------------------------------------------------------------
 
     def stop(self, reason=None):
-        """Stop starting tasks and kill every running tree (safe from a signal handler).
+        """Stop starting tasks and kill every running tree (safe from a signal handler,
+        and from the store's writer thread).
 
-        ``reason``: a signal number, or "pipe" (our stdout closed); it decides
-        :attr:`exit_status`."""
+        ``reason``: a signal number, "pipe" (our stdout closed) or "store" (the store
+        failed); it decides :attr:`exit_status`."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
         # Killing here, not only in the loop, ends a wait in q.get_many() at once.
@@ -397,12 +410,15 @@ class Batch:
                 and r.status != Status.CANCELLED):
             r.slot = job.slot
             job.last = r
+            if self._store is not None:
+                self._store.attempt(job, r, self.command_line(job), final=False,
+                                    cpus=None if self._pin is None else self._pin[job.slot])
             self._start(job, q)  # without anything held: the slot just released
             return None
         return self._done(job, r)
 
     def _done(self, job, r):
-        """Count the final result of a job; return the job."""
+        """Count (and record in the store) the final result of a job; return the job."""
         job.task = None
         job.last = None
         job.result = r
@@ -419,6 +435,9 @@ class Batch:
             self.failed += 1
         if self._results_dir is not None:
             write_results(self._results_dir, job, r)
+        if self._store is not None:
+            self._store.attempt(job, r, self.command_line(job), final=True,
+                                cpus=None if self._pin is None else self._pin[job.slot])
         self._halt_check(r)
         return job
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .._result import Status
 
-__all__ = ["HEADER", "JobLog", "LoggedJob", "read_joblog", "exit_fields"]
+__all__ = ["HEADER", "JobLog", "LoggedJob", "read_joblog", "exit_fields", "format_row"]
 
 HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -44,6 +44,13 @@ def exit_fields(result) -> tuple[int, int]:
     if st == Status.CANCELLED:
         return -1, result.signal or 9
     return 0, result.signal or 0
+
+
+def format_row(seq: int, started_at: float, runtime: float, exitval: int, signal: int,
+               command: str) -> bytes:
+    """One joblog row, as GNU parallel writes it (also used by ``pardo export``)."""
+    row = f"{seq}\t:\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t{command}\n"
+    return row.encode("utf-8", "surrogateescape")
 
 
 class JobLog:
@@ -88,8 +95,7 @@ class JobLog:
 
     def write(self, seq: int, started_at: float, runtime: float, exitval: int, signal: int,
               command: str) -> None:
-        row = f"{seq}\t:\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t{command}\n"
-        os.write(self._fd, row.encode("utf-8", "surrogateescape"))
+        os.write(self._fd, format_row(seq, started_at, runtime, exitval, signal, command))
 
     def close(self) -> None:
         if self._own and self._fd >= 0:
