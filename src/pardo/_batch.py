@@ -257,7 +257,7 @@ class Batch:
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
                  stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
-                 input_may_block=False, total=None):
+                 input_may_block=False, total=None, engine=None):
         import pardo
 
         self._pardo = pardo
@@ -290,7 +290,13 @@ class Batch:
             if v is not None:
                 kw[k] = v
         self._spawn_kw = kw
-        self._spawner = pardo._run._Spawner(**kw)
+        # engine: None for this process's engine, or one that runs tasks elsewhere with the
+        # same interface (pardo._mpi: spawner(**kw) and queue(max_running))
+        self._engine = engine
+        if engine is not None and (line_sink is not None or pin):
+            raise BatchError("--line-buffer and --pin need the tasks on this machine "
+                             "(not with --mpi)")
+        self._spawner = pardo._run._Spawner(**kw) if engine is None else engine.spawner(**kw)
         self._stop_reason = None  # signal number, or "halt"
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
@@ -576,7 +582,8 @@ class Batch:
     def __iter__(self):
         jobs = self.jobs
         limit = self._max_in_flight
-        q = self._pardo.ResultQueue(max_running=jobs) if limit > jobs else self._pardo.ResultQueue()
+        make_queue = self._pardo.ResultQueue if self._engine is None else self._engine.queue
+        q = make_queue(max_running=jobs) if limit > jobs else make_queue()
         # A selector only when there is more than the queue to watch: the queue's fd costs
         # the engine two system calls per task, and a select round costs one more wake-up.
         sel = None
