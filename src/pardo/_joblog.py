@@ -80,8 +80,8 @@ class JobLog:
                 f.truncate(size - tail + cut + 1 if cut >= 0 else 0)
 
     def write(self, seq: int, started_at: float, runtime: float, exitval: int, signal: int,
-              command: str) -> None:
-        row = f"{seq}\t:\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t{command}\n"
+              command: str, host: str = ":") -> None:
+        row = f"{seq}\t{host}\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t{command}\n"
         os.write(self._fd, row.encode("utf-8", "surrogateescape"))
 
     def close(self) -> None:
