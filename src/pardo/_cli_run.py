@@ -51,6 +51,8 @@ pardo's own:
   --kill-grace SECS        SIGTERM -> SIGKILL pause for deadlines (default 2)
   --max-output SIZE        per-task buffered output limit in --group mode (default 256M)
   --summary / --no-summary end-of-run summary on stderr (default: on a terminal)
+  --mpi                    under mpiexec/srun: rank 0 schedules, the other ranks run tasks
+  --jobs-per-rank N        slots on each worker rank with --mpi (default: the rank's CPUs)
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
 --halt: the failing task's exit status; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout
@@ -103,6 +105,8 @@ _opt("isolation", "--isolation", value=True)
 _opt("max_output", "--max-output", value=True)
 _opt("summary", "--summary")
 _opt("no_summary", "--no-summary")
+_opt("mpi", "--mpi")
+_opt("jobs_per_rank", "--jobs-per-rank", value=True)
 _opt("will_cite", "--will-cite", "--no-notice")
 _opt("help", "-h", "--help")
 _opt("version", "--version", "-V")
@@ -287,9 +291,6 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv):
-    from ._inputs import Source, group_records, records
-    from ._template import Template
-
     opts, command, sources = parse(argv)
     if opts.get("help"):
         sys.stdout.write(USAGE)
@@ -301,6 +302,31 @@ def _main(argv):
         return 0
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
+    if opts.get("mpi"):
+        from ._mpi._load import MPIUnavailable
+        from ._mpi._run_cli import enter
+
+        try:
+            engine = enter(_int(opts, "jobs_per_rank", len(os.sched_getaffinity(0)),
+                                minimum=1))
+        except MPIUnavailable as e:
+            raise UsageError(str(e)) from None
+        if isinstance(engine, int):
+            return engine  # a worker rank, done serving
+        if engine is not None:
+            try:
+                return _batch_main(opts, command, sources, engine)
+            finally:
+                engine.close()
+    elif opts.get("jobs_per_rank") is not None:
+        raise UsageError("--jobs-per-rank needs --mpi")
+    return _batch_main(opts, command, sources, None)
+
+
+def _batch_main(opts, command, sources, engine):
+    from ._inputs import Source, group_records, records
+    from ._template import Template
+
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
@@ -346,7 +372,7 @@ def _main(argv):
         elif opts.get("resume_failed"):
             skip = {s for s, j in logged.items() if j.ok}
 
-    from ._batch import Batch, _Job, numbered_jobs
+    from ._batch import Batch, _Job, numbered_jobs, parse_jobs
 
     if opts.get("retry_failed"):
         shell = os.environ.get("PARDO_SHELL", "/bin/sh").encode()
@@ -375,8 +401,13 @@ def _main(argv):
     view = _View(opts)
     import pardo
 
+    jobs = opts.get("jobs")
+    if engine is not None:
+        # -j caps the slots of all worker ranks together
+        slots = engine.dispatcher.slots
+        jobs = slots if jobs is None else min(slots, parse_jobs(jobs, slots))
     batch = Batch(
-        template, jobs_iter, jobs=opts.get("jobs"), timeout=opts.get("timeout"),
+        template, jobs_iter, jobs=jobs, timeout=opts.get("timeout"),
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
         delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
@@ -387,7 +418,7 @@ def _main(argv):
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
-        total=total,
+        total=total, engine=engine,
     )
     return _execute(batch, view, opts, total, joblog_path, resuming)
 
@@ -472,7 +503,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
                 view.grouped(r, line)
             if joblog is not None:
                 ev, sig = exit_fields(r)
-                joblog.write(r.seq, r.started_at, r.duration, ev, sig, line)
+                joblog.write(r.seq, r.started_at, r.duration, ev, sig, line,
+                             host=getattr(r, "host", ":"))
             if summary is not None:
                 summary.add(r, line)
             if out.broken:
