@@ -27,6 +27,7 @@ import weakref
 
 from .._pool import Pool
 from ._load import require_mpi4py, under_launcher
+from ._protocol import ahead_per_rank
 
 
 def _default_jobs():
@@ -64,7 +65,8 @@ class MPIPool(Pool):
         if t.rank != 0:
             from ._serve import CallRunner, serve
 
-            serve(t, CallRunner(slots, pool_kw), credit=slots + max(2, slots), slots=slots)
+            serve(t, CallRunner(slots, pool_kw), credit=slots + ahead_per_rank(slots),
+                  slots=slots)
             raise SystemExit(0)  # the rest of the script is rank 0's
         from ._dispatch import Dispatcher
 

@@ -19,12 +19,7 @@ import time
 
 from ._dispatch import Dispatcher
 from ._load import load_mpi, require_mpi4py, under_launcher
-
-
-def ahead_per_rank(slots: int) -> int:
-    """Tasks a rank keeps beyond its slots, so that a freed slot starts the next task at
-    once instead of after a round trip to rank 0."""
-    return max(2, slots)
+from ._protocol import ahead_per_rank
 
 
 class RemoteTask:
