@@ -104,7 +104,7 @@ def _wait(pred, timeout=10.0):
 
 
 def test_tasks_spread_over_the_ranks_by_credit():
-    hub, disp, results, threads = _setup(2)
+    _hub, disp, results, threads = _setup(2)
     for i in range(1, 201):
         disp.submit(i, ("cmd", i))
     _wait(lambda: len(results) == 200)
@@ -119,7 +119,7 @@ def test_tasks_spread_over_the_ranks_by_credit():
 
 
 def test_a_kill_of_a_pending_task_cancels_it_without_sending_it():
-    hub, disp, results, threads = _setup(1, hold={1})  # the only rank never finishes
+    hub, disp, results, _threads = _setup(1, hold={1})  # the only rank never finishes
     for i in range(1, 6):
         disp.submit(i, ("cmd", i))
     _wait(lambda: disp.ranks[1].inflight == {1, 2})
@@ -132,7 +132,7 @@ def test_a_kill_of_a_pending_task_cancels_it_without_sending_it():
 
 
 def test_a_lost_rank_s_tasks_run_on_the_ranks_left():
-    hub, disp, results, threads = _setup(2, lost_after=0.3, hold={2})
+    hub, disp, results, _threads = _setup(2, lost_after=0.3, hold={2})
     for i in range(1, 41):
         disp.submit(i, ("cmd", i))
     _wait(lambda: disp.ranks.get(2) is not None and disp.ranks[2].inflight)
@@ -146,7 +146,7 @@ def test_a_lost_rank_s_tasks_run_on_the_ranks_left():
 
 
 def test_with_every_rank_lost_tasks_fail_instead_of_waiting():
-    hub, disp, results, threads = _setup(1, lost_after=0.3, hold={1})
+    hub, disp, results, _threads = _setup(1, lost_after=0.3, hold={1})
     for i in range(1, 11):
         disp.submit(i, ("cmd", i))
     hub.dead.add(1)

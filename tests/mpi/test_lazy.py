@@ -34,3 +34,14 @@ def test_no_launcher_means_a_world_of_one_without_starting_mpi(monkeypatch):
         monkeypatch.delenv(k, raising=False)
     assert _load.world_size() == 1
     assert "mpi4py.MPI" not in sys.modules
+
+
+def test_a_launcher_of_several_processes_and_a_world_of_one_is_refused():
+    # a bare srun of 3 tasks (no MPI plugin) looks like this from inside: every process
+    # would otherwise run the whole batch alone
+    from mpi_support import PARDO, mpirun
+
+    got = mpirun(1, ["env", "SLURM_NTASKS=3", PARDO, "run", "--mpi", "echo",
+                     ":::", "a"], timeout=60)
+    assert got.returncode == 255
+    assert b"MPI sees a world of 1" in got.stderr and got.stdout == b""

@@ -34,7 +34,7 @@ from . import _protocol as P
 
 
 class _Rank:
-    __slots__ = ("rank", "host", "slots", "credit", "inflight", "seen", "done")
+    __slots__ = ("credit", "done", "host", "inflight", "rank", "seen", "slots")
 
     def __init__(self, rank, host, slots, credit, now):
         self.rank = rank

@@ -51,8 +51,10 @@ class MPIPool(Pool):
         self._futures = {}
         self._next_id = 0
         slots = _default_jobs() if jobs is None else jobs
-        from ._load import load_mpi
+        from ._load import check_world, load_mpi
 
+        if under_launcher():
+            check_world(load_mpi().COMM_WORLD.Get_size())
         if not under_launcher() or load_mpi().COMM_WORLD.Get_size() == 1:
             print("pardo.Pool(backend='mpi'): one MPI process: running calls locally",
                   file=sys.stderr)

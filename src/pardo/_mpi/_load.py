@@ -32,6 +32,24 @@ def under_launcher() -> bool:
     return any(k in os.environ for k in _LAUNCHER_ENV)
 
 
+def launched_size() -> int | None:
+    """How many processes the launcher says it started (None when it does not say)."""
+    sizes = [int(v) for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
+             if (v := os.environ.get(k, "")).isdigit()]
+    return max(sizes) if sizes else None
+
+
+def check_world(size: int) -> None:
+    """Refuse a world of one where the launcher started several processes: each would run
+    the whole batch on its own. It happens when mpi4py was built for another MPI library
+    than the launcher's, or under srun without an MPI plugin."""
+    n = launched_size()
+    if size == 1 and n is not None and n > 1:
+        raise MPIUnavailable(
+            f"the launcher started {n} processes but MPI sees a world of 1: mpiexec and "
+            "mpi4py come from different MPI libraries, or srun needs --mpi=pmi2|pmix")
+
+
 def load_mpi():
     """``mpi4py.MPI``, initializing MPI on first use."""
     require_mpi4py()

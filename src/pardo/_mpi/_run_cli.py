@@ -18,14 +18,14 @@ import threading
 import time
 
 from ._dispatch import Dispatcher
-from ._load import load_mpi, require_mpi4py, under_launcher
+from ._load import check_world, load_mpi, require_mpi4py, under_launcher
 from ._protocol import ahead_per_rank
 
 
 class RemoteTask:
     """What :class:`pardo._batch.Batch` holds for a task sent to another rank."""
 
-    __slots__ = ("id", "tag", "result", "_engine")
+    __slots__ = ("_engine", "id", "result", "tag")
 
     def __init__(self, tid, tag, engine):
         self.id = tid
@@ -210,6 +210,7 @@ def enter(slots):
               file=sys.stderr)
         return None
     MPI = load_mpi()
+    check_world(MPI.COMM_WORLD.Get_size())
     if MPI.COMM_WORLD.Get_size() == 1:
         print("pardo run: --mpi in an MPI job of one process: running locally",
               file=sys.stderr)
