@@ -50,6 +50,7 @@ import signal
 import time
 from collections import deque
 
+from .._errors import BatchError
 from .._result import Status
 from .._run import ResultQueue, Spawner, spawn
 from .inputs import encode
@@ -86,6 +87,11 @@ class Batch:
             finished attempt is recorded there, a resume is planned from it, and the
             batch stops (as :meth:`stop` with reason ``"store"``) if it fails mid-run.
             Whoever opened it ends its run.
+        engine: None for this process's engine, or a stand-in that runs tasks elsewhere
+            with the same two entry points, ``spawner(**spawn_kw)`` and
+            ``queue(max_running=)``, and its ``slots`` in all (``-j`` then means that
+            many, at most; ``pardo run --mpi`` passes the mpi part's); inputs,
+            templates, retries, halt, ``-k``, output, joblog and store stay this loop's.
         clock: the monotonic clock of ``--delay`` and ``N%`` deadlines (tests pass a fake).
         line_sink: line mode (``--line-buffer``): output comes through our own pipes, whole
             lines at a time, to ``line_sink(job, stream, data)`` while tasks run.
@@ -102,10 +108,13 @@ class Batch:
                  memory_limit=None, env=None, cwd=None, max_output=None, stdout=None,
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
                  line_sink=None, input_may_block=False, total=None, clock=time.monotonic,
-                 store=None):
+                 store=None, engine=None):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
-        self.jobs = parse_jobs(jobs, len(cpus))
+        if engine is None:
+            self.jobs = parse_jobs(jobs, len(cpus))
+        else:  # -j caps the slots of all the engine's machines together
+            self.jobs = min(engine.slots, parse_jobs(jobs, engine.slots))
         self.timeout, timeout_fraction = parse_timeout(timeout)
         self.retries = max(1, int(retries or 1))
         self.halt = HaltPolicy.parse(halt)
@@ -134,7 +143,11 @@ class Batch:
             if v is not None:
                 kw[k] = v
         self._spawn_kw = kw
-        self._spawner = Spawner(**kw)
+        self._engine = engine
+        if engine is not None and (line_sink is not None or pin):
+            raise BatchError("--line-buffer and --pin need the tasks on this machine "
+                             "(not with --mpi)")
+        self._spawner = Spawner(**kw) if engine is None else engine.spawner(**kw)
         self._stop_reason = None  # signal number, "pipe", "stop" or "halt"
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
@@ -463,7 +476,8 @@ class Batch:
     def _loop(self, joblog):
         jobs = self.jobs
         limit = self._max_in_flight
-        q = ResultQueue(max_running=jobs) if limit > jobs else ResultQueue()
+        make_queue = ResultQueue if self._engine is None else self._engine.queue
+        q = make_queue(max_running=jobs) if limit > jobs else make_queue()
         # A selector only when there is more than the queue to watch: the queue's fd costs
         # the engine two system calls per task, and a select round costs one more wake-up.
         sel = None

@@ -55,6 +55,8 @@ pardo's own:
                            --resume, --resume-failed, --retry-failed read it; see pardo status
   --force                  resume a stored run with another command or inputs, or start
                            over in a store that holds a run
+  --mpi                    under mpiexec/srun: rank 0 schedules, the other ranks run tasks
+  --jobs-per-rank N        slots on each worker rank with --mpi (default: the rank's CPUs)
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
 --halt: the failing task's exit status; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout
@@ -109,6 +111,8 @@ _opt("store", "--store", value=True)
 _opt("force", "--force")
 _opt("summary", "--summary")
 _opt("no_summary", "--no-summary")
+_opt("mpi", "--mpi")
+_opt("jobs_per_rank", "--jobs-per-rank", value=True)
 _opt("will_cite", "--will-cite", "--no-notice")
 _opt("help", "-h", "--help")
 _opt("version", "--version", "-V")
@@ -255,11 +259,31 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
+    if opts.get("isolation"):
+        os.environ["PARDO_ISOLATION"] = opts["isolation"]
+    if opts.get("mpi"):
+        # before inputs are read: a worker rank serves tasks and never reads them
+        from .._mpi import enter
+
+        engine = enter(_int(opts, "jobs_per_rank", len(os.sched_getaffinity(0)), minimum=1))
+        if isinstance(engine, int):
+            return engine  # a worker rank, done serving
+        if engine is not None:
+            try:
+                return _batch_main(opts, command, sources, engine)
+            finally:
+                engine.close()  # whatever happened, the worker ranks get SHUTDOWN
+    elif opts.get("jobs_per_rank") is not None:
+        raise UsageError("--jobs-per-rank needs --mpi")
+    return _batch_main(opts, command, sources, None)
+
+
+def _batch_main(opts, command, sources, engine):
+    """Everything of ``pardo run`` after the ``--mpi`` branch: on this machine's engine
+    (``engine`` None) or on rank 0 of an MPI job with the mpi part's remote engine."""
     from .._batch import RESUME_MODES, Source, Template, arg_groups
     from .views import Out, View
 
-    if opts.get("isolation"):
-        os.environ["PARDO_ISOLATION"] = opts["isolation"]
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
@@ -306,7 +330,7 @@ def _main(argv):
         store = _open_store(opts["store"], opts, command, sources, resume)
     try:
         batch = _batch(opts, template, groups, view, sources, per_job, skip_empty, resume,
-                       kill_grace, store)
+                       kill_grace, store, engine)
     except BaseException as e:  # an option refused: the store's run ends before a task
         if store is not None:
             store.end(f"stopped: {e}")
@@ -337,7 +361,7 @@ def _main(argv):
 
 
 def _batch(opts, template, groups, view, sources, per_job, skip_empty, resume, kill_grace,
-           store):
+           store, engine):
     from .._batch import Batch, count_jobs
     from .._run import INHERIT
 
@@ -355,6 +379,7 @@ def _batch(opts, template, groups, view, sources, per_job, skip_empty, resume, k
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
         total=None if skip_empty else count_jobs(sources, per_job), store=store,
+        engine=engine,
     )
 
 

@@ -98,11 +98,12 @@ class RunStore:
 
     def attempt(self, job, result, command, *, final, cpus=None):
         """Record one finished attempt of *job*. A task cancelled by pardo itself (Ctrl-C,
-        --halt now) did not complete: it gets no record and runs again on resume."""
+        --halt now) did not complete: it gets no record and runs again on resume. A result
+        from another machine (``pardo run --mpi``) carries where it ran as ``host``."""
         if final and str(result.status) == "cancelled":
             return
         self.sink.task_done(job.seq, job.args, command, job.attempts, result, final=final,
-                            slot=job.slot, cpus=cpus)
+                            slot=job.slot, cpus=cpus, host=getattr(result, "host", None))
 
     def stop_on_error(self, stop):
         """Call *stop()* (from the writer thread) if the store fails mid-run: the batch
