@@ -111,6 +111,33 @@ def test_map_commands_records_into_a_store(tmp_path):
         pardo.map_commands("echo {}", ["x"], store=db)
 
 
+def test_an_option_refused_after_the_store_opened_ends_its_run(tmp_path):
+    # The store opens before the batch checks its options: a refused option must end the
+    # store's run there and then (its writer thread, connection and lock released), not
+    # leave it open as a run that "died".
+    db = str(tmp_path / "s.db")
+    with pytest.raises(ValueError, match="-j/--jobs"):  # a UsageError
+        pardo.map_commands("echo {}", ["x"], store=db, jobs="many")
+    p = run("--store", db, "-j", "many", "echo", ":::", "1")
+    assert p.returncode == 255 and p.stderr.decode().count("\n") == 1, p.stderr
+    with StoreReader(db) as rd:
+        ended = [r["ended"] for r in rd.runs()]
+        assert not rd.writer_active()
+    assert len(ended) == 2 and all(e.startswith("stopped: -j/--jobs: 'many'") for e in ended)
+    p = run("--store", db, "echo", ":::", "1")  # the store is free, and holds no task
+    assert p.returncode == 0 and p.stdout == b"1\n", p.stderr
+
+
+def test_dry_run_with_a_store_resume_and_no_joblog_is_one_line(tmp_path):
+    db = str(tmp_path / "s.db")
+    p = run("--dry-run", "--store", db, "--resume", "echo", ":::", "1")
+    assert p.returncode == 255 and p.stderr.decode().count("\n") == 1, p.stderr
+    assert "--dry-run does not read a --store" in p.stderr.decode()
+    assert not os.path.exists(db)  # a dry run opens no store
+    p = run("--dry-run", "--store", db, "echo", ":::", "1")
+    assert p.returncode == 0 and p.stdout == b"echo 1\n" and not os.path.exists(db)
+
+
 def test_a_second_writer_is_refused_before_any_task_starts(tmp_path):
     db = str(tmp_path / "s.db")
     first = subprocess.Popen(PARDO + ["run", "--store", db, "sleep", ":::", "5"],
