@@ -61,7 +61,7 @@ _POOL = textwrap.dedent('''
 
 _RANK0 = textwrap.dedent('''
     import json, os, sys, time
-    from pardo.cli import main
+    from pardo._cli import main
     t0, c0 = time.perf_counter(), time.process_time()
     rc = main(sys.argv[1:])
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
