@@ -67,6 +67,9 @@ struct RungChoice {
 // Pick the rung: "auto" takes the strongest available; a named one must be available.
 RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path);
 
+// Why a rung that learns of exits from pidfds cannot work on this kernel.
+extern const char* const kNoPidfd;
+
 // Why the cgroup rung is or is not available here ("" when it is).
 std::string cgroup_unavailable_reason();
 
@@ -80,6 +83,8 @@ std::unique_ptr<Rung> make_shepherd_rung(const std::string& shepherd_path);
 std::unique_ptr<Rung> make_pgroup_rung();
 
 // Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
-bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru);
+// `block`: the child is known to be exiting (it closed its last fd), so wait the moment
+// until it is a zombie.
+bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru, bool block = false);
 
 }  // namespace pardo

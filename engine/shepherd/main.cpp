@@ -2,9 +2,10 @@
 //
 //   pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...
 //     the per-task keeper of the shepherd rung (keeper.cpp)
-//   pardo-shepherd --guardian=CGROUP_DIR
+//   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
-//     the supervisor is gone (guardian.cpp)
+//     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
+//     no cgroup.kill (Linux 5.2-5.13)
 //
 // One program rather than two: the engine finds one helper beside itself (one path to
 // configure and to check), and the guardian costs nothing to carry.
@@ -23,7 +24,10 @@ using namespace pardo::shepherd;
 
 extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
   if (argc >= 2) {
-    if (const char* dir = after(argv[1], "--guardian=")) return guardian_main(dir);
+    if (const char* dir = after(argv[1], "--guardian=")) {
+      const char* rest = argc >= 3 ? after(argv[2], "--freeze") : nullptr;
+      return guardian_main(dir, rest && *rest == '\0');
+    }
     if (after(argv[1], "--task") && argv[1][6] == '\0') return keeper_main(argc, argv, envp);
   }
   say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");

@@ -75,7 +75,8 @@ def parse_size(value, name: str, *, minimum: int = 1) -> int:
                              f"number with K, M, G or T (e.g. 512M, 1.5G)")
         size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if size < minimum:
-        raise UsageError(f"{name} must be at least {minimum} bytes, not {value!r}")
+        unit = "byte" if minimum == 1 else "bytes"
+        raise UsageError(f"{name} must be at least {minimum} {unit}, not {value!r}")
     return size
 
 

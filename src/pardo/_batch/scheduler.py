@@ -54,7 +54,7 @@ from .._errors import BatchError
 from .._result import Status
 from .._run import ResultQueue, Spawner, spawn
 from .inputs import encode
-from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, stored_jobs
+from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs, stored_jobs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
 from .results_dir import write_results
 
@@ -67,14 +67,16 @@ _AHEAD_MAX = 4096  # held tasks at most, whatever -j says
 _BATCH_DELAY = 0.02
 _NEVER_RAN = object()  # a job's result when it was cancelled before it ever started
 # GNU parallel's exit statuses for a batch that did not run to its end.
-_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141}
+# "unstartable": no task can start on this host; 255 is GNU parallel's "other error".
+_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "unstartable": 255}
 
 
 class Batch:
     """One batch run: the iterator of results and its controls.
 
     Built by :func:`pardo.map_commands` and by ``pardo run``, which also calls :meth:`stop`
-    from its signal handlers and reads the counters for its summary and progress bar.
+    from its signal handlers and reads the counters for its summary and progress bar. The
+    options not listed below are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
 
     Args:
         template: the parsed command template.
@@ -99,8 +101,6 @@ class Batch:
             it is read on a thread, so that the loop keeps reaping and starting tasks.
         total: the number of jobs when known up front: ``--halt N%`` counts against it, as
             GNU does (else against the tasks finished so far).
-
-        The other options are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
     """
 
     def __init__(self, template, arg_groups, *, jobs=None, timeout=None, kill_grace=2.0,
@@ -129,12 +129,15 @@ class Batch:
         self._store = store
         if store is not None:
             self._jobs_iter = stored_jobs(arg_groups, resume, store, self._shell)
+            skipped = set() if resume is None else None  # (the store's skip is lazy)
         else:
             logged = read_resume(joblog, resume) if resume is not None else None
             self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+            skipped = skipped_seqs(resume, logged)
         self._line_sink = line_sink
         self._input_may_block = input_may_block
-        self.total = None if resume is not None else total
+        # Known only while every input job will run (a resume that skips none).
+        self.total = total if skipped == set() else None
         self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
@@ -179,8 +182,9 @@ class Batch:
         """Stop starting tasks and kill every running tree (safe from a signal handler,
         and from the store's writer thread).
 
-        ``reason``: a signal number, "pipe" (our stdout closed) or "store" (the store
-        failed); it decides :attr:`exit_status`."""
+        ``reason``: a signal number, "pipe" (our stdout closed), "unstartable" (no task
+        can start on this host) or "store" (the store failed); it decides
+        :attr:`exit_status`."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
         # Killing here, not only in the loop, ends a wait in q.get_many() at once.
@@ -212,7 +216,8 @@ class Batch:
     def exit_status(self) -> int:
         """GNU parallel's exit status for the batch so far: 0 if every task succeeded,
         else the number that failed (101 for more than 100); a ``--halt`` policy's own;
-        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed."""
+        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed, 255 when no task
+        can start on this host."""
         by_stop = _EXIT_BY_STOP.get(self._stop_reason)
         if by_stop is not None:
             return by_stop

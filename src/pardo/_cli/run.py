@@ -349,6 +349,7 @@ def _batch_main(opts, command, sources, engine):
         rc = _execute(batch, view, opts)
         how = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "interrupted (SIGTERM)",
                "pipe": "stopped: stdout closed", "halt": "halted",
+               "unstartable": "stopped: no task can start on this host",
                "store": f"stopped: {store.error}", None: "completed"}.get(batch.stopped_by,
                                                                           "stopped")
     finally:
@@ -396,6 +397,15 @@ def _open_store(path, opts, command, sources, mode):
                     rung=isolation())
 
 
+def _a_task_can_start():
+    """Whether a plain /bin/true starts here. When it cannot either, a first task's failure
+    to start was the host's (no clone, no helper), not its input's, and every other task
+    would fail the same way."""
+    from .._run import run
+
+    return run(["/bin/true"], timeout=30).status != "error"
+
+
 def _execute(batch, view, opts):
     from .._result import Status
     from .views import Progress, Summary
@@ -413,13 +423,21 @@ def _execute(batch, view, opts):
     progress = None
     if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, batch.total)
+    started_one = False
     try:
         if progress is not None:
             progress.__enter__()
         for r in batch:
             line = batch.command_line(r.job) if needs_line else None
-            if r.status == Status.ERROR:
+            started_one = started_one or r.status != Status.ERROR
+            if r.status == Status.ERROR and batch.stopped_by == "unstartable":
+                pass  # the tasks already under way when we stopped failed alike: said once
+            elif r.status == Status.ERROR:
                 err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
+                if not started_one and batch.stopped_by is None and not _a_task_can_start():
+                    err.write(b"pardo: no task can start on this host (a plain /bin/true cannot "
+                              b"either); stopping. `pardo doctor` says why\n")
+                    batch.stop("unstartable")
             elif r.status == Status.TIMEOUT:
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +
                           batch.command_line(r.job).encode("utf-8", "surrogateescape") + b"\n")
