@@ -16,12 +16,17 @@ Prints medians and ratios to the floor measured in this run. Targets (issue 3): 
 >= 0.85x the floor, >= 8x GNU parallel, faster than xargs -P; RSS <= 100 MB over
 1,000,000 inputs; ``pardo run true ::: 1`` <= 150 ms.
 
+With --store, also ``pardo run --store FILE`` (a new store each repetition): the job
+store's cost on the fastest tasks there are (issue 11: <= 3%).
+
 Usage: python bench/cli.py [--count 5000] [--reps 5] [--rss-inputs 1000000] [--no-parallel]
+       [--store]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import subprocess
@@ -67,6 +72,8 @@ def main():
     ap.add_argument("--no-parallel", action="store_true", help="skip GNU parallel (slow)")
     ap.add_argument("--extra-rows", action="store_true",
                     help="also pardo run with inputs on stdin, and with each isolation rung")
+    ap.add_argument("--store", action="store_true",
+                    help="also pardo run --store (a new job store per repetition)")
     args = ap.parse_args()
     arm_alarm(7200)
 
@@ -91,6 +98,10 @@ def main():
             for rung in ("cgroup", "shepherd", "pgroup"):
                 rows[f"pardo run ({rung})"] = (pardo_cmd, None,
                                                dict(os.environ, PARDO_ISOLATION=rung))
+        store = os.path.join(tmp, "runs.db")
+        if args.store:
+            rows["pardo run --store"] = (PARDO + ["run", "--store", store]
+                                         + pardo_cmd[len(PARDO) + 1:], None, None)
         gnu = shutil.which("parallel")
         if gnu and not args.no_parallel:
             rows["GNU parallel"] = ([gnu, "--will-cite", f"-j{n}", "true", "::::", inputs],
@@ -98,6 +109,8 @@ def main():
         times = {k: [] for k in rows}
         for _ in range(args.reps):
             for name, (cmd, stdin, env) in rows.items():
+                for old in glob.glob(store + "*"):  # each --store run starts a new store
+                    os.unlink(old)
                 times[name].append(_timed(cmd, stdin, env))
         med = {k: median(v) for k, v in times.items()}
         f = med["floor (C posix_spawn+wait)"]
@@ -125,7 +138,9 @@ def main():
                  f"the floor itself is {med['GNU parallel'] / f:.1f}x faster here, the "
                  f"ceiling for any launcher); "
                  if "GNU parallel" in med else "")
-              + f"pardo vs xargs -P {med['xargs -P'] / p:.2f}x (target > 1)")
+              + f"pardo vs xargs -P {med['xargs -P'] / p:.2f}x (target > 1)"
+              + (f"; --store costs {(med['pardo run --store'] / p - 1) * 100:+.1f}% time "
+                 "(target <= 3%)" if "pardo run --store" in med else ""))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

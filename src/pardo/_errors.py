@@ -32,6 +32,24 @@ class InputError(UsageError):
     """An input source cannot be used (an unreadable file)."""
 
 
+class StoreError(PardoError):
+    """A job store cannot be used (not a pardo store, written by another pardo, a full
+    disk...); the message is one line that says why and what to do."""
+
+
+class StoreMismatch(StoreError):
+    """A resume was asked with a command template or inputs other than the store's."""
+
+
+class MPIUnavailable(PardoError, ImportError):
+    """``--mpi`` or ``Pool(backend="mpi")`` cannot have MPI: mpi4py is not installed, or
+    the launcher and mpi4py disagree on the world (the message says which, and what to do)."""
+
+
+class DispatchError(PardoError, RuntimeError):
+    """The MPI scheduler on rank 0 cannot go on (no worker rank, or its thread failed)."""
+
+
 class IsolationUnavailable(PardoError, OSError):
     """The isolation rung that was asked for cannot be had on this machine.
 

@@ -1,6 +1,7 @@
 """Where a batch's jobs come from: input records numbered 1, 2, ... (``{#}``), less those a
-joblog says are done (``--resume``, ``--resume-failed``), or the failed commands of a joblog
-run again (``--retry-failed``); read on a thread of their own when the input can block."""
+joblog or a job store says are done (``--resume``, ``--resume-failed``), or the failed
+commands of a joblog or store run again (``--retry-failed``); read on a thread of their own
+when the input can block."""
 
 from __future__ import annotations
 
@@ -95,6 +96,16 @@ def planned_jobs(arg_groups, mode, logged, shell: bytes):
         return numbered_jobs(arg_groups, skip=skip or None)
     return (Job(row.seq, (), [shell, b"-c", encode(row.command)])
             for row in sorted(logged.values(), key=lambda row: row.seq) if not row.ok)
+
+
+def stored_jobs(arg_groups, mode, store, shell: bytes):
+    """The jobs to run with a job store (the store part's ``RunStore``): every input job
+    (``mode`` None), less those the store has (``resume``) or has seen succeed
+    (``resume-failed``), each job's inputs checked against the stored run's; or the
+    store's failed tasks with their inputs and commands (``retry-failed``)."""
+    if mode == "retry-failed":
+        return (Job(seq, args, [shell, b"-c", encode(cmd)]) for seq, args, cmd in store.failed)
+    return numbered_jobs(store.checked(arg_groups), skip=store.skip())
 
 
 NOT_YET = object()  # Prefetch: no job read yet; the wake fd says when there is one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .inputs import arg_groups, count_jobs
 from .scheduler import Batch
 from .template import Template
@@ -10,7 +12,7 @@ from .template import Template
 def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0, retries=1,
                  halt=None, keep_order=False, max_args=None, colsep=None, replace="{}",
                  pin=False, delay=0.0, nice=None, memory_limit=None, env=None, cwd=None,
-                 max_output=None, stdout=None, stderr=None, results=None):
+                 max_output=None, stdout=None, stderr=None, results=None, store=None):
     """Run a command template once per input, in parallel, and yield each task's Result.
 
     The template speaks GNU parallel: ``command`` is shell code in which ``{}`` stands for
@@ -43,6 +45,9 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         nice, memory_limit, env, cwd, max_output, stdout, stderr: passed to
             :func:`pardo.spawn` for every task (default: output captured in the Result).
         results: a directory to save each task's output in, laid out as GNU's ``--results``.
+        store: a job store file (SQLite) recording the run and every task attempt; see
+            ``pardo status``. It must not hold completed tasks already (the CLI's
+            ``--resume`` continues a stored run).
 
     Yields:
         :class:`pardo.Result`, with extra attributes ``seq`` (1-based input number),
@@ -53,10 +58,35 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         raise TypeError("inputs must be an iterable of values (a str is not: wrap it in a list)")
     words = [command] if isinstance(command, str) else list(command)
     template = Template(words, replace=replace, context=max_args is not None)
-    batch = Batch(template, arg_groups(inputs, colsep=colsep, max_args=max_args), jobs=jobs,
-                  timeout=timeout, kill_grace=kill_grace, retries=retries, halt=halt,
-                  keep_order=keep_order, pin=pin, delay=delay, nice=nice,
-                  memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
-                  stdout=stdout, stderr=stderr, results=results,
-                  total=count_jobs(inputs, max_args))
-    return iter(batch)
+    run_store = None
+    if store is not None:
+        from .._store import open_for_map
+
+        run_store = open_for_map(os.fspath(store), " ".join(map(str, words)))
+    try:
+        batch = Batch(template, arg_groups(inputs, colsep=colsep, max_args=max_args),
+                      jobs=jobs, timeout=timeout, kill_grace=kill_grace, retries=retries,
+                      halt=halt, keep_order=keep_order, pin=pin, delay=delay, nice=nice,
+                      memory_limit=memory_limit, env=env, cwd=cwd, max_output=max_output,
+                      stdout=stdout, stderr=stderr, results=results,
+                      total=count_jobs(inputs, max_args), store=run_store)
+    except BaseException as e:  # an option refused: the store's run ends before a task
+        if run_store is not None:
+            run_store.end(f"stopped: {e}")
+        raise
+    if run_store is None:
+        return iter(batch)
+    return _stored(batch, run_store)
+
+
+def _stored(batch, store):
+    """Iterate a batch that records into a store; end the store's run however it ends.
+    A store that fails mid-run (a full disk) stops the batch, and the error is raised."""
+    how = "stopped"
+    try:
+        yield from batch
+        how = "completed" if store.error is None else f"stopped: {store.error}"
+    finally:
+        store.end(how)
+    if store.error is not None:
+        raise store.error

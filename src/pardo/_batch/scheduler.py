@@ -17,7 +17,8 @@
                                       keep_order: hold until every earlier seq is out
                                                           ▼
                                       yield Result (+ seq, slot, command...), then its
-                                      joblog row and --results files
+                                      joblog row; --results files and the store's
+                                      record (every attempt) as it finishes
 
 - At most ``jobs`` tasks run. When nothing depends on knowing a task's job slot before it
   starts (no ``{%}``, ``--pin``, ``--delay``, ``--halt``, ``N%`` deadline or line mode), the
@@ -49,10 +50,11 @@ import signal
 import time
 from collections import deque
 
+from .._errors import BatchError
 from .._result import Status
 from .._run import ResultQueue, Spawner, spawn
 from .inputs import encode
-from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs
+from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs, stored_jobs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
 from .results_dir import write_results
 
@@ -80,9 +82,18 @@ class Batch:
         template: the parsed command template.
         arg_groups: the argument tuple of each job, in job order (``{#}`` counts from 1).
         joblog: GNU parallel's joblog to write a row to per finished job (``-``: stdout).
-        resume: pick up from ``joblog``: ``"resume"`` (skip the jobs it has),
-            ``"resume-failed"`` (skip those that succeeded) or ``"retry-failed"`` (run its
-            failed commands again, ignoring ``arg_groups``).
+        resume: pick up from ``joblog`` (or from ``store`` when given): ``"resume"`` (skip
+            the jobs it has), ``"resume-failed"`` (skip those that succeeded) or
+            ``"retry-failed"`` (run its failed commands again, ignoring ``arg_groups``).
+        store: a job store opened for this run (the store part's ``RunStore``): every
+            finished attempt is recorded there, a resume is planned from it, and the
+            batch stops (as :meth:`stop` with reason ``"store"``) if it fails mid-run.
+            Whoever opened it ends its run.
+        engine: None for this process's engine, or a stand-in that runs tasks elsewhere
+            with the same two entry points, ``spawner(**spawn_kw)`` and
+            ``queue(max_running=)``, and its ``slots`` in all (``-j`` then means that
+            many, at most; ``pardo run --mpi`` passes the mpi part's); inputs,
+            templates, retries, halt, ``-k``, output, joblog and store stay this loop's.
         clock: the monotonic clock of ``--delay`` and ``N%`` deadlines (tests pass a fake).
         line_sink: line mode (``--line-buffer``): output comes through our own pipes, whole
             lines at a time, to ``line_sink(job, stream, data)`` while tasks run.
@@ -96,10 +107,14 @@ class Batch:
                  retries=1, halt=None, keep_order=False, pin=False, delay=0.0, nice=None,
                  memory_limit=None, env=None, cwd=None, max_output=None, stdout=None,
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
-                 line_sink=None, input_may_block=False, total=None, clock=time.monotonic):
+                 line_sink=None, input_may_block=False, total=None, clock=time.monotonic,
+                 store=None, engine=None):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
-        self.jobs = parse_jobs(jobs, len(cpus))
+        if engine is None:
+            self.jobs = parse_jobs(jobs, len(cpus))
+        else:  # -j caps the slots of all the engine's machines together
+            self.jobs = min(engine.slots, parse_jobs(jobs, engine.slots))
         self.timeout, timeout_fraction = parse_timeout(timeout)
         self.retries = max(1, int(retries or 1))
         self.halt = HaltPolicy.parse(halt)
@@ -111,12 +126,18 @@ class Batch:
         self._results_dir = results
         self._joblog_path = joblog
         self._resume = resume
-        logged = read_resume(joblog, resume) if resume is not None else None
-        self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+        self._store = store
+        if store is not None:
+            self._jobs_iter = stored_jobs(arg_groups, resume, store, self._shell)
+            skipped = set() if resume is None else None  # (the store's skip is lazy)
+        else:
+            logged = read_resume(joblog, resume) if resume is not None else None
+            self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+            skipped = skipped_seqs(resume, logged)
         self._line_sink = line_sink
         self._input_may_block = input_may_block
         # Known only while every input job will run (a resume that skips none).
-        self.total = total if skipped_seqs(resume, logged) == set() else None
+        self.total = total if skipped == set() else None
         self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
@@ -125,7 +146,11 @@ class Batch:
             if v is not None:
                 kw[k] = v
         self._spawn_kw = kw
-        self._spawner = Spawner(**kw)
+        self._engine = engine
+        if engine is not None and (line_sink is not None or pin):
+            raise BatchError("--line-buffer and --pin need the tasks on this machine "
+                             "(not with --mpi)")
+        self._spawner = Spawner(**kw) if engine is None else engine.spawner(**kw)
         self._stop_reason = None  # signal number, "pipe", "stop" or "halt"
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
@@ -148,14 +173,18 @@ class Batch:
                      or self._pct is not None or line_sink is not None)
         held_max = max(2, min((AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
         self._max_in_flight = self.jobs + held_max if ahead else self.jobs
+        if store is not None:
+            store.stop_on_error(lambda: self.stop("store"))
 
     # -- control -------------------------------------------------------------------------
 
     def stop(self, reason=None):
-        """Stop starting tasks and kill every running tree (safe from a signal handler).
+        """Stop starting tasks and kill every running tree (safe from a signal handler,
+        and from the store's writer thread).
 
-        ``reason``: a signal number, "pipe" (our stdout closed) or "unstartable" (no task
-        can start on this host); it decides :attr:`exit_status`."""
+        ``reason``: a signal number, "pipe" (our stdout closed), "unstartable" (no task
+        can start on this host) or "store" (the store failed); it decides
+        :attr:`exit_status`."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
         # Killing here, not only in the loop, ends a wait in q.get_many() at once.
@@ -399,12 +428,15 @@ class Batch:
                 and r.status != Status.CANCELLED):
             r.slot = job.slot
             job.last = r
+            if self._store is not None:
+                self._store.attempt(job, r, self.command_line(job), final=False,
+                                    cpus=None if self._pin is None else self._pin[job.slot])
             self._start(job, q)  # without anything held: the slot just released
             return None
         return self._done(job, r)
 
     def _done(self, job, r):
-        """Count the final result of a job; return the job."""
+        """Count (and record in the store) the final result of a job; return the job."""
         job.task = None
         job.last = None
         job.result = r
@@ -421,6 +453,9 @@ class Batch:
             self.failed += 1
         if self._results_dir is not None:
             write_results(self._results_dir, job, r)
+        if self._store is not None:
+            self._store.attempt(job, r, self.command_line(job), final=True,
+                                cpus=None if self._pin is None else self._pin[job.slot])
         self._halt_check(r)
         return job
 
@@ -446,7 +481,8 @@ class Batch:
     def _loop(self, joblog):
         jobs = self.jobs
         limit = self._max_in_flight
-        q = ResultQueue(max_running=jobs) if limit > jobs else ResultQueue()
+        make_queue = ResultQueue if self._engine is None else self._engine.queue
+        q = make_queue(max_running=jobs) if limit > jobs else make_queue()
         # A selector only when there is more than the queue to watch: the queue's fd costs
         # the engine two system calls per task, and a select round costs one more wake-up.
         sel = None

@@ -3,6 +3,7 @@
     pardo run ...     the batch runner (GNU parallel's language)
     pardo doctor      which isolation rung is in force, and why
     pardo demo        a small built-in batch that shows what pardo does
+    pardo status / show / export / report   read a job store
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ _COMMANDS = {
     "run": ("pardo._cli.run", "run commands in parallel (GNU parallel's syntax)"),
     "doctor": ("pardo._cli.doctor", "report the isolation rung and kernel features"),
     "demo": ("pardo._cli.demo", "run a small built-in batch"),
+    "status": ("pardo._cli.status", "how a run in a job store went (or goes: --watch)"),
+    "show": ("pardo._cli.show", "one task of a job store in full, with its output"),
+    "export": ("pardo._cli.export", "a job store as JSON lines, CSV or a joblog"),
+    "report": ("pardo._cli.report", "a job store as one self-contained HTML page"),
 }
 
 

@@ -51,6 +51,12 @@ pardo's own:
   --kill-grace SECS        SIGTERM -> SIGKILL pause for deadlines (default 2)
   --max-output SIZE        per-task buffered output limit in --group mode (default 256M)
   --summary / --no-summary end-of-run summary on stderr (default: on a terminal)
+  --store FILE             record the run and every task attempt in a job store (SQLite);
+                           --resume, --resume-failed, --retry-failed read it; see pardo status
+  --force                  resume a stored run with another command or inputs, or start
+                           over in a store that holds a run
+  --mpi                    under mpiexec/srun: rank 0 schedules, the other ranks run tasks
+  --jobs-per-rank N        slots on each worker rank with --mpi (default: the rank's CPUs)
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
 --halt: the failing task's exit status; 130/143 interrupted by SIGINT/SIGTERM; 141 stdout
@@ -101,8 +107,12 @@ _opt("pin", "--pin")
 _opt("memory_limit", "--memory-limit", value=True)
 _opt("isolation", "--isolation", value=True)
 _opt("max_output", "--max-output", value=True)
+_opt("store", "--store", value=True)
+_opt("force", "--force")
 _opt("summary", "--summary")
 _opt("no_summary", "--no-summary")
+_opt("mpi", "--mpi")
+_opt("jobs_per_rank", "--jobs-per-rank", value=True)
 _opt("will_cite", "--will-cite", "--no-notice")
 _opt("help", "-h", "--help")
 _opt("version", "--version", "-V")
@@ -249,20 +259,44 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
-    from .._batch import RESUME_MODES, Batch, Source, Template, arg_groups, count_jobs
-    from .._run import INHERIT
-    from .views import Out, View
-
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
+    if opts.get("mpi"):
+        # before inputs are read: a worker rank serves tasks and never reads them
+        from .._mpi import enter
+
+        engine = enter(_int(opts, "jobs_per_rank", len(os.sched_getaffinity(0)), minimum=1))
+        if isinstance(engine, int):
+            return engine  # a worker rank, done serving
+        if engine is not None:
+            try:
+                return _batch_main(opts, command, sources, engine)
+            finally:
+                engine.close()  # whatever happened, the worker ranks get SHUTDOWN
+    elif opts.get("jobs_per_rank") is not None:
+        raise UsageError("--jobs-per-rank needs --mpi")
+    return _batch_main(opts, command, sources, None)
+
+
+def _batch_main(opts, command, sources, engine):
+    """Everything of ``pardo run`` after the ``--mpi`` branch: on this machine's engine
+    (``engine`` None) or on rank 0 of an MPI job with the mpi part's remote engine."""
+    from .._batch import RESUME_MODES, Source, Template, arg_groups
+    from .views import Out, View
+
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
     template = Template(command, replace=opts.get("replace") or "{}",
                         context=n_replace is not None)
     resume = next((mode for mode in RESUME_MODES if opts.get(mode.replace("-", "_"))), None)
-    if resume is not None and not opts.get("joblog"):
-        raise UsageError("--resume/--resume-failed/--retry-failed need --joblog FILE")
+    if resume is not None and not opts.get("joblog") and not opts.get("store"):
+        raise UsageError("--resume/--resume-failed/--retry-failed need --joblog FILE or "
+                         "--store FILE")
+    if opts.get("store") and opts.get("dry_run") and resume is not None and not opts.get("joblog"):
+        # a dry run opens no store (it would record a run that never ran)
+        raise UsageError("--dry-run does not read a --store: drop --dry-run, or give the "
+                         "run's --joblog FILE to plan the resume from")
     if not sources and resume != "retry-failed":
         if sys.stdin is None or sys.stdin.closed:
             raise UsageError("no input: give ::: values, :::: files, -a FILE, or pipe stdin")
@@ -291,7 +325,48 @@ def _main(argv):
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
     view = View(opts)
-    batch = Batch(
+    store = None
+    if opts.get("store") and not opts.get("dry_run"):
+        store = _open_store(opts["store"], opts, command, sources, resume)
+    try:
+        batch = _batch(opts, template, groups, view, sources, per_job, skip_empty, resume,
+                       kill_grace, store, engine)
+    except BaseException as e:  # an option refused: the store's run ends before a task
+        if store is not None:
+            store.end(f"stopped: {e}")
+        raise
+    if opts.get("dry_run"):
+        out = Out(1)
+        for line in batch.dry_run():
+            out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            if out.broken:
+                break
+        return 0
+    if store is None:
+        return _execute(batch, view, opts)
+    how = "stopped"
+    try:
+        rc = _execute(batch, view, opts)
+        how = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "interrupted (SIGTERM)",
+               "pipe": "stopped: stdout closed", "halt": "halted",
+               "unstartable": "stopped: no task can start on this host",
+               "store": f"stopped: {store.error}", None: "completed"}.get(batch.stopped_by,
+                                                                          "stopped")
+    finally:
+        store.end(how)
+    if store.error is not None:
+        print(f"pardo run: {store.error}; what was recorded before is intact, and --resume "
+              "runs the rest", file=sys.stderr)
+        return 255
+    return rc
+
+
+def _batch(opts, template, groups, view, sources, per_job, skip_empty, resume, kill_grace,
+           store, engine):
+    from .._batch import Batch, count_jobs
+    from .._run import INHERIT
+
+    return Batch(
         template, groups, jobs=opts.get("jobs"), timeout=opts.get("timeout"),
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
@@ -304,16 +379,22 @@ def _main(argv):
         joblog=opts.get("joblog"), resume=resume,
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
-        total=None if skip_empty else count_jobs(sources, per_job),
+        total=None if skip_empty else count_jobs(sources, per_job), store=store,
+        engine=engine,
     )
-    if opts.get("dry_run"):
-        out = Out(1)
-        for line in batch.dry_run():
-            out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-            if out.broken:
-                break
-        return 0
-    return _execute(batch, view, opts)
+
+
+def _open_store(path, opts, command, sources, mode):
+    """The run's store, opened before any task starts (every refusal is one line)."""
+    from .._store import RunStore, inputs_identity
+    from .._supervisor import isolation
+
+    recorded = {k: opts[k] for k in ("jobs", "timeout", "retries", "halt", "max_args",
+                                     "max_replace", "colsep", "replace", "pin", "nice",
+                                     "memory_limit") if opts.get(k) is not None}
+    return RunStore(path, template=" ".join(command), inputs=inputs_identity(sources),
+                    mode=mode, force=bool(opts.get("force")), options=recorded,
+                    rung=isolation())
 
 
 def _a_task_can_start():

@@ -119,7 +119,9 @@ class Pool(concurrent.futures.Executor):
     Args:
         jobs: number of workers; default: the CPUs this process may run on.
         task_timeout: default per-task deadline in seconds (None: none).
-        backend: ``"process"`` or ``"thread"``.
+        backend: ``"process"``, ``"thread"``, or ``"mpi"`` (in a script started with
+            ``mpiexec``: calls run on the other ranks, each in a process pool of that rank;
+            see the README's "Across a cluster").
         max_tasks_per_child: replace a worker process after it ran this many tasks.
         initializer, initargs: ``initializer(*initargs)`` runs once in every worker; if it
             raises, the pool is broken (:class:`BrokenPool`).
@@ -129,6 +131,15 @@ class Pool(concurrent.futures.Executor):
         on_progress: default callback for values tasks send with :func:`pardo.progress`;
             it runs on the pool's manager thread, so keep it short.
     """
+
+    def __new__(cls, *args, backend="process", **kwargs):
+        # backend="mpi" is a pool of its own kind (calls go to other MPI ranks), kept in the
+        # mpi part so that only it imports mpi4py
+        if backend == "mpi" and cls is Pool:
+            from .._mpi import MPIPool
+
+            return super().__new__(MPIPool)
+        return super().__new__(cls)
 
     def __init__(
         self,

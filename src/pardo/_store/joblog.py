@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .._result import Status
 
-__all__ = ["HEADER", "JobLog", "LoggedJob", "read_joblog", "exit_fields"]
+__all__ = ["HEADER", "JobLog", "LoggedJob", "read_joblog", "exit_fields", "format_row"]
 
 HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -44,6 +44,14 @@ def exit_fields(result) -> tuple[int, int]:
     if st == Status.CANCELLED:
         return -1, result.signal or 9
     return 0, result.signal or 0
+
+
+def format_row(seq: int, started_at: float, runtime: float, exitval: int, signal: int,
+               command: str, host: str = ":") -> bytes:
+    """One joblog row, as GNU parallel writes it (also used by ``pardo export``)."""
+    row = (f"{seq}\t{host}\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t"
+           f"{command}\n")
+    return row.encode("utf-8", "surrogateescape")
 
 
 class JobLog:
@@ -84,12 +92,15 @@ class JobLog:
         """The row of a finished task: its :class:`pardo.Result` (with the batch's ``seq``)
         and the command line it ran."""
         exitval, signal = exit_fields(result)
-        self.write(result.seq, result.started_at, result.duration, exitval, signal, command)
+        self.write(result.seq, result.started_at, result.duration, exitval, signal, command,
+                   host=getattr(result, "host", ":"))
 
     def write(self, seq: int, started_at: float, runtime: float, exitval: int, signal: int,
-              command: str) -> None:
-        row = f"{seq}\t:\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t{command}\n"
-        os.write(self._fd, row.encode("utf-8", "surrogateescape"))
+              command: str, host: str = ":") -> None:
+        """One row; ``host`` is GNU's Host column (``:``, the local machine, by default;
+        ``pardo run --mpi`` gives rank@hostname)."""
+        os.write(self._fd, format_row(seq, started_at, runtime, exitval, signal, command,
+                                      host))
 
     def close(self) -> None:
         if self._own and self._fd >= 0:

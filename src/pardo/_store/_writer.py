@@ -1,0 +1,355 @@
+"""Writing a job store: :class:`StoreSink`, the one thing the batch runner calls.
+
+::
+
+    scheduler thread                         writer thread (pardo-store)
+    ────────────────                         ───────────────────────────
+    sink.task_done(seq, result, ...)  ──►  deque ──► wake ──► take everything pending
+      (append + set an Event: never                           (up to _MAX_BATCH rows)
+       waits for the disk)                                          │
+                                                                    ▼
+                                            BEGIN; INSERT rows; (big outputs to files) COMMIT
+                                                                    │
+    sink.error / on_error(err)  ◄──── a write failed (disk full): stop, keep what is committed
+
+- The writer never waits to fill a batch: it commits as soon as something is pending, and
+  what arrives during a commit goes into the next one. Under load the batches grow by
+  themselves; when idle every record is committed at once. So a record is durable (in the
+  WAL, safe from pardo's death) at most two commits after ``task_done`` returns: the one in
+  progress when it arrived, and its own.
+- Only completions are written, each in the transaction of its batch: a task that is
+  killed with pardo has no row and runs again on resume; a committed row stays.
+- Rows are built from the Result in the writer thread, so the scheduler pays only for an
+  append to a deque.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+
+from .._result import Status
+from ._db import StoreError, WriterLock, create_or_open, describe_write_error, out_dir
+
+__all__ = ["INLINE_LIMIT", "StoreSink"]
+
+INLINE_LIMIT = 64 * 1024  # bytes per stream kept in the row; more goes to a file beside it
+_MAX_BATCH = 20000  # rows per transaction at most, so one commit stays short
+
+_INSERT = ("INSERT INTO attempts (run, seq, attempt, final, args, command, status, returncode,"
+           " signal, slot, cpus, host, started_at, duration, deadline, late, cpu_user, cpu_sys,"
+           " max_rss, error, stdout, stderr, stdout_file, stderr_file, truncated)"
+           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_QUICK = ("INSERT INTO attempts (run, final, status, returncode, seq, attempt, args, command,"
+          " slot, started_at, duration, deadline, cpu_user, cpu_sys, max_rss, stdout, stderr)"
+          " VALUES ({run}, 1, 'ok', 0, ?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_SUPERSEDE = "UPDATE attempts SET final = 0 WHERE seq = ? AND final = 1"
+_TALLY = ("INSERT INTO tallies VALUES (?,?,?,?,?) ON CONFLICT (status) DO UPDATE SET"
+          " tasks = tasks + excluded.tasks, attempts = attempts + excluded.attempts,"
+          " first_start = min(coalesce(first_start, excluded.first_start),"
+          "                   coalesce(excluded.first_start, first_start)),"
+          " last_end = max(coalesce(last_end, excluded.last_end),"
+          "                coalesce(excluded.last_end, last_end))")
+_CLOSE = object()
+
+
+_STATUS = {st: st.value for st in Status}
+_dumps = json.JSONEncoder().encode
+
+
+def _args_json(inputs):
+    """The inputs as a JSON array (the same text ``json.dumps`` makes). One plain value,
+    the usual case, is written without the encoder, which costs more than the insert."""
+    if inputs is None:
+        return None
+    if len(inputs) == 1:
+        v = inputs[0]
+        if (type(v) is str and v.isascii() and v.isprintable() and '"' not in v
+                and "\\" not in v):
+            return '["' + v + '"]'
+    return _dumps(list(inputs))
+
+
+def _supersede(con, seqs):
+    """Take back the completion records of *seqs* (a run that completes them again)."""
+    for (seq,) in seqs:
+        old = con.execute("SELECT status FROM attempts WHERE seq = ? AND final = 1",
+                          (seq,)).fetchone()
+        if old is not None:
+            con.execute(_SUPERSEDE, (seq,))
+            con.execute("UPDATE tallies SET tasks = tasks - 1 WHERE status = ?", old)
+
+
+class StoreSink:
+    """An open store being written by this process (the only writer).
+
+    Opening checks everything that can be checked before work starts and raises
+    :class:`StoreError` with a one-line message: a second writer, a file that is not a
+    store, a store from a newer pardo, a read-only location, a full disk.
+
+    Args:
+        path: the store file (created if missing).
+        network: on a network filesystem, ``"journal"`` (rollback journal; the default, or
+            ``$PARDO_STORE_NETWORK``) or ``"refuse"``.
+        on_error: called once, from the writer thread, with a :class:`StoreError` when a
+            write fails mid-run (e.g. the disk filled up); the runner should stop then.
+        inline_limit: bytes of each output stream kept in the row.
+    """
+
+    def __init__(self, path: str, *, network: str | None = None, on_error=None,
+                 inline_limit: int = INLINE_LIMIT):
+        self.path = path
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StoreError(f"cannot create store {path}: directory {directory} does not exist")
+        self._lock = WriterLock(path)
+        try:
+            self._con, self.journal = create_or_open(path, network=network)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.host = socket.gethostname()
+        self.run_id = None
+        self.error: StoreError | None = None
+        self._on_error = on_error
+        self._inline = inline_limit
+        self._out_dir = out_dir(path)
+        self._supersede = False
+        self._pending = collections.deque()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()
+        self._queued = 0  # records handed over, and written (or dropped after an error)
+        self._written = 0
+        self._thread = None
+        self._closed = False
+
+    # -- the runner's side ----------------------------------------------------------------
+
+    def run_started(self, *, template: str, options: dict | None = None,
+                    inputs: object = None, rung: str | None = None,
+                    supersede: bool = False) -> int:
+        """Record the start of a run (synchronously: a failure here is reported before any
+        task starts) and start the writer thread. Returns the run's id.
+
+        Args:
+            template: the command template as the user wrote it.
+            options: the options that change what a task does (JSON-able).
+            inputs: the inputs' identity (JSON-able: sources, file sizes...).
+            rung: the isolation rung in force.
+            supersede: this run may complete tasks that already have a completion record
+                (``--resume-failed``, ``--retry-failed``): the new record replaces it.
+        """
+        from .. import __version__
+
+        try:
+            cur = self._con.execute(
+                "INSERT INTO runs (started_at, template, options, inputs, host, pid, version,"
+                " rung, journal) VALUES (?,?,?,?,?,?,?,?,?)",
+                (time.time(), template, json.dumps(options or {}, sort_keys=True),
+                 json.dumps(inputs, sort_keys=True), self.host, os.getpid(), __version__,
+                 rung, self.journal))
+        except sqlite3.Error as e:
+            self._abandon()
+            raise StoreError(describe_write_error(self.path, e)) from None
+        self.run_id = cur.lastrowid
+        self._quick_sql = _QUICK.format(run=int(self.run_id))
+        self._supersede = supersede
+        self._thread = threading.Thread(target=self._write_loop, name="pardo-store", daemon=True)
+        self._thread.start()
+        return self.run_id
+
+    def task_done(self, seq: int, inputs, command: str, attempt: int, result, *,
+                  final: bool = True, slot: int | None = None, cpus=None,
+                  host: str | None = None) -> None:
+        """Record one finished attempt; returns at once (the writer thread writes it).
+
+        Args:
+            seq: the task's input number (1-based).
+            inputs: the task's input values (a tuple of str).
+            command: the command line that ran.
+            attempt: 1 for the first run of the task, 2 for its first retry...
+            result: the attempt's :class:`pardo.Result`.
+            final: whether this attempt completes the task (no retry follows).
+            slot: the slot it ran in; cpus: the CPUs it was pinned to, if any.
+            host: where it ran, if not on this host.
+        """
+        if self.error is not None or self._closed:
+            return  # the store stopped taking records; the runner has been told
+        self._pending.append((seq, inputs, command, attempt, final, result, slot, cpus, host))
+        self._queued += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record handed over so far is committed (or dropped after an
+        error). Returns False on timeout."""
+        target = self._queued
+        with self._idle:
+            return self._idle.wait_for(lambda: self._written >= target, timeout)
+
+    def run_ended(self, how: str) -> None:
+        """Write what is pending, record how the run ended, and close the store.
+
+        Args:
+            how: "completed", "interrupted", "halted", "failed: ..." -- shown by readers.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._pending.append(_CLOSE)
+            self._wake.set()
+            self._thread.join()
+        try:
+            if self.run_id is not None and self.error is None:
+                self._con.execute("UPDATE runs SET ended_at = ?, ended = ? WHERE id = ?",
+                                  (time.time(), how, self.run_id))
+        except sqlite3.Error:
+            pass  # what is committed is intact; the end time is only informative
+        self._abandon()
+
+    def close(self) -> None:
+        """Close without recording an end (a run that never started, or a reader's)."""
+        self.run_ended("closed")
+
+    def _abandon(self):
+        try:
+            # closing the last connection checkpoints the WAL and removes it: between runs
+            # the store is one file
+            self._con.close()
+        finally:
+            self._lock.release()
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _write_loop(self):
+        pending = self._pending
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            closing = False
+            while pending:
+                batch = []
+                while pending and len(batch) < _MAX_BATCH:
+                    item = pending.popleft()
+                    if item is _CLOSE:
+                        closing = True
+                        break
+                    batch.append(item)
+                if batch:
+                    self._write(batch)
+                if closing:
+                    break
+            if closing:
+                return
+
+    def _write(self, batch):
+        if self.error is None:
+            try:
+                self._commit(batch)
+            except (sqlite3.Error, OSError) as e:
+                self._fail(e)
+        with self._idle:
+            self._written += len(batch)
+            self._idle.notify_all()
+
+    def _fail(self, e):
+        try:
+            self._con.rollback()
+        except sqlite3.Error:
+            pass
+        self.error = StoreError(describe_write_error(self.path, e))
+        if self._on_error is not None:
+            try:
+                self._on_error(self.error)
+            except Exception:  # noqa: BLE001 - the runner's callback must not kill the writer
+                pass
+
+    def _commit(self, batch):
+        run, inline, host = self.run_id, self._inline, self.host
+        rows, quick, finals = [], [], []
+        tallies = {}
+        for seq, inputs, command, attempt, final, r, slot, cpus, where in batch:
+            so, se = r.stdout or None, r.stderr or None
+            args = _args_json(inputs)
+            status = _STATUS.get(r.status) or str(r.status)
+            start, duration = r.started_at, r.duration
+            t = tallies.get(status)
+            if t is None:
+                t = tallies[status] = [status, 0, 0, start, start + duration]
+            t[2] += 1
+            t[3] = min(t[3], start)
+            t[4] = max(t[4], start + duration)
+            if final:
+                t[1] += 1
+                finals.append((seq,))
+            if (final and status == "ok" and r.returncode == 0 and r.signal is None
+                    and cpus is None and (where is None or where == host) and r.error is None
+                    and not r.output_truncated and (so is None or len(so) <= inline)
+                    and (se is None or len(se) <= inline)):
+                # the common row: binding a parameter costs about as much as the rest of
+                # the insert, so the columns this row has fixed are constants in _QUICK
+                quick.append((seq, attempt, args, command, slot, start, duration,
+                              r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
+                continue
+            so_file = se_file = None
+            if so is not None and len(so) > inline:
+                so_file, so = self._spill(run, seq, attempt, "stdout", so), None
+            if se is not None and len(se) > inline:
+                se_file, se = self._spill(run, seq, attempt, "stderr", se), None
+            deadline = r.deadline
+            late = duration - deadline if status == "timeout" and deadline is not None else None
+            rows.append((run, seq, attempt, 1 if final else 0, args, command, status,
+                         r.returncode, r.signal, slot,
+                         ",".join(map(str, cpus)) if cpus else None,
+                         where if where and where != host else None, start, duration,
+                         deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, r.error,
+                         so, se, so_file, se_file, 1 if r.output_truncated else None))
+        tallies = list(tallies.values())
+        con = self._con
+        quick_sql = self._quick_sql
+        con.execute("BEGIN")
+        try:
+            if self._supersede:
+                _supersede(con, finals)
+            if quick:
+                con.executemany(quick_sql, quick)
+            if rows:
+                con.executemany(_INSERT, rows)
+        except sqlite3.IntegrityError:
+            # a seq completed twice in one run (the runner re-sent it): the last one wins,
+            # as with a superseding run, rather than losing the whole batch
+            con.rollback()
+            con.execute("BEGIN")
+            for row in quick:
+                _supersede(con, [(row[0],)])
+                con.execute(quick_sql, row)
+            for row in rows:
+                if row[3]:
+                    _supersede(con, [(row[1],)])
+                con.execute(_INSERT, row)
+        except BaseException:
+            con.rollback()
+            raise
+        try:
+            con.executemany(_TALLY, tallies)
+        except BaseException:
+            con.rollback()
+            raise
+        con.execute("COMMIT")
+
+    def _spill(self, run, seq, attempt, stream, data):
+        """Write one large output stream to a file beside the store; return its name
+        relative to the store's output directory. It is written before the row that points
+        to it commits, so a row never points to a missing file; pardo killed in between
+        leaves a file that no row names (the task runs again and writes its own)."""
+        os.makedirs(self._out_dir, exist_ok=True)
+        name = f"{run}-{seq}-{attempt}.{stream}"
+        with open(os.path.join(self._out_dir, name), "wb") as f:
+            f.write(data)
+        return name
