@@ -454,6 +454,7 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         batch.stop(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    running = _watch_stdout(batch)
     progress = None
     if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, total)
@@ -478,6 +479,7 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
             if out.broken:
                 batch.stop("pipe")
     finally:
+        running.clear()  # a reader leaving after the end changes nothing
         if progress is not None:
             progress.__exit__(None, None, None)
         for s, h in old.items():
@@ -503,3 +505,37 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         return batch.halt_exit
     failed = batch.failed
     return failed if failed <= 100 else 101
+
+
+def _watch_stdout(batch):
+    """Stop the run as soon as whoever reads our stdout goes away (``| head``); return an
+    Event to clear once the run is over.
+
+    A write would tell us too, but only when there is something to write: in --line-buffer
+    and --ungroup modes, or with a long task in --group mode, that may be never. A pipe's
+    (or socket's) write end reports POLLERR/POLLHUP once the last reader is gone, so a
+    daemon thread waits for that and no task start pays for the check.
+    """
+    import select
+    import stat
+    import threading
+
+    running = threading.Event()
+    running.set()
+    try:
+        mode = os.fstat(1).st_mode
+    except OSError:
+        return running
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return running  # a terminal or a file: no reader to lose
+
+    def watch():
+        p = select.poll()
+        p.register(1, 0)  # no events asked for: error and hang-up are always reported
+        while not p.poll():
+            pass
+        if running.is_set():
+            batch.stop("pipe")
+
+    threading.Thread(target=watch, daemon=True, name="pardo-stdout-watch").start()
+    return running
