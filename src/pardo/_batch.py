@@ -409,7 +409,7 @@ class Batch:
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)
-            job.pipes = {r1: [1, b""], r2: [2, b""]}
+            job.pipes = {r1: [1, bytearray()], r2: [2, bytearray()]}
             for fd in job.pipes:
                 self._sel.register(fd, selectors.EVENT_READ, job)
             task = job.task
@@ -450,14 +450,22 @@ class Batch:
         entry = job.pipes[fd]
         data = os.read(fd, 1 << 16)
         if data:
-            buf = entry[1] + data
-            cut = buf.rfind(b"\n") + 1
+            # Search only the new data and grow the pending partial line in place: a long
+            # line without a newline costs linear time, not a copy of all of it per read.
+            cut = data.rfind(b"\n") + 1
             if cut:
-                self._line_sink(job, entry[0], buf[:cut])
-            entry[1] = buf[cut:]
+                pending = entry[1]
+                if pending:
+                    pending += data[:cut]
+                    self._line_sink(job, entry[0], bytes(pending))
+                else:
+                    self._line_sink(job, entry[0], data[:cut])
+                entry[1] = bytearray(data[cut:])
+            else:
+                entry[1] += data
             return
         if entry[1]:
-            self._line_sink(job, entry[0], entry[1])
+            self._line_sink(job, entry[0], bytes(entry[1]))
         self._sel.unregister(fd)
         os.close(fd)
         del job.pipes[fd]
