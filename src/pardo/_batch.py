@@ -30,8 +30,10 @@
   on the median runtime of successful tasks, which changes while tasks run, so the loop
   enforces those itself: it waits until the earliest task would pass the current limit and
   terminates it.
-- ``stop()`` (the CLI calls it from a signal handler) sets a flag and kills what is in flight;
-  the loop then drains the queue. It waits on ``q.get_many()`` directly (the engine keeps no
+- ``interrupt()`` (the CLI calls it from its first SIGINT/SIGTERM handler, and ``--halt now``
+  does the same) sets a flag, cancels the held tasks and sends the running ones SIGTERM, then
+  SIGKILL after the kill grace; ``stop()`` (a second signal, a closed stdout) kills at once.
+  Either way the loop then drains the queue. It waits on ``q.get_many()`` directly (the engine keeps no
   readiness fd then), or on a selector for a prefetch thread, line-mode pipes or --delay.
 """
 
@@ -292,12 +294,14 @@ class Batch:
         self._spawn_kw = kw
         self._spawner = pardo._run._Spawner(**kw)
         self._stop_reason = None  # signal number, or "halt"
+        self._gentle = False  # stopping with SIGTERM first (interrupt(), --halt now)
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
         self.started = 0
         self.finished = 0
         self.failed = 0
         self.succeeded = 0
+        self.interrupted = 0  # ran, then ended by stop() or interrupt() ("cancelled")
         self.by_status: dict[str, int] = {}
         self.halt_exit = None  # exit status decided by a halt policy
         self.halt_result = None  # the result that made the halt policy stop the batch
@@ -319,29 +323,65 @@ class Batch:
     # -- control -------------------------------------------------------------------------
 
     def stop(self, reason=None):
-        """Stop starting tasks and kill every running tree (safe from a signal handler)."""
+        """Stop starting tasks and kill every running tree now (safe from a signal handler
+        and from another thread)."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
+        self._gentle = False
         # Killing here, not only in the loop, ends a wait in q.get_many() at once.
         self._kill_all()
+        self._wake()
+
+    def interrupt(self, reason=None):
+        """Stop starting tasks and end the running ones gently (safe from a signal handler).
+
+        The first call sends every running tree SIGTERM and SIGKILL after the kill grace,
+        as a deadline does, so that tasks can clean up (GNU parallel's --termseq); tasks
+        still held by the engine never start. A second call kills at once (:meth:`stop`).
+
+        Returns:
+            True for the first call (gentle), False when it killed at once.
+        """
+        if self._stop_reason is not None and self._stop_reason != "halt":
+            self.stop(reason)
+            return False
+        self._stop_reason = reason if reason is not None else "stop"
+        self._gentle = True
+        self._kill_all(gentle=True)
+        self._wake()
+        return True
+
+    def _wake(self):
         try:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
         except OSError:
             pass  # the pipe is full: a wake-up is already pending
 
-    def _kill_all(self):
-        """Kill every task in flight; return their jobs.
+    @property
+    def kill_grace(self):
+        """Seconds between SIGTERM and SIGKILL when tasks are ended gently."""
+        return self._spawn_kw["kill_grace"]
+
+    def _kill_all(self, gentle=False):
+        """Kill every task in flight (or, *gentle*, SIGTERM the running ones and SIGKILL
+        them after the kill grace); return their jobs.
 
         Newest first: the engine starts held tasks in submission order, so the held ones
         are cancelled before a killed running one frees its slot for them. The copies are
-        made by single C calls, so a signal handler interrupting the loop sees consistent
-        containers.
+        made by single C calls, so a signal handler (or another thread) interrupting the
+        loop sees consistent containers.
         """
-        jobs = list(reversed(self._held)) + list(reversed(self.running.values()))
-        for job in jobs:
-            job.task.kill()
-        return jobs
+        held = list(reversed(self._held))
+        running = list(reversed(self.running.values()))
+        for job in held:
+            job.task.kill()  # never started: nothing to clean up
+        for job in running:
+            if gentle:
+                job.task.terminate()
+            else:
+                job.task.kill()
+        return held + running
 
     @property
     def stopped_by(self):
@@ -514,7 +554,9 @@ class Batch:
                 self.halt_exit = 0
             self._stop_reason = "halt"
             if h.when == "now":
-                self._kill_all()
+                # GNU parallel ends the running jobs with its --termseq, TERM first
+                self._gentle = True
+                self._kill_all(gentle=True)
 
     def _finish(self, task, q):
         """Handle one completed task; return its job if that job is done for good.
@@ -576,6 +618,8 @@ class Batch:
                 self._median.add(r.duration)
         else:
             self.failed += 1
+            if r.status == Status.CANCELLED:
+                self.interrupted += 1
         if self._results_dir is not None:
             write_results(self._results_dir, job, r)
         self._halt_check(r)
@@ -626,8 +670,9 @@ class Batch:
                     if keep_order:
                         order.append(job)
                 if self._stop_reason is not None and not killed and self._stop_reason != "halt":
+                    # again, here: a task may have started while the handler ran
                     killed = True
-                    self._kill_all()
+                    self._kill_all(gentle=self._gentle)
                 if not (running or held) and (exhausted or self._stop_reason is not None):
                     break
                 if self._median is not None:

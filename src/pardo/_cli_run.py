@@ -451,7 +451,15 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
     needs_line = joblog is not None or view.verbose or summary is not None
 
     def on_signal(signum, frame):
-        batch.stop(signum)
+        name = signal.Signals(signum).name
+        if batch.interrupt(signum):
+            n = len(batch.running)
+            err.write((f"pardo: {name}: starting no more tasks; sent SIGTERM to {n} running "
+                       f"task{'s' if n != 1 else ''}, SIGKILL after {batch.kill_grace:g} s "
+                       f"({'Ctrl-C' if signum == signal.SIGINT else name} again: kill now)\n")
+                      .encode())
+        else:
+            err.write(f"pardo: {name} again: killing the running tasks now\n".encode())
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     running = _watch_stdout(batch)
@@ -495,6 +503,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
                    f"{hr.describe()}: {batch.command_line(hr.job)}\n")
                   .encode("utf-8", "surrogateescape"))
     reason = batch.stopped_by
+    if reason in (signal.SIGINT, signal.SIGTERM):
+        err.write(_interrupt_report(batch, total).encode())
     if reason == signal.SIGINT:
         return 130
     if reason == signal.SIGTERM:
@@ -505,6 +515,17 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         return batch.halt_exit
     failed = batch.failed
     return failed if failed <= 100 else 101
+
+
+def _interrupt_report(batch, total):
+    """One line after an interrupt: how many tasks finished, were interrupted, never ran."""
+    done = batch.finished - batch.interrupted
+    if total is not None:
+        rest = f"{max(0, total - batch.finished)} never started"
+    else:
+        rest = "the rest of the input never started"
+    return (f"pardo: interrupted: {done} task{'s' if done != 1 else ''} finished, "
+            f"{batch.interrupted} interrupted, {rest}\n")
 
 
 def _watch_stdout(batch):
