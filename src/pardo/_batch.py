@@ -397,7 +397,7 @@ class Batch:
             return [encode(a) for a in argv]
         line = self.template.command(job.args, job.seq, slot)
         job.shell_line = line
-        return [self._shell, b"-c", encode(line)]
+        return [self._shell, b"-c", self._pardo._run.shell_line(encode(line))]
 
     def command_line(self, job_or_result):
         """The shell command line of a job, as GNU parallel would show it."""
