@@ -95,15 +95,29 @@ def parse_timeout(spec):
         return None, None
     if isinstance(spec, (int, float)):
         secs = float(spec)
-        return (secs if secs > 0 else None), None
-    s = str(spec).strip()
-    try:
-        if s.endswith("%"):
-            return None, float(s[:-1]) / 100
-        secs = float(s)
-    except ValueError:
-        raise BatchError(f"--timeout: {spec!r} is not seconds or N%") from None
+    else:
+        s = str(spec).strip()
+        try:
+            frac = float(s[:-1]) / 100 if s.endswith("%") else None
+            secs = None if s.endswith("%") else float(s)
+        except ValueError:
+            raise BatchError(f"--timeout: {spec!r} is not seconds or N%") from None
+        if frac is not None:
+            if not frac > 0:
+                raise BatchError(f"--timeout: {spec!r} must be a positive percentage")
+            return None, frac
+    if secs < 0 or secs != secs:
+        # GNU parallel refuses it too; silently running without a deadline would be worse
+        raise BatchError(f"--timeout: {spec!r} is negative; give seconds > 0 (0: no deadline)")
     return (secs if secs > 0 else None), None
+
+
+def compile_colsep(colsep):
+    """The compiled ``--colsep`` regular expression; BatchError if it is not one."""
+    try:
+        return re.compile(colsep)
+    except re.error as e:
+        raise BatchError(f"--colsep: {colsep!r} is not a regular expression: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -827,13 +841,15 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         raise TypeError("inputs must be an iterable of values (a str is not: wrap it in a list)")
     words = [command] if isinstance(command, str) else list(command)
     template = Template(words, replace=replace, context=max_args is not None)
+    if colsep is not None:
+        compile_colsep(colsep)  # a bad one fails here, before any task
     if isinstance(inputs, Source) or (isinstance(inputs, list) and inputs
                                       and all(isinstance(s, Source) for s in inputs)):
         recs = records(inputs if isinstance(inputs, list) else [inputs], colsep=colsep)
     else:
         recs = (_as_record(i) for i in inputs)
         if colsep is not None:
-            split = re.compile(colsep).split
+            split = compile_colsep(colsep).split
             recs = (tuple(c for v in r for c in split(v)) for r in recs)
     batch = Batch(template, numbered_jobs(group_records(recs, max_args)), jobs=jobs,
                   timeout=timeout, kill_grace=kill_grace, retries=retries, halt=halt,

@@ -301,6 +301,10 @@ def _main(argv):
         return 0
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
+    if opts.get("colsep") is not None:
+        from ._batch import compile_colsep
+
+        compile_colsep(opts["colsep"])  # before any input is read
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args

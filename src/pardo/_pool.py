@@ -171,6 +171,10 @@ class Pool(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         self._timeout_ns = _timeout_ns(task_timeout, "task_timeout")
+        if memory_limit is not None:
+            from ._run import parse_size
+
+            parse_size(memory_limit)  # a bad size fails here, not at the first task
         self._backend_name = backend
         if backend == "thread":
             for name, value in (
