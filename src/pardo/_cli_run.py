@@ -467,6 +467,7 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     running = _watch_stdout(batch)
+    start_errors = _StartErrors(batch)
     progress = None
     if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, total)
@@ -477,7 +478,10 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
             job = r.job
             line = batch.command_line(job) if needs_line else None
             if r.status == Status.ERROR:
-                err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
+                if start_errors.add(r):
+                    err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
+                if start_errors.hopeless():
+                    batch.stop("start")
             elif r.status == Status.TIMEOUT:
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +
                           batch.command_line(job).encode("utf-8", "surrogateescape") + b"\n")
@@ -498,6 +502,7 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
             signal.signal(s, h)
         if joblog is not None:
             joblog.close()
+    err.write(start_errors.report().encode("utf-8", "surrogateescape"))
     if summary is not None and batch.finished:
         err.write(summary.render().encode("utf-8", "surrogateescape"))
     hr = batch.halt_result
@@ -513,6 +518,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         return 130
     if reason == signal.SIGTERM:
         return 143
+    if reason == "start":
+        return 255
     if reason == "pipe":
         return 141  # stdout was closed under us; GNU parallel dies of SIGPIPE here
     if batch.halt_exit is not None:
@@ -564,3 +571,46 @@ def _watch_stdout(batch):
 
     threading.Thread(target=watch, daemon=True, name="pardo-stdout-watch").start()
     return running
+
+
+class _StartErrors:
+    """Says each reason a task could not start once (a mistyped program would otherwise
+    print the same line for every input), and notices when nothing can start at all."""
+
+    # This many tasks in a row, from the first, that could not start for one reason:
+    # the rest will not either (the same program, the same PATH).
+    HOPELESS = 10
+
+    def __init__(self, batch):
+        self._batch = batch
+        self._count: dict[str, int] = {}
+        self._all_same = True  # every task so far could not start, for one reason
+        self._stopped_after = 0
+
+    def add(self, result) -> bool:
+        """Count *result* (status "error"); True when its reason is new."""
+        n = self._count.get(result.error, 0)
+        self._count[result.error] = n + 1
+        if self._all_same and (len(self._count) > 1 or self._batch.finished > n + 1):
+            self._all_same = False
+        return n == 0
+
+    def hopeless(self) -> bool:
+        if not self._all_same or self._batch.finished < self.HOPELESS:
+            return False
+        self._all_same = False  # say it once
+        self._stopped_after = self._batch.finished
+        return True
+
+    def report(self) -> str:
+        """Lines for the end of the run: how many more failed for each reason, and why the
+        run stopped early if it did."""
+        lines = []
+        for reason, n in self._count.items():
+            if n > 1:
+                lines.append(f"pardo: {n - 1} more task{'s' if n > 2 else ''} could not start: "
+                             f"{reason}\n")
+        if self._batch.stopped_by == "start":
+            lines.append(f"pardo: stopped: the first {self._stopped_after} tasks all could "
+                         "not start for the same reason; fix the command and run again\n")
+        return "".join(lines)
