@@ -49,7 +49,9 @@ def report() -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pardo doctor", description=__doc__)
+    from .cli import help_text
+
+    parser = argparse.ArgumentParser(prog="pardo doctor", description=help_text(__doc__))
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:
