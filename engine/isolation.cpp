@@ -371,6 +371,11 @@ class ShepherdRung : public Rung {
 
 class PgroupRung : public Rung {
  public:
+  // guardian_fd: the write end of the pgroup guardian's stdin, or -1 without a guardian
+  // (then the leaders die with us, by PDEATHSIG, but what they started does not).
+  PgroupRung(int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
+      : guardian_fd_(guardian_fd), guardian_pid_(guardian_pid), guardian_pidfd_(guardian_pidfd) {}
+
   const char* name() const override { return "pgroup"; }
 
   SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
@@ -383,6 +388,7 @@ class PgroupRung : public Rung {
       t.child_pid = o.pid;
       t.pidfd = o.pidfd;
       t.c.pid = o.pid;
+      tell_guardian(o.pid);  // its group (setsid: pgid = pid) dies with us from now on
     }
     return o;
   }
@@ -395,6 +401,9 @@ class PgroupRung : public Rung {
     memset(&si, 0, sizeof si);
     if (waitid(P_PID, t.child_pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0) return;
     if (!t.req.linger) killpg(t.child_pid, SIGKILL);
+    // Before the reap: until then the zombie leader pins the group's id, so the guardian
+    // never holds an id that another group may have taken.
+    tell_guardian(-t.child_pid);
     int st;
     struct rusage ru;
     if (!reap(s, t, &st, &ru)) return;
@@ -422,12 +431,43 @@ class PgroupRung : public Rung {
   }
 
   void finish(Supervisor&, TaskState&) override {}
+
+  void shutdown() override {
+    if (guardian_fd_ >= 0) close(guardian_fd_);  // EOF: the guardian kills what is listed
+    guardian_fd_ = -1;
+    if (guardian_pidfd_ >= 0) {
+      struct pollfd p{guardian_pidfd_, POLLIN, 0};
+      poll(&p, 1, 2000);
+      close(guardian_pidfd_);
+      guardian_pidfd_ = -1;
+    }
+    if (guardian_pid_ > 0) waitpid(guardian_pid_, nullptr, WNOHANG);
+    guardian_pid_ = -1;
+  }
+
+  ~PgroupRung() override {
+    if (guardian_fd_ >= 0) shutdown();
+  }
+
+ private:
+  // One 4-byte write per group start and end: +pgid, -pgid.
+  void tell_guardian(int32_t v) {
+    if (guardian_fd_ < 0) return;
+    ssize_t n;
+    do {
+      n = write(guardian_fd_, &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+  }
+
+  int guardian_fd_;
+  pid_t guardian_pid_;
+  int guardian_pidfd_;
 };
 
-// Start the guardian: a pardo-shepherd that waits for EOF on its stdin and then kills and
-// removes the supervisor's cgroup subtree. EOF comes when this process dies, however it
-// dies, because only we hold the write end.
-bool start_guardian(const std::string& shepherd, const std::string& subtree, int* wfd,
+// Start a guardian: a pardo-shepherd (in mode `mode`) that waits for EOF on its stdin and
+// then kills what the supervisor left: its cgroup subtree, or its process groups. EOF comes
+// when this process dies, however it dies, because only we hold the write end.
+bool start_guardian(const std::string& shepherd, const std::string& mode, int* wfd,
                     pid_t* pid, int* pidfd, std::string* why) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) {
@@ -437,7 +477,7 @@ bool start_guardian(const std::string& shepherd, const std::string& subtree, int
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   ChildPlan plan;
   plan.exec_paths = {shepherd};
-  plan.argv = {shepherd, "--guardian=" + subtree};
+  plan.argv = {shepherd, mode};
   plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
   std::vector<int> temps = normalize_fds(plan.fds);
   SpawnOutcome o = spawn_child(plan, -1);
@@ -449,6 +489,9 @@ bool start_guardian(const std::string& shepherd, const std::string& subtree, int
     *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);
     return false;
   }
+  // Room for many records: the guardian drains them at once, but a write must not wait
+  // for it to be scheduled when tasks start in a burst.
+  fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
   *wfd = p[1];
   *pid = o.pid;
   *pidfd = o.pidfd;
@@ -491,7 +534,7 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
       pid_t gpid;
       int gpidfd;
       std::string sub = tree->path();
-      if (start_guardian(shepherd_path, sub, &wfd, &gpid, &gpidfd, &cg_why)) {
+      if (start_guardian(shepherd_path, "--guardian=" + sub, &wfd, &gpid, &gpidfd, &cg_why)) {
         ch.rung = std::make_unique<CgroupRung>(std::move(tree), wfd, gpid, gpidfd);
         ch.name = "cgroup";
         ch.reason = "each task runs in its own cgroup v2 leaf under " + sub;
@@ -516,10 +559,21 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
       return ch;
     }
   }
-  ch.rung = std::make_unique<PgroupRung>();
+  int wfd = -1, gpidfd = -1;
+  pid_t gpid = -1;
+  std::string guardian_why;
+  if (!have_shepherd || !start_guardian(shepherd_path, "--guardian-pgroups", &wfd, &gpid,
+                                        &gpidfd, &guardian_why)) {
+    wfd = gpidfd = -1;
+    gpid = -1;
+  }
+  ch.rung = std::make_unique<PgroupRung>(wfd, gpid, gpidfd);
   ch.name = "pgroup";
   ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
                       : "forced by configuration";
+  if (wfd < 0)
+    ch.reason += "; no guardian (" + (have_shepherd ? guardian_why : shepherd_why) +
+                 "): if pardo is SIGKILLed, what its tasks started survives";
   return ch;
 }
 
