@@ -50,6 +50,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from . import _spool
 from ._inputs import Source, encode, group_records, records
 from ._result import Status
 from ._template import Field, Template
@@ -183,7 +184,7 @@ class _RunningMedian:
 
 class _Job:
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last")
+                 "argv", "shell_line", "pipes", "last", "spool")
 
     def __init__(self, seq, args, argv=None):
         self.seq = seq
@@ -198,6 +199,7 @@ class _Job:
         self.shell_line = None
         self.pipes = None  # line mode: {read fd: (stream number, pending partial line)}
         self.last = None  # the Result of the previous attempt, while a retry is in flight
+        self.spool = None  # the output files of the attempt in flight (spool mode)
 
 
 _NOT_YET = object()
@@ -273,7 +275,7 @@ class Batch:
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
                  stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
-                 input_may_block=False, total=None):
+                 input_may_block=False, total=None, spool=False):
         import pardo
 
         self._pardo = pardo
@@ -292,6 +294,10 @@ class Batch:
         # line mode (--line-buffer): output comes through our own pipes, whole lines at a
         # time, to line_sink(job, stream, data) while tasks run
         self._line_sink = line_sink
+        # spool: each task writes its output into temporary files (see _spool), its
+        # Result carries it as bytes or, when big, as files until it has been yielded
+        self._spool = spool and line_sink is None
+        self._spool_open: set = set()  # results yielded-to-be that still hold files
         # An input that can block (a pipe, a terminal) is read on a thread, so that the
         # loop keeps reaping and starting tasks while it waits for the next line.
         self._input_may_block = input_may_block
@@ -453,7 +459,16 @@ class Batch:
             job.started = time.monotonic()  # exact: with N% deadlines nothing is held
         argv = self._command_args(job, slot)
         exe = self._executable(argv[0])
-        if self._line_sink is None:
+        if self._spool:
+            job.spool = _spool.open_spool()
+            try:
+                task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool)
+            except BaseException:
+                for fd in job.spool:
+                    os.close(fd)
+                job.spool = None
+                raise
+        elif self._line_sink is None:
             task = job.task = self._spawner(argv, q, job, exe, cpus)
         else:
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
@@ -579,6 +594,11 @@ class Batch:
         """
         job = task.tag
         r = task.result
+        if job.spool is not None:
+            fds, job.spool = job.spool, None
+            _spool.collect(r, fds)
+            if r.spool:
+                self._spool_open.add(r)
         if r.pid is None and r.status == Status.CANCELLED:
             # Cancelled while the engine still held it: it never ran, and GNU parallel
             # would never have started it. Report the attempt before, if any.
@@ -611,14 +631,23 @@ class Batch:
         if (r.status != Status.OK and job.attempts < self.retries and self._stop_reason is None
                 and r.status != Status.CANCELLED):
             r.slot = job.slot
+            self._drop(job.last)
             job.last = r
             self._start(job, q)  # without anything held: the slot just released
             return None
         return self._done(job, r)
 
+    def _drop(self, r):
+        """Close the files of a result that will never be yielded."""
+        if r is not None and getattr(r, "spool", None):
+            self._spool_open.discard(r)
+            _spool.close(r)
+
     def _done(self, job, r):
         """Count and record the final result of a job; return the job."""
         job.task = None
+        if job.last is not r:
+            self._drop(job.last)
         job.last = None
         job.result = r
         r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
@@ -719,10 +748,12 @@ class Batch:
                     job = self._finish(task, q)
                     if job is not None and not keep_order:
                         yield job.result
+                        self._drop(job.result)  # the consumer is done with its files
                 while order and order[0].result is not None:
                     r = order.popleft().result
                     if r is not _NEVER_RAN:
                         yield r
+                        self._drop(r)
         finally:
             # Reached on normal end, on an exception in the consumer, and on close(): no
             # task may outlive the batch.
@@ -739,6 +770,13 @@ class Batch:
                     os.close(fd)
             running.clear()
             held.clear()
+            for r in list(self._spool_open):
+                self._drop(r)
+            for job in left:
+                if job.spool is not None:
+                    for fd in job.spool:
+                        os.close(fd)
+                    job.spool = None
             if sel is not None:
                 sel.close()
                 os.close(self._wake_r)
@@ -758,10 +796,11 @@ def write_results(directory, job, result):
         parts += [str(i), _results_path_part(v)]
     d = os.path.join(*[encode(p) for p in parts])
     os.makedirs(d, exist_ok=True)
-    for name, data in ((b"seq", f"{job.seq}\n".encode()), (b"stdout", result.stdout or b""),
-                       (b"stderr", result.stderr or b"")):
+    with open(os.path.join(d, b"seq"), "wb") as f:
+        f.write(f"{job.seq}\n".encode())
+    for stream, name in ((1, b"stdout"), (2, b"stderr")):
         with open(os.path.join(d, name), "wb") as f:
-            f.write(data)
+            _spool.copy_out(result, stream, f.write)
 
 
 def _as_record(item):

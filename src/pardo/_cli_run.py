@@ -49,7 +49,8 @@ pardo's own:
   --memory-limit SIZE      per-task memory limit (e.g. 512M)
   --isolation RUNG         cgroup | shepherd | pgroup
   --kill-grace SECS        SIGTERM -> SIGKILL pause for deadlines (default 2)
-  --max-output SIZE        per-task buffered output limit in --group mode (default 256M)
+  --max-output SIZE        --group mode prints at most SIZE per stream of a task (default
+                           256M); a cut task counts as failed
   --summary / --no-summary end-of-run summary on stderr (default: on a terminal)
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
@@ -377,6 +378,7 @@ def _main(argv):
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
     view = _View(opts)
+    view.max_output = _size(opts.get("max_output", "256M"))
     import pardo
 
     batch = Batch(
@@ -385,7 +387,7 @@ def _main(argv):
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
         delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
         memory_limit=_size(opts["memory_limit"]) if opts.get("memory_limit") else None,
-        max_output=_size(opts.get("max_output", "256M")) if view.mode == "group" else None,
+        spool=view.mode == "group",
         stdout=pardo.INHERIT if view.mode == "ungroup" else None,
         stderr=pardo.INHERIT if view.mode == "ungroup" else None,
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
@@ -428,18 +430,25 @@ class _View:
         (self.out if stream == 1 else self.err).write(_tagged(data, tag) if tag else data)
 
     def grouped(self, r, line):
-        """A finished task's captured output, all at once."""
+        """A finished task's output (spooled in files while it ran), all at once, cut at
+        --max-output per stream. Returns True when something was cut."""
+        from ._spool import copy_out, size_of
+
         if self.verbose:
             self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-        so, se = r.stdout, r.stderr
         tag = self.tag_of(r.inputs, r.seq, r.slot)
-        if tag:
-            so = _tagged(so, tag) if so else so
-            se = _tagged(se, tag) if se else se
-        self.out.write(so)
-        self.err.write(se)
-        if r.output_truncated:
-            self.err.write(f"pardo: output of task {r.seq} was cut at --max-output\n".encode())
+        cut = []
+        for stream, dest in ((1, self.out), (2, self.err)):
+            size = size_of(r, stream)
+            copy_out(r, stream, dest.write, tag, self.max_output)
+            if size > self.max_output:
+                cut.append(f"{'stdout' if stream == 1 else 'stderr'} ({_human(size)})")
+        if cut or r.output_truncated:
+            what = " and ".join(cut) or "its output"
+            self.err.write(f"pardo: task {r.seq}: {what} cut at --max-output "
+                           f"{_human(self.max_output)}; the task counts as failed\n".encode())
+            return True
+        return False
 
 
 def _execute(batch, view, opts, total, joblog_path, resuming):
@@ -468,6 +477,7 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     running = _watch_stdout(batch)
     start_errors = _StartErrors(batch)
+    cut_ok = 0  # tasks that succeeded but whose output was cut at --max-output
     progress = None
     if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, total)
@@ -486,7 +496,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +
                           batch.command_line(job).encode("utf-8", "surrogateescape") + b"\n")
             if view.mode == "group" and r.status != Status.CANCELLED:
-                view.grouped(r, line)
+                if view.grouped(r, line) and r.status == Status.OK:
+                    cut_ok += 1  # output lost: not a success (GNU has no limit to cut at)
             if joblog is not None:
                 ev, sig = exit_fields(r)
                 joblog.write(r.seq, r.started_at, r.duration, ev, sig, line)
@@ -524,8 +535,16 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         return 141  # stdout was closed under us; GNU parallel dies of SIGPIPE here
     if batch.halt_exit is not None:
         return batch.halt_exit
-    failed = batch.failed
+    failed = batch.failed + cut_ok
     return failed if failed <= 100 else 101
+
+
+def _human(n):
+    for unit in ("", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
 
 
 def _interrupt_report(batch, total):

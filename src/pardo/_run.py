@@ -577,15 +577,22 @@ class _Spawner:
         self._out = _stream(stdout, "stdout", [])[0]
         self._err = _stream(stderr, "stderr", [])[0]
 
-    def __call__(self, argv, queue, tag=None, executable=None, cpus=None) -> Task:
-        """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes."""
+    def __call__(self, argv, queue, tag=None, executable=None, cpus=None, out_fd=-1,
+                 err_fd=-1) -> Task:
+        """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes.
+        ``out_fd``/``err_fd``, when given, are fds the task writes its output into."""
         if not self._fast:
-            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
-                         **self._kw)
+            kw = self._kw
+            if out_fd >= 0:
+                kw = dict(kw, stdout=out_fd, stderr=err_fd)
+            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus, **kw)
         _checked(argv)
         sup = _supervisor._sup or _supervisor.get()
         exe = executable or b""
-        h = sup.submit(argv, self._env, self._cwd, None, self._out, -1, self._err, -1,
+        out, err = self._out, self._err
+        if out_fd >= 0:
+            out, err = _engine.OUT_FD, _engine.OUT_FD
+        h = sup.submit(argv, self._env, self._cwd, None, out, out_fd, err, err_fd,
                        self._max_output, [], self._timeout_ns, self._grace_ns,
                        [] if cpus is None else _cpus(cpus), self._nice, self._mem,
                        self._linger, queue._q, exe)
