@@ -296,7 +296,11 @@ class Batch:
         self._line_sink = line_sink
         # spool: each task writes its output into temporary files (see _spool), its
         # Result carries it as bytes or, when big, as files until it has been yielded
-        self._spool = spool and line_sink is None
+        self._spool = None
+        if spool and line_sink is None:
+            # files reused only where a finished task's whole tree is known to be gone
+            reuse = pardo._supervisor.get().rung != "pgroup"
+            self._spool = _spool.SpoolFiles(reuse, keep=4 * (self.jobs + 2))
         self._spool_open: set = set()  # results yielded-to-be that still hold files
         # An input that can block (a pipe, a terminal) is read on a thread, so that the
         # loop keeps reaping and starting tasks while it waits for the next line.
@@ -459,13 +463,12 @@ class Batch:
             job.started = time.monotonic()  # exact: with N% deadlines nothing is held
         argv = self._command_args(job, slot)
         exe = self._executable(argv[0])
-        if self._spool:
-            job.spool = _spool.open_spool()
+        if self._spool is not None:
+            job.spool = self._spool.take()
             try:
                 task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool)
             except BaseException:
-                for fd in job.spool:
-                    os.close(fd)
+                self._spool.discard(job.spool)
                 job.spool = None
                 raise
         elif self._line_sink is None:
@@ -596,7 +599,7 @@ class Batch:
         r = task.result
         if job.spool is not None:
             fds, job.spool = job.spool, None
-            _spool.collect(r, fds)
+            self._spool.collect(r, fds)
             if r.spool:
                 self._spool_open.add(r)
         if r.pid is None and r.status == Status.CANCELLED:
@@ -641,7 +644,7 @@ class Batch:
         """Close the files of a result that will never be yielded."""
         if r is not None and getattr(r, "spool", None):
             self._spool_open.discard(r)
-            _spool.close(r)
+            self._spool.release(r)
 
     def _done(self, job, r):
         """Count and record the final result of a job; return the job."""
@@ -774,9 +777,10 @@ class Batch:
                 self._drop(r)
             for job in left:
                 if job.spool is not None:
-                    for fd in job.spool:
-                        os.close(fd)
+                    self._spool.discard(job.spool)
                     job.spool = None
+            if self._spool is not None:
+                self._spool.close()
             if sel is not None:
                 sel.close()
                 os.close(self._wake_r)
