@@ -36,7 +36,7 @@ options shared with GNU parallel:
   --joblog FILE            GNU's TSV joblog; --resume, --resume-failed, --retry-failed
   --dry-run                print the commands, run nothing
   --delay SECS, --nice N
-  --bar, --eta, --progress live progress on stderr (a terminal only)
+  --bar, --eta, --progress live progress on stderr (off a terminal: GNU's plain lines)
   -a, --arg-file FILE      read inputs from FILE (like :::: FILE)
   --colsep REGEX           split input lines into columns {1} {2} ...
   -N N                     N inputs per command; -n N without context replace
@@ -253,16 +253,20 @@ def _tagged(data, tag):
     return out + (tag + last if last else b"")
 
 
-def _known_total(sources, n_per_job):
-    """Number of jobs if every source is a ::: list (else None: a file streams)."""
-    if any(s.values is None for s in sources):
+def _known_total(sources, n_per_job, delimiter=None):
+    """Number of jobs if every source is a ::: list, else None (a file streams); with a
+    *delimiter*, the records of regular files are counted too (for --bar/--eta)."""
+    if delimiter is None and any(s.values is None for s in sources):
+        return None
+    counts = [s.count_values(delimiter or b"\n") for s in sources]
+    if None in counts:
         return None
     groups = []
-    for s in sources:
+    for s, n in zip(sources, counts):
         if s.linked and groups:
-            groups[-1] = min(groups[-1], len(s.values))
+            groups[-1] = min(groups[-1], n)
         else:
-            groups.append(len(s.values))
+            groups.append(n)
     total = math.prod(groups)
     if n_per_job:
         total = -(-total // n_per_job)
@@ -364,6 +368,10 @@ def _main(argv):
             recs = (r for r in recs if any(v.strip() for v in r))
         jobs_iter = numbered_jobs(group_records(recs, per_job), skip=skip)
         total = None if skip or opts.get("no_empty") else _known_total(sources, per_job)
+        if total is None and opts.get("bar") and not (skip or opts.get("no_empty")):
+            # the bar needs a total: count the records of input files ahead (GNU reads
+            # them all first for --bar/--eta; counting keeps none of them)
+            total = _known_total(sources, per_job, delim)
 
     if opts.get("dry_run"):
         out = _Out(1)
@@ -453,7 +461,7 @@ class _View:
 
 def _execute(batch, view, opts, total, joblog_path, resuming):
     from ._joblog import JobLog, exit_fields
-    from ._report import Progress, Summary
+    from ._report import PlainProgress, Progress, Summary
     from ._result import Status
 
     out, err = view.out, view.err
@@ -478,9 +486,11 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
     running = _watch_stdout(batch)
     start_errors = _StartErrors(batch)
     cut_ok = 0  # tasks that succeeded but whose output was cut at --max-output
-    progress = None
+    progress = plain = None
     if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, total)
+    elif opts.get("bar"):
+        plain = PlainProgress(batch, total, err.write)
     try:
         if progress is not None:
             progress.__enter__()
@@ -503,6 +513,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
                 joblog.write(r.seq, r.started_at, r.duration, ev, sig, line)
             if summary is not None:
                 summary.add(r, line)
+            if plain is not None:
+                plain.update()
             if out.broken:
                 batch.stop("pipe")
     finally:

@@ -77,6 +77,25 @@ class Source:
         if self._fh is not None and self.path != "-":
             self._fh.close()
 
+    def count_values(self, delimiter: bytes = b"\n") -> int | None:
+        """How many values this source holds, counted without keeping them (for a progress
+        total): ``:::`` values, or the records of a regular file read in 1 MiB chunks.
+        None for stdin, a pipe, or a delimiter longer than one byte."""
+        if self.values is not None:
+            return len(self.values)
+        if self.path == "-" or len(delimiter) != 1 or self.may_block():
+            return None
+        n = 0
+        last = b""
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                while chunk := f.read(1 << 20):
+                    n += chunk.count(delimiter)
+                    last = chunk[-1:]
+        except OSError:
+            return None
+        return n + (1 if last and last != delimiter else 0)  # a last record without one
+
     def iter_values(self, delimiter: bytes = b"\n"):
         if self.values is not None:
             return iter(self.values)

@@ -13,7 +13,7 @@ from array import array
 
 from ._result import Status
 
-__all__ = ["Summary", "Progress"]
+__all__ = ["Summary", "Progress", "PlainProgress"]
 
 _SLOWEST = 5
 
@@ -125,3 +125,41 @@ class Progress:
     def __exit__(self, *exc):
         self._live.__exit__(*exc)
         return False
+
+
+class PlainProgress:
+    """--bar when stderr is not a terminal: GNU parallel's plain progress lines, which
+    zenity reads (``zenity --progress`` takes a line with a number as the percentage and a
+    line starting with ``#`` as the text). A pair of lines when the whole percentage
+    changes (or, without a total, at most once a second); called by the loop after each
+    result, so it costs nothing while no task finishes.
+
+    Args:
+        batch: the running batch (its counters are read).
+        total: number of tasks if known, else None.
+        write: where the lines go (bytes).
+    """
+
+    def __init__(self, batch, total, write):
+        self._batch = batch
+        self._total = total
+        self._write = write
+        self._t0 = time.monotonic()
+        self._last = None
+
+    def update(self):
+        done = self._batch.finished
+        elapsed = time.monotonic() - self._t0
+        if self._total:
+            pct = min(100, 100 * done // self._total)
+            if pct == self._last:
+                return
+            self._last = pct
+            left = elapsed / done * (self._total - done) if done else 0.0
+            text = f"{pct}\n# {elapsed:.0f} sec {done}/{self._total} done, ETA {left:.0f}s\n"
+        else:
+            if self._last is not None and elapsed - self._last < 1.0:
+                return
+            self._last = elapsed
+            text = f"# {elapsed:.0f} sec {done} done\n"
+        self._write(text.encode())

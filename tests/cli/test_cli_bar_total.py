@@ -1,0 +1,59 @@
+"""--bar/--eta know the total when inputs come from files; plain lines off a terminal."""
+
+import os
+import pty
+import subprocess
+
+from _clirun import pardo_cmd
+
+
+def _inputs(tmp_path, n):
+    f = tmp_path / "inputs"
+    f.write_text("".join(f"{i}\n" for i in range(n - 1)) + "last")  # no final newline
+    return f
+
+
+def test_bar_off_a_terminal_prints_gnu_plain_progress_lines(tmp_path):
+    f = _inputs(tmp_path, 8)
+    p = subprocess.run(pardo_cmd() + ["-j2", "--bar", ": {}", "::::", str(f)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    lines = p.stderr.splitlines()
+    assert "100" in lines
+    assert lines[lines.index("100") + 1].endswith("8/8 done, ETA 0s")
+    assert [ln for ln in lines if not ln.startswith("#")] == [
+        str(100 * k // 8) for k in range(1, 9)]
+
+
+def test_bar_counts_arg_file_inputs_with_a_delimiter(tmp_path):
+    f = tmp_path / "inputs"
+    f.write_bytes(b"a\0b\0c\0")
+    p = subprocess.run(pardo_cmd() + ["-0", "--bar", "-a", str(f), ":"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0
+    assert p.stderr.splitlines()[-1].endswith("3/3 done, ETA 0s")
+
+
+def test_bar_on_a_terminal_shows_total_and_percentage(tmp_path):
+    f = _inputs(tmp_path, 8)
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(pardo_cmd() + ["-j2", "--bar", ": {}", "::::", str(f)],
+                             stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert p.wait(timeout=60) == 0
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert b"8/8 100%" in seen
