@@ -63,13 +63,34 @@ bool reap(Supervisor& s, TaskState& t, int* status, struct rusage* ru) {
   return true;
 }
 
+// A guardian process (pardo-shepherd in a guardian mode) and the write end of its stdin:
+// closing it, or our death, is its signal to kill what we leave.
+struct Guardian {
+  int fd = -1;
+  pid_t pid = -1;
+  int pidfd = -1;
+
+  // Close its stdin and give it a moment to do its work and exit.
+  void stop() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+    if (pidfd >= 0) {
+      struct pollfd p{pidfd, POLLIN, 0};
+      poll(&p, 1, 2000);
+      close(pidfd);
+      pidfd = -1;
+    }
+    if (pid > 0) waitpid(pid, nullptr, WNOHANG);
+    pid = -1;
+  }
+};
+
 // ------------------------------------------------------------------ cgroup
 
 class CgroupRung : public Rung {
  public:
-  CgroupRung(std::unique_ptr<CgroupTree> tree, int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
-      : tree_(std::move(tree)), guardian_fd_(guardian_fd), guardian_pid_(guardian_pid),
-        guardian_pidfd_(guardian_pidfd), direct_(clone3_into_cgroup_supported()),
+  CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian)
+      : tree_(std::move(tree)), guardian_(guardian), direct_(clone3_into_cgroup_supported()),
         async_(direct_ && async_spawn_supported()) {}
 
   const char* name() const override { return "cgroup"; }
@@ -168,20 +189,11 @@ class CgroupRung : public Rung {
 
   void shutdown() override {
     tree_->destroy();
-    if (guardian_fd_ >= 0) close(guardian_fd_);  // EOF: the guardian finds nothing left, exits
-    guardian_fd_ = -1;
-    if (guardian_pidfd_ >= 0) {
-      struct pollfd p{guardian_pidfd_, POLLIN, 0};
-      poll(&p, 1, 2000);
-      close(guardian_pidfd_);
-      guardian_pidfd_ = -1;
-    }
-    if (guardian_pid_ > 0) waitpid(guardian_pid_, nullptr, WNOHANG);
-    guardian_pid_ = -1;
+    guardian_.stop();  // EOF: the guardian finds nothing left, exits
   }
 
   ~CgroupRung() override {
-    if (guardian_fd_ >= 0) shutdown();
+    if (guardian_.fd >= 0) shutdown();
   }
 
  private:
@@ -206,9 +218,7 @@ class CgroupRung : public Rung {
   }
 
   std::unique_ptr<CgroupTree> tree_;
-  int guardian_fd_;
-  pid_t guardian_pid_;
-  int guardian_pidfd_;
+  Guardian guardian_;
   bool direct_;  // clone3 places the child into its leaf (else the child moves itself there)
   bool async_;   // and so spawn_child_async can be used
 };
@@ -371,10 +381,9 @@ class ShepherdRung : public Rung {
 
 class PgroupRung : public Rung {
  public:
-  // guardian_fd: the write end of the pgroup guardian's stdin, or -1 without a guardian
-  // (then the leaders die with us, by PDEATHSIG, but what they started does not).
-  PgroupRung(int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
-      : guardian_fd_(guardian_fd), guardian_pid_(guardian_pid), guardian_pidfd_(guardian_pidfd) {}
+  // Without a guardian (fd -1) the leaders die with us, by PDEATHSIG, but what they
+  // started does not.
+  explicit PgroupRung(Guardian guardian) : guardian_(guardian) {}
 
   const char* name() const override { return "pgroup"; }
 
@@ -432,43 +441,28 @@ class PgroupRung : public Rung {
 
   void finish(Supervisor&, TaskState&) override {}
 
-  void shutdown() override {
-    if (guardian_fd_ >= 0) close(guardian_fd_);  // EOF: the guardian kills what is listed
-    guardian_fd_ = -1;
-    if (guardian_pidfd_ >= 0) {
-      struct pollfd p{guardian_pidfd_, POLLIN, 0};
-      poll(&p, 1, 2000);
-      close(guardian_pidfd_);
-      guardian_pidfd_ = -1;
-    }
-    if (guardian_pid_ > 0) waitpid(guardian_pid_, nullptr, WNOHANG);
-    guardian_pid_ = -1;
-  }
+  void shutdown() override { guardian_.stop(); }  // EOF: it kills what is still listed
 
-  ~PgroupRung() override {
-    if (guardian_fd_ >= 0) shutdown();
-  }
+  ~PgroupRung() override { shutdown(); }
 
  private:
   // One 4-byte write per group start and end: +pgid, -pgid.
   void tell_guardian(int32_t v) {
-    if (guardian_fd_ < 0) return;
+    if (guardian_.fd < 0) return;
     ssize_t n;
     do {
-      n = write(guardian_fd_, &v, sizeof v);
+      n = write(guardian_.fd, &v, sizeof v);
     } while (n < 0 && errno == EINTR);
   }
 
-  int guardian_fd_;
-  pid_t guardian_pid_;
-  int guardian_pidfd_;
+  Guardian guardian_;
 };
 
 // Start a guardian: a pardo-shepherd (in mode `mode`) that waits for EOF on its stdin and
 // then kills what the supervisor left: its cgroup subtree, or its process groups. EOF comes
 // when this process dies, however it dies, because only we hold the write end.
-bool start_guardian(const std::string& shepherd, const std::string& mode, int* wfd,
-                    pid_t* pid, int* pidfd, std::string* why) {
+bool start_guardian(const std::string& shepherd, const std::string& mode, Guardian* g,
+                    std::string* why) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) {
     *why = std::string("pipe: ") + strerror(errno);
@@ -492,9 +486,9 @@ bool start_guardian(const std::string& shepherd, const std::string& mode, int* w
   // Room for many records: the guardian drains them at once, but a write must not wait
   // for it to be scheduled when tasks start in a burst.
   fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
-  *wfd = p[1];
-  *pid = o.pid;
-  *pidfd = o.pidfd;
+  g->fd = p[1];
+  g->pid = o.pid;
+  g->pidfd = o.pidfd;
   return true;
 }
 
@@ -530,12 +524,10 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
     if (!have_shepherd) {
       cg_why = shepherd_why + " (the cgroup rung needs it as its guardian)";
     } else if (auto tree = CgroupTree::create(&cg_why)) {
-      int wfd;
-      pid_t gpid;
-      int gpidfd;
+      Guardian g;
       std::string sub = tree->path();
-      if (start_guardian(shepherd_path, "--guardian=" + sub, &wfd, &gpid, &gpidfd, &cg_why)) {
-        ch.rung = std::make_unique<CgroupRung>(std::move(tree), wfd, gpid, gpidfd);
+      if (start_guardian(shepherd_path, "--guardian=" + sub, &g, &cg_why)) {
+        ch.rung = std::make_unique<CgroupRung>(std::move(tree), g);
         ch.name = "cgroup";
         ch.reason = "each task runs in its own cgroup v2 leaf under " + sub;
         return ch;
@@ -559,19 +551,15 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
       return ch;
     }
   }
-  int wfd = -1, gpidfd = -1;
-  pid_t gpid = -1;
+  Guardian g;
   std::string guardian_why;
-  if (!have_shepherd || !start_guardian(shepherd_path, "--guardian-pgroups", &wfd, &gpid,
-                                        &gpidfd, &guardian_why)) {
-    wfd = gpidfd = -1;
-    gpid = -1;
-  }
-  ch.rung = std::make_unique<PgroupRung>(wfd, gpid, gpidfd);
+  if (!have_shepherd || !start_guardian(shepherd_path, "--guardian-pgroups", &g, &guardian_why))
+    g = Guardian{};
+  ch.rung = std::make_unique<PgroupRung>(g);
   ch.name = "pgroup";
   ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
                       : "forced by configuration";
-  if (wfd < 0)
+  if (g.fd < 0)
     ch.reason += "; no guardian (" + (have_shepherd ? guardian_why : shepherd_why) +
                  "): if pardo is SIGKILLed, what its tasks started survives";
   return ch;

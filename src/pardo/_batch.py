@@ -33,8 +33,9 @@
 - ``interrupt()`` (the CLI calls it from its first SIGINT/SIGTERM handler, and ``--halt now``
   does the same) sets a flag, cancels the held tasks and sends the running ones SIGTERM, then
   SIGKILL after the kill grace; ``stop()`` (a second signal, a closed stdout) kills at once.
-  Either way the loop then drains the queue. It waits on ``q.get_many()`` directly (the engine keeps no
-  readiness fd then), or on a selector for a prefetch thread, line-mode pipes or --delay.
+  Either way the loop then drains the queue. It waits on ``q.get_many()`` directly (the
+  engine keeps no readiness fd then), or on a selector for a prefetch thread, line-mode
+  pipes or --delay.
 """
 
 from __future__ import annotations

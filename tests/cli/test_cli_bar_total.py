@@ -37,23 +37,20 @@ def test_bar_counts_arg_file_inputs_with_a_delimiter(tmp_path):
 def test_bar_on_a_terminal_shows_total_and_percentage(tmp_path):
     f = _inputs(tmp_path, 8)
     master, slave = pty.openpty()
-    try:
-        p = subprocess.Popen(pardo_cmd() + ["-j2", "--bar", ": {}", "::::", str(f)],
-                             stdout=subprocess.DEVNULL, stderr=slave)
-        os.close(slave)
-        slave = -1
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's last writer is gone
-                break
-            if not chunk:
-                break
-            seen += chunk
-        assert p.wait(timeout=60) == 0
-    finally:
-        if slave >= 0:
+    with os.fdopen(master, "rb", buffering=0) as term:
+        try:
+            p = subprocess.Popen(pardo_cmd() + ["-j2", "--bar", ": {}", "::::", str(f)],
+                                 stdout=subprocess.DEVNULL, stderr=slave)
+        finally:
             os.close(slave)
-        os.close(master)
-    assert b"8/8 100%" in seen
+        # read as pardo draws (a full terminal would stop it); EIO once it has exited
+        drawn = b"".join(iter(lambda: _read_or_empty(term), b""))
+        assert p.wait(timeout=60) == 0
+    assert b"8/8 100%" in drawn
+
+
+def _read_or_empty(term):
+    try:
+        return term.read(65536)
+    except OSError:
+        return b""

@@ -1,5 +1,6 @@
 """Ctrl-C, SIGTERM and ``--halt now`` end tasks with SIGTERM first, so they can clean up."""
 
+import contextlib
 import signal
 import subprocess
 import time
@@ -20,34 +21,32 @@ def _wait_for(predicate, timeout=10):
     return False
 
 
-def _start(args):
-    return subprocess.Popen(pardo_cmd() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _finish(p, timeout=15):
+@contextlib.contextmanager
+def _pardo(args):
+    """``pardo run ARGS`` running; killed on the way out if a test left it running."""
+    p = subprocess.Popen(pardo_cmd() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out, err = p.communicate(timeout=timeout)
+        yield p
     finally:
         if p.poll() is None:
             p.kill()
             p.communicate()
-    return out, err.decode()
+
+
+def _finish(p, timeout=15):
+    """Wait for pardo to exit; return (stdout, stderr as text, seconds it took)."""
+    t = time.monotonic()
+    out, err = p.communicate(timeout=timeout)
+    return out, err.decode(), time.monotonic() - t
 
 
 def test_first_sigint_sends_the_termination_sequence(tmp_path):
     log = tmp_path / "log"
     cmd = _CLEANS_UP % {"log": log, "dir": tmp_path}
-    p = _start(["-j2", "--summary", cmd, ":::", "a", "b", "c"])
-    try:
+    with _pardo(["-j2", "--summary", cmd, ":::", "a", "b", "c"]) as p:
         assert _wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 2)
-        sent = time.monotonic()
         p.send_signal(signal.SIGINT)
-        _, err = _finish(p)
-        took = time.monotonic() - sent
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        _, err, took = _finish(p)
     assert p.returncode == 130
     assert sorted(log.read_text().split("\n")) == ["", "cleaned a", "cleaned b"]
     assert "SIGINT: starting no more tasks; sent SIGTERM to 2 running tasks, SIGKILL after 2 s" \
@@ -58,15 +57,10 @@ def test_first_sigint_sends_the_termination_sequence(tmp_path):
 
 def test_sigterm_is_gentle_too(tmp_path):
     log = tmp_path / "log"
-    p = _start(["-j1", _CLEANS_UP % {"log": log, "dir": tmp_path}, ":::", "a"])
-    try:
+    with _pardo(["-j1", _CLEANS_UP % {"log": log, "dir": tmp_path}, ":::", "a"]) as p:
         assert _wait_for(lambda: (tmp_path / "ready-a").exists())
         p.send_signal(signal.SIGTERM)
         _finish(p)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     assert p.returncode == 143
     assert log.read_text() == "cleaned a\n"
 
@@ -74,20 +68,13 @@ def test_sigterm_is_gentle_too(tmp_path):
 def test_second_sigint_kills_at_once(tmp_path):
     # The task ignores SIGTERM and the grace is long: only the second Ctrl-C ends it soon.
     cmd = f"trap '' TERM; touch {tmp_path}/ready-{{}}; while :; do sleep 0.05; done"
-    p = _start(["--kill-grace", "60", cmd, ":::", "a"])
-    try:
+    with _pardo(["--kill-grace", "60", cmd, ":::", "a"]) as p:
         assert _wait_for(lambda: (tmp_path / "ready-a").exists())
         p.send_signal(signal.SIGINT)
         time.sleep(0.5)
         assert p.poll() is None  # still in its grace
-        sent = time.monotonic()
         p.send_signal(signal.SIGINT)
-        _, err = _finish(p)
-        took = time.monotonic() - sent
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        _, err, took = _finish(p)
     assert p.returncode == 130
     assert "SIGINT again: killing the running tasks now" in err
     assert took < 5
@@ -95,9 +82,9 @@ def test_second_sigint_kills_at_once(tmp_path):
 
 def test_halt_now_sends_the_termination_sequence(tmp_path):
     log = tmp_path / "log"
-    p = _start(["-j2", "--halt", "now,fail=1", "{}", ":::",
-                _CLEANS_UP.replace("{}", "x") % {"log": log, "dir": tmp_path},
-                f"until [ -e {tmp_path}/ready-x ]; do sleep 0.02; done; exit 7"])
-    _finish(p)
+    with _pardo(["-j2", "--halt", "now,fail=1", "{}", ":::",
+                 _CLEANS_UP.replace("{}", "x") % {"log": log, "dir": tmp_path},
+                 f"until [ -e {tmp_path}/ready-x ]; do sleep 0.02; done; exit 7"]) as p:
+        _finish(p)
     assert p.returncode == 7
     assert log.read_text() == "cleaned x\n"
