@@ -399,13 +399,16 @@ class Batch:
         """
         held = list(reversed(self._held))
         running = list(reversed(self.running.values()))
+        # job.task is read once: from a handler or another thread, the loop may finish a
+        # job (and clear its task) between the copy above and here
         for job in held:
-            job.task.kill()  # never started: nothing to clean up
+            task = job.task
+            if task is not None:
+                task.kill()  # never started: nothing to clean up
         for job in running:
-            if gentle:
-                job.task.terminate()
-            else:
-                job.task.kill()
+            task = job.task
+            if task is not None:
+                (task.terminate if gentle else task.kill)()
         return held + running
 
     @property
