@@ -1,4 +1,4 @@
-// What pardo-shepherd's two roles share (keeper.cpp, guardian.cpp; entry point in main.cpp).
+// What pardo-shepherd's roles share (keeper.cpp, guardian.cpp; entry point in main.cpp).
 // The program is written against the kernel alone (raw/): no libc call anywhere, so these
 // few helpers stand in for the libc functions it would otherwise use.
 #pragma once
@@ -33,6 +33,8 @@ inline void set_disposition(int sig, void* handler) {
 int keeper_main(int argc, char** argv, char** envp);
 // pardo-shepherd --guardian=DIR: the cgroup rung's guardian (guardian.cpp).
 int guardian_main(const char* dir);
+// pardo-shepherd --guardian-pgroups: the pgroup rung's guardian (guardian.cpp).
+int pgroup_guardian_main();
 
 }  // namespace shepherd
 }  // namespace pardo

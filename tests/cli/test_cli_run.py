@@ -291,8 +291,11 @@ def test_stdin_streams_tasks_start_before_input_ends():
 
 
 def test_nothing_extra_on_stderr_when_it_is_not_a_terminal():
-    p = run(["--bar", "echo", ":::", "a"])
+    p = run(["echo", ":::", "a"])
     assert p.stdout == b"a\n" and p.stderr == b""
+    # --bar asks for progress: off a terminal, GNU parallel's plain lines (issue 15)
+    p = run(["--bar", "echo", ":::", "a"])
+    assert p.stdout == b"a\n" and p.stderr.startswith(b"100\n# ")
 
 
 def test_bar_and_summary_on_a_terminal():

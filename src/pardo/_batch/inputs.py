@@ -15,11 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 
 from .._errors import InputError
+from .options import compile_colsep
 
 __all__ = ["Source", "records", "group_records", "arg_groups", "count_jobs", "decode", "encode"]
 
@@ -75,6 +75,25 @@ class Source:
     def close(self):
         if self._fh is not None and self.path != "-":
             self._fh.close()
+
+    def count_values(self, delimiter: bytes = b"\n") -> int | None:
+        """How many values this source holds, counted without keeping them (for a progress
+        total): ``:::`` values, or the records of a regular file read in 1 MiB chunks.
+        None for stdin, a pipe, or a delimiter longer than one byte."""
+        if self.values is not None:
+            return len(self.values)
+        if self.path == "-" or len(delimiter) != 1 or self.may_block():
+            return None
+        n = 0
+        last = b""
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                while chunk := f.read(1 << 20):
+                    n += chunk.count(delimiter)
+                    last = chunk[-1:]
+        except OSError:
+            return None
+        return n + (1 if last and last != delimiter else 0)  # a last record without one
 
     def iter_values(self, delimiter: bytes = b"\n"):
         if self.values is not None:
@@ -135,7 +154,7 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
     else:
         it = first
     if colsep is not None:
-        split = re.compile(colsep).split
+        split = compile_colsep(colsep).split
         it = (tuple(col for v in rec for col in split(v)) for rec in it)
     return it
 
@@ -200,26 +219,32 @@ def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
     else:
         recs = (_as_record(i) for i in inputs)
         if colsep is not None:
-            split = re.compile(colsep).split
+            split = compile_colsep(colsep).split
             recs = (tuple(c for v in r for c in split(v)) for r in recs)
     if skip_empty:
         recs = (r for r in recs if any(v.strip() for v in r))
     return group_records(recs, max_args)
 
 
-def count_jobs(inputs, max_args: int | None = None) -> int | None:
+def count_jobs(inputs, max_args: int | None = None, delimiter: bytes | None = None
+               ) -> int | None:
     """How many jobs :func:`arg_groups` will give, when that is known without reading the
-    inputs: ``:::`` sources (files stream) or a sized collection of values; else None."""
+    inputs: ``:::`` sources (files stream) or a sized collection of values; else None.
+    With a *delimiter*, the records of regular files are counted too, keeping none of them
+    (for a progress bar's total)."""
     sources = _all_sources(inputs)
     if sources is not None:
-        if any(s.values is None for s in sources):
+        if delimiter is None and any(s.values is None for s in sources):
+            return None
+        counts = [s.count_values(delimiter or b"\n") for s in sources]
+        if None in counts:
             return None
         groups = []
-        for s in sources:
+        for s, k in zip(sources, counts):
             if s.linked and groups:
-                groups[-1] = min(groups[-1], len(s.values))
+                groups[-1] = min(groups[-1], k)
             else:
-                groups.append(len(s.values))
+                groups.append(k)
         n = math.prod(groups)
     elif isinstance(inputs, (list, tuple, range)):
         n = len(inputs)

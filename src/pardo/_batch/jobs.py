@@ -32,10 +32,11 @@ class Job:
         shell_line: the command line, once rendered.
         pipes: line mode: {read fd: [stream number, pending partial line]}.
         last: the Result of the previous attempt, while a retry is in flight.
+        spool: the output files (fds) of the attempt in flight, in spool mode.
     """
 
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last")
+                 "argv", "shell_line", "pipes", "last", "spool")
 
     def __init__(self, seq, args, argv=None):
         self.seq = seq
@@ -50,6 +51,7 @@ class Job:
         self.shell_line = None
         self.pipes = None
         self.last = None
+        self.spool = None
 
 
 def numbered_jobs(arg_groups, skip=None):

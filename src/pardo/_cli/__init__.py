@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 _COMMANDS = {
@@ -15,6 +16,13 @@ _COMMANDS = {
     "doctor": ("pardo._cli.doctor", "report the isolation rung and kernel features"),
     "demo": ("pardo._cli.demo", "run a small built-in batch"),
 }
+
+
+def help_text(doc: str) -> str:
+    """A docstring as a person reads it in a terminal: without reStructuredText markup
+    (``code``, :class:`name`)."""
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return doc.replace("``", "")
 
 
 def _usage() -> str:

@@ -9,10 +9,11 @@ import sys
 
 from .. import _supervisor
 from .._errors import PardoError
+from . import help_text
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pardo doctor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pardo doctor", description=help_text(__doc__))
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:

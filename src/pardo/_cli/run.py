@@ -36,7 +36,7 @@ options shared with GNU parallel:
   --joblog FILE            GNU's TSV joblog; --resume, --resume-failed, --retry-failed
   --dry-run                print the commands, run nothing
   --delay SECS, --nice N
-  --bar, --eta, --progress live progress on stderr (a terminal only)
+  --bar, --eta, --progress live progress on stderr (off a terminal: GNU's plain lines)
   -a, --arg-file FILE      read inputs from FILE (like :::: FILE)
   --colsep REGEX           split input lines into columns {1} {2} ...
   -N N                     N inputs per command; -n N without context replace
@@ -49,7 +49,8 @@ pardo's own:
   --memory-limit SIZE      per-task memory limit (e.g. 512M)
   --isolation RUNG         cgroup | shepherd | pgroup
   --kill-grace SECS        SIGTERM -> SIGKILL pause for deadlines (default 2)
-  --max-output SIZE        per-task buffered output limit in --group mode (default 256M)
+  --max-output SIZE        --group mode prints at most SIZE per stream of a task (default
+                           256M); a cut task counts as failed
   --summary / --no-summary end-of-run summary on stderr (default: on a terminal)
 
 exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 failed;
@@ -249,12 +250,22 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
-    from .._batch import RESUME_MODES, Batch, Source, Template, arg_groups, count_jobs
+    from .._batch import (
+        RESUME_MODES,
+        Batch,
+        Source,
+        Template,
+        arg_groups,
+        compile_colsep,
+        count_jobs,
+    )
     from .._run import INHERIT
     from .views import Out, View
 
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
+    if opts.get("colsep") is not None:
+        compile_colsep(opts["colsep"])  # before any input is read
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
@@ -287,24 +298,30 @@ def _main(argv):
     skip_empty = bool(opts.get("no_empty"))
     groups = arg_groups(sources, delimiter=delim, colsep=opts.get("colsep"), max_args=per_job,
                         skip_empty=skip_empty)
+    total = None
+    if not skip_empty:
+        # --bar needs a total: then the records of input files are counted ahead (GNU
+        # reads them all first for --bar/--eta; counting keeps none of them)
+        total = count_jobs(sources, per_job,
+                           delim if opts.get("bar") and resume is None else None)
     kill_grace = _float(opts, "kill_grace", 2.0)
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
-    view = View(opts)
+    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0))
     batch = Batch(
         template, groups, jobs=opts.get("jobs"), timeout=opts.get("timeout"),
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
         delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
         memory_limit=_size(opts, "memory_limit", None, minimum=1),
-        max_output=_size(opts, "max_output", "256M", minimum=0) if view.mode == "group" else None,
+        spool=view.mode == "group",
         stdout=INHERIT if view.mode == "ungroup" else None,
         stderr=INHERIT if view.mode == "ungroup" else None,
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
         joblog=opts.get("joblog"), resume=resume,
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
-        total=None if skip_empty else count_jobs(sources, per_job),
+        total=total,
     )
     if opts.get("dry_run"):
         out = Out(1)
@@ -318,7 +335,7 @@ def _main(argv):
 
 def _execute(batch, view, opts):
     from .._result import Status
-    from .views import Progress, Summary
+    from .views import PlainProgress, Progress, Summary
 
     out, err = view.out, view.err
     tty = os.isatty(2)
@@ -327,33 +344,54 @@ def _execute(batch, view, opts):
     needs_line = view.verbose or summary is not None
 
     def on_signal(signum, frame):
-        batch.stop(signum)
+        name = signal.Signals(signum).name
+        if batch.interrupt(signum):
+            n = len(batch.running)
+            err.write((f"pardo: {name}: starting no more tasks; sent SIGTERM to {n} running "
+                       f"task{'s' if n != 1 else ''}, SIGKILL after {batch.kill_grace:g} s "
+                       f"({'Ctrl-C' if signum == signal.SIGINT else name} again: kill now)\n")
+                      .encode())
+        else:
+            err.write(f"pardo: {name} again: killing the running tasks now\n".encode())
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    progress = None
+    running = _watch_stdout(batch)
+    start_errors = _StartErrors(batch)
+    cut_ok = 0  # tasks that succeeded but whose output was cut at --max-output
+    progress = plain = None
     if tty and (opts.get("bar") or not os.isatty(1)):
         progress = Progress(batch, batch.total)
+    elif opts.get("bar"):
+        plain = PlainProgress(batch, batch.total, err.write)
     try:
         if progress is not None:
             progress.__enter__()
         for r in batch:
             line = batch.command_line(r.job) if needs_line else None
             if r.status == Status.ERROR:
-                err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
+                if start_errors.add(r):
+                    err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
+                if start_errors.hopeless():
+                    batch.stop("start")
             elif r.status == Status.TIMEOUT:
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +
                           batch.command_line(r.job).encode("utf-8", "surrogateescape") + b"\n")
             if view.mode == "group" and r.status != Status.CANCELLED:
-                view.grouped(r, line)
+                if view.grouped(r, line) and r.status == Status.OK:
+                    cut_ok += 1  # output lost: not a success (GNU has no limit to cut at)
             if summary is not None:
                 summary.add(r, line)
+            if plain is not None:
+                plain.update()
             if out.broken:
                 batch.stop("pipe")
     finally:
+        running.clear()  # a reader leaving after the end changes nothing
         if progress is not None:
             progress.__exit__(None, None, None)
         for s, h in old.items():
             signal.signal(s, h)
+    err.write(start_errors.report().encode("utf-8", "surrogateescape"))
     if summary is not None and batch.finished:
         err.write(summary.render().encode("utf-8", "surrogateescape"))
     hr = batch.halt_result
@@ -362,4 +400,96 @@ def _execute(batch, view, opts):
         err.write((f"pardo: --halt {opts.get('halt')}: stopped after task {hr.seq} "
                    f"{hr.describe()}: {batch.command_line(hr.job)}\n")
                   .encode("utf-8", "surrogateescape"))
-    return batch.exit_status
+    if batch.stopped_by in (signal.SIGINT, signal.SIGTERM):
+        err.write(_interrupt_report(batch).encode())
+    # a task whose output was cut is not a success (GNU has no limit to cut at)
+    return batch.exit_status_with(cut_ok)
+
+
+def _interrupt_report(batch):
+    """One line after an interrupt: how many tasks finished, were interrupted, never ran."""
+    done = batch.finished - batch.interrupted
+    total = batch.total
+    if total is not None:
+        rest = f"{max(0, total - batch.finished)} never started"
+    else:
+        rest = "the rest of the input never started"
+    return (f"pardo: interrupted: {done} task{'s' if done != 1 else ''} finished, "
+            f"{batch.interrupted} interrupted, {rest}\n")
+
+
+def _watch_stdout(batch):
+    """Stop the run as soon as whoever reads our stdout goes away (``| head``); return an
+    Event to clear once the run is over.
+
+    A write would tell us too, but only when there is something to write: in --line-buffer
+    and --ungroup modes, or with a long task in --group mode, that may be never. A pipe's
+    (or socket's) write end reports POLLERR/POLLHUP once the last reader is gone, so a
+    daemon thread waits for that and no task start pays for the check.
+    """
+    import select
+    import stat
+    import threading
+
+    running = threading.Event()
+    running.set()
+    try:
+        mode = os.fstat(1).st_mode
+    except OSError:
+        return running
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return running  # a terminal or a file: no reader to lose
+
+    def watch():
+        p = select.poll()
+        p.register(1, 0)  # no events asked for: error and hang-up are always reported
+        while not p.poll():
+            pass
+        if running.is_set():
+            batch.stop("pipe")
+
+    threading.Thread(target=watch, daemon=True, name="pardo-stdout-watch").start()
+    return running
+
+
+class _StartErrors:
+    """Says each reason a task could not start once (a mistyped program would otherwise
+    print the same line for every input), and notices when nothing can start at all."""
+
+    # This many tasks in a row, from the first, that could not start for one reason:
+    # the rest will not either (the same program, the same PATH).
+    HOPELESS = 10
+
+    def __init__(self, batch):
+        self._batch = batch
+        self._count: dict[str, int] = {}
+        self._all_same = True  # every task so far could not start, for one reason
+        self._stopped_after = 0
+
+    def add(self, result) -> bool:
+        """Count *result* (status "error"); True when its reason is new."""
+        n = self._count.get(result.error, 0)
+        self._count[result.error] = n + 1
+        if self._all_same and (len(self._count) > 1 or self._batch.finished > n + 1):
+            self._all_same = False
+        return n == 0
+
+    def hopeless(self) -> bool:
+        if not self._all_same or self._batch.finished < self.HOPELESS:
+            return False
+        self._all_same = False  # say it once
+        self._stopped_after = self._batch.finished
+        return True
+
+    def report(self) -> str:
+        """Lines for the end of the run: how many more failed for each reason, and why the
+        run stopped early if it did."""
+        lines = []
+        for reason, n in self._count.items():
+            if n > 1:
+                lines.append(f"pardo: {n - 1} more task{'s' if n > 2 else ''} could not start: "
+                             f"{reason}\n")
+        if self._batch.stopped_by == "start":
+            lines.append(f"pardo: stopped: the first {self._stopped_after} tasks all could "
+                         "not start for the same reason; fix the command and run again\n")
+        return "".join(lines)
