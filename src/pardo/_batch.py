@@ -125,9 +125,13 @@ class HaltPolicy:
         if spec is None or spec == "never" or isinstance(spec, HaltPolicy):
             return spec if isinstance(spec, HaltPolicy) else None
         s = str(spec)
-        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1"}
+        # GNU's older forms: 0..2 and -1/-2, and N% for soon,fail=N%
+        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1", "-1": "soon,success=1",
+                 "-2": "now,success=1"}
         if s in short:
             return cls.parse(short[s])
+        if re.fullmatch(r"\d+%", s):
+            return cls.parse(f"soon,fail={s}")
         m = re.fullmatch(r"(now|soon)?,?(fail|success|done)=(\d+(?:\.\d+)?)(%?)", s)
         if not m:
             raise BatchError(
@@ -499,11 +503,21 @@ class Batch:
             hit = n >= h.fraction * (self.total or self.finished)
         if hit:
             self.halt_result = result  # the task that triggered it (the CLI says so)
-            if h.why == "fail":
-                rc = result.returncode if result.status == Status.FAILED else 1
-                self.halt_exit = rc if 0 < rc < 256 else 1
-            elif h.why == "success":
+            if h.why == "success":
                 self.halt_exit = 0
+            elif h.count == 1:
+                # GNU: the exit status of the task that made it halt (signal + 128)
+                if result.status == Status.FAILED:
+                    self.halt_exit = result.returncode & 255 or 1
+                elif result.status == Status.OK:
+                    self.halt_exit = 0
+                else:
+                    self.halt_exit = 128 + (result.signal or 15) if result.signal else 1
+            elif h.count is not None:
+                self.halt_exit = min(self.failed, 101)  # GNU: the number of failed tasks
+            else:
+                # GNU: the percentage of failed tasks, rounded up
+                self.halt_exit = -(-100 * self.failed // (self.total or self.finished or 1))
             self._stop_reason = "halt"
             if h.when == "now":
                 self._kill_all()

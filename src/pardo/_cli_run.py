@@ -7,14 +7,15 @@ is not argparse's: options stop at the first word that is not an option (the com
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
 import signal
 import sys
 
-__all__ = ["main"]
+from ._cli.run_options import UsageError, parse_options
+
+__all__ = ["main", "UsageError"]
 
 USAGE = """\
 usage: pardo run [options] [COMMAND [ARGS...]] [::: VALUES...] [:::+ VALUES...] [:::: FILES...]
@@ -57,66 +58,38 @@ exit status: 0 all tasks succeeded; 1-100 that many failed; 101 more than 100 fa
 closed (SIGPIPE); 255 error.
 """
 
-# name -> (dest, takes_value)
-_OPTIONS = {}
+def _profile_words(argv):
+    """Words of the -J/--profile files named at the head of *argv* and of ``$PARALLEL``,
+    which GNU parallel reads before the command line (profiles first)."""
+    import shlex
+
+    words = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] not in ("-", "--"):
+        a, name = argv[i], None
+        if a in ("-J", "--profile") and i + 1 < len(argv):
+            name, i = argv[i + 1], i + 1
+        elif a.startswith("--profile="):
+            name = a.partition("=")[2]
+        elif a.startswith("-J") and not a.startswith("--"):
+            name = a[2:]
+        if name is not None:
+            words += shlex.split(_read_profile(name), comments=True)
+        i += 1
+    env = os.environ.get("PARALLEL")
+    if env:
+        words += shlex.split(env)
+    return words
 
 
-def _opt(dest, *names, value=False, multi=False):
-    for n in names:
-        _OPTIONS[n] = (dest, value, multi)
-
-
-_opt("jobs", "-j", "-P", "--jobs", "--max-procs", value=True)
-_opt("timeout", "--timeout", value=True)
-_opt("termseq", "--termseq", value=True)
-_opt("kill_grace", "--kill-grace", value=True)
-_opt("retries", "--retries", value=True)
-_opt("halt", "--halt", "--halt-on-error", value=True)
-_opt("keep_order", "-k", "--keep-order")
-_opt("group", "--group")
-_opt("ungroup", "-u", "--ungroup")
-_opt("line_buffer", "--line-buffer", "--lb")
-_opt("tag", "--tag")
-_opt("tagstring", "--tagstring", value=True)
-_opt("verbose", "-v", "--verbose")
-_opt("results", "--results", "--res", value=True)
-_opt("joblog", "--joblog", "--jl", value=True)
-_opt("resume", "--resume")
-_opt("resume_failed", "--resume-failed")
-_opt("retry_failed", "--retry-failed")
-_opt("dry_run", "--dry-run", "--dryrun")
-_opt("delay", "--delay", value=True)
-_opt("nice", "--nice", value=True)
-_opt("bar", "--bar", "--eta", "--progress")
-_opt("arg_file", "-a", "--arg-file", "--arg_file", value=True, multi=True)
-_opt("colsep", "--colsep", "-C", value=True)
-_opt("max_replace", "-N", "--max-replace-args", value=True)
-_opt("max_args", "-n", "--max-args", value=True)
-_opt("replace", "-I", "--replace", value=True)
-_opt("null", "-0", "--null")
-_opt("delimiter", "-d", "--delimiter", value=True)
-_opt("link", "--link", "--xapply")
-_opt("no_empty", "-r", "--no-run-if-empty")
-_opt("pin", "--pin")
-_opt("memory_limit", "--memory-limit", value=True)
-_opt("isolation", "--isolation", value=True)
-_opt("max_output", "--max-output", value=True)
-_opt("summary", "--summary")
-_opt("no_summary", "--no-summary")
-_opt("will_cite", "--will-cite", "--no-notice")
-_opt("help", "-h", "--help")
-_opt("version", "--version", "-V")
-
-_SEPARATORS = (":::", ":::+", "::::", "::::+")
-
-
-class UsageError(Exception):
-    """Bad command line: a one-line message, exit 255."""
-
-
-def _closest(name):
-    m = difflib.get_close_matches(name, list(_OPTIONS), n=1, cutoff=0.6)
-    return f"; did you mean {m[0]}?" if m else "; see pardo run --help"
+def _read_profile(name):
+    base = os.environ.get("PARALLEL_HOME") or os.path.expanduser("~/.parallel")
+    path = name if "/" in name else os.path.join(base, name)
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise UsageError(f"-J {name}: cannot read profile {path!r}: {e.strerror}") from None
 
 
 def parse(argv):
@@ -124,45 +97,25 @@ def parse(argv):
     from ._inputs import Source
 
     opts = {"arg_file": []}
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == "--":
-            i += 1
-            break
-        if a in _SEPARATORS or not a.startswith("-") or a == "-":
-            break
-        name, eq, val = a.partition("=") if a.startswith("--") else (a, "", "")
-        if name not in _OPTIONS and not a.startswith("--") and len(a) > 2 and a[:2] in _OPTIONS:
-            name, eq, val = a[:2], "=", a[2:]  # -j4, -N2
-        if name not in _OPTIONS:
-            raise UsageError(f"unknown option {name}{_closest(name)}")
-        dest, takes, multi = _OPTIONS[name]
-        if takes:
-            if not eq:
-                i += 1
-                if i >= len(argv):
-                    raise UsageError(f"option {name} needs a value")
-                val = argv[i]
-        elif eq:
-            raise UsageError(f"option {name} takes no value")
-        else:
-            val = True
-        if multi:
-            opts[dest].append(val)
-        else:
-            opts[dest] = val
-        i += 1
+    pre = _profile_words(argv)
+    if pre:
+        if parse_options(pre, opts) != len(pre):
+            raise UsageError(f"$PARALLEL or a profile holds a word that is not an option: "
+                             f"{pre[parse_options(pre, {})]!r}")
+    i = parse_options(argv, opts)
+    arg_sep = opts.get("arg_sep") or ":::"
+    file_sep = opts.get("arg_file_sep") or "::::"
+    seps = {arg_sep: ":::", arg_sep + "+": ":::+", file_sep: "::::", file_sep + "+": "::::+"}
     command = []
-    while i < len(argv) and argv[i] not in _SEPARATORS:
+    while i < len(argv) and argv[i] not in seps:
         command.append(argv[i])
         i += 1
-    sources = []
+    sources = [Source(path=path) for path in opts["arg_file"]]  # -a sources come first
     while i < len(argv):
-        sep = argv[i]
+        sep = seps[argv[i]]
         i += 1
         vals = []
-        while i < len(argv) and argv[i] not in _SEPARATORS:
+        while i < len(argv) and argv[i] not in seps:
             vals.append(argv[i])
             i += 1
         linked = sep.endswith("+")
@@ -175,12 +128,17 @@ def parse(argv):
             if not vals:
                 raise UsageError(f"{sep} needs at least one value")
             sources.append(Source(values=vals, linked=linked))
-    for path in opts["arg_file"]:
-        sources.append(Source(path=path))
     if opts.get("link"):
         for s in sources[1:]:
             s.linked = True
     return opts, command, sources
+
+
+def _split_value(v, delim):
+    parts = v.split(delim)
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()  # a trailing delimiter ends the last record, as in a file
+    return parts
 
 
 def _int(opts, key, default=None, minimum=0):
@@ -304,8 +262,10 @@ def _main(argv):
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
-    template = Template(command, replace=opts.get("replace") or "{}",
-                        context=n_replace is not None)
+    replace = opts.get("replace")
+    if replace is None and opts.get("replace_i") is not None:
+        replace = opts["replace_i"] or "{}"  # -i / --replace: an optional value, {} alone
+    template = Template(command, replace=replace or "{}", context=n_replace is not None)
     if not sources:
         if opts.get("retry_failed"):
             sources = []
@@ -315,21 +275,25 @@ def _main(argv):
             raise UsageError("missing command: pardo run COMMAND ::: VALUES (see --help)")
         else:
             sources = [Source(path="-")]
-    n_sources = len(sources) * (per_job or 1)
-    if (template.max_position > n_sources and opts.get("colsep") is None
-            and not opts.get("retry_failed")):
-        raise UsageError(
-            f"{{{template.max_position}}} refers to input {template.max_position}, but there "
-            f"{'is only 1' if n_sources == 1 else f'are only {n_sources}'}; add an input "
-            "source or use --colsep")
+    # GNU: {n} beyond the inputs there are expands to nothing (no error)
     for s in sources:
         s.open(stdin=sys.stdin.buffer if s.path == "-" else None)
     if opts.get("null"):
         delim = b"\0"
     elif opts.get("delimiter") is not None:
         delim = opts["delimiter"].encode().decode("unicode_escape").encode("latin-1")
+        # GNU: -d splits ::: values too
+        for s in sources:
+            if s.values is not None:
+                s.values = [p for v in s.values
+                            for p in _split_value(v, delim.decode("latin-1"))]
     else:
         delim = b"\n"
+    trim = opts.get("trim")
+    if trim is None and opts.get("colsep") is not None:
+        trim = "rl"  # GNU: --colsep implies --trim rl
+    if trim is not None and trim not in ("n", "l", "r", "lr", "rl"):
+        raise UsageError(f"--trim: {trim!r} is not n, l, r, lr or rl")
 
     joblog_path = opts.get("joblog")
     resuming = opts.get("resume") or opts.get("resume_failed") or opts.get("retry_failed")
@@ -354,7 +318,8 @@ def _main(argv):
                      for j in sorted(logged.values(), key=lambda j: j.seq) if not j.ok)
         total = None
     else:
-        recs = records(sources, delimiter=delim, colsep=opts.get("colsep"))
+        recs = records(sources, delimiter=delim, colsep=opts.get("colsep"),
+                       trim=None if trim in (None, "n") else trim)
         if opts.get("no_empty"):
             recs = (r for r in recs if any(v.strip() for v in r))
         jobs_iter = numbered_jobs(group_records(recs, per_job), skip=skip)
@@ -405,9 +370,12 @@ class _View:
         if opts.get("tagstring") is not None:
             from ._template import Template
 
-            self._tag_template = Template([opts["tagstring"]])
+            # GNU: a tagstring without replacement strings is the tag itself; \t is a tab
+            self._tag_template = Template([opts["tagstring"].replace("\\t", "\t")],
+                                          append=False)
             self._tag_template.quote = False  # GNU: the tag shows values as they are
-        self.verbose = opts.get("verbose")
+        self.verbose = opts.get("verbose")  # -v: the command on stdout, before its output
+        self.print_stderr = opts.get("print_stderr")  # --verbose/-t: on stderr as it starts
 
     def tag_of(self, inputs, seq, slot):
         if self._tag_template is not None:
@@ -425,10 +393,10 @@ class _View:
 
     def grouped(self, r, line):
         """A finished task's captured output, all at once."""
-        if self.verbose:
-            self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-        so, se = r.stdout, r.stderr
         tag = self.tag_of(r.inputs, r.seq, r.slot)
+        if self.verbose:
+            self.out.write((tag or b"") + line.encode("utf-8", "surrogateescape") + b"\n")
+        so, se = r.stdout, r.stderr
         if tag:
             so = _tagged(so, tag) if so else so
             se = _tagged(se, tag) if se else se
@@ -448,7 +416,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
     tty = os.isatty(2)
     want_summary = opts.get("summary") or (tty and not opts.get("no_summary"))
     summary = Summary() if want_summary else None
-    needs_line = joblog is not None or view.verbose or summary is not None
+    needs_line = (joblog is not None or view.verbose or view.print_stderr
+                  or summary is not None)
 
     def on_signal(signum, frame):
         batch.stop(signum)
@@ -463,6 +432,9 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
         for r in batch:
             job = r.job
             line = batch.command_line(job) if needs_line else None
+            if view.print_stderr:
+                # GNU prints it when the job starts; pardo when it reports the job
+                err.write(line.encode("utf-8", "surrogateescape") + b"\n")
             if r.status == Status.ERROR:
                 err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
             elif r.status == Status.TIMEOUT:

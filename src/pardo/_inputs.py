@@ -102,7 +102,11 @@ def _split_stream(fh, delim):
         yield decode(rest)
 
 
-def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
+_PERL_SPACE = " \t\n\r\f\v"
+
+
+def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None,
+            trim: str | None = None):
     """Yield one tuple of values per input record.
 
     Linked sources are zipped with the source they follow (stopping at the shortest, as
@@ -113,6 +117,8 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
         sources: the :class:`Source` list in command-line order.
         delimiter: what ends an input line in files and stdin (``-0`` gives NUL).
         colsep: a regular expression splitting each value into columns (``--colsep``).
+        trim: ``--trim``: "l", "r" or "lr"/"rl" strips white space (Perl's ``\s``) at that end of
+            every value, or of every column with ``colsep``.
     """
     groups = []
     for s in sources:
@@ -138,6 +144,9 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
     if colsep is not None:
         split = re.compile(colsep).split
         it = (tuple(col for v in rec for col in split(v)) for rec in it)
+    if trim:
+        strip = {"l": str.lstrip, "r": str.rstrip}.get(trim, str.strip)
+        it = (tuple(strip(v, _PERL_SPACE) for v in rec) for rec in it)
     return it
 
 

@@ -127,10 +127,12 @@ class Template:
         context: context replacement (GNU parallel turns it on with ``-N``/``-X``): a word
             holding ``{}`` is repeated once per argument instead of the arguments being
             spliced in as separate words.
-        quote: quote values (GNU's default); off when the program itself comes from the input.
+        append: append ``{}`` when the words hold no replacement string (a command);
+            False for a ``--tagstring``, which GNU uses as it is.
     """
 
-    def __init__(self, words, *, replace: str = "{}", context: bool = False):
+    def __init__(self, words, *, replace: str = "{}", context: bool = False,
+                 append: bool = True):
         text = " ".join(words)
         if "{=" in text and "=}" in text:
             raise TemplateError(
@@ -141,7 +143,7 @@ class Template:
             r"\{(-?\d+)(|\.|/|//|/\.)\}|\{(\.|/|//|/\.|#|%)\}|(" + re.escape(replace) + ")"
         )
         self.groups = self._parse(text)
-        if not any(isinstance(p, Field) for g in self.groups for p in g):
+        if append and not any(isinstance(p, Field) for g in self.groups for p in g):
             # GNU appends {} when the command names no replacement string
             self.groups = self._parse(text + " " + replace if text else replace)
         self.uses_input = any(

@@ -1,0 +1,100 @@
+"""Differential tests of ``pardo run`` against GNU parallel, one group per behaviour that
+issue 14 found wrong: each line runs in bash through both programs (with ``-k``) and must
+give the same stdout, byte for byte, and the same exit status. Unlike the sweep, every case
+here runs in CI."""
+
+import pytest
+
+from test_gnu_sweep import PARALLEL, run_sweep
+
+pytestmark = pytest.mark.skipif(PARALLEL is None, reason="GNU parallel is not installed")
+
+CASES = {
+    "bundled short options": [
+        "parallel -kv echo ::: a b",
+        "parallel -kj2 echo ::: a b c",
+        "parallel -kN3 echo ::: 1 2 3 4 5",
+        "printf '1,2,3' | parallel -kd, echo",
+        "parallel -vv echo ::: a",
+        "parallel -kr echo ::: a '' b",
+        "parallel -j1v echo ::: a >/dev/null",  # GNU: jobs "1v", an error
+        "parallel -0k echo :::: abc0-file",
+        "parallel -kQ echo ::: a >/dev/null",  # unknown letter inside a bundle: 255 in both
+    ],
+    "long option spellings and abbreviations": [
+        "parallel --linebuffer -j1 echo ::: a b",
+        "parallel --result outdir echo ::: A B >/dev/null; cat outdir/1/B/stdout",
+        "parallel --joblo log echo ::: a; cut -f1,9 log",
+        "parallel --dry echo ::: a",
+        "parallel --tagstr X echo ::: a",
+        "parallel --ta echo ::: a >/dev/null",  # ambiguous in GNU: --tag, --tagstring
+        "parallel --keep echo ::: a >/dev/null",
+        "parallel --jobs=2 echo ::: a b",
+        "parallel -j=2 echo ::: a >/dev/null",
+    ],
+    "old --halt forms": [
+        "parallel -j1 --halt -1 'echo {}; exit {}' ::: 1 0 2",
+        "parallel -j1 --halt -2 'echo {}; exit {}' ::: 1 0 2",
+        "parallel -j1 --halt 1 'echo {}; exit {}' ::: 0 3 2",
+        "parallel -j1 --halt 2 'echo {}; exit {}' ::: 0 3 2",
+        "parallel -j1 --halt 20% 'echo {}; exit {}' ::: 0 1 2 3 4 5 6 7 8 9",
+        "parallel -j1 --halt soon,fail=2 'echo {}; exit {}' ::: 0 3 2 5",
+    ],
+    "--verbose is -t": [
+        "parallel --verbose echo {} ::: A B C 2>/dev/null",
+        "parallel --verbose echo {} ::: A B C 2>&1",
+        "parallel -t echo {} ::: A 2>&1",
+    ],
+    "--colsep trims, --trim": [
+        "parallel --colsep , echo 'x{1}x{2}x' ::: 'a , b' ' c,d '",
+        "parallel --colsep , --trim n echo 'x{1}x{2}x' ::: ' a , b '",
+        "parallel --colsep , --trim l echo 'x{1}x{2}x' ::: ' a , b '",
+        "parallel --trim r echo pre-{}-post ::: ' A '",
+        "parallel --trim lr echo pre-{}-post ::: ' A '",
+    ],
+    "-a sources come first": [
+        "parallel -a <(seq 6 7) echo {1} {2} {3} :::: <(seq 4 5) :::: <(seq 1 3)",
+        "parallel -a abc-file echo ::: x y",
+    ],
+    "-d splits ::: values": [
+        "parallel -d '\"' echo ::: 'a\"b'",
+        "parallel -d , echo ::: a,b c",
+    ],
+    "--tagstring": [
+        "parallel --tagstring bar echo foo-{} ::: A B C",
+        "parallel --tagstring '{#}\\t' echo foo-{} ::: A B C",
+        "parallel --tagstring '[{1}]' echo {2} ::: A B ::: x y",
+    ],
+    "-v with --tag": [
+        "parallel --tag -v echo ::: A B",
+    ],
+    "{n} beyond the inputs": [
+        "parallel echo {4} {5} ::: a b ::: c",
+        "parallel echo {1}x{2} ::: a",
+        "parallel -N2 echo {3}-{1} ::: a b c",
+    ],
+    "$PARALLEL, -J profiles, --env": [
+        "PARALLEL=-j1 parallel 'echo {#}' ::: a b c",
+        "PARALLEL='--tag' parallel echo ::: a b",
+        "echo a b c | PARALLEL='-kvj1' parallel echo",
+        "mkdir -p .parallel; echo '--tag' > .parallel/tagged; parallel -J tagged echo ::: a",
+        "MYVAR=abc parallel --env MYVAR echo '$MYVAR' ::: baz",
+    ],
+    "--arg-sep, --arg-file-sep": [
+        "parallel --arg-sep ,, echo ,, A B C :::: def-file",
+        "parallel --arg-file-sep // echo ::: A B C // def-file",
+    ],
+}
+LINES = [(k, line) for k, lines in CASES.items() for line in lines]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cases = [(i, line, None) for i, (_, line) in enumerate(LINES)]
+    return run_sweep(cases, tmp_path_factory.mktemp("compat"))
+
+
+@pytest.mark.parametrize("i", range(len(LINES)), ids=[f"{k}: {line}"[:70] for k, line in LINES])
+def test_same_as_gnu_parallel(results, i):
+    gnu, ours = results[i]
+    assert ours == gnu, LINES[i][1]
