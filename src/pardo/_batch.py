@@ -261,7 +261,7 @@ class Batch:
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
                  stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
-                 input_may_block=False, total=None):
+                 input_may_block=False, total=None, job_env=False):
         import pardo
 
         self._pardo = pardo
@@ -312,6 +312,20 @@ class Batch:
         self._median = _RunningMedian() if self.timeout_fraction else None
         uses_slot = any(isinstance(p, Field) and p.op == "%"
                         for g in template.groups if not isinstance(g, str) for p in g)
+        # job_env: GNU's PARALLEL_SEQ and PARALLEL_JOBSLOT in every task's environment.
+        # A task's slot is only known before it starts when nothing is handed over ahead,
+        # so PARALLEL_JOBSLOT is set when the command mentions it (or uses {%}).
+        self._base_env = None
+        if job_env:
+            base = dict(os.environ if env is None else env)
+            base.pop("PARALLEL_SEQ", None)
+            base.pop("PARALLEL_JOBSLOT", None)
+            self._base_env = pardo._run._env(base)
+            if any("PARALLEL_JOBSLOT" in g for g in template.groups if isinstance(g, str)) or \
+                    any(isinstance(p, str) and "PARALLEL_JOBSLOT" in p
+                        for g in template.groups if not isinstance(g, str) for p in g):
+                uses_slot = True
+        self._env_slot = uses_slot
         # Handing tasks over ahead of time is only exact when nothing needs a task's slot, or
         # the moment it starts, before it starts; and when a halt cannot find tasks started
         # that GNU parallel would never have started.
@@ -403,13 +417,21 @@ class Batch:
             job.started = time.monotonic()  # exact: with N% deadlines nothing is held
         argv = self._command_args(job, slot)
         exe = self._executable(argv[0])
+        env_list = None
+        if self._base_env is not None:
+            env_list = self._base_env + [b"PARALLEL_SEQ=%d" % job.seq]
+            if self._env_slot:
+                env_list.append(b"PARALLEL_JOBSLOT=%d" % slot)
         if self._line_sink is None:
-            task = job.task = self._spawner(argv, q, job, exe, cpus)
+            task = job.task = self._spawner(argv, q, job, exe, cpus, env_list)
         else:
+            kw = dict(self._spawn_kw)
+            if env_list is not None:
+                kw["env"] = dict(e.split(b"=", 1) for e in env_list)
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
                 job.task = self._pardo.spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
-                                             **dict(self._spawn_kw, stdout=w1, stderr=w2))
+                                             **dict(kw, stdout=w1, stderr=w2))
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)

@@ -257,6 +257,7 @@ def _main(argv):
 
         print(f"pardo {__version__}")
         return 0
+    os.environ["PARALLEL_PID"] = str(os.getpid())  # GNU sets it for every job
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
     n_replace = _int(opts, "max_replace")
@@ -352,7 +353,7 @@ def _main(argv):
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=any(s.may_block() for s in sources),
-        total=total,
+        total=total, job_env=True,
     )
     return _execute(batch, view, opts, total, joblog_path, resuming)
 
@@ -444,7 +445,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
                 view.grouped(r, line)
             if joblog is not None:
                 ev, sig = exit_fields(r)
-                joblog.write(r.seq, r.started_at, r.duration, ev, sig, line)
+                joblog.write(r.seq, r.started_at, r.duration, ev, sig, line,
+                             len(r.stdout) if r.stdout else 0)
             if summary is not None:
                 summary.add(r, line)
             if out.broken:

@@ -80,6 +80,19 @@ CASES = {
         "mkdir -p .parallel; echo '--tag' > .parallel/tagged; parallel -J tagged echo ::: a",
         "MYVAR=abc parallel --env MYVAR echo '$MYVAR' ::: baz",
     ],
+    "PARALLEL_SEQ, PARALLEL_JOBSLOT, PARALLEL_PID in every job": [
+        "parallel -j1 echo '$PARALLEL_SEQ' ::: a b c",
+        "seq 10 | parallel -N2 echo seq:\\$PARALLEL_SEQ arg1:{1} arg2:{2}",
+        "parallel -j1 'echo $PARALLEL_JOBSLOT' ::: a b c",
+        "parallel -j1 --lb 'echo $PARALLEL_SEQ $PARALLEL_JOBSLOT' ::: a b",
+        "parallel 'test -n \"$PARALLEL_PID\" && echo has-pid' ::: a",
+        "printf 'echo $PARALLEL_SEQ\\n' > s.sh; parallel -j1 sh s.sh ::: a b",
+    ],
+    "joblog Receive and Signal": [
+        "parallel --joblog log 'echo {}' ::: aaaa bb >/dev/null; cut -f1,6,9 log",
+        "parallel --joblog log --timeout 0.3 'trap \"\" TERM; sleep 4' ::: 1; cut -f1,7,8 log",
+        "parallel --joblog log --timeout 0.3 sleep ::: 0 5; cut -f1,7,8 log",
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",
