@@ -28,23 +28,35 @@ options shared with GNU parallel:
   --timeout SECS|N%        per-task deadline; N% = of the median runtime of successful tasks
   --termseq SEQ            e.g. TERM,2000,KILL,25: its first pause is pardo's kill grace
   --retries N              run a failing task up to N times
-  --halt WHEN,WHY=N[%]     now|soon, fail|success|done, e.g. now,fail=1
+  --halt WHEN,WHY=N[%]     now|soon, fail|success|done, e.g. now,fail=1 (also 1, 2, -1, -2, N%)
   -k, --keep-order         print output in input order
   --group | --ungroup/-u | --line-buffer
   --tag, --tagstring STR   prefix output lines with the input (or STR)
-  -v                       print each command before its output
+  -v                       print each command before its output (on stdout)
+  -t, --verbose            print each command on stderr
   --results DIR            save output under DIR/1/<value>/.../{seq,stdout,stderr}
   --joblog FILE            GNU's TSV joblog; --resume, --resume-failed, --retry-failed
   --dry-run                print the commands, run nothing
-  --delay SECS, --nice N
+  --delay SECS, --nice N   (durations may end in s, m, h, d)
   --bar, --eta, --progress live progress on stderr (a terminal only)
-  -a, --arg-file FILE      read inputs from FILE (like :::: FILE)
-  --colsep REGEX           split input lines into columns {1} {2} ...
+  -a, --arg-file FILE      read inputs from FILE (like :::: FILE); these come first
+  --arg-sep SEP, --arg-file-sep SEP   use SEP instead of ::: / ::::
+  --colsep REGEX           split input lines into columns {1} {2} ... (trims blanks)
+  --trim n|l|r|lr          strip white space from the left/right of each input
+  --header :               the first input line names the columns: {name}
   -N N                     N inputs per command; -n N without context replace
-  -I STR                   use STR instead of {}
-  -0, --null, -d, --delimiter DELIM   input record separator
+  -L N, -l [N], --max-lines [N]   N input lines per command (as -N / -n)
+  -I STR, -i [STR]         use STR instead of {}
+  -q, --quote              quote every word of the command (no shell interpretation)
+  -0, --null, -d, --delimiter DELIM   input record separator (also splits ::: values)
+  -E, --eof STR            a value equal to STR ends its input source
   --link                   link all input sources (like :::+)
   -r, --no-run-if-empty    skip blank input lines
+  -J, --profile NAME       read options from ~/.parallel/NAME ($PARALLEL_HOME); $PARALLEL too
+  --env NAME               accepted: every job inherits pardo's environment
+Every job's environment has PARALLEL_SEQ and PARALLEL_PID, and PARALLEL_JOBSLOT when the
+command mentions it. Long options may be abbreviated as in GNU parallel (--joblo); short ones
+bundle (-kvj2). Remote execution (-S, --sshlogin, ...) is not pardo's: see --mpi.
 pardo's own:
   --pin                    run slot i on its own CPU
   --memory-limit SIZE      per-task memory limit (e.g. 512M)
@@ -132,6 +144,34 @@ def parse(argv):
         for s in sources[1:]:
             s.linked = True
     return opts, command, sources
+
+
+def _apply_header(command, sources, delim, colsep):
+    """``--header``: the first value of each source (split by ``--colsep``) names its
+    column; ``{name}`` in the command becomes that column's ``{n}``."""
+    names = []
+    for s in sources:
+        first = s.take_first(delim)
+        if first is None:
+            continue
+        cols = re.split(colsep, first) if colsep is not None else [first]
+        names += [c.strip(" \t") if colsep is not None else c for c in cols]
+    by_len = sorted(((n, i) for i, n in enumerate(names, 1) if n), key=lambda t: -len(t[0]))
+    out = []
+    for w in command:
+        for n, i in by_len:
+            w = w.replace("{" + n + "}", "{" + str(i) + "}")
+        out.append(w)
+    return out
+
+
+def _duration(v):
+    """GNU's durations: seconds, or a number with s/m/h/d (``2m``, ``1h30m``); ``N%`` and
+    anything else pass through unchanged to be checked where they are used."""
+    if v is None or not re.fullmatch(r"(\d+(\.\d*)?[smhd])+", str(v)):
+        return v
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return str(sum(float(n) * unit[u] for n, u in re.findall(r"(\d+(?:\.\d*)?)([smhd])", v)))
 
 
 def _split_value(v, delim):
@@ -260,13 +300,20 @@ def _main(argv):
     os.environ["PARALLEL_PID"] = str(os.getpid())  # GNU sets it for every job
     if opts.get("isolation"):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
+    # -L N: N input lines per command, with context replace (as -X); -l [N]/--max-lines [N]:
+    # the same without it (as -m), -l alone meaning 1
+    if opts.get("max_lines_x") is not None and opts.get("max_replace") is None:
+        opts["max_replace"] = opts["max_lines_x"]
+    if opts.get("max_lines") is not None and opts.get("max_args") is None:
+        opts["max_args"] = opts["max_lines"] or "1"
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
     replace = opts.get("replace")
     if replace is None and opts.get("replace_i") is not None:
         replace = opts["replace_i"] or "{}"  # -i / --replace: an optional value, {} alone
-    template = Template(command, replace=replace or "{}", context=n_replace is not None)
+    template = Template(command, replace=replace or "{}", context=n_replace is not None,
+                        quote_words=bool(opts.get("quote")))
     if not sources:
         if opts.get("retry_failed"):
             sources = []
@@ -279,6 +326,8 @@ def _main(argv):
     # GNU: {n} beyond the inputs there are expands to nothing (no error)
     for s in sources:
         s.open(stdin=sys.stdin.buffer if s.path == "-" else None)
+    if opts.get("header") is not None and per_job:
+        raise UsageError("--header with -N/-n/-L is not supported by pardo run")
     if opts.get("null"):
         delim = b"\0"
     elif opts.get("delimiter") is not None:
@@ -290,6 +339,10 @@ def _main(argv):
                             for p in _split_value(v, delim.decode("latin-1"))]
     else:
         delim = b"\n"
+    if opts.get("header") is not None:
+        command = _apply_header(command, sources, delim, opts.get("colsep"))
+        template = Template(command, replace=replace or "{}", context=n_replace is not None,
+                            quote_words=bool(opts.get("quote")))
     trim = opts.get("trim")
     if trim is None and opts.get("colsep") is not None:
         trim = "rl"  # GNU: --colsep implies --trim rl
@@ -319,8 +372,9 @@ def _main(argv):
                      for j in sorted(logged.values(), key=lambda j: j.seq) if not j.ok)
         total = None
     else:
+        eof = opts.get("eof")
         recs = records(sources, delimiter=delim, colsep=opts.get("colsep"),
-                       trim=None if trim in (None, "n") else trim)
+                       trim=None if trim in (None, "n") else trim, eof=eof or None)
         if opts.get("no_empty"):
             recs = (r for r in recs if any(v.strip() for v in r))
         jobs_iter = numbered_jobs(group_records(recs, per_job), skip=skip)
@@ -342,10 +396,10 @@ def _main(argv):
     import pardo
 
     batch = Batch(
-        template, jobs_iter, jobs=opts.get("jobs"), timeout=opts.get("timeout"),
+        template, jobs_iter, jobs=opts.get("jobs"), timeout=_duration(opts.get("timeout")),
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
-        delay=_float(opts, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
+        delay=_float({"delay": _duration(opts.get("delay"))}, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
         memory_limit=_size(opts["memory_limit"]) if opts.get("memory_limit") else None,
         max_output=_size(opts.get("max_output", "256M")) if view.mode == "group" else None,
         stdout=pardo.INHERIT if view.mode == "ungroup" else None,

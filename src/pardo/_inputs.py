@@ -47,6 +47,7 @@ class Source:
     path: str | None = None
     linked: bool = False
     _fh: object = field(default=None, repr=False)
+    _it: object = field(default=None, repr=False)  # the value stream once --header read it
 
     def open(self, stdin=None):
         """Open a file source now, so that a missing file is reported before any task runs."""
@@ -80,8 +81,17 @@ class Source:
     def iter_values(self, delimiter: bytes = b"\n"):
         if self.values is not None:
             return iter(self.values)
+        if self._it is not None:
+            return self._it
         self.open()
         return _split_stream(self._fh, delimiter)
+
+    def take_first(self, delimiter: bytes = b"\n"):
+        """Remove and return the first value (``--header``), or None when there is none."""
+        if self.values is not None:
+            return self.values.pop(0) if self.values else None
+        self._it = self.iter_values(delimiter)
+        return next(self._it, None)
 
 
 def _split_stream(fh, delim):
@@ -106,7 +116,7 @@ _PERL_SPACE = " \t\n\r\f\v"
 
 
 def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None,
-            trim: str | None = None):
+            trim: str | None = None, eof: str | None = None):
     """Yield one tuple of values per input record.
 
     Linked sources are zipped with the source they follow (stopping at the shortest, as
@@ -119,6 +129,7 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None,
         colsep: a regular expression splitting each value into columns (``--colsep``).
         trim: ``--trim``: "l", "r" or "lr"/"rl" strips white space (Perl's ``\s``) at that end of
             every value, or of every column with ``colsep``.
+        eof: ``-E``: a value equal to it ends its source (it and what follows are unread).
     """
     groups = []
     for s in sources:
@@ -129,6 +140,8 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None,
 
     def group_iter(g):
         its = [s.iter_values(delimiter) for s in g]
+        if eof is not None:
+            its = [itertools.takewhile(lambda v: v != eof, it) for it in its]
         if len(its) == 1:
             return ((v,) for v in its[0])
         return zip(*its)

@@ -127,12 +127,15 @@ class Template:
         context: context replacement (GNU parallel turns it on with ``-N``/``-X``): a word
             holding ``{}`` is repeated once per argument instead of the arguments being
             spliced in as separate words.
+        quote_words: GNU's ``-q``: every word of the command is shell-quoted once its
+            replacement strings are filled in with the values as they are, so the command
+            runs without a shell interpreting any of it.
         append: append ``{}`` when the words hold no replacement string (a command);
             False for a ``--tagstring``, which GNU uses as it is.
     """
 
     def __init__(self, words, *, replace: str = "{}", context: bool = False,
-                 append: bool = True):
+                 append: bool = True, quote_words: bool = False):
         text = " ".join(words)
         if "{=" in text and "=}" in text:
             raise TemplateError(
@@ -159,6 +162,16 @@ class Template:
         self.quote = self._field_re.search(first) is None
         literal = "".join(p for g in self.groups for p in g if isinstance(p, str))
         self._direct = self.quote and _INERT(literal) is not None and not self._assigns()
+        self._quote_words = None
+        if quote_words:
+            # one template per word, rendered with raw values, then quoted whole
+            self._direct = False
+            self._quote_words = [Template([w], replace=replace, context=context, append=False)
+                                 for w in words]
+            if not any(t.uses_input for t in self._quote_words):
+                self._quote_words.append(Template([replace], replace=replace, context=context))
+            for t in self._quote_words:
+                t.quote = False
 
     def _parse(self, text):
         groups = []
@@ -226,6 +239,8 @@ class Template:
             args: the task's input values, flattened (one per source, times ``-N``).
             seq: the job number (``{#}``); slot: the job slot (``{%}``).
         """
+        if self._quote_words is not None:
+            return " ".join(shell_quote(t.command(args, seq, slot)) for t in self._quote_words)
         out = []
         quote = self.quote
         for g in self.groups:

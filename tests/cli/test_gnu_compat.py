@@ -42,7 +42,7 @@ CASES = {
     ],
     "--verbose is -t": [
         "parallel --verbose echo {} ::: A B C 2>/dev/null",
-        "parallel --verbose echo {} ::: A B C 2>&1",
+        "parallel -j1 --verbose echo {} ::: A B C 2>&1 >/dev/null",
         "parallel -t echo {} ::: A 2>&1",
     ],
     "--colsep trims, --trim": [
@@ -92,6 +92,35 @@ CASES = {
         "parallel --joblog log 'echo {}' ::: aaaa bb >/dev/null; cut -f1,6,9 log",
         "parallel --joblog log --timeout 0.3 'trap \"\" TERM; sleep 4' ::: 1; cut -f1,7,8 log",
         "parallel --joblog log --timeout 0.3 sleep ::: 0 5; cut -f1,7,8 log",
+    ],
+    "-q/--quote": [
+        "parallel -q perl -e 'print \"@ARGV\\n\"' ::: This works",
+        "parallel --quote printf '%s|%s\\n' {} 'a b' ::: x y",
+        "echo test | parallel -q echo {} \\$VAR",
+        "parallel -qk echo '{} x' ::: 'a b'",
+        "parallel -q --dry-run echo 'x{}y' ::: \"it's\"",
+    ],
+    "-E/--eof": [
+        "parallel -E stop echo ::: A B stop C D",
+        "parallel --eof stop echo ::: A B stop C D ::: x stop y",
+        "printf 'a\\nb\\nEND\\nc\\n' | parallel -E END echo",
+    ],
+    "-L/-l/--max-lines": [
+        "seq 8 | parallel -L2 echo",
+        "seq 8 | parallel -l3 echo",
+        "seq 3 | parallel -l echo",
+        "seq 5 | parallel --max-lines 2 echo x{}y",
+        "seq 5 | parallel -L 2 echo x{}y",
+    ],
+    "--header": [
+        "parallel --header : echo f1={f1} f2={f2} ::: f1 A B ::: f2 C D",
+        "parallel --header : --colsep '\\t' echo f1={f1} f2={f2} :::: tsv-file.tsv",
+        "parallel --colsep , --header : echo {name}={value} :::: csv-file",
+        "parallel --header : echo x{X}y{Y} ::: X 1 2 ::: Y 3 4",
+    ],
+    "durations with units": [
+        "parallel --delay 0.1s echo ::: 1 2",
+        "parallel --timeout 1m echo ::: 1",
     ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",

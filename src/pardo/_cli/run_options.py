@@ -104,6 +104,7 @@ OPTIONS = {
     "summary": "summary", "no-summary": "no_summary", "will-cite": "will_cite",
     "help": "help", "version": "version", "trim": "trim", "env": "env",
     "profile": "profile", "arg-sep": "arg_sep", "arg-file-sep": "arg_file_sep",
+    "quote": "quote", "eof": "eof", "header": "header", "E": "eof", "max-lines": "max_lines", "L": "max_lines_x",
 }
 _MULTI = {"arg_file", "env", "profile"}
 _COUNT = {"verbose"}
