@@ -49,6 +49,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from ._inputs import Source, encode, group_records, records
+
+# Pieces of the batch runner live in the folder _batch/ (pipe.py: the --pipe block splitter)
+__path__ = [os.path.join(os.path.dirname(__file__), "_batch")]
 from ._result import Status
 from ._template import Field, Template
 
@@ -171,11 +174,12 @@ class _RunningMedian:
 
 class _Job:
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last")
+                 "argv", "shell_line", "pipes", "last", "input")
 
-    def __init__(self, seq, args, argv=None):
+    def __init__(self, seq, args, argv=None, input=None):
         self.seq = seq
         self.args = args
+        self.input = input  # --pipe: the block fed to the task's stdin
         self.argv = argv  # a fixed command (from --retry-failed), else rendered per attempt
         self.slot = 0
         self.attempts = 0
@@ -261,7 +265,7 @@ class Batch:
                  kill_grace=2.0, retries=1, halt=None, keep_order=False, pin=False, delay=0.0,
                  nice=None, memory_limit=None, env=None, cwd=None, max_output=None,
                  stdout=None, stderr=None, shell="/bin/sh", results=None, line_sink=None,
-                 input_may_block=False, total=None, job_env=False):
+                 input_may_block=False, total=None, job_env=False, window=None):
         import pardo
 
         self._pardo = pardo
@@ -329,8 +333,11 @@ class Batch:
         # Handing tasks over ahead of time is only exact when nothing needs a task's slot, or
         # the moment it starts, before it starts; and when a halt cannot find tasks started
         # that GNU parallel would never have started.
+        # window: jobs read ahead of the running ones at most (--pipe: each holds a block)
+        self._window = window
         ahead = not (uses_slot or pin or self.delay or self.halt is not None
-                     or self.timeout_fraction is not None or line_sink is not None)
+                     or self.timeout_fraction is not None or line_sink is not None
+                     or window is not None)
         held_max = max(2, min((_AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
         self._max_in_flight = self.jobs + held_max if ahead else self.jobs
 
@@ -423,7 +430,7 @@ class Batch:
             if self._env_slot:
                 env_list.append(b"PARALLEL_JOBSLOT=%d" % slot)
         if self._line_sink is None:
-            task = job.task = self._spawner(argv, q, job, exe, cpus, env_list)
+            task = job.task = self._spawner(argv, q, job, exe, cpus, env_list, job.input)
         else:
             kw = dict(self._spawn_kw)
             if env_list is not None:
@@ -431,7 +438,7 @@ class Batch:
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
                 job.task = self._pardo.spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
-                                             **dict(kw, stdout=w1, stderr=w2))
+                                             input=job.input, **dict(kw, stdout=w1, stderr=w2))
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)
@@ -592,6 +599,7 @@ class Batch:
         """Count and record the final result of a job; return the job."""
         job.task = None
         job.last = None
+        job.input = None  # a --pipe block is not needed any more
         job.result = r
         r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
         r.job = job
@@ -627,7 +635,8 @@ class Batch:
         keep_order = self.keep_order
         order = deque()
         if self._input_may_block:
-            source = _Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * jobs))
+            source = _Prefetch(self._jobs_iter, self._wake_w,
+                               max(64, 2 * jobs) if self._window is None else self._window)
         else:
             source = iter(self._jobs_iter)
         exhausted = False

@@ -52,6 +52,11 @@ options shared with GNU parallel:
   -E, --eof STR            a value equal to STR ends its input source
   --link                   link all input sources (like :::+)
   -r, --no-run-if-empty    skip blank input lines
+  --pipe                   cut stdin into blocks of whole records, one block per job's stdin
+  --pipepart -a FILE       the same over FILE
+  --block SIZE             block size (default 1M; k=1000, K=1024); longer records grow it
+  --recend STR, --recstart STR, --regexp   what ends/starts a record (default: a newline)
+  --header N|REGEX         with --pipe: the first N lines (or the match) start every block
   -J, --profile NAME       read options from ~/.parallel/NAME ($PARALLEL_HOME); $PARALLEL too
   --env NAME               accepted: every job inherits pardo's environment
 Every job's environment has PARALLEL_SEQ and PARALLEL_PID, and PARALLEL_JOBSLOT when the
@@ -144,6 +149,53 @@ def parse(argv):
         for s in sources[1:]:
             s.linked = True
     return opts, command, sources
+
+
+def _pipe_input(opts, sources):
+    """The stream --pipe cuts: stdin, or the one -a/:::: file (--pipepart needs one)."""
+    files = [s for s in sources if s.path is not None]
+    if any(s.values is not None for s in sources) or len(files) > 1:
+        raise UsageError("--pipe reads one stream: stdin or a single -a FILE")
+    if files and files[0].path != "-":
+        files[0].open()
+        return files[0]._fh
+    if opts.get("pipe_part"):
+        raise UsageError("--pipepart needs -a FILE")
+    return sys.stdin.buffer
+
+
+def _pipe_jobs(opts, fh, skip):
+    """One job per block of *fh* (--pipe), each block holding the --header lines first."""
+    from ._batch import _Job
+    from ._batch.pipe import blocks, parse_block_size, read_header
+
+    try:
+        size = parse_block_size(opts.get("block_size") or "1M")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    rec_n = _int(opts, "max_replace", minimum=1)
+    lines = _int(opts, "max_lines_x", minimum=1)
+    esc = opts.get("regexp")  # with --regexp they are regular expressions, else literal
+
+    def sep(key, default):
+        v = opts.get(key, default)
+        return v.encode("utf-8", "surrogateescape") if esc else \
+            v.encode().decode("unicode_escape").encode("latin-1")
+
+    # GNU: --recstart alone means records have no end string
+    recend = sep("recend", "" if opts.get("recstart") is not None else "\n")
+    recstart = sep("recstart", "")
+    head, rest = b"", b""
+    if opts.get("header") is not None:
+        head, rest = read_header(fh, opts["header"])
+    seq = 0
+    for block in blocks(fh, block_size=size, recend=recend, recstart=recstart,
+                        regexp=bool(esc), records=rec_n, lines=lines if not rec_n else None,
+                        start=rest):
+        seq += 1
+        if skip and seq in skip:
+            continue
+        yield _Job(seq, (), input=head + block if head else block)
 
 
 def _apply_header(command, sources, delim, colsep):
@@ -302,7 +354,8 @@ def _main(argv):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
     # -L N: N input lines per command, with context replace (as -X); -l [N]/--max-lines [N]:
     # the same without it (as -m), -l alone meaning 1
-    if opts.get("max_lines_x") is not None and opts.get("max_replace") is None:
+    pipe = opts.get("pipe") or opts.get("pipe_part")
+    if opts.get("max_lines_x") is not None and opts.get("max_replace") is None and not pipe:
         opts["max_replace"] = opts["max_lines_x"]
     if opts.get("max_lines") is not None and opts.get("max_args") is None:
         opts["max_args"] = opts["max_lines"] or "1"
@@ -313,8 +366,11 @@ def _main(argv):
     if replace is None and opts.get("replace_i") is not None:
         replace = opts["replace_i"] or "{}"  # -i / --replace: an optional value, {} alone
     template = Template(command, replace=replace or "{}", context=n_replace is not None,
-                        quote_words=bool(opts.get("quote")))
-    if not sources:
+                        quote_words=bool(opts.get("quote")), append=not pipe)
+    if pipe:
+        pipe_in = _pipe_input(opts, sources)
+        sources = []
+    elif not sources:
         if opts.get("retry_failed"):
             sources = []
         elif sys.stdin is None or sys.stdin.closed:
@@ -326,7 +382,7 @@ def _main(argv):
     # GNU: {n} beyond the inputs there are expands to nothing (no error)
     for s in sources:
         s.open(stdin=sys.stdin.buffer if s.path == "-" else None)
-    if opts.get("header") is not None and per_job:
+    if opts.get("header") is not None and per_job and not pipe:
         raise UsageError("--header with -N/-n/-L is not supported by pardo run")
     if opts.get("null"):
         delim = b"\0"
@@ -339,7 +395,7 @@ def _main(argv):
                             for p in _split_value(v, delim.decode("latin-1"))]
     else:
         delim = b"\n"
-    if opts.get("header") is not None:
+    if opts.get("header") is not None and not pipe:
         command = _apply_header(command, sources, delim, opts.get("colsep"))
         template = Template(command, replace=replace or "{}", context=n_replace is not None,
                             quote_words=bool(opts.get("quote")))
@@ -371,6 +427,9 @@ def _main(argv):
         jobs_iter = (_Job(j.seq, (), [shell, b"-c", j.command.encode("utf-8", "surrogateescape")])
                      for j in sorted(logged.values(), key=lambda j: j.seq) if not j.ok)
         total = None
+    elif pipe:
+        jobs_iter = _pipe_jobs(opts, pipe_in, skip)
+        total = None
     else:
         eof = opts.get("eof")
         recs = records(sources, delimiter=delim, colsep=opts.get("colsep"),
@@ -399,15 +458,16 @@ def _main(argv):
         template, jobs_iter, jobs=opts.get("jobs"), timeout=_duration(opts.get("timeout")),
         kill_grace=kill_grace, retries=_int(opts, "retries", 1), halt=opts.get("halt"),
         keep_order=bool(opts.get("keep_order")), pin=bool(opts.get("pin")),
-        delay=_float({"delay": _duration(opts.get("delay"))}, "delay", 0.0), nice=_int(opts, "nice", None, minimum=-20),
+        delay=_float({"delay": _duration(opts.get("delay"))}, "delay", 0.0),
+        nice=_int(opts, "nice", None, minimum=-20),
         memory_limit=_size(opts["memory_limit"]) if opts.get("memory_limit") else None,
         max_output=_size(opts.get("max_output", "256M")) if view.mode == "group" else None,
         stdout=pardo.INHERIT if view.mode == "ungroup" else None,
         stderr=pardo.INHERIT if view.mode == "ungroup" else None,
         shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
         line_sink=view.line if view.mode == "line" else None,
-        input_may_block=any(s.may_block() for s in sources),
-        total=total, job_env=True,
+        input_may_block=bool(pipe) or any(s.may_block() for s in sources),
+        total=total, job_env=True, window=2 if pipe else None,
     )
     return _execute(batch, view, opts, total, joblog_path, resuming)
 

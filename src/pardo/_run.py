@@ -529,19 +529,22 @@ class _Spawner:
         self._err = _stream(stderr, "stderr", [])[0]
 
     def __call__(self, argv, queue, tag=None, executable=None, cpus=None,
-                 env_list=None) -> Task:
+                 env_list=None, input=None) -> Task:
         """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes;
-        ``env_list`` (``[b"NAME=value", ...]``) replaces the environment for this task."""
+        ``env_list`` (``[b"NAME=value", ...]``) replaces the environment for this task;
+        ``input`` (bytes) is fed to its stdin."""
         if not self._fast:
             kw = self._kw
             if env_list is not None:
                 env = dict(e.split(b"=", 1) for e in env_list)
                 kw = dict(kw, env=env)
-            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus, **kw)
+            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
+                         input=input, **kw)
         _checked(argv)
         sup = _supervisor._sup or _supervisor.get()
         exe = executable or b""
-        h = sup.submit(argv, self._env if env_list is None else env_list, self._cwd, None, self._out, -1, self._err, -1,
+        env = self._env if env_list is None else env_list
+        h = sup.submit(argv, env, self._cwd, input, self._out, -1, self._err, -1,
                        self._max_output, [], self._timeout_ns, self._grace_ns,
                        [] if cpus is None else _cpus(cpus), self._nice, self._mem,
                        self._linger, queue._q, exe)

@@ -122,6 +122,22 @@ CASES = {
         "parallel --delay 0.1s echo ::: 1 2",
         "parallel --timeout 1m echo ::: 1",
     ],
+    "--pipe": [
+        "cat num30000 | parallel --pipe wc",
+        "cat num30000 | parallel --pipe --block 20k wc",
+        "cat num30000 | parallel --pipe -N7000 wc",
+        "cat num30000 | parallel --pipe -L7000 wc",
+        "seq 10 | parallel --pipe -N3 echo JOB{#}\\;cat",
+        "cat num_%header | parallel --header 2 --pipe -N3 echo JOB{#}\\;cat",
+        "printf 'foo, bar, baz, qux, ' | parallel -N1 --recend ', ' --pipe echo JOB{#}\\;cat",
+        "printf '/foo/bar/baz' | parallel -N1 --recstart / --pipe echo JOB{#}\\;cat\\;echo",
+        "printf 'foo,_bar,__baz' | parallel -N1 --regexp --recend ,_+ --pipe echo J\\;cat",
+        "parallel --pipepart -a num30000 --block 50k wc -l | awk '{s+=$1} END {print s}'",
+        "seq 100 | parallel --pipe --block 30 wc -l",
+        "printf '' | parallel --pipe echo x",
+        "cat num8 | parallel --pipe -N3 --tag cat",
+        "seq 5 | parallel --pipe -v cat",
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",
@@ -140,3 +156,25 @@ def results(tmp_path_factory):
 def test_same_as_gnu_parallel(results, i):
     gnu, ours = results[i]
     assert ours == gnu, LINES[i][1]
+
+
+def test_pipe_memory_stays_bounded():
+    """--pipe streams: 400 MiB through `wc -c` in 1 MiB blocks, and pardo's peak RSS stays
+    far below the input (GNU parallel's own peak is ~20 MiB)."""
+    import resource
+    import subprocess
+
+    from test_gnu_sweep import _pardo
+
+    gen = subprocess.Popen(["sh", "-c", "yes 0123456789abcdef | head -c 419430400"],
+                           stdout=subprocess.PIPE)
+    try:
+        p = subprocess.run(_pardo().split() + ["--pipe", "wc -c"], stdin=gen.stdout,
+                           capture_output=True, timeout=120)
+    finally:
+        gen.stdout.close()
+        gen.wait()
+    assert p.returncode == 0
+    assert sum(int(x) for x in p.stdout.split()) == 419430400
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 120 * 1024, f"peak RSS {peak_kib} KiB"

@@ -104,7 +104,9 @@ OPTIONS = {
     "summary": "summary", "no-summary": "no_summary", "will-cite": "will_cite",
     "help": "help", "version": "version", "trim": "trim", "env": "env",
     "profile": "profile", "arg-sep": "arg_sep", "arg-file-sep": "arg_file_sep",
-    "quote": "quote", "eof": "eof", "header": "header", "E": "eof", "max-lines": "max_lines", "L": "max_lines_x",
+    "quote": "quote", "eof": "eof", "header": "header", "pipe": "pipe",
+    "pipe-part": "pipe_part", "block-size": "block_size", "recend": "recend",
+    "recstart": "recstart", "regexp": "regexp", "E": "eof", "max-lines": "max_lines", "L": "max_lines_x",
 }
 _MULTI = {"arg_file", "env", "profile"}
 _COUNT = {"verbose"}
@@ -122,6 +124,8 @@ REFUSED.update({
     "sql-worker": "the SQL job queue is not in pardo",
     "sql-and-worker": "the SQL job queue is not in pardo",
     "semaphore": "pardo has no semaphore mode",
+    "round-robin": "streams blocks into jobs that keep running, which pardo's engine cannot "
+                   "feed yet; without it each block is its own job",
 })
 
 
