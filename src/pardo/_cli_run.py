@@ -47,6 +47,8 @@ options shared with GNU parallel:
   -N N                     N inputs per command; -n N without context replace
   -L N, -l [N], --max-lines [N]   N input lines per command (as -N / -n)
   -I STR, -i [STR]         use STR instead of {}
+  --plus                   also {+/} {+.} {..} {+..} {...} {/..} {##} and bash's {:-x} {:2}
+                           {:2:3} {#pre} {%suf} {/old/new} {^a} {,A} ...
   -q, --quote              quote every word of the command (no shell interpretation)
   -0, --null, -d, --delimiter DELIM   input record separator (also splits ::: values)
   -E, --eof STR            a value equal to STR ends its input source
@@ -366,7 +368,8 @@ def _main(argv):
     if replace is None and opts.get("replace_i") is not None:
         replace = opts["replace_i"] or "{}"  # -i / --replace: an optional value, {} alone
     template = Template(command, replace=replace or "{}", context=n_replace is not None,
-                        quote_words=bool(opts.get("quote")), append=not pipe)
+                        quote_words=bool(opts.get("quote")), plus=bool(opts.get("plus")),
+                        append=not pipe)
     if pipe:
         pipe_in = _pipe_input(opts, sources)
         sources = []
@@ -398,7 +401,7 @@ def _main(argv):
     if opts.get("header") is not None and not pipe:
         command = _apply_header(command, sources, delim, opts.get("colsep"))
         template = Template(command, replace=replace or "{}", context=n_replace is not None,
-                            quote_words=bool(opts.get("quote")))
+                            quote_words=bool(opts.get("quote")), plus=bool(opts.get("plus")))
     trim = opts.get("trim")
     if trim is None and opts.get("colsep") is not None:
         trim = "rl"  # GNU: --colsep implies --trim rl
@@ -439,6 +442,13 @@ def _main(argv):
         jobs_iter = numbered_jobs(group_records(recs, per_job), skip=skip)
         total = None if skip or opts.get("no_empty") else _known_total(sources, per_job)
 
+    if opts.get("plus") and re.search(r"\{##\}", " ".join(command)):
+        if total is None:
+            raise UsageError("{##} needs the number of jobs before they run: give the inputs "
+                             "as ::: values")
+        template.total = total
+        for t in template._quote_words or ():
+            t.total = total
     if opts.get("dry_run"):
         out = _Out(1)
         for job in jobs_iter:

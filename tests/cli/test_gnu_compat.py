@@ -138,6 +138,17 @@ CASES = {
         "cat num8 | parallel --pipe -N3 --tag cat",
         "seq 5 | parallel --pipe -v cat",
     ],
+    "--plus": [
+        "parallel --plus echo {+/}/{/..}.{+..} ::: dir/sub/file.ex1.ex2.ex3",
+        "parallel --plus echo {...}.{+...} {/...} {+.} ::: dir/sub/file.ex1.ex2.ex3 a",
+        "parallel --plus echo Job {#} of {##} ::: 1 2 3 4 5",
+        "parallel --plus echo {:-myval} {:2} {:2:3} ::: abcdef ''",
+        "parallel --plus echo {#bc} {##a*c} {#a*c} {%de} {%%d*f} {%d*f} ::: abcdefdef",
+        "parallel --plus echo {/def/ghi} {//e/E} {/#ab/X} {/%ef/Y} ::: abcdefdef",
+        "parallel --plus echo {^a} {^^a} '{,A}' '{,,A}' ::: abca ABCA",
+        "parallel --plus echo {2..} {1+..} ::: a.tar.gz ::: b.c.d",
+        "parallel --plus -q echo '{%.gz} x' ::: a.tar.gz",
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",
