@@ -35,6 +35,8 @@ options shared with GNU parallel:
   -v                       print each command before its output (on stdout)
   -t, --verbose            print each command on stderr
   --results DIR            save output under DIR/1/<value>/.../{seq,stdout,stderr}
+  --files, --tmpdir DIR    write each job's output to a file in DIR (default $TMPDIR, /tmp);
+                           print the file's name instead
   --joblog FILE            GNU's TSV joblog; --resume, --resume-failed, --retry-failed
   --dry-run                print the commands, run nothing
   --delay SECS, --nice N   (durations may end in s, m, h, d)
@@ -47,6 +49,8 @@ options shared with GNU parallel:
   -N N                     N inputs per command; -n N without context replace
   -L N, -l [N], --max-lines [N]   N input lines per command (as -N / -n)
   -I STR, -i [STR]         use STR instead of {}
+  --er/--bnr/--dnr/--bner/--seqreplace/--slotreplace STR
+                           STR stands for {.} {/} {//} {/.} {#} {%}
   --plus                   also {+/} {+.} {..} {+..} {...} {/..} {##} and bash's {:-x} {:2}
                            {:2:3} {#pre} {%suf} {/old/new} {^a} {,A} ...
   -q, --quote              quote every word of the command (no shell interpretation)
@@ -361,6 +365,12 @@ def _main(argv):
         opts["max_replace"] = opts["max_lines_x"]
     if opts.get("max_lines") is not None and opts.get("max_args") is None:
         opts["max_args"] = opts["max_lines"] or "1"
+    # --extensionreplace STR and its siblings: STR stands for {.} (and so on)
+    aliases = {opts["rpl_" + op]: "{" + op + "}" for op in (".", "/", "//", "/.", "#", "%")
+               if opts.get("rpl_" + op)}
+    if aliases:
+        alt = re.compile("|".join(re.escape(a) for a in sorted(aliases, key=len, reverse=True)))
+        command = [alt.sub(lambda m: aliases[m.group()], w) for w in command]
     n_replace = _int(opts, "max_replace")
     n_args = _int(opts, "max_args")
     per_job = n_replace if n_replace is not None else n_args
@@ -499,6 +509,10 @@ class _View:
             self._tag_template = Template([opts["tagstring"].replace("\\t", "\t")],
                                           append=False)
             self._tag_template.quote = False  # GNU: the tag shows values as they are
+        # --files: each task's stdout goes to a file in --tmpdir; its name is printed
+        self.files = bool(opts.get("files"))
+        self.results = opts.get("results")
+        self.tmpdir = opts.get("tmpdir") or os.environ.get("TMPDIR") or "/tmp"
         self.verbose = opts.get("verbose")  # -v: the command on stdout, before its output
         self.print_stderr = opts.get("print_stderr")  # --verbose/-t: on stderr as it starts
 
@@ -522,6 +536,22 @@ class _View:
         if self.verbose:
             self.out.write((tag or b"") + line.encode("utf-8", "surrogateescape") + b"\n")
         so, se = r.stdout, r.stderr
+        if self.files and self.results:
+            # GNU: with --results, the files are the results' stdout files
+            from ._batch import _results_path_part
+
+            parts = [self.results]
+            for i, v in enumerate(r.inputs, 1):
+                parts += [str(i), _results_path_part(v)]
+            so = os.path.join(*parts, "stdout").encode("utf-8", "surrogateescape") + b"\n"
+        elif self.files:
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="par", suffix=".par", dir=self.tmpdir)
+            _Out(fd).write(so or b"")
+            os.close(fd)
+            name = os.path.join(self.tmpdir, os.path.basename(name))
+            so = name.encode("utf-8", "surrogateescape") + b"\n"
         if tag:
             so = _tagged(so, tag) if so else so
             se = _tagged(se, tag) if se else se

@@ -149,6 +149,18 @@ CASES = {
         "parallel --plus echo {2..} {1+..} ::: a.tar.gz ::: b.c.d",
         "parallel --plus -q echo '{%.gz} x' ::: a.tar.gz",
     ],
+    "--files, --tmpdir": [
+        "parallel --files echo ::: A B C | xargs cat",
+        "parallel --tmpdir . --files echo ::: A B C | sed 's/par.*par/F/'",
+        "parallel --tmpdir . --files echo ::: A B C | xargs cat",
+        "parallel --results outdir --files echo ::: A B",
+    ],
+    "--extensionreplace and its siblings": [
+        "parallel --er ,, echo ,, ::: A/B.C",
+        "parallel --bnr ,, --dnr ,,, echo ,, ,,, ::: A/B.C",
+        "parallel --basenameextensionreplace ,, echo ,, ::: A/B.C",
+        "parallel -j1 --seqreplace ,, --slotreplace @@ echo ,, @@ ::: A B C",
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",

@@ -106,7 +106,9 @@ OPTIONS = {
     "profile": "profile", "arg-sep": "arg_sep", "arg-file-sep": "arg_file_sep",
     "quote": "quote", "eof": "eof", "header": "header", "pipe": "pipe",
     "pipe-part": "pipe_part", "block-size": "block_size", "recend": "recend",
-    "recstart": "recstart", "regexp": "regexp", "plus": "plus", "E": "eof", "max-lines": "max_lines", "L": "max_lines_x",
+    "recstart": "recstart", "regexp": "regexp", "plus": "plus",
+    "extensionreplace": "rpl_.", "basenamereplace": "rpl_/", "dirnamereplace": "rpl_//",
+    "output-as-files": "files", "tmpdir": "tmpdir", "basenameextensionreplace": "rpl_/.", "seqreplace": "rpl_#", "slotreplace": "rpl_%", "E": "eof", "max-lines": "max_lines", "L": "max_lines_x",
 }
 _MULTI = {"arg_file", "env", "profile"}
 _COUNT = {"verbose"}
