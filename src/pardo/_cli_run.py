@@ -35,6 +35,7 @@ options shared with GNU parallel:
   -v                       print each command before its output (on stdout)
   -t, --verbose            print each command on stderr
   --results DIR            save output under DIR/1/<value>/.../{seq,stdout,stderr}
+  --results F.csv|F.tsv|F.json   one file of records (joblog columns, values, output)
   --files, --tmpdir DIR    write each job's output to a file in DIR (default $TMPDIR, /tmp);
                            print the file's name instead
   --joblog FILE            GNU's TSV joblog; --resume, --resume-failed, --retry-failed
@@ -204,6 +205,11 @@ def _pipe_jobs(opts, fh, skip):
         yield _Job(seq, (), input=head + block if head else block)
 
 
+def _is_results_file(name):
+    # --results NAME.csv|.tsv|.json: one file of records instead of a directory
+    return bool(name) and name.endswith((".csv", ".tsv", ".json"))
+
+
 def _apply_header(command, sources, delim, colsep):
     """``--header``: the first value of each source (split by ``--colsep``) names its
     column; ``{name}`` in the command becomes that column's ``{n}``."""
@@ -360,6 +366,13 @@ def _main(argv):
         os.environ["PARDO_ISOLATION"] = opts["isolation"]
     # -L N: N input lines per command, with context replace (as -X); -l [N]/--max-lines [N]:
     # the same without it (as -m), -l alone meaning 1
+    for key in ("max_args", "max_replace"):
+        # GNU reads these counts with its size units too: -n2k is 2000 arguments, -N1K 1024
+        m = re.fullmatch(r"(\d+)([kKmMgG])", str(opts.get(key, "")))
+        if m:
+            mult = {"k": 10**3, "K": 1 << 10, "m": 10**6, "M": 1 << 20, "g": 10**9,
+                    "G": 1 << 30}[m.group(2)]
+            opts[key] = str(int(m.group(1)) * mult)
     pipe = opts.get("pipe") or opts.get("pipe_part")
     if opts.get("max_lines_x") is not None and opts.get("max_replace") is None and not pipe:
         opts["max_replace"] = opts["max_lines_x"]
@@ -484,7 +497,8 @@ def _main(argv):
         max_output=_size(opts.get("max_output", "256M")) if view.mode == "group" else None,
         stdout=pardo.INHERIT if view.mode == "ungroup" else None,
         stderr=pardo.INHERIT if view.mode == "ungroup" else None,
-        shell=os.environ.get("PARDO_SHELL", "/bin/sh"), results=opts.get("results"),
+        shell=os.environ.get("PARDO_SHELL", "/bin/sh"),
+        results=None if _is_results_file(opts.get("results")) else opts.get("results"),
         line_sink=view.line if view.mode == "line" else None,
         input_may_block=bool(pipe) or any(s.may_block() for s in sources),
         total=total, job_env=True, window=2 if pipe else None,
@@ -544,6 +558,8 @@ class _View:
             for i, v in enumerate(r.inputs, 1):
                 parts += [str(i), _results_path_part(v)]
             so = os.path.join(*parts, "stdout").encode("utf-8", "surrogateescape") + b"\n"
+        elif self.results:
+            return  # GNU: with --results the output goes there only, none to the terminal
         elif self.files:
             import tempfile
 
@@ -568,10 +584,16 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
 
     out, err = view.out, view.err
     joblog = JobLog(joblog_path, append=bool(resuming)) if joblog_path else None
+    results_file = None
+    if _is_results_file(opts.get("results")):
+        from ._batch.results_file import ResultsFile
+
+        results_file = ResultsFile(opts["results"])
     tty = os.isatty(2)
     want_summary = opts.get("summary") or (tty and not opts.get("no_summary"))
     summary = Summary() if want_summary else None
-    needs_line = (joblog is not None or view.verbose or view.print_stderr
+    needs_line = (joblog is not None or results_file is not None or view.verbose
+                  or view.print_stderr
                   or summary is not None)
 
     def on_signal(signum, frame):
@@ -597,6 +619,10 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
                           batch.command_line(job).encode("utf-8", "surrogateescape") + b"\n")
             if view.mode == "group" and r.status != Status.CANCELLED:
                 view.grouped(r, line)
+            if results_file is not None:
+                ev, sig = exit_fields(r)
+                results_file.write(r.seq, r.started_at, r.duration, len(r.stdout or b""), ev,
+                                   sig, line, r.inputs, r.stdout or b"", r.stderr or b"")
             if joblog is not None:
                 ev, sig = exit_fields(r)
                 joblog.write(r.seq, r.started_at, r.duration, ev, sig, line,
@@ -612,6 +638,8 @@ def _execute(batch, view, opts, total, joblog_path, resuming):
             signal.signal(s, h)
         if joblog is not None:
             joblog.close()
+        if results_file is not None:
+            results_file.close()
     if summary is not None and batch.finished:
         err.write(summary.render().encode("utf-8", "surrogateescape"))
     hr = batch.halt_result

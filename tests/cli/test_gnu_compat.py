@@ -161,6 +161,16 @@ CASES = {
         "parallel --basenameextensionreplace ,, echo ,, ::: A/B.C",
         "parallel -j1 --seqreplace ,, --slotreplace @@ echo ,, @@ ::: A B C",
     ],
+    "--results NAME.csv|.tsv|.json, and no output with --results": [
+        "parallel --results out.tsv 'echo {}; echo e >&2' ::: A 'B C'; cut -f1,2,5-20 out.tsv",
+        "parallel --results out.csv 'echo {}' ::: A 'B,C' 'q\"x'; cut -d, -f1,2,5-20 out.csv",
+        "parallel --results o.json echo ::: A 'q\"x'; sed 's/\"Starttime.*\"Send/S/' o.json",
+        "parallel --results outdir echo ::: A B C; find outdir -type f | sort",
+    ],
+    "counts with GNU's units": [
+        "parallel -kj2k echo ::: a b >/dev/null",  # not for -j: an error in both
+        "parallel -n2k echo ::: a b c",
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",
