@@ -157,6 +157,18 @@ def _takes_optional(kind, word):
     return True
 
 
+def _value_from_next(kind, nxt, spelled):
+    """(value, words used) for an option whose value was not attached to it: the next word
+    for a required value, for an optional one only when it qualifies, else ""."""
+    if kind[0] == "=":
+        if nxt is None:
+            raise UsageError(f"option {spelled} needs a value")
+        return nxt, 1
+    if _takes_optional(kind, nxt):
+        return nxt, 1
+    return "", 0
+
+
 def _store(opts, canon, value, spelled):
     if canon in REFUSED:
         raise UsageError(f"{spelled} is not supported: GNU parallel's {spelled} "
@@ -196,14 +208,8 @@ def parse_options(argv, opts=None):
                     raise UsageError(f"option {spelled} takes no value")
                 val = True
             elif not eq:
-                if kind[0] == "=":
-                    if nxt is None:
-                        raise UsageError(f"option {spelled} needs a value")
-                    val, i = nxt, i + 1
-                elif _takes_optional(kind, nxt):
-                    val, i = nxt, i + 1
-                else:
-                    val = ""
+                val, used = _value_from_next(kind, nxt, spelled)
+                i += used
             _store(opts, canon, val, spelled)
             i += 1
             continue
@@ -226,14 +232,9 @@ def parse_options(argv, opts=None):
                 val = rest
             elif rest:
                 raise UsageError(f"option -{letter}: {rest!r} is not a number")
-            elif kind[0] == "=":
-                if nxt is None:
-                    raise UsageError(f"option -{letter} needs a value")
-                val, i = nxt, i + 1
-            elif _takes_optional(kind, nxt):
-                val, i = nxt, i + 1
             else:
-                val = ""
+                val, used = _value_from_next(kind, nxt, f"-{letter}")
+                i += used
             _store(opts, canon, val, f"-{letter}")
             break
         i += 1
