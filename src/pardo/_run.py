@@ -177,6 +177,12 @@ def _checked(argv):
     return argv
 
 
+def env_entries(env):
+    """*env* (a mapping of str or bytes) as the engine takes it: ``[b"NAME=value", ...]``;
+    None stays None (the caller's environment)."""
+    return _env(env)
+
+
 def _env(env):
     if env is None:
         return None
@@ -595,21 +601,27 @@ class Spawner:
         self._err = _stream(stderr, "stderr", [])[0]
 
     def __call__(self, argv, queue, tag=None, executable=None, cpus=None, out_fd=-1,
-                 err_fd=-1) -> Task:
+                 err_fd=-1, env_list=None, input=None) -> Task:
         """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes.
-        ``out_fd``/``err_fd``, when given, are fds the task writes its output into."""
+        ``out_fd``/``err_fd``, when given, are fds the task writes its output into;
+        ``env_list`` (``[b"NAME=value", ...]``) replaces the environment for this task;
+        ``input`` (bytes) is fed to its stdin."""
         if not self._fast:
             kw = self._kw
             if out_fd >= 0:
                 kw = dict(kw, stdout=out_fd, stderr=err_fd)
-            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus, **kw)
+            if env_list is not None:
+                kw = dict(kw, env=dict(e.split(b"=", 1) for e in env_list))
+            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
+                         input=input, **kw)
         _checked(argv)
         sup = _supervisor._sup or _supervisor.get()
         exe = executable or b""
         out, err = self._out, self._err
         if out_fd >= 0:
             out, err = _engine.OUT_FD, _engine.OUT_FD
-        h = sup.submit(argv, self._env, self._cwd, None, out, out_fd, err, err_fd,
+        env = self._env if env_list is None else env_list
+        h = sup.submit(argv, env, self._cwd, input, out, out_fd, err, err_fd,
                        self._max_output, [], self._timeout_ns, self._grace_ns,
                        [] if cpus is None else _cpus(cpus), self._nice, self._mem,
                        self._linger, queue._q, exe)

@@ -43,8 +43,6 @@ def test_unknown_option_suggests_the_closest():
     (["--timeout", "soon", "echo", ":::", "a"], "--timeout"),
     (["echo {= 1 =}", ":::", "a"], "perl"),
     (["--resume", "echo", ":::", "a"], "--joblog"),
-    (["echo", "{3}", ":::", "a", ":::", "b"], "{3} refers to input 3, but there are only 2"),
-    (["-N2", "echo", "{3}", ":::", "a"], "{3}"),
 ])
 def test_bad_input_is_one_line_not_a_traceback(args, needle):
     p = run(args)

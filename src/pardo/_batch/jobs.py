@@ -33,14 +33,16 @@ class Job:
         pipes: line mode: {read fd: [stream number, pending partial line]}.
         last: the Result of the previous attempt, while a retry is in flight.
         spool: the output files (fds) of the attempt in flight, in spool mode.
+        input: ``--pipe``: the block fed to the task's stdin, until the job is done.
     """
 
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last", "spool")
+                 "argv", "shell_line", "pipes", "last", "spool", "input")
 
-    def __init__(self, seq, args, argv=None):
+    def __init__(self, seq, args, argv=None, input=None):
         self.seq = seq
         self.args = args
+        self.input = input
         self.argv = argv
         self.slot = 0
         self.attempts = 0
@@ -54,14 +56,15 @@ class Job:
         self.spool = None
 
 
-def numbered_jobs(arg_groups, skip=None):
-    """A job per argument tuple, numbered from 1, leaving out the seqs in ``skip``."""
+def numbered_jobs(arg_groups, skip=None, blocks=False):
+    """A job per argument tuple, numbered from 1, leaving out the seqs in ``skip``; with
+    *blocks* (``--pipe``), a job per block of bytes, fed to its stdin."""
     seq = 0
     for args in arg_groups:
         seq += 1
         if skip is not None and seq in skip:
             continue
-        yield Job(seq, args)
+        yield Job(seq, (), input=args) if blocks else Job(seq, args)
 
 
 def read_resume(joblog, mode):
@@ -75,16 +78,18 @@ def read_resume(joblog, mode):
     return read_joblog(joblog)
 
 
-def planned_jobs(arg_groups, mode, logged, shell: bytes):
+def planned_jobs(arg_groups, mode, logged, shell: bytes, blocks=False):
     """The jobs to run: every input job (``mode`` None), the ones ``logged`` does not
     have (``resume``) or has not seen succeed (``resume-failed``), or the failed logged
-    commands themselves, with their old numbers (``retry-failed``; inputs are ignored)."""
+    commands themselves, with their old numbers (``retry-failed``; inputs are ignored).
+    *blocks*: ``arg_groups`` are ``--pipe`` blocks (bytes), one per job's stdin."""
     if mode is None:
-        return numbered_jobs(arg_groups)
+        return numbered_jobs(arg_groups, blocks=blocks)
     if mode == "resume":
-        return numbered_jobs(arg_groups, skip=set(logged))
+        return numbered_jobs(arg_groups, skip=set(logged), blocks=blocks)
     if mode == "resume-failed":
-        return numbered_jobs(arg_groups, skip={seq for seq, row in logged.items() if row.ok})
+        return numbered_jobs(arg_groups, skip={seq for seq, row in logged.items() if row.ok},
+                             blocks=blocks)
     return (Job(row.seq, (), [shell, b"-c", encode(row.command)])
             for row in sorted(logged.values(), key=lambda row: row.seq) if not row.ok)
 

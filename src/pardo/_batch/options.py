@@ -85,9 +85,13 @@ class HaltPolicy:
         if spec is None or spec == "never" or isinstance(spec, HaltPolicy):
             return spec if isinstance(spec, HaltPolicy) else None
         s = str(spec)
-        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1"}
+        # GNU's older forms: 0..2 and -1/-2, and N% for soon,fail=N%
+        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1", "-1": "soon,success=1",
+                 "-2": "now,success=1"}
         if s in short:
             return cls.parse(short[s])
+        if re.fullmatch(r"\d+%", s):
+            return cls.parse(f"soon,fail={s}")
         m = re.fullmatch(r"(now|soon)?,?(fail|success|done)=(\d+(?:\.\d+)?)(%?)", s)
         if not m:
             raise BatchError(

@@ -14,12 +14,17 @@ def _path_part(value: str) -> str:
     return value.replace("\\", "\\\\").replace("/", "\\_") or "\\_"
 
 
+def results_path(directory, args) -> str:
+    """The directory of a job's files under ``directory``: its input values name it."""
+    parts = [directory]
+    for i, v in enumerate(args, 1):
+        parts += [str(i), _path_part(v)]
+    return os.path.join(*parts)
+
+
 def write_results(directory, job, result) -> None:
     """Save ``result``'s output under ``directory`` for ``job`` (its inputs name the path)."""
-    parts = [directory]
-    for i, v in enumerate(job.args, 1):
-        parts += [str(i), _path_part(v)]
-    d = os.path.join(*[encode(p) for p in parts])
+    d = encode(results_path(directory, job.args))
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, b"seq"), "wb") as f:
         f.write(f"{job.seq}\n".encode())

@@ -55,7 +55,7 @@ import time
 from collections import deque
 
 from .._result import Status
-from .._run import ResultQueue, Spawner, shell_line, spawn
+from .._run import ResultQueue, Spawner, env_entries, shell_line, spawn
 from .._supervisor import isolation
 from . import spool as _spool
 from .inputs import encode
@@ -97,6 +97,12 @@ class Batch:
             it is read on a thread, so that the loop keeps reaping and starting tasks.
         total: the number of jobs when known up front: ``--halt N%`` counts against it, as
             GNU does (else against the tasks finished so far).
+        job_env: GNU's ``PARALLEL_SEQ`` in every task's environment, and
+            ``PARALLEL_JOBSLOT`` when the command mentions it or uses ``{%}`` (a task's slot
+            is only known before it starts when nothing is handed to the engine ahead).
+        blocks: ``arg_groups`` are ``--pipe`` blocks of bytes, each fed to one job's stdin.
+        window: jobs read ahead of the running ones at most (``--pipe``: each holds a
+            block), else a default.
         spool: each task writes its output into temporary files (see spool.py) instead of
             pipes read into memory; a Result carries it as bytes or, when big, as files
             (``Result.spool``, read with :func:`copy_out`) until it has been yielded.
@@ -109,7 +115,7 @@ class Batch:
                  memory_limit=None, env=None, cwd=None, max_output=None, stdout=None,
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
                  line_sink=None, input_may_block=False, total=None, spool=False,
-                 clock=time.monotonic):
+                 job_env=False, blocks=False, window=None, clock=time.monotonic):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
         self.jobs = parse_jobs(jobs, len(cpus))
@@ -125,7 +131,7 @@ class Batch:
         self._joblog_path = joblog
         self._resume = resume
         logged = read_resume(joblog, resume) if resume is not None else None
-        self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+        self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell, blocks)
         self._line_sink = line_sink
         # made when iteration starts (see _loop): the rung decides whether files are reused
         self._spool_wanted = bool(spool) and line_sink is None
@@ -164,6 +170,19 @@ class Batch:
         # started that GNU parallel would never have started.
         ahead = not (template.uses_slot or pin or self.delay or self.halt is not None
                      or self._pct is not None or line_sink is not None)
+        uses_slot = template.uses_slot
+        self._base_env = None
+        if job_env:
+            base = dict(os.environ if env is None else env)
+            base.pop("PARALLEL_SEQ", None)
+            base.pop("PARALLEL_JOBSLOT", None)
+            self._base_env = env_entries(base)
+            if template.mentions("PARALLEL_JOBSLOT"):
+                uses_slot = True
+        self._env_slot = uses_slot
+        self._window = window
+        if uses_slot or window is not None:
+            ahead = False
         held_max = max(2, min((AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
         self._max_in_flight = self.jobs + held_max if ahead else self.jobs
 
@@ -318,21 +337,31 @@ class Batch:
             job.started = self._clock()  # exact: with N% deadlines nothing is held
         argv = self._command_args(job, slot)
         exe = self._executable(argv[0])
+        env_list = None
+        if self._base_env is not None:
+            env_list = self._base_env + [b"PARALLEL_SEQ=%d" % job.seq]
+            if self._env_slot:
+                env_list.append(b"PARALLEL_JOBSLOT=%d" % slot)
         if self._spool is not None:
             job.spool = self._spool.take()
             try:
-                task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool)
+                task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool,
+                                                env_list=env_list, input=job.input)
             except BaseException:
                 self._spool.discard(job.spool)
                 job.spool = None
                 raise
         elif self._line_sink is None:
-            task = job.task = self._spawner(argv, q, job, exe, cpus)
+            task = job.task = self._spawner(argv, q, job, exe, cpus, env_list=env_list,
+                                            input=job.input)
         else:
+            kw = dict(self._spawn_kw, stdout=None, stderr=None)
+            if env_list is not None:
+                kw["env"] = dict(e.split(b"=", 1) for e in env_list)
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
                 job.task = spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
-                                 **dict(self._spawn_kw, stdout=w1, stderr=w2))
+                                 input=job.input, **dict(kw, stdout=w1, stderr=w2))
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)
@@ -429,11 +458,21 @@ class Batch:
             hit = n >= h.fraction * (self.total or self.finished)
         if hit:
             self.halt_result = result  # the task that triggered it (the CLI says so)
-            if h.why == "fail":
-                rc = result.returncode if result.status == Status.FAILED else 1
-                self.halt_exit = rc if 0 < rc < 256 else 1
-            elif h.why == "success":
+            if h.why == "success":
                 self.halt_exit = 0
+            elif h.count == 1:
+                # GNU: the exit status of the task that made it halt (signal + 128)
+                if result.status == Status.FAILED:
+                    self.halt_exit = result.returncode & 255 or 1
+                elif result.status == Status.OK:
+                    self.halt_exit = 0
+                else:
+                    self.halt_exit = 128 + result.signal if result.signal else 1
+            elif h.count is not None:
+                self.halt_exit = min(self.failed, 101)  # GNU: the number of failed tasks
+            else:
+                # GNU: the percentage of failed tasks, rounded up
+                self.halt_exit = -(-100 * self.failed // (self.total or self.finished or 1))
             self._stop_reason = "halt"
             if h.when == "now":
                 # GNU parallel ends the running jobs with its --termseq, TERM first
@@ -502,6 +541,7 @@ class Batch:
         if job.last is not r:
             self._drop(job.last)
         job.last = None
+        job.input = None  # a --pipe block is not needed any more
         job.result = r
         r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
         r.job = job
@@ -525,7 +565,8 @@ class Batch:
         """A result has been handed out: its joblog row goes to disk, and the consumer is
         done with its spooled files."""
         if joblog is not None:
-            joblog.record(r, self.command_line(r.job))
+            # Receive: the bytes of output the job wrote on stdout, as GNU's
+            joblog.record(r, self.command_line(r.job), _spool.size_of(r, 1))
         self._drop(r)
 
     # -- the loop -------------------------------------------------------------------------
@@ -564,7 +605,8 @@ class Batch:
         clock = self._clock
         order = deque()
         if self._input_may_block:
-            source = Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * jobs))
+            source = Prefetch(self._jobs_iter, self._wake_w,
+                              max(64, 2 * jobs) if self._window is None else self._window)
         else:
             source = iter(self._jobs_iter)
         exhausted = False

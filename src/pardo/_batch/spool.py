@@ -124,7 +124,7 @@ def size_of(result, stream):
     spool = getattr(result, "spool", None)
     if spool and spool[stream - 1] is not None:
         return spool[stream - 1][1]
-    return len(result.stdout if stream == 1 else result.stderr)
+    return len((result.stdout if stream == 1 else result.stderr) or b"")
 
 
 def _chunks(result, stream, limit):

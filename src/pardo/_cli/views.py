@@ -60,9 +60,16 @@ class View:
         if opts.get("tagstring") is not None:
             from .._batch import Template
 
-            # GNU: the tag shows values as they are
-            self._tag_template = Template([opts["tagstring"]], quote=False)
-        self.verbose = opts.get("verbose")
+            # GNU: the tag shows values as they are; a tagstring without replacement
+            # strings is the tag itself; \t is a tab
+            self._tag_template = Template([opts["tagstring"].replace("\\t", "\t")],
+                                          quote=False, append=False)
+        # --files: each task's stdout goes to a file in --tmpdir; its name is printed
+        self.files = bool(opts.get("files"))
+        self.results = opts.get("results")
+        self.tmpdir = opts.get("tmpdir") or os.environ.get("TMPDIR") or "/tmp"
+        self.verbose = opts.get("verbose")  # -v: the command on stdout, before its output
+        self.print_stderr = opts.get("print_stderr")  # --verbose/-t: on stderr
 
     def tag_of(self, inputs, seq, slot):
         if self._tag_template is not None:
@@ -81,13 +88,31 @@ class View:
     def grouped(self, r, line):
         """A finished task's output (spooled in files while it ran), all at once, cut at
         --max-output per stream. Returns True when something was cut."""
-        from .._batch import copy_out, size_of
+        from .._batch import copy_out, results_path, size_of
 
-        if self.verbose:
-            self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
         tag = self.tag_of(r.inputs, r.seq, r.slot)
+        if self.verbose:
+            self.out.write((tag or b"") + line.encode("utf-8", "surrogateescape") + b"\n")
+        streams = ((1, self.out), (2, self.err))
+        if self.files and self.results:
+            # GNU: with --results, the files are the results' stdout files
+            name = os.path.join(results_path(self.results, r.inputs), "stdout")
+            self._file_name(name, tag)
+            streams = ((2, self.err),)
+        elif self.results:
+            return False  # GNU: with --results the output goes there only
+        elif self.files:
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="par", suffix=".par", dir=self.tmpdir)
+            try:
+                copy_out(r, 1, Out(fd).write, None, self.max_output)
+            finally:
+                os.close(fd)
+            self._file_name(os.path.join(self.tmpdir, os.path.basename(name)), tag)
+            streams = ((2, self.err),)
         cut = []
-        for stream, dest in ((1, self.out), (2, self.err)):
+        for stream, dest in streams:
             size = size_of(r, stream)
             copy_out(r, stream, dest.write, tag, self.max_output)
             if self.max_output is not None and size > self.max_output:
@@ -99,6 +124,10 @@ class View:
                            .encode())
             return True
         return False
+
+    def _file_name(self, name, tag):
+        data = name.encode("utf-8", "surrogateescape") + b"\n"
+        self.out.write(_tagged(data, tag) if tag else data)
 
 
 def human_size(n):

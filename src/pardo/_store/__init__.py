@@ -5,6 +5,6 @@ store (SQLite) and its readers come next.
 Other parts use the names exported here, and no others.
 """
 
-from .joblog import JobLog, read_joblog
+from .joblog import JobLog, exit_fields, read_joblog
 
-__all__ = ["JobLog", "read_joblog"]
+__all__ = ["JobLog", "exit_fields", "read_joblog"]
