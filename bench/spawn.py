@@ -1,6 +1,7 @@
 """Launch throughput: /bin/true with nproc tasks in flight.
 
     python bench/spawn.py [--count 4000] [--reps 5] [--rungs auto,cgroup,shepherd,pgroup]
+                          [--kernel 4.18|5.4|5.10|docker]
 
 Rows, each measured ``--reps`` times, interleaved so that drifts in machine speed hit
 every row alike; the table shows medians and each row's ratio to the floor's median
@@ -17,6 +18,12 @@ from this same invocation:
   ``PARDO_ISOLATION``, each in a fresh process;
 - threads: a ``ThreadPoolExecutor`` of nproc threads each calling
   ``subprocess.run(capture_output=True, timeout=60)``, what one writes without pardo.
+
+``--kernel PROFILE`` runs every row (the floor too, so that the filter's cost per system
+call is in both) under tests/engine/kernel_profile.c, which answers as that kernel or as
+Docker's default seccomp profile: the cost of the start paths older kernels get (clone
+instead of clone3 under 4.18 and docker). Under 5.4 each clone3 also makes a round trip
+through the launcher's user-space listener, which a real 5.4 does not pay.
 
 Target: pardo >= 0.9x the floor.
 """
@@ -35,6 +42,18 @@ import _common as C  # noqa: E402
 
 TARGET = 0.9
 TRUE = "/bin/true"
+PREFIX: list[str] = []  # the kernel-profile launcher and its profile, with --kernel
+
+
+def _launcher() -> str:
+    """Compile tests/engine/kernel_profile.c into bench/.build (once per source)."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "engine",
+                       "kernel_profile.c")
+    exe = os.path.join(C.BUILD_DIR, "kernel_profile")
+    if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
+        os.makedirs(C.BUILD_DIR, exist_ok=True)
+        subprocess.run(["gcc", "-O1", "-o", exe, src], check=True)
+    return exe
 
 
 def _cpu() -> float:
@@ -114,7 +133,7 @@ def measure(row: str, count: int, inflight: int) -> tuple[float, float, str | No
     """
     env = dict(os.environ)
     if row.startswith("floor"):
-        cmd = [str(C.compile_c("_floor"))] + (["-c"] if row == "floor+capture" else [])
+        cmd = PREFIX + [str(C.compile_c("_floor"))] + (["-c"] if row == "floor+capture" else [])
         p = subprocess.run(cmd + ["-a", "300", str(inflight), str(count), TRUE],
                            stdout=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
         if p.returncode:
@@ -128,7 +147,7 @@ def measure(row: str, count: int, inflight: int) -> tuple[float, float, str | No
         cmd = _worker_cmd("pardo", count, inflight)
     else:
         cmd = _worker_cmd("threads", count, inflight)
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=600)
+    p = subprocess.run(PREFIX + cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=600)
     if p.returncode:
         raise RuntimeError(f"{row} exited {p.returncode}")
     r = json.loads(p.stdout)
@@ -146,6 +165,7 @@ def main() -> None:
         "--rungs", default="auto,cgroup,shepherd,pgroup",
         help="pardo rows: 'auto' (the rung pardo picks) and/or rungs to force",
     )  # fmt: skip
+    ap.add_argument("--kernel", help="run every row as if on this kernel (4.18, 5.4, 5.10, docker)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -156,6 +176,8 @@ def main() -> None:
 
     C.arm_alarm(3600)
     C.compile_c("_floor")
+    if a.kernel:
+        PREFIX[:] = [_launcher(), a.kernel]
     rows = ["floor", "floor+capture"] + [f"pardo:{r}" for r in a.rungs.split(",") if r]
     rows.append("threads")
     times: dict[str, list[float]] = {r: [] for r in rows}
@@ -167,7 +189,7 @@ def main() -> None:
     errors: dict[str, str] = {}
     print(
         f"spawn.py: {a.count} x {TRUE}, {a.inflight} in flight, {a.reps} repetitions "
-        f"per row, interleaved",
+        f"per row, interleaved" + (f", as kernel {a.kernel}" if a.kernel else ""),
         flush=True,
     )
     for rep in range(a.reps):

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <system_error>
 
@@ -87,12 +88,25 @@ bool wait_interruptibly(int64_t timeout_ns, WaitFor wait_for) {
   }
 }
 
-py::tuple result_tuple(Handle& h) {
-  Completion& c = h.result;
-  return py::make_tuple(c.pid, c.spawn_stage, c.spawn_errno, c.exited, c.exit_code, c.term_signal,
-                        c.timed_out, c.cancelled, py::bytes(c.out), py::bytes(c.err),
-                        c.out_truncated || c.err_truncated, c.start_wall_ns, c.duration_ns,
-                        c.cpu_user_us, c.cpu_sys_us, c.max_rss_kb, c.watch_seq, c.note);
+// One task's Request: a copy of the options Request (set once from Python, reused for
+// many tasks) plus the per-task parts. The copy owns dups of the options' fds: the caller
+// may close its own as soon as submit returns, and the options outlive the task.
+Request task_request(const Request& opts, std::vector<std::string>&& argv, std::vector<int>&& cpus,
+                     std::string&& executable) {
+  Request r = opts;
+  r.argv = std::move(argv);
+  r.cpus = std::move(cpus);
+  r.executable = std::move(executable);
+  if (r.out.mode == StreamSpec::FD) r.out.fd = dup_cloexec(opts.out.fd);
+  if (r.err.mode == StreamSpec::FD) r.err.fd = dup_cloexec(opts.err.fd);
+  for (auto& m : r.extra_fds) m.second = dup_cloexec(m.second);
+  return r;
+}
+
+StreamSpec::Mode stream_mode(int mode) {
+  if (mode < StreamSpec::CAPTURE || mode > StreamSpec::TO_STDOUT)
+    throw py::value_error("not a stream mode: " + std::to_string(mode));
+  return static_cast<StreamSpec::Mode>(mode);
 }
 
 }  // namespace
@@ -110,6 +124,84 @@ PYBIND11_MODULE(_engine, m) {
     }
   });
 
+  // The options a task runs with, other than its argv, cpus and executable (submit's own
+  // arguments). pardo._run.SpawnOptions builds one per spawn() call or per batch and sets
+  // only what differs from these defaults; fds here stay the caller's (see task_request).
+  py::class_<Request>(m, "Request")
+      .def(py::init<>())
+      .def_property(
+          "env",
+          [](const Request& r) -> py::object {
+            if (!r.has_env) return py::none();
+            py::list out;
+            for (auto& e : r.env) out.append(py::bytes(e));
+            return std::move(out);
+          },
+          [](Request& r, std::optional<std::vector<std::string>> env) {
+            r.has_env = env.has_value();
+            r.env = env ? std::move(*env) : std::vector<std::string>();
+          })
+      .def_property(
+          "cwd", [](const Request& r) { return py::bytes(r.cwd); },
+          [](Request& r, std::string cwd) { r.cwd = std::move(cwd); })
+      .def_property(
+          "input", [](const Request& r) -> py::object { return r.has_input ? py::bytes(r.input) : py::object(py::none()); },
+          [](Request& r, std::optional<std::string> input) {
+            r.has_input = input.has_value();
+            r.input = input ? std::move(*input) : std::string();
+          })
+      .def_property(
+          "out_mode", [](const Request& r) { return static_cast<int>(r.out.mode); },
+          [](Request& r, int mode) { r.out.mode = stream_mode(mode); })
+      .def_property(
+          "out_fd", [](const Request& r) { return r.out.fd; }, [](Request& r, int fd) { r.out.fd = fd; })
+      .def_property(
+          "err_mode", [](const Request& r) { return static_cast<int>(r.err.mode); },
+          [](Request& r, int mode) { r.err.mode = stream_mode(mode); })
+      .def_property(
+          "err_fd", [](const Request& r) { return r.err.fd; }, [](Request& r, int fd) { r.err.fd = fd; })
+      .def_readwrite("max_output", &Request::max_output)
+      .def_readwrite("extra_fds", &Request::extra_fds)
+      .def_readwrite("timeout_ns", &Request::timeout_ns)
+      .def_readwrite("kill_grace_ns", &Request::kill_grace_ns)
+      .def_property(
+          "nice", [](const Request& r) -> std::optional<int> { return r.has_nice ? std::optional<int>(r.nice) : std::nullopt; },
+          [](Request& r, std::optional<int> nice) {
+            r.has_nice = nice.has_value();
+            r.nice = nice.value_or(0);
+          })
+      .def_readwrite("memory_limit", &Request::memory_limit)
+      .def_readwrite("linger", &Request::linger);
+
+  // What became of a task, read by name (pardo._run._make_result). Strings the task wrote
+  // are bytes; the object refers into its Handle, which it keeps alive.
+  py::class_<Completion>(m, "Completion")
+      .def_readonly("pid", &Completion::pid)
+      .def_readonly("spawn_stage", &Completion::spawn_stage)
+      .def_readonly("spawn_errno", &Completion::spawn_errno)
+      .def_readonly("exited", &Completion::exited)
+      .def_readonly("exit_code", &Completion::exit_code)
+      .def_readonly("term_signal", &Completion::term_signal)
+      .def_readonly("timed_out", &Completion::timed_out)
+      .def_readonly("cancelled", &Completion::cancelled)
+      .def_property_readonly("out", [](const Completion& c) { return py::bytes(c.out); })
+      .def_property_readonly("err", [](const Completion& c) { return py::bytes(c.err); })
+      .def_readonly("out_truncated", &Completion::out_truncated)
+      .def_readonly("err_truncated", &Completion::err_truncated)
+      .def_readonly("start_wall_ns", &Completion::start_wall_ns)
+      .def_readonly("duration_ns", &Completion::duration_ns)
+      .def_readonly("cpu_user_us", &Completion::cpu_user_us)
+      .def_readonly("cpu_sys_us", &Completion::cpu_sys_us)
+      .def_readonly("max_rss_kb", &Completion::max_rss_kb)
+      .def_readonly("watch_seq", &Completion::watch_seq)
+      .def_readonly("note", &Completion::note);
+
+  py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle")
+      .def_readonly("id", &Handle::id)
+      // Final once the task is done (Supervisor.wait_done / a CompletionQueue gave it back).
+      .def_readonly("result", &Handle::result);
+
+  // After Handle, so that pop()'s signature names it.
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init<int>(), py::arg("max_running") = 0)
       .def("fileno", &CompletionQueue::fd)
@@ -128,10 +220,6 @@ PYBIND11_MODULE(_engine, m) {
           },
           py::arg("max"), py::arg("timeout_ns"), py::arg("min_items") = 1, py::arg("linger_ns") = -1);
 
-  py::class_<Handle, std::shared_ptr<Handle>>(m, "Handle")
-      .def_readonly("id", &Handle::id)
-      .def("result", &result_tuple);
-
   py::class_<Supervisor>(m, "Supervisor")
       .def_property_readonly("rung", &Supervisor::rung_name)
       .def_property_readonly("reason", &Supervisor::rung_reason)
@@ -139,45 +227,12 @@ PYBIND11_MODULE(_engine, m) {
       .def("in_flight", &Supervisor::in_flight)
       .def(
           "submit",
-          [](Supervisor& s, std::vector<std::string> argv, py::object env, std::string cwd,
-             py::object input, int out_mode, int out_fd, int err_mode, int err_fd, size_t max_output,
-             std::vector<std::pair<int, int>> extra_fds, int64_t timeout_ns, int64_t grace_ns,
-             std::vector<int> cpus, py::object nice, long long memory_limit, bool linger,
+          [](Supervisor& s, const Request& options, std::vector<std::string> argv, std::vector<int> cpus,
              std::shared_ptr<CompletionQueue> queue, std::string executable) {
-            Request r;
-            r.argv = std::move(argv);
-            r.executable = std::move(executable);
-            if (!env.is_none()) {
-              r.has_env = true;
-              r.env = env.cast<std::vector<std::string>>();
-            }
-            r.cwd = std::move(cwd);
-            if (!input.is_none()) {
-              r.has_input = true;
-              r.input = input.cast<std::string>();
-            }
-            r.out.mode = static_cast<StreamSpec::Mode>(out_mode);
-            r.err.mode = static_cast<StreamSpec::Mode>(err_mode);
-            // Our own copies: the caller may close its fds as soon as submit returns.
-            if (r.out.mode == StreamSpec::FD) r.out.fd = dup_cloexec(out_fd);
-            if (r.err.mode == StreamSpec::FD) r.err.fd = dup_cloexec(err_fd);
-            r.max_output = max_output;
-            for (auto& m2 : extra_fds) r.extra_fds.push_back({m2.first, dup_cloexec(m2.second)});
-            r.timeout_ns = timeout_ns;
-            r.kill_grace_ns = grace_ns;
-            r.cpus = std::move(cpus);
-            if (!nice.is_none()) {
-              r.has_nice = true;
-              r.nice = nice.cast<int>();
-            }
-            r.memory_limit = memory_limit;
-            r.linger = linger;
-            return s.submit(std::move(r), std::move(queue));
+            return s.submit(task_request(options, std::move(argv), std::move(cpus), std::move(executable)),
+                            std::move(queue));
           },
-          py::arg("argv"), py::arg("env"), py::arg("cwd"), py::arg("input"), py::arg("out_mode"),
-          py::arg("out_fd"), py::arg("err_mode"), py::arg("err_fd"), py::arg("max_output"),
-          py::arg("extra_fds"), py::arg("timeout_ns"), py::arg("grace_ns"), py::arg("cpus"),
-          py::arg("nice"), py::arg("memory_limit"), py::arg("linger"), py::arg("queue"),
+          py::arg("options"), py::arg("argv"), py::arg("cpus"), py::arg("queue"),
           py::arg("executable") = std::string())
       .def("kill", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_KILL); }, py::arg("id"))
       .def("terminate", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_TERM); }, py::arg("id"))
@@ -185,15 +240,13 @@ PYBIND11_MODULE(_engine, m) {
           "watch",
           [](Supervisor& s, uint64_t id, py::buffer buf, int64_t idle_ns) {
             py::buffer_info info = buf.request(true);
-            // `slot` is the worker's watch record (the keyword keeps its old name until the
-            // bindings' request types are named).
             if (info.size * info.itemsize < 16)
               throw py::value_error("a watch record needs at least 16 bytes");
             if (reinterpret_cast<uintptr_t>(info.ptr) % 8 != 0)
               throw py::value_error("a watch record must be 8-byte aligned");
             s.command(id, Supervisor::OP_WATCH, static_cast<const volatile int64_t*>(info.ptr), idle_ns);
           },
-          py::arg("id"), py::arg("slot"), py::arg("idle_ns"))
+          py::arg("id"), py::arg("record"), py::arg("idle_ns"))
       .def("unwatch", [](Supervisor& s, uint64_t id) { s.command(id, Supervisor::OP_UNWATCH); }, py::arg("id"))
       .def("wait_started",
            [](Supervisor& s, std::shared_ptr<Handle> h, int64_t timeout_ns) {

@@ -14,7 +14,7 @@ namespace pardo {
 namespace fault {
 
 // The calls a test can make fail: the ones whose failure changes what the supervisor does.
-enum Call : int { EPOLL_ADD, EPOLL_MOD, TIMERFD_SETTIME, N_CALLS };
+enum Call : int { EPOLL_ADD, EPOLL_MOD, TIMERFD_SETTIME, CGROUP_FREEZE, N_CALLS };
 
 #ifdef PARDO_FAULT_INJECTION
 struct Plan {
@@ -45,8 +45,11 @@ inline bool hit(Call call) {
   errno = p.err.load();
   return true;
 }
+// The errno a hit of `call` fails with, for raw calls that return -errno (raw/).
+inline int err(Call call) { return g_plans[call].err.load(); }
 #else
 constexpr bool hit(Call) { return false; }
+constexpr int err(Call) { return 0; }
 #endif
 
 }  // namespace fault

@@ -27,6 +27,9 @@
 #ifndef SYS_clone3
 #define SYS_clone3 435
 #endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
 
 extern "C" long pardo_clone3_run(void* args, size_t size, int (*fn)(void*), void* arg);
 
@@ -149,8 +152,9 @@ int child_main(void* arg) {
   }
   int max_target = 2;
   for (const auto& m : plan->fds) max_target = m.first > max_target ? m.first : max_target;
-  // Everything above the targets is closed at exec (the error pipe included).
-  cloexec_from(max_target + 1);
+  // Everything above the targets is closed at exec (the error pipe included): a task never
+  // sees an fd it was not given, and failing that it does not run.
+  check(plan, cloexec_from(max_target + 1, plan->err_fd), STAGE_FDS);
 
   if (!plan->cwd.empty()) check(plan, sys(SYS_chdir, plan->cwd.c_str()), STAGE_CHDIR);
   if (plan->has_cpus) check(plan, sys(SYS_sched_setaffinity, 0, sizeof(cpu_set_t), &plan->cpus), STAGE_AFFINITY);
@@ -251,6 +255,38 @@ int normalize_fds(std::vector<std::pair<int, int>>& fds, std::vector<int>* temps
 // Kernels before 5.5 reject CLONE_CLEAR_SIGHAND; remember that after the first refusal.
 std::atomic<bool> g_clear_sighand{true};
 
+// Without clone3 (refused: before Linux 5.3, or by a seccomp profile such as Docker's
+// default, which answers ENOSYS so that programs fall back): the same child through
+// clone(), which glibc runs on the stack we give it and which writes nothing into our
+// memory in the child. CLONE_PIDFD where the kernel has pidfds (5.2; probed as
+// pidfd_open, 5.3); CLONE_CLEAR_SIGHAND does not exist for clone(), so the child resets
+// its handlers itself.
+static long clone_legacy(ChildPlan& plan, int* pidfd, bool async) {
+  int flags = SIGCHLD;
+  if (start_features().pidfd) flags |= CLONE_PIDFD;
+  pid_t* ctid = nullptr;
+  if (async) {
+    flags |= CLONE_VM | CLONE_CHILD_CLEARTID;
+    ctid = const_cast<pid_t*>(reinterpret_cast<volatile pid_t*>(&plan.report->word));
+    plan.report->word = 1;
+  } else {
+    flags |= CLONE_VM | CLONE_VFORK;
+  }
+  // No trampoline: a fork-style child (its own copy of memory, so errno writes are its own).
+  if (!kHaveTrampoline) flags &= ~(CLONE_VM | CLONE_VFORK);
+  plan.handlers_cleared = false;
+  void* stack = take_stack();
+  if (!stack) return -ENOMEM;
+  long r = clone(child_main, static_cast<char*>(stack) + kChildStackSize, flags, &plan, pidfd,
+                 nullptr, ctid);
+  if (r < 0) r = -errno;
+  if (async && r > 0 && kHaveTrampoline)
+    plan.stack = stack;  // back in the pool once the child is past its exec
+  else
+    give_stack(stack);
+  return r;
+}
+
 // `async`: no CLONE_VFORK; the child keeps its stack (plan.stack) after we return.
 static long clone_once(ChildPlan& plan, CloneArgs& ca, bool async) {
   if (kHaveTrampoline) {
@@ -277,8 +313,10 @@ static SpawnOutcome do_clone(ChildPlan& plan, int cgroup_fd, bool async) {
   SpawnOutcome out;
   int pidfd = -1;
   CloneArgs ca;
-  long r;
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  long r = -ENOSYS;
+  // cgroup_fd needs clone3; without it callers pass -1 (clone3_into_cgroup_supported).
+  if (!start_features().clone3) r = clone_legacy(plan, &pidfd, async);
+  for (int attempt = 0; attempt < 2 && start_features().clone3; ++attempt) {
     memset(&ca, 0, sizeof ca);
     ca.flags = CLONE_VM | CLONE_PIDFD;
     if (async) {
@@ -420,6 +458,23 @@ bool raise_nofile_limit(struct rlimit* original) {
   if (rl.rlim_cur >= want) return false;
   rl.rlim_cur = want;
   return setrlimit(RLIMIT_NOFILE, &rl) == 0;
+}
+
+const StartFeatures& start_features() {
+  // Probed once, at the first start: clone3 with a size below its smallest version is
+  // EINVAL where the call exists, ENOSYS where it does not, EPERM where a seccomp filter
+  // denies it outright. pidfd_open (5.3) stands for pidfds in general: clone's CLONE_PIDFD
+  // came one release earlier, and a 5.2 kernel merely goes without them.
+  static const StartFeatures f = [] {
+    StartFeatures x;
+    long r = syscall(SYS_clone3, nullptr, 0);
+    x.clone3 = !(r < 0 && (errno == ENOSYS || errno == EPERM));
+    long fd = syscall(SYS_pidfd_open, getpid(), 0);
+    x.pidfd = fd >= 0;
+    if (fd >= 0) close(static_cast<int>(fd));
+    return x;
+  }();
+  return f;
 }
 
 bool clone3_into_cgroup_supported() {

@@ -125,4 +125,13 @@ bool raise_nofile_limit(struct rlimit* original);
 // True when clone3 with CLONE_INTO_CGROUP|CLONE_PIDFD is usable (probed once).
 bool clone3_into_cgroup_supported();
 
+// How children can be started here, probed once. Without clone3 (Linux < 5.3, Docker's
+// default seccomp profile) children start through clone(); without pidfds (< 5.3) the
+// outcome's pidfd is -1 and only a rung that learns of exits another way can work.
+struct StartFeatures {
+  bool clone3 = false;
+  bool pidfd = false;
+};
+const StartFeatures& start_features();
+
 }  // namespace pardo

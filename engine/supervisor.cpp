@@ -595,7 +595,9 @@ void Supervisor::start_task(Pending&& p) {
   if (t.c.pid > 0) cv_.notify_all();
   // One-shot: the exit is reported once; a registration that outlives our close (a copy
   // of the pidfd in a forked child) then stays disarmed instead of firing forever.
-  watch_fd(t, t.pidfd, FD_CHILD, EPOLLIN | EPOLLONESHOT);
+  // No pidfd (Linux < 5.3): only the shepherd rung runs there, and it learns of its
+  // child's exit from the end of its status pipe.
+  if (t.pidfd >= 0) watch_fd(t, t.pidfd, FD_CHILD, EPOLLIN | EPOLLONESHOT);
   if (t.fd_out >= 0) watch_fd(t, t.fd_out, FD_OUT, EPOLLIN);
   if (t.fd_err >= 0) watch_fd(t, t.fd_err, FD_ERR, EPOLLIN);
   if (t.fd_in >= 0) watch_fd(t, t.fd_in, FD_IN, EPOLLOUT);

@@ -126,7 +126,7 @@ struct linux_dirent64 {
 };
 
 // Calls fn(name, d_type) for each entry of the directory at `path` but . and ..; false
-// when it cannot be opened (*err: the errno).
+// when it cannot be opened or read to its end (*err: the errno).
 template <class Fn>
 bool each_entry(const char* path, Fn fn, long* err = nullptr) {
   long fd = sys(SYS_openat, AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -137,7 +137,12 @@ bool each_entry(const char* path, Fn fn, long* err = nullptr) {
   alignas(8) char buf[4096];
   while (true) {
     long n = sys(SYS_getdents64, fd, buf, sizeof buf);
-    if (n <= 0) break;
+    if (n < 0) {  // a listing cut short is no listing: the caller must not take it as whole
+      sys(SYS_close, fd);
+      if (err) *err = -n;
+      return false;
+    }
+    if (n == 0) break;
     for (long off = 0; off < n;) {
       auto* e = reinterpret_cast<linux_dirent64*>(buf + off);
       off += e->d_reclen;
@@ -148,6 +153,36 @@ bool each_entry(const char* path, Fn fn, long* err = nullptr) {
   }
   sys(SYS_close, fd);
   return true;
+}
+
+// Make every fd from `lowest` up close at the next exec, on any kernel. `keep` (-1: none)
+// is an fd that must stay open until then (it is close-on-exec already). In order:
+// close_range with CLOSE_RANGE_CLOEXEC (Linux 5.11); close_range closing them now (5.9);
+// each fd listed in /proc/self/fd. A seccomp filter may answer EPERM for a call it does
+// not know, so any failure moves on to the next way. 0, or -errno when none worked.
+inline long cloexec_from(int lowest, int keep) {
+  if (sys(SYS_close_range, lowest, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return 0;
+  long r;
+  if (keep >= lowest) {
+    r = keep > lowest ? sys(SYS_close_range, lowest, keep - 1, 0) : 0;
+    if (r == 0) r = sys(SYS_close_range, keep + 1, ~0U, 0);
+  } else {
+    r = sys(SYS_close_range, lowest, ~0U, 0);
+  }
+  if (r == 0) return 0;
+  long failed = 0, err = 0;
+  bool listed = each_entry(
+      "/proc/self/fd",
+      [&](const char* name, unsigned char) {
+        const char* end;
+        long fd = parse_long(name, 10, &end);
+        if (end == name || fd < lowest) return;
+        long x = sys(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);  // the walk's own fd included
+        if (x < 0) failed = x;
+      },
+      &err);
+  if (!listed) return -err;
+  return failed;
 }
 
 // Calls fn(child pid) for the children of every thread of pid, from
@@ -199,20 +234,6 @@ void each_process(Fn fn) {
       if (*p == ')') close = p;
     if (!close || !close[1] || !close[2] || !close[3]) return;
     fn(pid, parse_long(close + 4));  // ") S PPID"
-  });
-}
-
-// Mark every fd from `low` up close-on-exec, so that a program gets only the fds it was
-// given. close_range does it in one call (Linux 5.11+); older kernels refuse the flag, and
-// then /proc/self/fd is walked instead, as CPython's _posixsubprocess does. Should that
-// fail too (no /proc), what is left is what posix_spawn would pass on: the fds not
-// already close-on-exec, which pardo and Python never make.
-inline void cloexec_from(int low) {
-  if (sys(SYS_close_range, low, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
-  each_entry("/proc/self/fd", [low](const char* name, unsigned char) {
-    const char* end;
-    long fd = parse_long(name, 10, &end);
-    if (end != name && fd >= low) sys(SYS_fcntl, fd, F_SETFD, FD_CLOEXEC);
   });
 }
 

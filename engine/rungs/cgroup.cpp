@@ -15,6 +15,7 @@
 #include "proc.hpp"
 #include "rungs/cgroup_tree.hpp"
 #include "rungs/rung.hpp"
+#include "spawn.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
 
@@ -103,10 +104,12 @@ class CgroupRung : public Rung {
         return;
       }
       t.leaf->killed = true;
-      // Atomic: a forking tree cannot outrun it. Should the kernel refuse (it has no reason
-      // to: the leaf is ours and exists), the members are killed one by one instead; one
-      // forked meanwhile keeps the leaf populated, and the kill-wait bound reports it.
-      if (cgroup_kill(t.leaf->path.c_str()) != 0) cgroup_signal_members(t.leaf->path.c_str(), SIGKILL);
+      // Atomic (cgroup.kill, or the leaf frozen first where the kernel lacks it): a forking
+      // tree cannot outrun it. Should the kernel refuse (it has no reason to: the leaf is
+      // ours and exists), the members are killed one by one instead; one forked meanwhile
+      // keeps the leaf populated, and the kill-wait bound reports it.
+      if (cgroup_kill(t.leaf->path.c_str(), cgroup_kills_by_freeze()) != 0)
+        cgroup_signal_members(t.leaf->path.c_str(), SIGKILL);
       hasten_death(t.leaf->path, SIGKILL);
       watch_events(s, t);
       return;
@@ -179,7 +182,10 @@ std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::st
   if (!tree) return nullptr;
   Guardian g;
   *subtree = tree->path();
-  if (!start_guardian(shepherd_path, "--guardian=" + *subtree, &g, why)) {
+  // Without cgroup.kill (Linux 5.2-5.13) the guardian kills the subtree by freezing it.
+  std::vector<std::string> args = {"--guardian=" + *subtree};
+  if (cgroup_kills_by_freeze()) args.push_back("--freeze");
+  if (!start_guardian(shepherd_path, args, &g, why)) {
     tree->destroy();
     return nullptr;
   }
@@ -190,14 +196,17 @@ std::string cgroup_unavailable_reason() {
   std::string why;
   std::string mnt = find_cgroup2_mount(&why);
   if (mnt.empty()) return why;
+  if (!start_features().pidfd) return kNoPidfd;
   std::string home = own_cgroup_path();
   if (home.empty()) return "this process has no cgroup v2 path in /proc/self/cgroup";
   std::string dir = mnt + (home == "/" ? "" : home);
+  // What the kernel lacks first: no delegation can make up for it, so no advice then.
+  if (home != "/" && !cgroup_has_file(dir, "cgroup.kill") && !cgroup_has_file(dir, "cgroup.freeze"))
+    return "the kernel has neither cgroup.kill (Linux 5.14) nor cgroup.freeze (5.2) to kill a "
+           "task's cgroup with";
   if (access(dir.c_str(), W_OK) < 0)
     return "no write access to " + dir +
            ": run under `systemd-run --user --scope -p Delegate=yes ...` or as root";
-  if (access((dir + "/cgroup.kill").c_str(), F_OK) < 0 && home != "/")
-    return "the kernel has no cgroup.kill (needs Linux 5.14+)";
   return "";
 }
 

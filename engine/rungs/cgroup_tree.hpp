@@ -22,6 +22,13 @@ std::string find_cgroup2_mount(std::string* why);
 // This process's cgroup path relative to the cgroup2 mount ("0::" line), or "".
 std::string own_cgroup_path();
 
+// True when the tests' kernel emulation hides `what` (a cgroupfs file, or "cgroup2").
+bool cgroup_test_hidden(const char* what);
+// True when dir/name exists and is not hidden.
+bool cgroup_has_file(const std::string& dir, const char* name);
+// True when trees are killed by freezing (no cgroup.kill: Linux 5.2-5.13), as decided by
+// the first CgroupTree::create; what cgroup_kill and cgroup_release_subtree are given.
+bool cgroup_kills_by_freeze();
 
 struct Leaf {
   std::string path;

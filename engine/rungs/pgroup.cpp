@@ -105,7 +105,7 @@ std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::st
   Guardian g;
   if (!shepherd_path.empty()) {
     why->clear();
-    if (!start_guardian(shepherd_path, "--guardian-pgroups", &g, why)) g = Guardian{};
+    if (!start_guardian(shepherd_path, {"--guardian-pgroups"}, &g, why)) g = Guardian{};
   }
   return std::make_unique<PgroupRung>(g);
 }

@@ -9,16 +9,17 @@
 #include <unistd.h>
 
 #include "rungs/cgroup_tree.hpp"
+#include "spawn.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
 
 namespace pardo {
 
-bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru) {
+bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru, bool block) {
   if (t.child_reaped) return false;
   pid_t r;
   do {
-    r = wait4(t.child_pid, status, WNOHANG, ru);
+    r = wait4(t.child_pid, status, block ? 0 : WNOHANG, ru);
   } while (r < 0 && errno == EINTR);
   if (r == 0 || (r < 0 && errno != ECHILD)) return false;
   if (r < 0) {  // someone else reaped it (should not happen)
@@ -43,7 +44,7 @@ void Guardian::stop() {
   pid = -1;
 }
 
-bool start_guardian(const std::string& shepherd, const std::string& mode, Guardian* g,
+bool start_guardian(const std::string& shepherd, const std::vector<std::string>& args, Guardian* g,
                     std::string* why) {
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) {
@@ -59,7 +60,8 @@ bool start_guardian(const std::string& shepherd, const std::string& mode, Guardi
   }
   ChildPlan plan;
   plan.exec_paths = {shepherd};
-  plan.argv = {shepherd, mode};
+  plan.argv = {shepherd};
+  plan.argv.insert(plan.argv.end(), args.begin(), args.end());
   plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
   SpawnOutcome o = spawn_with_fds(plan, -1);
   close(p[0]);
@@ -78,6 +80,10 @@ bool start_guardian(const std::string& shepherd, const std::string& mode, Guardi
   return true;
 }
 
+const char* const kNoPidfd =
+    "the kernel has no pidfds (Linux 5.3 has them), which this rung needs to learn of each "
+    "task's exit";
+
 RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path) {
   RungChoice ch;
   bool is_auto = wanted.empty() || wanted == "auto";
@@ -86,11 +92,19 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
     return ch;
   }
   bool have_shepherd = !shepherd_path.empty() && access(shepherd_path.c_str(), X_OK) == 0;
+  // The cgroup and pgroup rungs learn of their child's exit from its pidfd; the shepherd
+  // rung also from its status pipe, so it alone works without pidfds.
+  const std::string no_pidfd = start_features().pidfd ? "" : kNoPidfd;
   std::string shepherd_why =
       have_shepherd ? "" : "the helper program " + shepherd_path + " is missing or not executable";
   std::string cg_why;
   if (is_auto || wanted == "cgroup") {
-    if (!have_shepherd) {
+    std::string no_mount;
+    if (find_cgroup2_mount(&no_mount).empty()) {
+      cg_why = no_mount;  // a cgroup v1 host: say so first, whatever else is missing
+    } else if (!no_pidfd.empty()) {
+      cg_why = no_pidfd;
+    } else if (!have_shepherd) {
       cg_why = shepherd_why + " (the cgroup rung needs it as its guardian)";
     } else {
       std::string sub;
@@ -115,6 +129,12 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
       ch.error = shepherd_why;
       return ch;
     }
+  }
+  if (!no_pidfd.empty()) {
+    ch.error = is_auto ? "no isolation rung can work here: shepherd: " + shepherd_why +
+                             "; cgroup and pgroup: " + no_pidfd
+                       : "pgroup: " + no_pidfd;
+    return ch;
   }
   std::string guardian_why = shepherd_why;
   ch.rung = make_pgroup_rung(have_shepherd ? shepherd_path : std::string(), &guardian_why);

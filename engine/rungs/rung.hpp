@@ -23,6 +23,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "spawn.hpp"
 
@@ -69,6 +70,9 @@ struct RungChoice {
 // Pick the rung: "auto" takes the strongest available; a named one must be available.
 RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_path);
 
+// Why a rung that learns of exits from pidfds cannot work on this kernel.
+extern const char* const kNoPidfd;
+
 // Why the cgroup rung is or is not available here ("" when it is).
 std::string cgroup_unavailable_reason();
 
@@ -87,10 +91,10 @@ struct Guardian {
   void stop();
 };
 
-// Start a guardian: pardo-shepherd with the one argument `mode`, which waits for EOF on
+// Start a guardian: pardo-shepherd with the arguments `args` (its mode first), which waits for EOF on
 // its stdin and then kills what the supervisor left. EOF comes when this process dies,
 // however it dies, because only we hold the write end. False and *why when it cannot start.
-bool start_guardian(const std::string& shepherd, const std::string& mode, Guardian* g,
+bool start_guardian(const std::string& shepherd, const std::vector<std::string>& args, Guardian* g,
                     std::string* why);
 
 // The cgroup rung with its subtree and guardian; nullptr and *why when either cannot be
@@ -103,6 +107,8 @@ std::unique_ptr<Rung> make_shepherd_rung(const std::string& shepherd_path);
 std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::string* why);
 
 // Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
-bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru);
+// `block`: the child is known to be exiting (it closed its last fd), so wait the moment
+// until it is a zombie.
+bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru, bool block = false);
 
 }  // namespace pardo

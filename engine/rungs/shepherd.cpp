@@ -79,25 +79,7 @@ class ShepherdRung : public Rung {
     return o;
   }
 
-  void on_child_exit(Supervisor& s, TaskState& t) override {
-    int st;
-    struct rusage ru;
-    if (!reap_child(s, t, &st, &ru)) return;
-    read_status(s, t);  // everything the shepherd said before it exited
-    if (!t.leader_done) {
-      // The shepherd died without reporting its task's end: it was killed from outside,
-      // or could not start. Report that rather than guess.
-      if (!t.got_started && t.c.spawn_stage == STAGE_NONE) {
-        t.c.spawn_stage = STAGE_HELPER;
-        t.c.spawn_errno = WIFSIGNALED(st) ? EINTR : ECHILD;
-      } else {
-        if (t.c.note.empty()) t.c.note = "the shepherd process died unexpectedly";
-      }
-      s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
-      if (!t.got_started) s.publish_pid(t);
-    }
-    s.tree_gone(t);  // the shepherd exits only once its tree is reaped
-  }
+  void on_child_exit(Supervisor& s, TaskState& t) override { shepherd_exited(s, t, false); }
 
   void on_event(Supervisor& s, TaskState& t, int kind) override {
     if (kind == FD_STATUS) read_status(s, t);
@@ -133,8 +115,32 @@ class ShepherdRung : public Rung {
   }
 
  private:
+  // The shepherd exited: its pidfd said so, or (no pidfds, Linux < 5.3) its status pipe
+  // reached end-of-file, which only its exit brings (the pipe is close-on-exec in its
+  // leader and it never closes the pipe itself): then it is a zombie a moment later.
+  void shepherd_exited(Supervisor& s, TaskState& t, bool at_eof) {
+    int st;
+    struct rusage ru;
+    if (!reap_child(s, t, &st, &ru, at_eof)) return;
+    read_status(s, t);  // everything the shepherd said before it exited
+    if (!t.leader_done) {
+      // The shepherd died without reporting its task's end: it was killed from outside,
+      // or could not start. Report that rather than guess.
+      if (!t.got_started && t.c.spawn_stage == STAGE_NONE) {
+        t.c.spawn_stage = STAGE_HELPER;
+        t.c.spawn_errno = WIFSIGNALED(st) ? EINTR : ECHILD;
+      } else {
+        if (t.c.note.empty()) t.c.note = "the shepherd process died unexpectedly";
+      }
+      s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+      if (!t.got_started) s.publish_pid(t);
+    }
+    s.tree_gone(t);  // the shepherd exits only once its tree is reaped
+  }
+
   void read_status(Supervisor& s, TaskState& t) {
     if (t.status_fd < 0) return;
+    bool eof = false;
     char buf[4096];
     while (true) {
       ssize_t n = read(t.status_fd, buf, sizeof buf);
@@ -147,6 +153,7 @@ class ShepherdRung : public Rung {
         s.unwatch_fd(t.status_fd);
         close(t.status_fd);
         t.status_fd = -1;
+        eof = n == 0;
       }
       break;
     }
@@ -178,6 +185,7 @@ class ShepherdRung : public Rung {
           break;
       }
     }
+    if (eof && t.pidfd < 0 && !t.child_reaped) shepherd_exited(s, t, true);
   }
 
   std::string path_;

@@ -1,8 +1,9 @@
 // pardo-shepherd --guardian=CGROUP_DIR: the cgroup rung's guardian. Started once per
 // supervisor with the read end of a pipe as its stdin, whose write end only the supervisor
 // holds; it waits for EOF there (the supervisor process died, however it died, or shut
-// down), then kills every process in CGROUP_DIR and removes it, as the supervisor itself
-// does at shutdown (the same code: raw/rawcgroup.hpp).
+// down), then kills every process in CGROUP_DIR (with cgroup.kill, or by_freeze: by
+// freezing it, where the kernel has no cgroup.kill) and removes it, as the supervisor
+// itself does at shutdown (the same code: raw/rawcgroup.hpp).
 //
 // pardo-shepherd --guardian-pgroups: the pgroup rung's guardian. It reads int32 records on
 // stdin, +PGID when a task's group is made and -PGID when the supervisor is done with it;
@@ -19,7 +20,7 @@
 namespace pardo {
 namespace shepherd {
 
-int guardian_main(const char* dir) {
+int guardian_main(const char* dir, bool by_freeze) {
   for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGTSTP})
     set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   char buf[256];
@@ -27,7 +28,7 @@ int guardian_main(const char* dir) {
     long n = sys(SYS_read, 0, buf, sizeof buf);
     if (n == 0 || (n < 0 && n != -EINTR)) break;
   }
-  cgroup_release_subtree(dir, 10000);
+  cgroup_release_subtree(dir, 10000, by_freeze);
   return 0;
 }
 

@@ -136,7 +136,9 @@ void drain(int sigfd) {
     if (r < 0) fail(STAGE_FDS, -r);
     top = fd > top ? fd : top;
   }
-  cloexec_from(top + 1);
+  // A task never sees an fd it was not given; failing that it does not run.
+  r = cloexec_from(top + 1, err_fd);
+  if (r < 0) fail(STAGE_FDS, -r);
   long err = exec_search(execs, args, envp);
   fail(STAGE_EXEC, err);
   leave(127);

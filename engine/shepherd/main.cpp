@@ -2,9 +2,10 @@
 //
 //   pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...
 //     the per-task keeper of the shepherd rung (keeper.cpp)
-//   pardo-shepherd --guardian=CGROUP_DIR
+//   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
-//     the supervisor is gone (guardian.cpp)
+//     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
+//     no cgroup.kill (Linux 5.2-5.13)
 //   pardo-shepherd --guardian-pgroups
 //     the pgroup rung's guardian: SIGKILLs the process groups the supervisor still listed
 //     once it is gone (guardian.cpp)
@@ -28,7 +29,10 @@ extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
   if (argc >= 2) {
     if (const char* rest = after(argv[1], "--guardian-pgroups"); rest && *rest == '\0')
       return pgroup_guardian_main();
-    if (const char* dir = after(argv[1], "--guardian=")) return guardian_main(dir);
+    if (const char* dir = after(argv[1], "--guardian=")) {
+      const char* rest = argc >= 3 ? after(argv[2], "--freeze") : nullptr;
+      return guardian_main(dir, rest && *rest == '\0');
+    }
     if (after(argv[1], "--task") && argv[1][6] == '\0') return keeper_main(argc, argv, envp);
   }
   say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");

@@ -31,8 +31,9 @@ inline void set_disposition(int sig, void* handler) {
 
 // pardo-shepherd --task ...: the per-task keeper of the shepherd rung (keeper.cpp).
 int keeper_main(int argc, char** argv, char** envp);
-// pardo-shepherd --guardian=DIR: the cgroup rung's guardian (guardian.cpp).
-int guardian_main(const char* dir);
+// pardo-shepherd --guardian=DIR [--freeze]: the cgroup rung's guardian (guardian.cpp);
+// by_freeze: the kernel has no cgroup.kill, so the subtree is killed by freezing it.
+int guardian_main(const char* dir, bool by_freeze);
 // pardo-shepherd --guardian-pgroups: the pgroup rung's guardian (guardian.cpp).
 int pgroup_guardian_main();
 

@@ -3,7 +3,12 @@
 
 Everything here converts and checks arguments, then hands a request to the native
 supervisor (``pardo._engine``), which spawns, enforces the deadline, kills the tree and
-reaps on its own thread. Waiting releases the GIL.
+reaps on its own thread. Waiting releases the GIL. The seam, by name on both sides::
+
+    run()/spawn() keywords ─► SpawnOptions ─► _engine.Request   (checked once per call,
+    batch runner ─► Spawner ─► SpawnOptions ─┘                   or once per batch)
+    Supervisor.submit(request, argv, cpus, queue, executable) ─► Handle
+    Handle.result: _engine.Completion ─► _make_result ─► Result
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ def parse_size(value, name: str, *, minimum: int = 1) -> int:
                              f"number with K, M, G or T (e.g. 512M, 1.5G)")
         size = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if size < minimum:
-        raise UsageError(f"{name} must be at least {minimum} bytes, not {value!r}")
+        unit = "byte" if minimum == 1 else "bytes"
+        raise UsageError(f"{name} must be at least {minimum} {unit}, not {value!r}")
     return size
 
 
@@ -333,7 +339,7 @@ class Task:
 
     def _finish(self):
         if self._result is None:
-            self._result = _make_result(self, self._h.result())
+            self._result = _make_result(self, self._h.result)
             self._watch_buf = None
         return self._result
 
@@ -385,16 +391,17 @@ def _spawn_error(task, stage, err):
     return f"{name} failed: {reason} (starting {prog!r})"
 
 
-def _make_result(task, t):
-    (pid, stage, err, exited, code, sig, timed_out, cancelled, out, errb, trunc,
-     start_ns, dur_ns, cu, cs, rss_kb, watch_seq, note) = t
+def _make_result(task, c):
+    """The :class:`Result` of ``task`` from the engine's Completion ``c``."""
+    # Each field read is a call into the extension: read each once.
+    exited, stage, sig, code = c.exited, c.spawn_stage, c.term_signal, c.exit_code
     error = None
     if stage:
         status = Status.ERROR
-        error = _spawn_error(task, stage, err)
-    elif timed_out:
+        error = _spawn_error(task, stage, c.spawn_errno)
+    elif c.timed_out:
         status = Status.TIMEOUT
-    elif cancelled:
+    elif c.cancelled:
         status = Status.CANCELLED
     elif not exited:
         status = Status.SIGNALED
@@ -402,24 +409,25 @@ def _make_result(task, t):
         status = Status.OK
     else:
         status = Status.FAILED
+    pid = c.pid
     return Result(
         args=task.args,
         status=status,
         returncode=code if exited and not stage else None,
         signal=sig if (sig and not exited) else None,
-        stdout=out,
-        stderr=errb,
-        output_truncated=trunc,
-        started_at=start_ns / 1e9,
-        duration=dur_ns / 1e9,
-        cpu_user=cu / 1e6,
-        cpu_sys=cs / 1e6,
-        max_rss=rss_kb * 1024,
+        stdout=c.out,
+        stderr=c.err,
+        output_truncated=c.out_truncated or c.err_truncated,
+        started_at=c.start_wall_ns / 1e9,
+        duration=c.duration_ns / 1e9,
+        cpu_user=c.cpu_user_us / 1e6,
+        cpu_sys=c.cpu_sys_us / 1e6,
+        max_rss=c.max_rss_kb * 1024,
         error=error,
         pid=pid if pid > 0 else None,
         deadline=task.deadline,
-        watch_seq=watch_seq,
-        note=note or None,
+        watch_seq=c.watch_seq,
+        note=c.note or None,
     )
 
 
@@ -495,19 +503,118 @@ class ResultQueue:
         return out
 
 
-def _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit):
-    """spawn()'s options checked and converted for the engine: (timeout_ns, grace_ns,
-    max_output bytes, env list or None, cwd bytes, memory limit bytes)."""
-    timeout_ns = _seconds_to_ns(timeout, "timeout")
-    grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
-    if max_output.__class__ is not int or max_output < 0:
-        max_output = parse_size(max_output, "max_output", minimum=0)
-    env_list = None if env is None else _env(env)
-    cwd_b = b"" if cwd is None else _arg_bytes(cwd, "cwd")
-    if nice is not None and (isinstance(nice, bool) or not isinstance(nice, int)):
-        raise TypeError(f"nice must be an int, not {type(nice).__name__}")
-    mem = 0 if memory_limit is None else parse_size(memory_limit, "memory_limit")
-    return timeout_ns, grace_ns, max_output, env_list, cwd_b, mem
+def _per_task_streams(stdout, stderr):
+    """True when a stream goes to a path, fd or file, which is opened or flushed per task."""
+    simple = (None, DEVNULL, INHERIT)
+    return not (stdout in simple and (stderr in simple or stderr is STDOUT))
+
+
+class SpawnOptions:
+    """What :func:`spawn` takes besides the command, checked and converted for the engine
+    once: per call of :func:`spawn`, or once per batch (the batch runner's
+    :class:`Spawner`), whose tasks then differ only in argv, cpus, executable, queue and tag.
+
+    Attributes:
+        request: the engine's ``Request``, handed to ``Supervisor.submit`` with each task.
+        timeout: the deadline in seconds as given (a task's ``deadline``).
+        cwd: the working directory as bytes (b"": ours), for error messages.
+        per_task: True when a stream goes to a path, fd or file: the file is opened (and
+            flushed) anew for each task, so each task needs its own options.
+    """
+
+    __slots__ = ("request", "timeout", "cwd", "per_task", "_to_close")
+
+    def __init__(self, *, timeout=None, kill_grace=2.0, cwd=None, env=None, input=None,
+                 max_output=DEFAULT_MAX_OUTPUT, stdout=None, stderr=None, nice=None,
+                 memory_limit=None, linger=False, pass_fds=None):
+        # The engine's Request starts at spawn()'s defaults; only what differs is set
+        # (every attribute set is a call into the extension, once per spawn() call).
+        r = self.request = _engine.Request()
+        self.timeout = timeout
+        if timeout is not None:
+            r.timeout_ns = _seconds_to_ns(timeout, "timeout")
+        if kill_grace != 2.0:
+            r.kill_grace_ns = max(0, _seconds_to_ns(kill_grace, "kill_grace"))
+        if max_output.__class__ is not int or max_output != DEFAULT_MAX_OUTPUT:
+            if max_output.__class__ is not int or max_output < 0:
+                max_output = parse_size(max_output, "max_output", minimum=0)
+            r.max_output = max_output
+        if env is not None:
+            r.env = _env(env)
+        self.cwd = b""
+        if cwd is not None:
+            self.cwd = r.cwd = _arg_bytes(cwd, "cwd")
+        if nice is not None:
+            if isinstance(nice, bool) or not isinstance(nice, int):
+                raise TypeError(f"nice must be an int, not {type(nice).__name__}")
+            r.nice = nice
+        if memory_limit is not None:
+            r.memory_limit = parse_size(memory_limit, "memory_limit")
+        if input is not None:
+            if isinstance(input, str):
+                input = input.encode()
+            elif isinstance(input, (bytes, bytearray, memoryview)):
+                input = bytes(input)
+            else:
+                raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
+            r.input = input
+        if linger:
+            r.linger = True
+        if pass_fds:
+            r.extra_fds = _pass_fds(pass_fds)
+        self._to_close = []
+        self.per_task = _per_task_streams(stdout, stderr)
+        if stdout is not None or stderr is not None:
+            try:
+                r.out_mode, r.out_fd = _stream(stdout, "stdout", self._to_close)
+                r.err_mode, r.err_fd = _stream(stderr, "stderr", self._to_close)
+            except BaseException:
+                self.close()
+                raise
+
+    def close(self):
+        """Close the files opened for stdout=/stderr= paths (the engine has its own dups)."""
+        while self._to_close:
+            os.close(self._to_close.pop())
+
+    def submit(self, args, argv, queue, tag=None, executable=None, cpus=None) -> Task:
+        """Start one task with these options.
+
+        Args:
+            args: the command as given (the task's ``args``).
+            argv: the command for the engine, checked (a list of bytes).
+            queue: a :class:`ResultQueue`, or None.
+            tag: kept on the task.
+            executable: bytes, or None for ``argv[0]``.
+            cpus: a checked list of CPU numbers (see ``_cpus``), or None.
+        """
+        sup = _supervisor._sup or _supervisor.get()
+        h = sup.submit(self.request, argv, [] if cpus is None else cpus,
+                       None if queue is None else queue._q, executable or b"")
+        task = Task(h, sup, args, tag, self.timeout, self.cwd, executable or None)
+        if queue is not None:
+            queue._add(task)
+        return task
+
+
+# The options of the last spawn() that had only scalar ones, and their SpawnOptions: a
+# program spawning in a loop passes the same objects each time, and converting them again
+# would cost more per task than the 18 positional arguments this seam replaced. Compared
+# by identity, not equality (timeout=True must not pass for timeout=1); one tuple, so a
+# thread reading it while another replaces it sees either whole.
+_plain = (object(),) * 7
+
+
+def _plain_options(timeout, kill_grace, max_output, nice, memory_limit, linger):
+    global _plain
+    p = _plain
+    if (p[0] is timeout and p[1] is kill_grace and p[2] is max_output and p[3] is nice
+            and p[4] is memory_limit and p[5] is linger):
+        return p[6]
+    options = SpawnOptions(timeout=timeout, kill_grace=kill_grace, max_output=max_output,
+                           nice=nice, memory_limit=memory_limit, linger=linger)
+    _plain = (timeout, kill_grace, max_output, nice, memory_limit, linger, options)
+    return options
 
 
 def spawn(
@@ -545,60 +652,36 @@ def spawn(
             the name the program sees, as with :class:`subprocess.Popen`); searched in
             ``PATH`` when it has no slash.
     """
-    sup = _supervisor._sup or _supervisor.get()
     argv = _argv(args, shell)
-    timeout_ns, grace_ns, max_output, env_list, cwd_b, mem = _options(
-        timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
-    if input is not None:
-        if isinstance(input, str):
-            input = input.encode()
-        elif isinstance(input, (bytes, bytearray, memoryview)):
-            input = bytes(input)
-        else:
-            raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
-    cpu_list = [] if cpus is None else _cpus(cpus)
-    fds = _pass_fds(pass_fds) if pass_fds else []
-    exe = b"" if executable is None else _arg_bytes(executable, "executable")
-    to_close = []
+    cpu_list = None if cpus is None else _cpus(cpus)
+    exe = None if executable is None else _arg_bytes(executable, "executable")
+    if (env is None and cwd is None and input is None and stdout is None and stderr is None
+            and not pass_fds):
+        options = _plain_options(timeout, kill_grace, max_output, nice, memory_limit, linger)
+        return options.submit(args, argv, queue, tag, exe, cpu_list)
+    # Last: it may open files for stdout=/stderr=, closed once the engine has its dups.
+    options = SpawnOptions(timeout=timeout, kill_grace=kill_grace, cwd=cwd, env=env,
+                           input=input, max_output=max_output, stdout=stdout, stderr=stderr,
+                           nice=nice, memory_limit=memory_limit, linger=linger,
+                           pass_fds=pass_fds)
     try:
-        out_mode, out_fd = _stream(stdout, "stdout", to_close)
-        err_mode, err_fd = _stream(stderr, "stderr", to_close)
-        h = sup.submit(argv, env_list, cwd_b, input, out_mode, out_fd, err_mode, err_fd,
-                       max_output, fds, timeout_ns, grace_ns, cpu_list, nice, mem, bool(linger),
-                       None if queue is None else queue._q, exe)
+        return options.submit(args, argv, queue, tag, exe, cpu_list)
     finally:
-        for fd in to_close:
-            os.close(fd)
-    task = Task(h, sup, args, tag, timeout, cwd_b, exe or None)
-    if queue is not None:
-        queue._add(task)
-    return task
+        options.close()
 
 
 class Spawner:
-    """:func:`spawn` with options checked and converted once, for a caller that starts
-    many tasks with the same ones (the batch runner). Options that need work per task
-    (streams to files or fds, input) go through :func:`spawn` itself."""
+    """:func:`spawn` with one :class:`SpawnOptions` for many tasks (the batch runner),
+    taking the keywords of :func:`spawn` that hold for every task. A task that needs work
+    of its own (streams to paths, fds or files; its own output fds, environment or input)
+    gets its own SpawnOptions; the others share the batch's."""
 
-    __slots__ = ("_kw", "_fast", "_timeout", "_timeout_ns", "_grace_ns", "_env", "_cwd",
-                 "_out", "_err", "_max_output", "_nice", "_mem", "_linger")
+    __slots__ = ("_kw", "_options")
 
-    def __init__(self, *, timeout=None, kill_grace=2.0, cwd=None, env=None,
-                 max_output=DEFAULT_MAX_OUTPUT, stdout=None, stderr=None, nice=None,
-                 memory_limit=None, linger=False):
-        self._kw = dict(timeout=timeout, kill_grace=kill_grace, cwd=cwd, env=env,
-                        max_output=max_output, stdout=stdout, stderr=stderr, nice=nice,
-                        memory_limit=memory_limit, linger=linger)
-        simple = (None, DEVNULL, INHERIT)
-        self._fast = stdout in simple and (stderr in simple or stderr is STDOUT)
-        if not self._fast:
-            return
-        self._timeout, self._nice = timeout, nice
-        (self._timeout_ns, self._grace_ns, self._max_output, self._env, self._cwd,
-         self._mem) = _options(timeout, kill_grace, max_output, env, cwd, nice, memory_limit)
-        self._linger = bool(linger)
-        self._out = _stream(stdout, "stdout", [])[0]
-        self._err = _stream(stderr, "stderr", [])[0]
+    def __init__(self, **options):
+        self._kw = options
+        per_task = _per_task_streams(options.get("stdout"), options.get("stderr"))
+        self._options = None if per_task else SpawnOptions(**options)
 
     def __call__(self, argv, queue, tag=None, executable=None, cpus=None, out_fd=-1,
                  err_fd=-1, env_list=None, input=None) -> Task:
@@ -606,28 +689,22 @@ class Spawner:
         ``out_fd``/``err_fd``, when given, are fds the task writes its output into;
         ``env_list`` (``[b"NAME=value", ...]``) replaces the environment for this task;
         ``input`` (bytes) is fed to its stdin."""
-        if not self._fast:
-            kw = self._kw
-            if out_fd >= 0:
-                kw = dict(kw, stdout=out_fd, stderr=err_fd)
-            if env_list is not None:
-                kw = dict(kw, env=dict(e.split(b"=", 1) for e in env_list))
-            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
-                         input=input, **kw)
-        _checked(argv)
-        sup = _supervisor._sup or _supervisor.get()
-        exe = executable or b""
-        out, err = self._out, self._err
+        cpu_list = None if cpus is None else _cpus(cpus)
+        options = self._options
+        if options is not None and out_fd < 0 and env_list is None and input is None:
+            return options.submit(argv, _checked(argv), queue, tag, executable, cpu_list)
+        # This task's own options: its output fds, environment or input, or streams that
+        # are opened per task. The batch's stay as they are for the tasks that need none.
+        kw = self._kw
         if out_fd >= 0:
-            out, err = _engine.OUT_FD, _engine.OUT_FD
-        env = self._env if env_list is None else env_list
-        h = sup.submit(argv, env, self._cwd, input, out, out_fd, err, err_fd,
-                       self._max_output, [], self._timeout_ns, self._grace_ns,
-                       [] if cpus is None else _cpus(cpus), self._nice, self._mem,
-                       self._linger, queue._q, exe)
-        task = Task(h, sup, argv, tag, self._timeout, self._cwd, executable)
-        queue._add(task)
-        return task
+            kw = dict(kw, stdout=out_fd, stderr=err_fd)
+        options = SpawnOptions(input=input, **kw)
+        try:
+            if env_list is not None:
+                options.request.env = env_list
+            return options.submit(argv, _checked(argv), queue, tag, executable, cpu_list)
+        finally:
+            options.close()
 
 
 def run(

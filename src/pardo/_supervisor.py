@@ -104,6 +104,14 @@ _PGROUP_NO_GUARDIAN = ("setsid and setpgid escapees, double-fork daemons, and gr
                        "when pardo itself is SIGKILLed (no guardian: see why)")
 
 
+def _cannot_start() -> str | None:
+    """None when a task can start here, else why not (one real start of /bin/true)."""
+    from ._run import run
+
+    r = run(["/bin/true"], timeout=30)
+    return None if r.status == "ok" else (r.error or f"/bin/true: {r.describe()}")
+
+
 def report() -> dict:
     """Everything ``pardo doctor`` prints, as a dict (for tools and tests)."""
     from . import _engine
@@ -130,6 +138,8 @@ def report() -> dict:
         "cpus": len(os.sched_getaffinity(0)),
         "supervisor_priority": sup.priority(),
         "shepherd": shepherd_path(),
+        "cannot_start": _cannot_start(),
+        "is_pid1": os.getpid() == 1,
     }
 
 

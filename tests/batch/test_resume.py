@@ -63,3 +63,15 @@ def test_dry_run_renders_every_job_and_runs_none(tmp_path):
     assert list(batch.dry_run()) == [f"touch {marker}; echo 1 1 a",
                                      f"touch {marker}; echo 2 1 'b c'"]
     assert not marker.exists()
+
+
+def test_the_job_count_is_kept_only_while_a_resume_skips_nothing(tmp_path):
+    # --halt N% counts against the total, which a resume that skips jobs no longer knows.
+    log = tmp_path / "log"
+    assert _batch("true", ["a"], joblog=str(log), resume="resume", total=3).total == 3
+    log.write_text("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
+                   "1\t:\t1.0\t0.1\t0\t0\t1\t0\ttrue a\n")
+    assert _batch("true", ["a"], joblog=str(log), resume="resume", total=3).total is None
+    assert _batch("true", ["a"], joblog=str(log), resume="resume-failed", total=3).total == 3
+    assert _batch("true", [], joblog=str(log), resume="retry-failed", total=3).total is None
+    assert _batch("true", ["a"], total=3).total == 3

@@ -33,7 +33,7 @@ def test_ints_and_minimum():
     assert parse_size(4096, "x") == 4096
     assert parse_size(0, "x", minimum=0) == 0
     assert parse_size("0", "x", minimum=0) == 0
-    with pytest.raises(UsageError, match="x must be at least 1"):
+    with pytest.raises(UsageError, match="x must be at least 1 byte, not 0$"):
         parse_size(0, "x")
     with pytest.raises(UsageError, match="at least 1"):
         parse_size("0.0001K", "x")  # rounds down to 0 bytes

@@ -25,7 +25,14 @@ import pardo
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
+from support import (
+    SYSTEM_PYTHON,
+    as_nobody_argv,
+    cgroup2_writable,
+    nobody_env,
+    supervisor_owner,
+    wait_for_processes,
+)
 
 
 def test_deadline_fires_while_main_thread_holds_the_gil(zoo):
@@ -102,17 +109,9 @@ def test_supervisor_killed_leaves_no_survivors(zoo, rung, request):
     if rung == "shepherd-nobody":
         argv = as_nobody_argv([SYSTEM_PYTHON, *argv[1:]])
         env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
-    p = subprocess.Popen(argv, env=env, cwd=zoo.dir,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        ready, _, _ = select.select([p.stdout], [], [], 60)
-        assert ready, "the supervisor process never reported its tasks"
-        line = p.stdout.readline().split()
+    with supervisor_owner(argv, env, zoo.dir, script, token) as (p, line):
         assert line and line[0].decode() == rung.split("-")[0], (line, p.stderr.read1(4000))
-        end = time.monotonic() + 5
-        while len(audit.token_processes(token)) < SUPERVISOR_TREES and time.monotonic() < end:
-            time.sleep(0.02)
-        procs = audit.token_processes(token)
+        procs = wait_for_processes(token, SUPERVISOR_TREES)
         assert len(procs) >= SUPERVISOR_TREES, f"trees did not form: {procs}"
         groups = {_cgroup_of(x["pid"]) for x in procs} - {None}
         p.kill()
@@ -120,14 +119,6 @@ def test_supervisor_killed_leaves_no_survivors(zoo, rung, request):
         left = audit.survivors(token, settle=2.0)
         assert left == [], (f"{len(left)} task process(es) outlived their SIGKILLed "
                             f"supervisor: {left[:8]}")
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stdout.close()
-        p.stderr.close()
-        script.unlink()
-        audit.kill_all(audit.token_processes(token))
 
     if rung == "cgroup":
         mount = audit.cgroup2_mount()

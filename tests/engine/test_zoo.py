@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -20,7 +19,15 @@ import pytest
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
 import driver
-from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, cpu_load, nobody_env
+from support import (
+    SYSTEM_PYTHON,
+    DriverHung,
+    as_nobody_argv,
+    cgroup2_writable,
+    cpu_load,
+    nobody_env,
+    run_zoo_driver,
+)
 
 RUNGS = ["cgroup", "shepherd", "shepherd-nobody"]
 LOADS = ["idle", "loaded"]
@@ -58,16 +65,12 @@ class Matrix:
         return [sys.executable, *args], env, None
 
     def run_driver(self, argv, env, cwd):
-        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
         try:
-            out, err = p.communicate(timeout=DRIVER_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)  # our own driver's group
-            out, err = p.communicate()
-            pytest.fail(f"zoo driver hung for {DRIVER_TIMEOUT} s: {argv}\n{err.decode()[-3000:]}")
-        if p.returncode != 0:
-            pytest.fail(f"zoo driver exited {p.returncode}: {argv}\n{err.decode()[-3000:]}")
+            rc, out, err = run_zoo_driver(argv, env, cwd, DRIVER_TIMEOUT)
+        except DriverHung as e:
+            pytest.fail(f"zoo driver hung for {DRIVER_TIMEOUT} s: {argv}\n{e}")
+        if rc != 0:
+            pytest.fail(f"zoo driver exited {rc}: {argv}\n{err.decode()[-3000:]}")
         return json.loads(out)
 
     def _run(self, rung, load):

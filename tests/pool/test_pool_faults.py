@@ -374,7 +374,7 @@ EXIT_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     from test_pool_faults import hold_gil_in_c, start_tree_then_sleep
 
-    p = pardo.Pool(2)
+    p = pardo.Pool(2, task_timeout=1.0)
     print(p.submit(os.getpid).result(timeout=30), flush=True)
     p.submit(start_tree_then_sleep, {token!r})
     p.submit(hold_gil_in_c, 60)
@@ -385,6 +385,8 @@ EXIT_SCRIPT = textwrap.dedent(
 
 
 def test_interpreter_exit_with_a_live_pool(zoo):
+    # The exit waits for the pool's work, as the standard library's does: here until the
+    # deadlines kill both tasks, their trees with them.
     from audit import token_processes
 
     token = zoo.token()
@@ -440,12 +442,12 @@ def test_a_worker_that_cannot_be_spawned_breaks_the_pool_and_leaks_nothing(monke
     of conftest.py sees to it)."""
     import errno
 
-    import pardo._pool.workers as workers
+    import pardo._pool.worker_process as worker_process
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(workers, "spawn", refuse)
+    monkeypatch.setattr(worker_process, "spawn", refuse)
     p = pardo.Pool(1)
     try:
         fut = p.submit(add, 1)

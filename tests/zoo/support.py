@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -71,6 +73,62 @@ def cpu_load(zoo: Zoo, procs: int | None = None):
             p.kill()
         for p in busy:
             p.wait()
+
+
+class DriverHung(Exception):
+    """A zoo driver outlived its timeout (its session was killed); args[0] is its stderr."""
+
+
+def run_zoo_driver(argv, env, cwd, timeout) -> tuple[int, bytes, bytes]:
+    """Run a zoo driver (tests/zoo/driver.py) in a session of its own.
+
+    Returns:
+        (returncode, stdout, stderr).
+
+    Raises:
+        DriverHung: it ran past ``timeout`` seconds; its whole session was killed.
+    """
+    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # our own driver's session
+        out, err = p.communicate()
+        raise DriverHung(err.decode(errors="replace")[-3000:]) from None
+    return p.returncode, out, err
+
+
+@contextlib.contextmanager
+def supervisor_owner(argv, env, cwd, script, token):
+    """Start a script that owns pardo task trees carrying ``token`` and prints a line once
+    they are under way. Whatever happens inside, it is killed afterwards, ``script``
+    removed and every process carrying ``token`` killed.
+
+    Yields:
+        (the Popen, the words of its first line).
+    """
+    p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 60)
+        assert ready, "the supervisor process never reported its tasks"
+        yield p, p.stdout.readline().split()
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+        script.unlink()
+        audit.kill_all(audit.token_processes(token))
+
+
+def wait_for_processes(token, count, timeout=5.0) -> list:
+    """The processes carrying ``token``, once there are ``count`` (or ``timeout`` passed)."""
+    end = time.monotonic() + timeout
+    while len(audit.token_processes(token)) < count and time.monotonic() < end:
+        time.sleep(0.02)
+    return audit.token_processes(token)
 
 
 def nobody_env(pythonpath, home) -> dict:

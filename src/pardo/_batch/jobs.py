@@ -78,18 +78,27 @@ def read_resume(joblog, mode):
     return read_joblog(joblog)
 
 
-def planned_jobs(arg_groups, mode, logged, shell: bytes, blocks=False):
-    """The jobs to run: every input job (``mode`` None), the ones ``logged`` does not
-    have (``resume``) or has not seen succeed (``resume-failed``), or the failed logged
-    commands themselves, with their old numbers (``retry-failed``; inputs are ignored).
-    *blocks*: ``arg_groups`` are ``--pipe`` blocks (bytes), one per job's stdin."""
+def skipped_seqs(mode, logged):
+    """The input jobs that resuming in ``mode`` leaves out: those ``logged`` has
+    (``resume``) or has seen succeed (``resume-failed``); None for ``retry-failed``, which
+    runs logged commands instead of inputs, and an empty set without ``mode``."""
     if mode is None:
-        return numbered_jobs(arg_groups, blocks=blocks)
+        return set()
     if mode == "resume":
-        return numbered_jobs(arg_groups, skip=set(logged), blocks=blocks)
+        return set(logged)
     if mode == "resume-failed":
-        return numbered_jobs(arg_groups, skip={seq for seq, row in logged.items() if row.ok},
-                             blocks=blocks)
+        return {seq for seq, row in logged.items() if row.ok}
+    return None
+
+
+def planned_jobs(arg_groups, mode, logged, shell: bytes, blocks=False):
+    """The jobs to run: the input jobs less those :func:`skipped_seqs` leaves out, or for
+    ``retry-failed`` the failed logged commands themselves, with their old numbers (inputs
+    are ignored). *blocks*: ``arg_groups`` are ``--pipe`` blocks (bytes), one per job's
+    stdin."""
+    skip = skipped_seqs(mode, logged)
+    if skip is not None:
+        return numbered_jobs(arg_groups, skip=skip or None, blocks=blocks)
     return (Job(row.seq, (), [shell, b"-c", encode(row.command)])
             for row in sorted(logged.values(), key=lambda row: row.seq) if not row.ok)
 

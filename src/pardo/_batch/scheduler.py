@@ -59,7 +59,7 @@ from .._run import ResultQueue, Spawner, env_entries, shell_line, spawn
 from .._supervisor import isolation
 from . import spool as _spool
 from .inputs import encode
-from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume
+from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
 from .results_dir import write_results
 
@@ -72,8 +72,10 @@ _AHEAD_MAX = 4096  # held tasks at most, whatever -j says
 _BATCH_DELAY = 0.02
 _NEVER_RAN = object()  # a job's result when it was cancelled before it ever started
 # GNU parallel's exit statuses for a batch that did not run to its end.
-# "start": the caller stopped it because no task could start (GNU's 255: an error).
-_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "start": 255}
+# "start": the caller stopped it because the first tasks all failed to start for one
+# reason; "unstartable": no task can start on this host; 255 is GNU parallel's "other error".
+_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "start": 255,
+                 "unstartable": 255}
 
 
 class Batch:
@@ -81,7 +83,8 @@ class Batch:
 
     Built by :func:`pardo.map_commands` and by ``pardo run``, which also calls
     :meth:`interrupt` from its signal handlers and reads the counters for its summary and
-    progress bar.
+    progress bar. The options not listed below are :func:`pardo.map_commands`' and
+    :func:`pardo.spawn`'s.
 
     Args:
         template: the parsed command template.
@@ -106,8 +109,6 @@ class Batch:
         spool: each task writes its output into temporary files (see spool.py) instead of
             pipes read into memory; a Result carries it as bytes or, when big, as files
             (``Result.spool``, read with :func:`copy_out`) until it has been yielded.
-
-        The other options are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
     """
 
     def __init__(self, template, arg_groups, *, jobs=None, timeout=None, kill_grace=2.0,
@@ -138,7 +139,8 @@ class Batch:
         self._spool = None
         self._spool_open: set = set()  # results yielded-to-be that still hold files
         self._input_may_block = input_may_block
-        self.total = None if resume is not None else total
+        # Known only while every input job will run (a resume that skips none).
+        self.total = total if skipped_seqs(resume, logged) == set() else None
         self._sel = None
         kw = {"kill_grace": kill_grace}
         for k, v in (("timeout", self.timeout), ("nice", nice), ("memory_limit", memory_limit),
@@ -148,7 +150,8 @@ class Batch:
                 kw[k] = v
         self._spawn_kw = kw
         self._spawner = Spawner(**kw)
-        self._stop_reason = None  # signal number, "pipe", "start", "stop" or "halt"
+        self._stop_reason = None  # signal number, "pipe", "start", "unstartable", "stop"
+        # or "halt"
         self._gentle = False  # stopping with SIGTERM first (interrupt(), --halt now)
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
@@ -192,8 +195,9 @@ class Batch:
         """Stop starting tasks and kill every running tree now (safe from a signal handler
         and from another thread).
 
-        ``reason``: a signal number, "pipe" (our stdout closed) or "start" (no task can
-        start); it decides :attr:`exit_status`."""
+        ``reason``: a signal number, "pipe" (our stdout closed), "start" (the first tasks
+        all could not start) or "unstartable" (no task can start on this host); it decides
+        :attr:`exit_status`."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
         self._gentle = False

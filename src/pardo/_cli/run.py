@@ -338,6 +338,15 @@ def _main(argv):
     return _execute(batch, view, opts)
 
 
+def _a_task_can_start():
+    """Whether a plain /bin/true starts here. When it cannot either, a first task's failure
+    to start was the host's (no clone, no helper), not its input's, and every other task
+    would fail the same way."""
+    from .._run import run
+
+    return run(["/bin/true"], timeout=30).status != "error"
+
+
 def _execute(batch, view, opts):
     from .._result import Status
     from .views import PlainProgress, Progress, Summary
@@ -374,6 +383,7 @@ def _execute(batch, view, opts):
         progress = Progress(batch, batch.total)
     elif opts.get("bar"):
         plain = PlainProgress(batch, batch.total, err.write)
+    started_one = False
     try:
         if progress is not None:
             progress.__enter__()
@@ -382,10 +392,17 @@ def _execute(batch, view, opts):
             if view.print_stderr:
                 # GNU prints it when the job starts; pardo when it reports the job
                 err.write(line.encode("utf-8", "surrogateescape") + b"\n")
-            if r.status == Status.ERROR:
+            started_one = started_one or r.status != Status.ERROR
+            if r.status == Status.ERROR and batch.stopped_by == "unstartable":
+                pass  # the tasks already under way when we stopped failed alike: said once
+            elif r.status == Status.ERROR:
                 if start_errors.add(r):
                     err.write(f"pardo: {r.error}\n".encode("utf-8", "surrogateescape"))
-                if start_errors.hopeless():
+                if not started_one and batch.stopped_by is None and not _a_task_can_start():
+                    err.write(b"pardo: no task can start on this host (a plain /bin/true cannot "
+                              b"either); stopping. `pardo doctor` says why\n")
+                    batch.stop("unstartable")
+                elif start_errors.hopeless():
                     batch.stop("start")
             elif r.status == Status.TIMEOUT:
                 err.write(b"pardo: task " + str(r.seq).encode() + b" timed out: " +

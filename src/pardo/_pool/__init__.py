@@ -4,7 +4,7 @@
 - ``map_run.py``: one ``Pool.map`` call: lazy input, a window of chunks, ordered output.
 - ``items.py``: the WorkItem (a chunk of calls), the sinks that settle it, batch sizing.
 - ``process.py``: the process backend: the manager thread, dispatch, deaths.
-- ``workers.py``: one worker process as the parent sees it: pipes and watch record.
+- ``worker_process.py``: one worker process as the parent sees it: pipes, watch record.
 - ``worker.py``: the program a worker process runs.
 - ``wire.py``: the frames between them, and the watch record's layout.
 - ``shm.py``: pickling for the wire, large buffers through shared memory.

@@ -15,8 +15,9 @@
   (enough to keep every worker's batches full), in chunks as long as the backend's current
   batch size, collects outcomes behind one condition variable, and yields them in order
   (or as they complete with ``ordered=False``).
-- A pool still open at interpreter exit is terminated there (queued tasks cancelled,
-  workers killed), so a forgotten pool neither hangs the exit nor leaves processes behind.
+- A pool still open at interpreter exit, or shut down without waiting, is waited for
+  there, as the standard library's executors are: what was submitted gets done, and the
+  workers end before the interpreter. Ctrl-C during that wait kills them instead.
 """
 
 from __future__ import annotations
@@ -59,18 +60,31 @@ _live_backends = set()
 _live_lock = threading.Lock()
 
 
-def _terminate_live_pools():
-    """At interpreter exit: stop every pool nobody shut down (no hang, no survivors)."""
+def _join_live_pools():
+    """At interpreter exit: finish the work of every pool not yet done, as the standard
+    library's executors do (``shutdown(wait=False)`` and pools never shut down included),
+    so that every worker has ended before the interpreter does. An interrupt (Ctrl-C)
+    while waiting kills what still runs instead."""
     with _live_lock:
         backends = list(_live_backends)
-        _live_backends.clear()
-    reason = BrokenPool("the interpreter exited while this task ran; its worker was killed")
-    for backend in backends:
-        backend.terminate(reason)
+    try:
+        for backend in backends:
+            backend.shutdown(wait=True)
+    except BaseException:
+        reason = BrokenPool(
+            "the interpreter was interrupted at exit while this task ran; its worker was killed"
+        )
+        for backend in backends:
+            backend.terminate(reason)
+        # Not raised on: the interpreter is ending anyway, and the other exit hooks
+        # (the standard library's executors) must still run.
+    finally:
+        with _live_lock:
+            _live_backends.difference_update(backends)
 
 
 # Runs before threading joins non-daemon threads and before the engine's own exit handler.
-threading._register_atexit(_terminate_live_pools)
+threading._register_atexit(_join_live_pools)
 
 
 class Pool(concurrent.futures.Executor):
@@ -78,7 +92,9 @@ class Pool(concurrent.futures.Executor):
 
     A ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown`` and the
     ``with`` statement behave as in the standard library, and ``as_completed``/``wait``
-    work on its futures.
+    work on its futures; but a ``with`` block left by an exception (Ctrl-C) stops the
+    pool at once (:meth:`terminate`) instead of waiting for its work. The README lists
+    every difference from ``ProcessPoolExecutor``.
 
     With ``backend="process"`` (the default) tasks run in worker processes that the engine
     starts and watches, in the same isolation as commands:
@@ -299,13 +315,46 @@ class Pool(concurrent.futures.Executor):
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop accepting tasks; with ``wait``, return once every running and queued task
-        is done and the workers have exited. ``cancel_futures`` cancels the queued ones."""
+        is done and the workers have exited. ``cancel_futures`` cancels the queued ones.
+        Without ``wait``, what is left still runs, and the interpreter waits for it at exit,
+        as with the standard library's executors."""
         with self._shutdown_lock:
             self._closed = True
         self._backend.shutdown(wait=wait, cancel_futures=cancel_futures)
         if wait:
             with _live_lock:
                 _live_backends.discard(self._backend)
+
+    def terminate(self):
+        """Stop now: cancel the queued tasks and kill the workers running tasks, whose futures
+        fail with :class:`BrokenPool`; return once the workers are gone.
+
+        With ``backend="thread"`` the queued tasks are cancelled, but running ones cannot be
+        stopped: they finish in the background.
+        """
+        with self._shutdown_lock:
+            self._closed = True
+        if self._backend_name == "thread":
+            self._backend.shutdown(wait=False, cancel_futures=True)
+            return
+        self._backend.terminate(
+            BrokenPool("the pool was terminated while this task ran; its worker was killed")
+        )
+        with _live_lock:
+            _live_backends.discard(self._backend)
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        # Leaving the block by an exception (Ctrl-C above all) stops at once rather than
+        # waiting for every running and queued call: nobody is left to use their results.
+        if exc_type is not None:
+            self.terminate()
+            return False
+        try:
+            self.shutdown(wait=True)
+        except BaseException:  # Ctrl-C while waiting for the block's work: stop now
+            self.terminate()
+            raise
+        return False
 
     def __repr__(self):
         state = "shut down" if self._closed else "open"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import pickle
 import reprlib
+import threading
 import traceback
 
 from .._errors import RemoteTraceback, TaskCrashed, TaskError, TaskTimeout
@@ -57,7 +58,7 @@ def encode_error(exc):
     desc = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
         return shm.dumps((exc, tb_text, desc))
-    except Exception:
+    except BaseException:  # a SystemExit from some __reduce__ too: the worker goes on
         return shm.dumps((None, tb_text, desc))
 
 
@@ -65,7 +66,8 @@ def decode_error(payload, where: str) -> BaseException:
     """Rebuild the exception a worker sent (see :func:`encode_error`)."""
     try:
         exc, tb_text, desc = shm.loads(payload, unlink_after=True)
-    except Exception as err:  # the error payload itself is broken: say so, keep going
+    except BaseException as err:  # the error payload itself is broken: say so, keep going
+        reraise_interrupt(err)
         detach(err)
         return TaskError(f"a task failed in {where} and its error could not be read: {err!r}")
     if exc is None:
@@ -73,6 +75,13 @@ def decode_error(payload, where: str) -> BaseException:
     exc.__cause__ = RemoteTraceback(tb_text, where)
     return exc
 
+
+def reraise_interrupt(err):
+    """Let a real Ctrl-C through: a SystemExit (or a KeyboardInterrupt on a thread signals
+    never reach, as the manager's) from some ``__reduce__`` only fails that call, and must
+    not end the thread that unpickles, but Ctrl-C on the main thread stays Ctrl-C."""
+    if isinstance(err, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise err
 
 
 def death_error(result, status, item, pid, deadline_ns, seen_ns):
@@ -119,7 +128,7 @@ def pickling_error(item, exc):
     for key, value in args + kwargs:
         try:
             shm.dumps(value)
-        except Exception:
+        except BaseException:
             culprit = (key, value)
             break
     call = describe_call(item.fn)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 
 from . import shm, wire
-from .failures import decode_error, detach
+from .failures import decode_error, detach, reraise_interrupt
 
 # A call inside a chunk is known by (chunk seq << ELEMENT_BITS) | offset: that is the seq a
 # worker writes into its watch record, so a deadline or a crash names the very call to blame.
@@ -117,7 +117,8 @@ def decode_value(payload, where):
     """The value a worker sent, or an UnpicklingError for it (returned, not raised)."""
     try:
         return True, shm.loads(payload, unlink_after=True)
-    except Exception as err:
+    except BaseException as err:
+        reraise_interrupt(err)
         detach(err)
         exc = pickle.UnpicklingError(
             f"the result sent by {where} cannot be unpickled here: {type(err).__name__}: {err}"

@@ -14,10 +14,12 @@
 ```
 
 - **Caller threads** append WorkItems to ``_pending`` under ``_lock`` and wake the manager
-  through an eventfd (at most one wake-up in flight). A WorkItem is a *chunk*: one call for
-  ``submit``, as many as the current batch size for ``map`` — arguments and results cross
-  the pipes as one pickle per chunk, which is what makes tiny tasks cheap.
-- **The manager thread** owns everything else: the workers (``workers.py``: their pipes,
+  through an eventfd (at most one wake-up in flight). Calls that idle workers will take
+  are claimed (their futures set running) right there, so that they count as started
+  before the manager gets the GIL. A WorkItem is a *chunk*: one call for ``submit``, as
+  many as the current batch size for ``map`` — arguments and results cross the pipes as
+  one pickle per chunk, which is what makes tiny tasks cheap.
+- **The manager thread** owns everything else: the workers (``worker_process.py``: their pipes,
   in-flight tables and watch records), batching and fault handling. It blocks in ``select``
   on the result pipes, the eventfd and the engine's ResultQueue; writes to task pipes are
   non-blocking, so a worker that stops reading can never stall it.
@@ -28,9 +30,10 @@
   flight (``Task.watch``) and kills the worker's whole tree once that deadline passes —
   natively, so a call stuck in C holding the GIL dies on time. The manager learns of any
   death from the ResultQueue, fails the call the record names (TaskTimeout or
-  TaskCrashed), re-queues the worker's other unfinished calls at the front, and starts a
-  fresh worker in its place. A death while a chunk was (un)pickled as a whole re-sends its
-  calls one by one, so that a second death names the culprit.
+  TaskCrashed), re-queues the worker's other unfinished calls at the front (no suspects:
+  they never started there), and starts a fresh worker in its place. Only a death the
+  record names no call for charges them a try. A death while a chunk was (un)pickled as a
+  whole re-sends its calls one by one, so that a second death names the culprit.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from __future__ import annotations
 import collections
 import itertools
 import mmap
+import multiprocessing
 import os
 import pickle
 import secrets
@@ -65,10 +69,10 @@ from .items import (
     check_open,
     release_payload,
 )
-from .workers import READ, WRITE, WorkerProcess, worker_env
+from .worker_process import READ, WRITE, WorkerProcess, worker_env
 
-# A worker that dies this many times with a task in flight without being blamed for it
-# fails that task rather than retrying it forever.
+# A call that sits queued on this many workers whose deaths name no culprit (so that it
+# may be the one killing them) fails rather than being retried forever.
 MAX_TRIES = 3
 # Workers that die before reporting READY this many times in a row break the pool:
 # the interpreter cannot start, an import fails, the machine is out of memory...
@@ -79,6 +83,9 @@ IDLE_RECHECK = 0.005
 
 # Selector events of the manager's own fds (workers' pipes use workers.READ and WRITE).
 _WAKE, _DEATHS = 3, 4
+# WorkItem.claimed of a call put_many claimed for an idle worker, until the manager takes it
+# from the queue (truthy, as claimed items are).
+CLAIMED_AT_SUBMIT = 2
 
 
 class ProcessBackend:
@@ -119,6 +126,10 @@ class ProcessBackend:
         # that dies cannot leave it taken. Everything else belongs to the manager thread.
         self._lock = threading.Lock()
         self._pending = collections.deque()
+        # Calls on workers (pipe or running), kept by the manager; put_many reads it without
+        # the lock, as an estimate of how many workers are idle.
+        self._load_total = 0
+        self._claimed_pending = 0  # queued calls claimed by put_many (under _lock)
         self._wake_armed = False
         self._shutdown = False
         self._terminating = False  # the exception running calls fail with, once terminated
@@ -147,10 +158,29 @@ class ProcessBackend:
         """Queue items (FIFO). Raises the pool's broken error if it is broken."""
         with self._lock:
             check_open(self._broken, self._shutdown)
+            if self._claimed_pending + self._load_total < self.jobs:
+                self._claim_for_idle(items)
             self._pending.extend(items)
             if self._thread is None:
                 self._start()
             self._wake_locked()
+
+    def _claim_for_idle(self, items):
+        """Under _lock: mark as running the submitted calls idle workers will take.
+
+        Only the manager thread hands calls to workers, and it needs the GIL the caller
+        holds: a call given to an idle pool would otherwise still count as queued when the
+        caller goes straight on to ``shutdown(cancel_futures=True)``, and be cancelled.
+        The standard library's executors run such calls; so does this.
+        """
+        free = self.jobs - self._claimed_pending - self._load_total
+        for item in items:
+            if free <= 0:
+                return
+            if item.future is not None and not item.claimed and item.sink.claim(item):
+                item.claimed = CLAIMED_AT_SUBMIT
+                self._claimed_pending += 1
+                free -= 1
 
     def batch_hint(self) -> int:
         """Tasks per batch at the moment (map runs size their window from it)."""
@@ -164,12 +194,26 @@ class ProcessBackend:
         self._stop(cancel=True, reason=reason, join=True, join_timeout=join_timeout)
 
     def _stop(self, *, cancel, reason, join, join_timeout) -> None:
+        failed = ()
         with self._lock:
             self._shutdown = True
             if reason is not None:
                 self._terminating = reason
             cancelled = self._take_pending() if cancel else ()
+            if cancelled:
+                # A call already running (claimed for an idle worker, or re-queued after a
+                # death) cannot be cancelled: it runs, unless the pool is being killed.
+                started = [i for i in cancelled if i.future is not None and i.claimed]
+                if started:
+                    cancelled = [i for i in cancelled if not (i.future is not None and i.claimed)]
+                    if reason is None:
+                        self._pending.extend(started)
+                        self._claimed_pending = sum(i.claimed == CLAIMED_AT_SUBMIT for i in started)
+                    else:
+                        failed = started
             thread = self._thread
+        for item in failed:
+            item.sink.fail_rest(item, reason)
         cancel_items(cancelled)
         if thread is None:
             self._close_resources()
@@ -183,6 +227,7 @@ class ProcessBackend:
     def _take_pending(self):
         items = list(self._pending)
         self._pending.clear()
+        self._claimed_pending = 0
         return items
 
     def _wake(self):
@@ -274,7 +319,11 @@ class ProcessBackend:
                 kill_grace=self._kill_grace, memory_limit=self._memory_limit, nice=self._nice)
         self._workers[index] = w
         self._by_task[w.task.id] = w
-        w.send((wire.INIT, list(sys.path), self._init_payload))
+        # The parent's multiprocessing key, so that Manager proxies passed to tasks can
+        # connect back, as in multiprocessing's own children. Over the pipe: neither argv
+        # nor the environment, which processes a task starts would see.
+        authkey = bytes(multiprocessing.current_process().authkey)
+        w.send((wire.INIT, list(sys.path), self._init_payload, authkey))
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -313,6 +362,9 @@ class ProcessBackend:
             pending = self._pending
             while pending and calls < n:
                 item = pending.popleft()
+                if item.claimed == CLAIMED_AT_SUBMIT:
+                    item.claimed = True
+                    self._claimed_pending -= 1
                 if self._max_tasks and calls + item.count > n:
                     # This worker may run only n more calls: split the chunk.
                     release_payload(item)
@@ -357,6 +409,7 @@ class ProcessBackend:
         if not chunks:
             return True
         w.load += sent
+        self._load_total += sent
         w.assigned += sent
         if deadline_used:
             w.watch(IDLE_RECHECK)
@@ -368,7 +421,7 @@ class ProcessBackend:
     def _encode_args(self, item):
         try:
             payload = shm.dumps((item.args, item.kwargs), self._arena)
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a __reduce__: this call's error
             detach(exc)
             if item.count > 1:
                 # Some call's arguments cannot be pickled: send each call on its own, so
@@ -388,7 +441,7 @@ class ProcessBackend:
             return hit[1]
         try:
             fp = shm.dumps(fn)
-        except Exception as exc:
+        except BaseException as exc:
             detach(exc)
             err = pickle.PicklingError(
                 f"the callable {fn!r} cannot be pickled to send it to a worker: "
@@ -436,6 +489,7 @@ class ProcessBackend:
             if mode == wire.SPLIT:
                 del inflight[seq]
                 w.load -= item.count - item.reported
+                self._load_total -= item.count - item.reported
                 if item.count == 1:
                     item.sink.fail(item, 0, decode_error(data, where))
                     touched.add(item.sink)
@@ -448,6 +502,7 @@ class ProcessBackend:
             touched.add(item.sink)
             item.reported = offset + n
             w.load -= n
+            self._load_total -= n
             if item.reported >= item.count:
                 del inflight[seq]
                 if type(item.payload) is not bytes:
@@ -462,7 +517,7 @@ class ProcessBackend:
         item = w.inflight.get(seq >> ELEMENT_BITS)
         try:
             value = shm.loads(payload, unlink_after=True)
-        except Exception as exc:
+        except BaseException as exc:  # this thread must outlive any __reduce__
             report_callback_error("unpickling a progress value", exc)
             return
         callback = item.on_progress if item is not None else None
@@ -470,7 +525,7 @@ class ProcessBackend:
             return
         try:
             callback(value)
-        except Exception as exc:
+        except BaseException as exc:  # a SystemExit there must not end the manager thread
             report_callback_error(f"the on_progress callback {callback!r}", exc)
 
     def _notify(self):
@@ -536,7 +591,7 @@ class ProcessBackend:
                 if offset + 1 < item.count:
                     again.append(item.part(offset + 1, item.count))
             release_payload(item)
-        self._requeue(w, result, again)
+        self._requeue(w, result, again, culprit_known=item is not None)
 
         if self._broken is not None or self._terminating:
             return
@@ -557,16 +612,24 @@ class ProcessBackend:
                 return True
         return any(w is not None and w.inflight for w in self._workers)
 
-    def _requeue(self, w, result, again):
-        """Put a dead worker's unfinished calls back at the front, in order."""
+    def _requeue(self, w, result, again, culprit_known):
+        """Put a dead worker's unfinished calls back at the front, in order.
+
+        The calls still in ``w.inflight`` never started on it when the watch record named the
+        call (or chunk) that was running: they are not suspects and are charged no try,
+        however many deaths they sit through. Only a death nothing names (the worker
+        killed from outside between calls, say) charges each of them one.
+        """
+        suspects = w.ready and not culprit_known  # a worker never ready ran nothing
         for item in w.inflight.values():
             if item.reported:
                 release_payload(item)
                 item = item.part(item.reported, item.count)
-            if w.ready:  # a worker that never started ran nothing: no call is suspect
+            if suspects:
                 item.tries += 1
             again.append(item)
         w.inflight.clear()
+        self._load_total -= w.load
         w.load = 0
         keep = []
         for item in again:
@@ -602,6 +665,7 @@ class ProcessBackend:
                 if w is not None:
                     items.extend(w.inflight.values())
                     w.inflight.clear()
+                    self._load_total -= w.load
                     w.load = 0
             for item in items:
                 item.sink.fail_rest(item, err)

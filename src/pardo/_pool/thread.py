@@ -20,6 +20,8 @@ from . import channel
 from .items import check_open
 
 _STOP = None
+# WorkItem.claimed of a call put_many claimed for an idle thread, until a thread takes it.
+CLAIMED_AT_SUBMIT = 2
 
 
 class ThreadBackend:
@@ -35,6 +37,7 @@ class ThreadBackend:
         self._shutdown = False
         self._broken = None
         self._running = 0
+        self._busy = 0  # calls running or claimed for an idle thread (under _lock)
         self.on_done = None  # called with this backend once its last thread has ended
 
     def put_many(self, items) -> None:
@@ -47,6 +50,16 @@ class ThreadBackend:
                     self._running += 1
                     t.start()
                     self._threads.append(t)
+            if self._busy < self.jobs:
+                # Claim what idle threads will take: they need the GIL the caller holds to
+                # take it, and a call given to an idle pool must not count as queued for a
+                # shutdown(cancel_futures=True) that comes first (the stdlib runs it).
+                for item in items:
+                    if self._busy >= self.jobs:
+                        break
+                    if item.future is not None and not item.claimed and item.sink.claim(item):
+                        item.claimed = CLAIMED_AT_SUBMIT
+                        self._busy += 1
             put = self._queue.put
             for item in items:
                 put(item)
@@ -80,10 +93,15 @@ class ThreadBackend:
                 sink.fail_rest(item, self._broken)
                 sink.notify()
                 continue
-            if not item.claimed:
-                if not sink.claim(item):
-                    continue
-                item.claimed = True
+            if item.claimed == CLAIMED_AT_SUBMIT:
+                item.claimed = True  # counted in _busy by put_many
+            else:
+                if not item.claimed:
+                    if not sink.claim(item):
+                        continue
+                    item.claimed = True
+                with self._lock:
+                    self._busy += 1
             fn, args, kwargs = item.fn, item.args, item.kwargs
             channel.set_thread_emitter(item.on_progress)
             try:
@@ -97,6 +115,8 @@ class ThreadBackend:
                         value = None  # the caller decides how long a result lives
             finally:
                 channel.set_thread_emitter(None)
+                with self._lock:
+                    self._busy -= 1
             item = fn = args = kwargs = None
             sink.notify()
 
@@ -106,8 +126,9 @@ class ThreadBackend:
                 self._broken = err
         self._drain(lambda item: item.sink.fail_rest(item, err))
 
-    def _drain(self, action):
+    def _drain(self, action, keep_claimed=False):
         stops = 0
+        kept = []
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -116,8 +137,13 @@ class ThreadBackend:
             if item is _STOP:
                 stops += 1
                 continue
+            if keep_claimed and item.future is not None and item.claimed:
+                kept.append(item)  # claimed for an idle thread: it runs, as if started
+                continue
             action(item)
             item.sink.notify()
+        for item in kept:
+            self._queue.put(item)
         for _ in range(stops):
             self._queue.put(_STOP)
 
@@ -127,7 +153,7 @@ class ThreadBackend:
             self._shutdown = True
             threads = list(self._threads)
         if cancel_futures:
-            self._drain(lambda item: item.sink.cancel(item))
+            self._drain(lambda item: item.sink.cancel(item), keep_claimed=True)
         if first:
             for _ in threads:
                 self._queue.put(_STOP)

@@ -7,7 +7,8 @@ separately (see ``shm.py``), so that a worker can tell *which* task's data faile
 unpickle and the parent can fail exactly that task.
 
 parent -> worker (task pipe):
-    (INIT, sys_path, initializer_payload_or_None)   first message, once
+    (INIT, sys_path, initializer_payload_or_None, authkey)   first message, once;
+                             authkey: the parent's multiprocessing authentication key
     (BATCH, fns, chunks)     fns: list of pickled callables; chunks: list of
                              (seq, fn_index, args_payload, timeout_ns, count) where the
                              payload unpickles to (args list, kwargs list or None) of

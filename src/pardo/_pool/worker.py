@@ -118,7 +118,7 @@ class Worker:
             try:
                 fn = self.load_fn(fns[fi])
                 args, kwargs = shm.loads(payload)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit from a __reduce__ is this call's error
                 what = "the callable" if fn is None else f"the arguments of {describe_call(fn)}"
                 err = pickle.UnpicklingError(
                     f"{what} cannot be unpickled in the worker ({type(exc).__name__}: {exc})"
@@ -179,7 +179,7 @@ class Worker:
         if errors is None:
             try:
                 data = shm.dumps(values, arena)
-            except Exception:
+            except BaseException:
                 pass  # some value cannot be pickled: find it, one by one
             else:
                 self.out.append((seq, first, len(values), wire.OK_LIST, data))
@@ -192,7 +192,7 @@ class Worker:
                 try:
                     entries.append((True, shm.dumps(value, arena)))
                     continue
-                except Exception as err:
+                except BaseException as err:  # SystemExit too: this call's error
                     exc = pickle.PicklingError(
                         f"the result of {describe_call(fn)} cannot be pickled: "
                         f"{short_repr(value)} ({type(err).__name__}: {err})"
@@ -205,7 +205,10 @@ class Worker:
         first = wire.read_frame(self.tasks)
         if first is None:
             return 0
-        _, sys_path, init_payload = first
+        _, sys_path, init_payload, authkey = first
+        import multiprocessing
+
+        multiprocessing.current_process().authkey = authkey
         if not self.initialize(sys_path, init_payload):
             return 1
         self.send((wire.READY, os.getpid(), socket.gethostname()))
