@@ -43,9 +43,8 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
 
 class CgroupRung : public Rung {
  public:
-  CgroupRung(std::unique_ptr<CgroupTree> tree, int guardian_fd, pid_t guardian_pid, int guardian_pidfd)
-      : tree_(std::move(tree)), guardian_fd_(guardian_fd), guardian_pid_(guardian_pid),
-        guardian_pidfd_(guardian_pidfd), direct_(clone3_into_cgroup_supported()),
+  CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian)
+      : tree_(std::move(tree)), guardian_(guardian), direct_(clone3_into_cgroup_supported()),
         async_(direct_ && async_spawn_supported()) {}
 
   const char* name() const override { return "cgroup"; }
@@ -142,20 +141,11 @@ class CgroupRung : public Rung {
 
   void shutdown() override {
     tree_->destroy();
-    if (guardian_fd_ >= 0) close(guardian_fd_);  // EOF: the guardian finds nothing left, exits
-    guardian_fd_ = -1;
-    if (guardian_pidfd_ >= 0) {
-      struct pollfd p{guardian_pidfd_, POLLIN, 0};
-      poll(&p, 1, 2000);
-      close(guardian_pidfd_);
-      guardian_pidfd_ = -1;
-    }
-    if (guardian_pid_ > 0) waitpid(guardian_pid_, nullptr, WNOHANG);
-    guardian_pid_ = -1;
+    guardian_.stop();  // EOF: the guardian finds nothing left, exits
   }
 
   ~CgroupRung() override {
-    if (guardian_fd_ >= 0) shutdown();
+    if (guardian_.fd >= 0) shutdown();
   }
 
  private:
@@ -179,48 +169,10 @@ class CgroupRung : public Rung {
   }
 
   std::unique_ptr<CgroupTree> tree_;
-  int guardian_fd_;
-  pid_t guardian_pid_;
-  int guardian_pidfd_;
+  Guardian guardian_;
   bool direct_;  // clone3 places the child into its leaf (else the child moves itself there)
   bool async_;   // and so spawn_child_async can be used
 };
-
-// Start the guardian: a pardo-shepherd that waits for EOF on its stdin and then kills and
-// removes the supervisor's cgroup subtree. EOF comes when this process dies, however it
-// dies, because only we hold the write end.
-bool start_guardian(const std::string& shepherd, const std::string& subtree, int* wfd,
-                    pid_t* pid, int* pidfd, std::string* why) {
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) {
-    *why = std::string("pipe: ") + strerror(errno);
-    return false;
-  }
-  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (devnull < 0) {
-    *why = std::string("cannot open /dev/null for the guardian: ") + strerror(errno);
-    close(p[0]);
-    close(p[1]);
-    return false;
-  }
-  ChildPlan plan;
-  plan.exec_paths = {shepherd};
-  plan.argv = {shepherd, "--guardian=" + subtree};
-  if (cgroup_kills_by_freeze()) plan.argv.push_back("--freeze");
-  plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
-  SpawnOutcome o = spawn_with_fds(plan, -1);
-  close(p[0]);
-  close(devnull);
-  if (o.stage != STAGE_NONE) {
-    close(p[1]);
-    *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);
-    return false;
-  }
-  *wfd = p[1];
-  *pid = o.pid;
-  *pidfd = o.pidfd;
-  return true;
-}
 
 }  // namespace
 
@@ -228,15 +180,16 @@ std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::st
                                        std::string* why) {
   auto tree = CgroupTree::create(why);
   if (!tree) return nullptr;
-  int wfd;
-  pid_t gpid;
-  int gpidfd;
+  Guardian g;
   *subtree = tree->path();
-  if (!start_guardian(shepherd_path, *subtree, &wfd, &gpid, &gpidfd, why)) {
+  // Without cgroup.kill (Linux 5.2-5.13) the guardian kills the subtree by freezing it.
+  std::vector<std::string> args = {"--guardian=" + *subtree};
+  if (cgroup_kills_by_freeze()) args.push_back("--freeze");
+  if (!start_guardian(shepherd_path, args, &g, why)) {
     tree->destroy();
     return nullptr;
   }
-  return std::make_unique<CgroupRung>(std::move(tree), wfd, gpid, gpidfd);
+  return std::make_unique<CgroupRung>(std::move(tree), g);
 }
 
 std::string cgroup_unavailable_reason() {

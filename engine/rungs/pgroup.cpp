@@ -1,9 +1,16 @@
 // The process-group rung, the last resort: the task leads a session of its own and its
 // group is signalled; the tree counts as gone once the leader is reaped and the group was
-// SIGKILLed. A process that leaves the group (setsid, double fork) escapes it.
+// SIGKILLed. A process that leaves the group (setsid, double fork) escapes it. A guardian
+// (pardo-shepherd --guardian-pgroups) is told each group as it is made and done with, and
+// SIGKILLs the groups still listed if this process dies: the leaders die of PDEATHSIG, but
+// what they started would not.
+#include <errno.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
 
 #include "proc.hpp"
 #include "rungs/rung.hpp"
@@ -15,6 +22,10 @@ namespace {
 
 class PgroupRung : public Rung {
  public:
+  // Without a guardian (fd -1) the leaders die with us, by PDEATHSIG, but what they
+  // started does not.
+  explicit PgroupRung(Guardian guardian) : guardian_(guardian) {}
+
   const char* name() const override { return "pgroup"; }
 
   SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
@@ -27,6 +38,7 @@ class PgroupRung : public Rung {
       t.child_pid = o.pid;
       t.pidfd = o.pidfd;
       t.c.pid = o.pid;
+      tell_guardian(o.pid);  // its group (setsid: pgid = pid) dies with us from now on
     }
     return o;
   }
@@ -39,6 +51,9 @@ class PgroupRung : public Rung {
     memset(&si, 0, sizeof si);
     if (waitid(P_PID, t.child_pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0) return;
     if (!t.req.linger) killpg(t.child_pid, SIGKILL);
+    // Before the reap: until then the zombie leader pins the group's id, so the guardian
+    // never holds an id that another group may have taken.
+    tell_guardian(-t.child_pid);
     int st;
     struct rusage ru;
     if (!reap_child(s, t, &st, &ru)) return;
@@ -66,10 +81,33 @@ class PgroupRung : public Rung {
   }
 
   void finish(Supervisor&, TaskState&) override {}
+
+  void shutdown() override { guardian_.stop(); }  // EOF: it kills what is still listed
+
+  ~PgroupRung() override { shutdown(); }
+
+ private:
+  // One 4-byte write per group start and end: +pgid, -pgid.
+  void tell_guardian(int32_t v) {
+    if (guardian_.fd < 0) return;
+    ssize_t n;
+    do {
+      n = write(guardian_.fd, &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+  }
+
+  Guardian guardian_;
 };
 
 }  // namespace
 
-std::unique_ptr<Rung> make_pgroup_rung() { return std::make_unique<PgroupRung>(); }
+std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::string* why) {
+  Guardian g;
+  if (!shepherd_path.empty()) {
+    why->clear();
+    if (!start_guardian(shepherd_path, {"--guardian-pgroups"}, &g, why)) g = Guardian{};
+  }
+  return std::make_unique<PgroupRung>(g);
+}
 
 }  // namespace pardo

@@ -2,6 +2,8 @@
 #include "rungs/rung.hpp"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,6 +28,55 @@ bool reap_child(Supervisor& s, TaskState& t, int* status, struct rusage* ru, boo
   }
   t.child_reaped = true;
   s.drop_pidfd(t);  // the pidfd has nothing more to say
+  return true;
+}
+
+void Guardian::stop() {
+  if (fd >= 0) close(fd);
+  fd = -1;
+  if (pidfd >= 0) {
+    struct pollfd p{pidfd, POLLIN, 0};
+    poll(&p, 1, 2000);
+    close(pidfd);
+    pidfd = -1;
+  }
+  if (pid > 0) waitpid(pid, nullptr, WNOHANG);
+  pid = -1;
+}
+
+bool start_guardian(const std::string& shepherd, const std::vector<std::string>& args, Guardian* g,
+                    std::string* why) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    *why = std::string("pipe: ") + strerror(errno);
+    return false;
+  }
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull < 0) {
+    *why = std::string("cannot open /dev/null for the guardian: ") + strerror(errno);
+    close(p[0]);
+    close(p[1]);
+    return false;
+  }
+  ChildPlan plan;
+  plan.exec_paths = {shepherd};
+  plan.argv = {shepherd};
+  plan.argv.insert(plan.argv.end(), args.begin(), args.end());
+  plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
+  SpawnOutcome o = spawn_with_fds(plan, -1);
+  close(p[0]);
+  close(devnull);
+  if (o.stage != STAGE_NONE) {
+    close(p[1]);
+    *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);
+    return false;
+  }
+  // Room for many records: the pgroup guardian drains them at once, but a write must not
+  // wait for it to be scheduled when tasks start in a burst.
+  fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
+  g->fd = p[1];
+  g->pid = o.pid;
+  g->pidfd = o.pidfd;
   return true;
 }
 
@@ -85,9 +136,13 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
                        : "pgroup: " + no_pidfd;
     return ch;
   }
-  ch.rung = make_pgroup_rung();
+  std::string guardian_why = shepherd_why;
+  ch.rung = make_pgroup_rung(have_shepherd ? shepherd_path : std::string(), &guardian_why);
   ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
                       : "forced by configuration";
+  if (!guardian_why.empty())
+    ch.reason += "; no guardian (" + guardian_why +
+                 "): if pardo is SIGKILLed, what its tasks started survives";
   return ch;
 }
 

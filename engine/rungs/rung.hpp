@@ -11,16 +11,19 @@
 //             PDEATHSIG).
 //   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
 //             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
-//             survive.
+//             survive. A guardian process kills the groups still live if this process
+//             dies.
 //
 // The supervisor sees only Rung; which one runs is chosen once, by choose_rung (rung.cpp).
 #pragma once
 
 #include <sys/resource.h>
+#include <sys/types.h>
 #include <sys/time.h>
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "spawn.hpp"
 
@@ -75,12 +78,33 @@ std::string cgroup_unavailable_reason();
 
 // ---- for the rungs themselves (rungs/*.cpp) ----
 
+// A guardian process (pardo-shepherd in a guardian mode) and the write end of its stdin:
+// closing it, or our death, is its signal to kill what we leave. Shared by the cgroup rung
+// (which it tells nothing: it kills the subtree) and the pgroup rung (which tells it each
+// group as it is made and done with).
+struct Guardian {
+  int fd = -1;
+  pid_t pid = -1;
+  int pidfd = -1;
+
+  // Close its stdin and give it a moment to do its work and exit.
+  void stop();
+};
+
+// Start a guardian: pardo-shepherd with the arguments `args` (its mode first), which waits for EOF on
+// its stdin and then kills what the supervisor left. EOF comes when this process dies,
+// however it dies, because only we hold the write end. False and *why when it cannot start.
+bool start_guardian(const std::string& shepherd, const std::vector<std::string>& args, Guardian* g,
+                    std::string* why);
+
 // The cgroup rung with its subtree and guardian; nullptr and *why when either cannot be
 // had. *subtree: the subtree's path, for the reason choose_rung gives.
 std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::string* subtree,
                                        std::string* why);
 std::unique_ptr<Rung> make_shepherd_rung(const std::string& shepherd_path);
-std::unique_ptr<Rung> make_pgroup_rung();
+// The pgroup rung with its guardian when shepherd_path is usable (empty: none); without
+// one, *why says why not.
+std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::string* why);
 
 // Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
 // `block`: the child is known to be exiting (it closed its last fd), so wait the moment

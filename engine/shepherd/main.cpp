@@ -1,4 +1,4 @@
-// pardo-shepherd: one small program, two roles, chosen by its first argument.
+// pardo-shepherd: one small program, three roles, chosen by its first argument.
 //
 //   pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...
 //     the per-task keeper of the shepherd rung (keeper.cpp)
@@ -6,9 +6,12 @@
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
 //     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
 //     no cgroup.kill (Linux 5.2-5.13)
+//   pardo-shepherd --guardian-pgroups
+//     the pgroup rung's guardian: SIGKILLs the process groups the supervisor still listed
+//     once it is gone (guardian.cpp)
 //
 // One program rather than two: the engine finds one helper beside itself (one path to
-// configure and to check), and the guardian costs nothing to carry.
+// configure and to check), and the guardians cost nothing to carry.
 //
 // A keeper is exec'd per task of the shepherd rung, so its start-up is on that rung's hot
 // path: the program is written against the kernel alone (raw/) and, on x86-64, built
@@ -24,6 +27,8 @@ using namespace pardo::shepherd;
 
 extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
   if (argc >= 2) {
+    if (const char* rest = after(argv[1], "--guardian-pgroups"); rest && *rest == '\0')
+      return pgroup_guardian_main();
     if (const char* dir = after(argv[1], "--guardian=")) {
       const char* rest = argc >= 3 ? after(argv[2], "--freeze") : nullptr;
       return guardian_main(dir, rest && *rest == '\0');

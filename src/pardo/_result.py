@@ -49,7 +49,10 @@ class Result:
         duration: seconds from start until the whole tree was gone (monotonic clock).
         cpu_user, cpu_sys: CPU seconds used by the task's whole tree where the isolation
             rung can count it (cgroup, shepherd), else by the leader and its reaped children.
-        max_rss: peak resident set size in bytes of the largest process measured.
+        max_rss: peak resident set size in bytes of the largest process measured. Under
+            the cgroup and pgroup rungs it is at least the caller's RSS at the task's start
+            (the leader is a clone of the caller, and exec carries the high-water mark of
+            the address space it leaves); under shepherd it is the tree's own.
         error: why the task could not start (status "error"), else None.
         pid: pid of the task's leader (None if it never started).
         deadline: the timeout the task ran under, in seconds, or None.

@@ -109,11 +109,60 @@ def _arg_bytes(a, what) -> bytes:
     raise TypeError(f"{what} must be str, bytes or os.PathLike, not {type(a).__name__}: {a!r}")
 
 
+# Words that are no program of their own in sh: `exec` would change what they mean.
+_SHELL_WORDS = frozenset(b"""! { } [[ ]] if then else elif fi case esac for while until do done
+    function select time . : [ alias bg break builtin cd chdir command continue declare echo
+    eval exec exit export false fc fg getopts hash jobs kill let local logout printf pwd read
+    readonly return set shift source test times trap true type typeset ulimit umask unalias
+    unset wait""".split())
+
+
+def shell_line(line: bytes) -> bytes:
+    """*line* for ``sh -c``, with ``exec`` in front when it is one simple command.
+
+    sh (dash at least) forks for the last command of ``-c`` and then reports a signal death
+    of that command as exit 128+N: a segfault would read "exited 139". With ``exec`` the
+    command takes the shell's place, so its own exit or signal is what pardo sees. Anything
+    else (a list, a pipeline, a subshell, a builtin, an assignment, a comment) is left as it
+    is.
+    """
+    quote = 0  # the quote character we are inside, or 0
+    i, n = 0, len(line)
+    while i < n:
+        c = line[i]
+        if quote:
+            if c == quote:
+                quote = 0
+            elif c == 0x5C and quote == 0x22:  # backslash inside "..."
+                i += 1
+        elif c in b"'\"":
+            quote = c
+        elif c == 0x5C:
+            i += 1
+        elif c in b";|()\n`":
+            if not (c == 0x7C and i and line[i - 1] == 0x3E):  # >| is a redirection
+                return line
+        elif c == 0x26:  # &: a redirection only as >& or <&
+            if not (i and line[i - 1] in b"<>"):
+                return line
+        elif c == 0x23 and (i == 0 or line[i - 1] in b" \t"):
+            return line  # a comment: the shell's argv may be what someone looks for
+        i += 1
+    if quote:
+        return line
+    words = line.split()
+    first = words[0] if words else b""
+    if (not first or first in _SHELL_WORDS or b"=" in first or first[:1] in b"<>#"
+            or first[:1].isdigit() and b">" in first or b"<" in first):
+        return line
+    return b"exec " + line
+
+
 def _argv(args, shell):
     if shell:
         if not isinstance(args, (str, bytes)):
             raise TypeError("with shell=True, args must be one command string")
-        return [b"/bin/sh", b"-c", _arg_bytes(args, "the command")]
+        return [b"/bin/sh", b"-c", shell_line(_arg_bytes(args, "the command"))]
     if isinstance(args, (str, bytes, os.PathLike)):
         args = [args]
     if args.__class__ is list and all(a.__class__ is str for a in args):
@@ -132,6 +181,12 @@ def _checked(argv):
         if b"\0" in a:
             raise UsageError(f"an argument contains a NUL byte: {a!r}")
     return argv
+
+
+def env_entries(env):
+    """*env* (a mapping of str or bytes) as the engine takes it: ``[b"NAME=value", ...]``;
+    None stays None (the caller's environment)."""
+    return _env(env)
 
 
 def _env(env):
@@ -617,8 +672,9 @@ def spawn(
 
 class Spawner:
     """:func:`spawn` with one :class:`SpawnOptions` for many tasks (the batch runner),
-    taking the keywords of :func:`spawn` that hold for every task. Options that need work
-    per task (streams to paths, fds or files) get their own per task."""
+    taking the keywords of :func:`spawn` that hold for every task. A task that needs work
+    of its own (streams to paths, fds or files; its own output fds, environment or input)
+    gets its own SpawnOptions; the others share the batch's."""
 
     __slots__ = ("_kw", "_options")
 
@@ -627,13 +683,28 @@ class Spawner:
         per_task = _per_task_streams(options.get("stdout"), options.get("stderr"))
         self._options = None if per_task else SpawnOptions(**options)
 
-    def __call__(self, argv, queue, tag=None, executable=None, cpus=None) -> Task:
-        """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes."""
-        if self._options is None:
-            return spawn(argv, queue=queue, tag=tag, executable=executable, cpus=cpus,
-                         **self._kw)
-        return self._options.submit(argv, _checked(argv), queue, tag, executable,
-                                    None if cpus is None else _cpus(cpus))
+    def __call__(self, argv, queue, tag=None, executable=None, cpus=None, out_fd=-1,
+                 err_fd=-1, env_list=None, input=None) -> Task:
+        """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes.
+        ``out_fd``/``err_fd``, when given, are fds the task writes its output into;
+        ``env_list`` (``[b"NAME=value", ...]``) replaces the environment for this task;
+        ``input`` (bytes) is fed to its stdin."""
+        cpu_list = None if cpus is None else _cpus(cpus)
+        options = self._options
+        if options is not None and out_fd < 0 and env_list is None and input is None:
+            return options.submit(argv, _checked(argv), queue, tag, executable, cpu_list)
+        # This task's own options: its output fds, environment or input, or streams that
+        # are opened per task. The batch's stay as they are for the tasks that need none.
+        kw = self._kw
+        if out_fd >= 0:
+            kw = dict(kw, stdout=out_fd, stderr=err_fd)
+        options = SpawnOptions(input=input, **kw)
+        try:
+            if env_list is not None:
+                options.request.env = env_list
+            return options.submit(argv, _checked(argv), queue, tag, executable, cpu_list)
+        finally:
+            options.close()
 
 
 def run(

@@ -94,9 +94,14 @@ _WHAT_ESCAPES = {
     "cgroup": "nothing: every process a task starts stays in its cgroup until killed",
     "shepherd": "processes that leave the task's tree and are not its descendants any more "
     "(e.g. handed to another parent over a socket); setsid/double-fork escapees are caught",
-    "pgroup": "setsid and setpgid escapees, double-fork daemons, and grandchildren when "
-    "pardo itself is SIGKILLed",
+    "pgroup": "setsid and setpgid escapees and double-fork daemons (they leave the task's "
+    "process group); if pardo itself is SIGKILLed, a guardian process kills every task's "
+    "group",
 }
+# Without the helper program there is no guardian: the leaders still die with pardo
+# (PDEATHSIG), what they started does not.
+_PGROUP_NO_GUARDIAN = ("setsid and setpgid escapees, double-fork daemons, and grandchildren "
+                       "when pardo itself is SIGKILLed (no guardian: see why)")
 
 
 def _cannot_start() -> str | None:
@@ -127,7 +132,8 @@ def report() -> dict:
         "reason": sup.reason,
         "forced": forced,
         "stronger_rungs_unavailable": why_not,
-        "escapes": _WHAT_ESCAPES[rung],
+        "escapes": (_PGROUP_NO_GUARDIAN if rung == "pgroup" and "no guardian" in sup.reason
+                    else _WHAT_ESCAPES[rung]),
         "features": features,
         "cpus": len(os.sched_getaffinity(0)),
         "supervisor_priority": sup.priority(),

@@ -60,7 +60,9 @@ def test_map_commands_uses_it():
 
 def test_command_line_uses_it():
     p = pardo_run(["--max-output", "1KiB", "head -c 5000 /dev/zero #{}", ":::", "a"])
-    assert p.returncode == 0 and len(p.stdout) == 1024, p.stderr
+    # 1KiB read as 1024 bytes; since issue 15 a task whose output was cut counts as failed
+    assert p.returncode == 1 and len(p.stdout) == 1024, p.stderr
+    assert b"cut at --max-output 1K;" in p.stderr
     p = pardo_run(["--memory-limit", "1.5G", "true", ":::", "a"])
     assert p.returncode == 0, p.stderr
     p = pardo_run(["--memory-limit", "plenty", "true", ":::", "a"])

@@ -5,10 +5,15 @@
   slots: retries, ``--halt``, ``N%`` deadlines, ordered output, the joblog.
 - ``jobs.py``: where jobs come from: numbered inputs, ``--resume`` from a joblog, a
   prefetch thread for inputs that block.
-- ``options.py``: ``-j``, ``--timeout`` (seconds or ``N%``), ``--halt``.
+- ``options.py``: ``-j``, ``--timeout`` (seconds or ``N%``), ``--halt``, ``--colsep``.
 - ``inputs.py``: ``:::`` values, ``::::`` files, stdin; product, links, columns, ``-N``.
 - ``template.py``: replacement strings, shell quoting, and exec without a shell when exact.
 - ``results_dir.py``: ``--results DIR`` in GNU parallel's layout.
+- ``pipe.py``: ``--pipe``: a stream cut into blocks of whole records.
+- ``plus.py``: ``--plus`` replacement strings.
+- ``results_file.py``: ``--results NAME.csv|.tsv|.json``, one file of records.
+- ``spool.py``: tasks' output in temporary files (``pardo run``'s --group), and copying it
+  out in bounded chunks.
 
 Other parts use the names exported here, and no others.
 """
@@ -16,8 +21,14 @@ Other parts use the names exported here, and no others.
 from .inputs import Source, arg_groups, count_jobs
 from .jobs import RESUME_MODES
 from .map_commands import map_commands
+from .options import compile_colsep
+from .pipe import blocks, parse_block_size, read_header
+from .results_dir import results_path
+from .results_file import ResultsFile
 from .scheduler import Batch
+from .spool import copy_out, size_of
 from .template import Template
 
-__all__ = ["Batch", "RESUME_MODES", "Source", "Template", "arg_groups", "count_jobs",
-           "map_commands"]
+__all__ = ["Batch", "RESUME_MODES", "ResultsFile", "Source", "Template", "arg_groups",
+           "blocks", "compile_colsep", "copy_out", "count_jobs", "map_commands",
+           "parse_block_size", "read_header", "results_path", "size_of"]

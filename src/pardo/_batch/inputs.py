@@ -15,11 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 
 from .._errors import InputError
+from .options import compile_colsep
 
 __all__ = ["Source", "records", "group_records", "arg_groups", "count_jobs", "decode", "encode"]
 
@@ -46,6 +46,7 @@ class Source:
     path: str | None = None
     linked: bool = False
     _fh: object = field(default=None, repr=False)
+    _it: object = field(default=None, repr=False)  # the value stream once --header read it
 
     def open(self, stdin=None):
         """Open a file source now, so that a missing file is reported before any task runs."""
@@ -58,6 +59,11 @@ class Source:
             self._fh = open(self.path, "rb")
         except OSError as e:
             raise InputError(f"cannot open input file {self.path!r}: {e.strerror}") from None
+
+    def stream(self):
+        """The source's file, opened, as a binary stream (``--pipe`` reads it whole)."""
+        self.open()
+        return self._fh
 
     def may_block(self) -> bool:
         """True when reading may wait on another process (stdin, a pipe, a terminal)."""
@@ -76,11 +82,39 @@ class Source:
         if self._fh is not None and self.path != "-":
             self._fh.close()
 
+    def count_values(self, delimiter: bytes = b"\n") -> int | None:
+        """How many values this source holds, counted without keeping them (for a progress
+        total): ``:::`` values, or the records of a regular file read in 1 MiB chunks.
+        None for stdin, a pipe, or a delimiter longer than one byte."""
+        if self.values is not None:
+            return len(self.values)
+        if self.path == "-" or len(delimiter) != 1 or self.may_block():
+            return None
+        n = 0
+        last = b""
+        try:
+            with open(self.path, "rb", buffering=0) as f:
+                while chunk := f.read(1 << 20):
+                    n += chunk.count(delimiter)
+                    last = chunk[-1:]
+        except OSError:
+            return None
+        return n + (1 if last and last != delimiter else 0)  # a last record without one
+
     def iter_values(self, delimiter: bytes = b"\n"):
         if self.values is not None:
             return iter(self.values)
+        if self._it is not None:
+            return self._it
         self.open()
         return _split_stream(self._fh, delimiter)
+
+    def take_first(self, delimiter: bytes = b"\n"):
+        """Remove and return the first value (``--header``), or None when there is none."""
+        if self.values is not None:
+            return self.values.pop(0) if self.values else None
+        self._it = self.iter_values(delimiter)
+        return next(self._it, None)
 
 
 def _split_stream(fh, delim):
@@ -101,8 +135,12 @@ def _split_stream(fh, delim):
         yield decode(rest)
 
 
-def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
-    """Yield one tuple of values per input record.
+_PERL_SPACE = " \t\n\r\f\v"
+
+
+def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None,
+            trim: str | None = None, eof: str | None = None):
+    r"""Yield one tuple of values per input record.
 
     Linked sources are zipped with the source they follow (stopping at the shortest, as
     GNU parallel does for ``:::+``); the resulting groups are combined as a cartesian
@@ -112,6 +150,9 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
         sources: the :class:`Source` list in command-line order.
         delimiter: what ends an input line in files and stdin (``-0`` gives NUL).
         colsep: a regular expression splitting each value into columns (``--colsep``).
+        trim: ``--trim``: "l", "r" or "lr"/"rl" strips white space (Perl's ``\s``) at that end of
+            every value, or of every column with ``colsep``.
+        eof: ``-E``: a value equal to it ends its source (it and what follows are unread).
     """
     groups = []
     for s in sources:
@@ -122,6 +163,8 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
 
     def group_iter(g):
         its = [s.iter_values(delimiter) for s in g]
+        if eof is not None:
+            its = [itertools.takewhile(lambda v: v != eof, it) for it in its]
         if len(its) == 1:
             return ((v,) for v in its[0])
         return zip(*its)
@@ -135,8 +178,11 @@ def records(sources, *, delimiter: bytes = b"\n", colsep: str | None = None):
     else:
         it = first
     if colsep is not None:
-        split = re.compile(colsep).split
+        split = compile_colsep(colsep).split
         it = (tuple(col for v in rec for col in split(v)) for rec in it)
+    if trim:
+        strip = {"l": str.lstrip, "r": str.rstrip}.get(trim, str.strip)
+        it = (tuple(strip(v, _PERL_SPACE) for v in rec) for rec in it)
     return it
 
 
@@ -183,7 +229,8 @@ def _all_sources(inputs):
 
 
 def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
-               max_args: int | None = None, skip_empty: bool = False):
+               max_args: int | None = None, skip_empty: bool = False,
+               trim: str | None = None, eof: str | None = None):
     """The argument tuple of each job, in job order, read lazily.
 
     Args:
@@ -193,33 +240,40 @@ def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
         colsep: a regular expression splitting each value into columns.
         max_args: ``-N``: that many records per job.
         skip_empty: ``-r``: leave out records whose values are all blank.
+        trim, eof: ``--trim`` and ``-E`` for :class:`Source` inputs (see :func:`records`).
     """
     sources = _all_sources(inputs)
     if sources is not None:
-        recs = records(sources, delimiter=delimiter, colsep=colsep)
+        recs = records(sources, delimiter=delimiter, colsep=colsep, trim=trim, eof=eof)
     else:
         recs = (_as_record(i) for i in inputs)
         if colsep is not None:
-            split = re.compile(colsep).split
+            split = compile_colsep(colsep).split
             recs = (tuple(c for v in r for c in split(v)) for r in recs)
     if skip_empty:
         recs = (r for r in recs if any(v.strip() for v in r))
     return group_records(recs, max_args)
 
 
-def count_jobs(inputs, max_args: int | None = None) -> int | None:
+def count_jobs(inputs, max_args: int | None = None, delimiter: bytes | None = None
+               ) -> int | None:
     """How many jobs :func:`arg_groups` will give, when that is known without reading the
-    inputs: ``:::`` sources (files stream) or a sized collection of values; else None."""
+    inputs: ``:::`` sources (files stream) or a sized collection of values; else None.
+    With a *delimiter*, the records of regular files are counted too, keeping none of them
+    (for a progress bar's total)."""
     sources = _all_sources(inputs)
     if sources is not None:
-        if any(s.values is None for s in sources):
+        if delimiter is None and any(s.values is None for s in sources):
+            return None
+        counts = [s.count_values(delimiter or b"\n") for s in sources]
+        if None in counts:
             return None
         groups = []
-        for s in sources:
+        for s, k in zip(sources, counts):
             if s.linked and groups:
-                groups[-1] = min(groups[-1], len(s.values))
+                groups[-1] = min(groups[-1], k)
             else:
-                groups.append(len(s.values))
+                groups.append(k)
         n = math.prod(groups)
     elif isinstance(inputs, (list, tuple, range)):
         n = len(inputs)

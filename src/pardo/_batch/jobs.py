@@ -33,14 +33,17 @@ class Job:
         shell_line: the command line, once rendered.
         pipes: line mode: {read fd: [stream number, pending partial line]}.
         last: the Result of the previous attempt, while a retry is in flight.
+        spool: the output files (fds) of the attempt in flight, in spool mode.
+        input: ``--pipe``: the block fed to the task's stdin, until the job is done.
     """
 
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last")
+                 "argv", "shell_line", "pipes", "last", "spool", "input")
 
-    def __init__(self, seq, args, argv=None):
+    def __init__(self, seq, args, argv=None, input=None):
         self.seq = seq
         self.args = args
+        self.input = input
         self.argv = argv
         self.slot = 0
         self.attempts = 0
@@ -51,16 +54,18 @@ class Job:
         self.shell_line = None
         self.pipes = None
         self.last = None
+        self.spool = None
 
 
-def numbered_jobs(arg_groups, skip=None):
-    """A job per argument tuple, numbered from 1, leaving out the seqs in ``skip``."""
+def numbered_jobs(arg_groups, skip=None, blocks=False):
+    """A job per argument tuple, numbered from 1, leaving out the seqs in ``skip``; with
+    *blocks* (``--pipe``), a job per block of bytes, fed to its stdin."""
     seq = 0
     for args in arg_groups:
         seq += 1
         if skip is not None and seq in skip:
             continue
-        yield Job(seq, args)
+        yield Job(seq, (), input=args) if blocks else Job(seq, args)
 
 
 def read_resume(joblog, mode):
@@ -87,25 +92,26 @@ def skipped_seqs(mode, logged):
     return None
 
 
-def planned_jobs(arg_groups, mode, logged, shell: bytes):
+def planned_jobs(arg_groups, mode, logged, shell: bytes, blocks=False):
     """The jobs to run: the input jobs less those :func:`skipped_seqs` leaves out, or for
     ``retry-failed`` the failed logged commands themselves, with their old numbers (inputs
-    are ignored)."""
+    are ignored). *blocks*: ``arg_groups`` are ``--pipe`` blocks (bytes), one per job's
+    stdin."""
     skip = skipped_seqs(mode, logged)
     if skip is not None:
-        return numbered_jobs(arg_groups, skip=skip or None)
+        return numbered_jobs(arg_groups, skip=skip or None, blocks=blocks)
     return (Job(row.seq, (), [shell, b"-c", encode(row.command)])
             for row in sorted(logged.values(), key=lambda row: row.seq) if not row.ok)
 
 
-def stored_jobs(arg_groups, mode, store, shell: bytes):
+def stored_jobs(arg_groups, mode, store, shell: bytes, blocks=False):
     """The jobs to run with a job store (the store part's ``RunStore``): every input job
     (``mode`` None), less those the store has (``resume``) or has seen succeed
     (``resume-failed``), each job's inputs checked against the stored run's; or the
     store's failed tasks with their inputs and commands (``retry-failed``)."""
     if mode == "retry-failed":
         return (Job(seq, args, [shell, b"-c", encode(cmd)]) for seq, args, cmd in store.failed)
-    return numbered_jobs(store.checked(arg_groups), skip=store.skip())
+    return numbered_jobs(store.checked(arg_groups), skip=store.skip(), blocks=blocks)
 
 
 NOT_YET = object()  # Prefetch: no job read yet; the wake fd says when there is one

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .inputs import arg_groups, count_jobs
+from .options import compile_colsep
 from .scheduler import Batch
 from .template import Template
 
@@ -58,6 +59,8 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         raise TypeError("inputs must be an iterable of values (a str is not: wrap it in a list)")
     words = [command] if isinstance(command, str) else list(command)
     template = Template(words, replace=replace, context=max_args is not None)
+    if colsep is not None:
+        compile_colsep(colsep)  # a bad one fails here, before any task
     run_store = None
     if store is not None:
         from .._store import open_for_map

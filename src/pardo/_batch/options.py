@@ -1,5 +1,6 @@
 """The batch options that GNU parallel spells its own way: ``-j``, ``--timeout`` (seconds or
-``N%`` of the median runtime) and ``--halt``; and the running median behind ``N%``."""
+``N%`` of the median runtime), ``--halt`` and ``--colsep``; and the running median behind
+``N%``."""
 
 from __future__ import annotations
 
@@ -38,15 +39,29 @@ def parse_timeout(spec):
         return None, None
     if isinstance(spec, (int, float)):
         secs = float(spec)
-        return (secs if secs > 0 else None), None
-    s = str(spec).strip()
-    try:
-        if s.endswith("%"):
-            return None, float(s[:-1]) / 100
-        secs = float(s)
-    except ValueError:
-        raise BatchError(f"--timeout: {spec!r} is not seconds or N%") from None
+    else:
+        s = str(spec).strip()
+        try:
+            frac = float(s[:-1]) / 100 if s.endswith("%") else None
+            secs = None if s.endswith("%") else float(s)
+        except ValueError:
+            raise BatchError(f"--timeout: {spec!r} is not seconds or N%") from None
+        if frac is not None:
+            if not frac > 0:
+                raise BatchError(f"--timeout: {spec!r} must be a positive percentage")
+            return None, frac
+    if secs < 0 or secs != secs:
+        # GNU parallel refuses it too; silently running without a deadline would be worse
+        raise BatchError(f"--timeout: {spec!r} is negative; give seconds > 0 (0: no deadline)")
     return (secs if secs > 0 else None), None
+
+
+def compile_colsep(colsep):
+    """The compiled ``--colsep`` regular expression; BatchError if it is not one."""
+    try:
+        return re.compile(colsep)
+    except re.error as e:
+        raise BatchError(f"--colsep: {colsep!r} is not a regular expression: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -70,9 +85,13 @@ class HaltPolicy:
         if spec is None or spec == "never" or isinstance(spec, HaltPolicy):
             return spec if isinstance(spec, HaltPolicy) else None
         s = str(spec)
-        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1"}
+        # GNU's older forms: 0..2 and -1/-2, and N% for soon,fail=N%
+        short = {"0": None, "1": "soon,fail=1", "2": "now,fail=1", "-1": "soon,success=1",
+                 "-2": "now,success=1"}
         if s in short:
             return cls.parse(short[s])
+        if re.fullmatch(r"\d+%", s):
+            return cls.parse(f"soon,fail={s}")
         m = re.fullmatch(r"(now|soon)?,?(fail|success|done)=(\d+(?:\.\d+)?)(%?)", s)
         if not m:
             raise BatchError(

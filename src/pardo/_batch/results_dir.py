@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from .inputs import encode
+from .spool import copy_out
 
 
 def _path_part(value: str) -> str:
@@ -13,14 +14,20 @@ def _path_part(value: str) -> str:
     return value.replace("\\", "\\\\").replace("/", "\\_") or "\\_"
 
 
+def results_path(directory, args) -> str:
+    """The directory of a job's files under ``directory``: its input values name it."""
+    parts = [directory]
+    for i, v in enumerate(args, 1):
+        parts += [str(i), _path_part(v)]
+    return os.path.join(*parts)
+
+
 def write_results(directory, job, result) -> None:
     """Save ``result``'s output under ``directory`` for ``job`` (its inputs name the path)."""
-    parts = [directory]
-    for i, v in enumerate(job.args, 1):
-        parts += [str(i), _path_part(v)]
-    d = os.path.join(*[encode(p) for p in parts])
+    d = encode(results_path(directory, job.args))
     os.makedirs(d, exist_ok=True)
-    for name, data in ((b"seq", f"{job.seq}\n".encode()), (b"stdout", result.stdout or b""),
-                       (b"stderr", result.stderr or b"")):
+    with open(os.path.join(d, b"seq"), "wb") as f:
+        f.write(f"{job.seq}\n".encode())
+    for stream, name in ((1, b"stdout"), (2, b"stderr")):
         with open(os.path.join(d, name), "wb") as f:
-            f.write(data)
+            copy_out(result, stream, f.write)  # spooled in files or held as bytes

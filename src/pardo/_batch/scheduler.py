@@ -36,9 +36,14 @@
 - A result's joblog row is written once the consumer is done with the result (when it asks
   for the next one, or closes the iterator), so that a ``pardo`` killed in between runs that
   job again on ``--resume`` rather than losing its output.
-- ``stop()`` (the CLI calls it from a signal handler) sets a flag and kills what is in flight;
-  the loop then drains the queue. It waits on ``q.get_many()`` directly (the engine keeps no
-  readiness fd then), or on a selector for a prefetch thread, line-mode pipes or --delay.
+- ``interrupt()`` (the CLI calls it from its first SIGINT/SIGTERM handler, and ``--halt now``
+  does the same) sets a flag, cancels the held tasks and sends the running ones SIGTERM, then
+  SIGKILL after the kill grace; ``stop()`` (a second signal, a closed stdout) kills at once.
+  Either way the loop then drains the queue. It waits on ``q.get_many()`` directly (the
+  engine keeps no readiness fd then), or on a selector for a prefetch thread, line-mode
+  pipes or --delay.
+- ``spool`` (``pardo run``'s --group): each task writes its output into temporary files
+  (spool.py), so that output waiting to be printed never fills memory.
 """
 
 from __future__ import annotations
@@ -52,7 +57,9 @@ from collections import deque
 
 from .._errors import BatchError
 from .._result import Status
-from .._run import ResultQueue, Spawner, spawn
+from .._run import ResultQueue, Spawner, env_entries, shell_line, spawn
+from .._supervisor import isolation
+from . import spool as _spool
 from .inputs import encode
 from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs, stored_jobs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
@@ -67,16 +74,19 @@ _AHEAD_MAX = 4096  # held tasks at most, whatever -j says
 _BATCH_DELAY = 0.02
 _NEVER_RAN = object()  # a job's result when it was cancelled before it ever started
 # GNU parallel's exit statuses for a batch that did not run to its end.
-# "unstartable": no task can start on this host; 255 is GNU parallel's "other error".
-_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "unstartable": 255}
+# "start": the caller stopped it because the first tasks all failed to start for one
+# reason; "unstartable": no task can start on this host; 255 is GNU parallel's "other error".
+_EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "start": 255,
+                 "unstartable": 255}
 
 
 class Batch:
     """One batch run: the iterator of results and its controls.
 
-    Built by :func:`pardo.map_commands` and by ``pardo run``, which also calls :meth:`stop`
-    from its signal handlers and reads the counters for its summary and progress bar. The
-    options not listed below are :func:`pardo.map_commands`' and :func:`pardo.spawn`'s.
+    Built by :func:`pardo.map_commands` and by ``pardo run``, which also calls
+    :meth:`interrupt` from its signal handlers and reads the counters for its summary and
+    progress bar. The options not listed below are :func:`pardo.map_commands`' and
+    :func:`pardo.spawn`'s.
 
     Args:
         template: the parsed command template.
@@ -101,13 +111,23 @@ class Batch:
             it is read on a thread, so that the loop keeps reaping and starting tasks.
         total: the number of jobs when known up front: ``--halt N%`` counts against it, as
             GNU does (else against the tasks finished so far).
+        job_env: GNU's ``PARALLEL_SEQ`` in every task's environment, and
+            ``PARALLEL_JOBSLOT`` when the command mentions it or uses ``{%}`` (a task's slot
+            is only known before it starts when nothing is handed to the engine ahead).
+        blocks: ``arg_groups`` are ``--pipe`` blocks of bytes, each fed to one job's stdin.
+        window: jobs read ahead of the running ones at most (``--pipe``: each holds a
+            block), else a default.
+        spool: each task writes its output into temporary files (see spool.py) instead of
+            pipes read into memory; a Result carries it as bytes or, when big, as files
+            (``Result.spool``, read with :func:`copy_out`) until it has been yielded.
     """
 
     def __init__(self, template, arg_groups, *, jobs=None, timeout=None, kill_grace=2.0,
                  retries=1, halt=None, keep_order=False, pin=False, delay=0.0, nice=None,
                  memory_limit=None, env=None, cwd=None, max_output=None, stdout=None,
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
-                 line_sink=None, input_may_block=False, total=None, clock=time.monotonic,
+                 line_sink=None, input_may_block=False, total=None, spool=False,
+                 job_env=False, blocks=False, window=None, clock=time.monotonic,
                  store=None, engine=None):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
@@ -128,13 +148,21 @@ class Batch:
         self._resume = resume
         self._store = store
         if store is not None:
-            self._jobs_iter = stored_jobs(arg_groups, resume, store, self._shell)
+            self._jobs_iter = stored_jobs(arg_groups, resume, store, self._shell, blocks)
             skipped = set() if resume is None else None  # (the store's skip is lazy)
         else:
             logged = read_resume(joblog, resume) if resume is not None else None
-            self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell)
+            self._jobs_iter = planned_jobs(arg_groups, resume, logged, self._shell, blocks)
             skipped = skipped_seqs(resume, logged)
         self._line_sink = line_sink
+        # made when iteration starts (see _loop): the rung decides whether files are reused
+        # Spooling is for tasks on this machine (with --mpi output comes back in results),
+        # and the job store records output from results, so a stored run keeps it in memory
+        # (bounded by max_output) until it is recorded.
+        self._spool_wanted = (bool(spool) and line_sink is None and engine is None
+                              and store is None)
+        self._spool = None
+        self._spool_open: set = set()  # results yielded-to-be that still hold files
         self._input_may_block = input_may_block
         # Known only while every input job will run (a resume that skips none).
         self.total = total if skipped == set() else None
@@ -151,13 +179,16 @@ class Batch:
             raise BatchError("--line-buffer and --pin need the tasks on this machine "
                              "(not with --mpi)")
         self._spawner = Spawner(**kw) if engine is None else engine.spawner(**kw)
-        self._stop_reason = None  # signal number, "pipe", "stop" or "halt"
+        self._stop_reason = None  # signal number, "pipe", "start", "unstartable", "store",
+        # "stop" or "halt"
+        self._gentle = False  # stopping with SIGTERM first (interrupt(), --halt now)
         self._wake_r = self._wake_w = -1  # made when iteration starts
         # counters the CLI reads
         self.started = 0
         self.finished = 0
         self.failed = 0
         self.succeeded = 0
+        self.interrupted = 0  # ran, then ended by stop() or interrupt() ("cancelled")
         self.by_status: dict[str, int] = {}
         self.halt_exit = None  # exit status decided by a halt policy
         self.halt_result = None  # the result that made the halt policy stop the batch
@@ -171,6 +202,19 @@ class Batch:
         # started that GNU parallel would never have started.
         ahead = not (template.uses_slot or pin or self.delay or self.halt is not None
                      or self._pct is not None or line_sink is not None)
+        uses_slot = template.uses_slot
+        self._base_env = None
+        if job_env:
+            base = dict(os.environ if env is None else env)
+            base.pop("PARALLEL_SEQ", None)
+            base.pop("PARALLEL_JOBSLOT", None)
+            self._base_env = env_entries(base)
+            if template.mentions("PARALLEL_JOBSLOT"):
+                uses_slot = True
+        self._env_slot = uses_slot
+        self._window = window
+        if uses_slot or window is not None:
+            ahead = False
         held_max = max(2, min((AHEAD_PER_SLOT - 1) * self.jobs, _AHEAD_MAX))
         self._max_in_flight = self.jobs + held_max if ahead else self.jobs
         if store is not None:
@@ -179,34 +223,73 @@ class Batch:
     # -- control -------------------------------------------------------------------------
 
     def stop(self, reason=None):
-        """Stop starting tasks and kill every running tree (safe from a signal handler,
-        and from the store's writer thread).
+        """Stop starting tasks and kill every running tree now (safe from a signal handler
+        and from another thread, such as the store's writer).
 
-        ``reason``: a signal number, "pipe" (our stdout closed), "unstartable" (no task
-        can start on this host) or "store" (the store failed); it decides
+        ``reason``: a signal number, "pipe" (our stdout closed), "start" (the first tasks
+        all could not start), "unstartable" (no task can start on this host) or "store"
+        (the store failed); it decides
         :attr:`exit_status`."""
         if self._stop_reason is None:
             self._stop_reason = reason if reason is not None else "stop"
+        self._gentle = False
         # Killing here, not only in the loop, ends a wait in q.get_many() at once.
         self._kill_all()
+        self._wake()
+
+    def interrupt(self, reason=None):
+        """Stop starting tasks and end the running ones gently (safe from a signal handler).
+
+        The first call sends every running tree SIGTERM and SIGKILL after the kill grace,
+        as a deadline does, so that tasks can clean up (GNU parallel's --termseq); tasks
+        still held by the engine never start. A second call kills at once (:meth:`stop`).
+
+        Returns:
+            True for the first call (gentle), False when it killed at once.
+        """
+        if self._stop_reason is not None and self._stop_reason != "halt":
+            self.stop(reason)
+            return False
+        self._stop_reason = reason if reason is not None else "stop"
+        self._gentle = True
+        self._kill_all(gentle=True)
+        self._wake()
+        return True
+
+    def _wake(self):
         try:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
         except OSError:
             pass  # the pipe is full: a wake-up is already pending
 
-    def _kill_all(self):
-        """Kill every task in flight; return their jobs.
+    @property
+    def kill_grace(self):
+        """Seconds between SIGTERM and SIGKILL when tasks are ended gently."""
+        return self._spawn_kw["kill_grace"]
+
+    def _kill_all(self, gentle=False):
+        """Kill every task in flight (or, *gentle*, SIGTERM the running ones and SIGKILL
+        them after the kill grace); return their jobs.
 
         Newest first: the engine starts held tasks in submission order, so the held ones
         are cancelled before a killed running one frees its slot for them. The copies are
-        made by single C calls, so a signal handler interrupting the loop sees consistent
-        containers.
+        made by single C calls, so a signal handler (or another thread) interrupting the
+        loop sees consistent containers.
         """
-        jobs = list(reversed(self._held)) + list(reversed(self.running.values()))
-        for job in jobs:
-            job.task.kill()
-        return jobs
+        held = list(reversed(self._held))
+        running = list(reversed(self.running.values()))
+        # job.task is read once: from a handler or another thread, the loop may finish a
+        # job (and clear its task) between the copy above and here
+        for job in held:
+            task = job.task
+            if task is not None:
+                task.kill()  # never started: nothing to clean up
+        for job in running:
+            task = job.task
+            if task is not None:
+                (task.terminate if gentle else task.kill)()
+        return held + running
 
     @property
     def stopped_by(self):
@@ -216,14 +299,20 @@ class Batch:
     def exit_status(self) -> int:
         """GNU parallel's exit status for the batch so far: 0 if every task succeeded,
         else the number that failed (101 for more than 100); a ``--halt`` policy's own;
-        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed, 255 when no task
-        can start on this host."""
+        130/143 when stopped by SIGINT/SIGTERM, 141 when our stdout closed, 255 when it
+        was stopped because no task could start."""
+        return self.exit_status_with()
+
+    def exit_status_with(self, more_failed=0) -> int:
+        """:attr:`exit_status`, counting *more_failed* tasks as failed besides those the
+        batch saw fail (``pardo run``: a task whose output was cut at --max-output)."""
         by_stop = _EXIT_BY_STOP.get(self._stop_reason)
         if by_stop is not None:
             return by_stop
         if self.halt_exit is not None:
             return self.halt_exit
-        return self.failed if self.failed <= 100 else 101
+        failed = self.failed + more_failed
+        return failed if failed <= 100 else 101
 
     # -- commands ------------------------------------------------------------------------
 
@@ -235,7 +324,7 @@ class Batch:
             return [encode(a) for a in argv]
         line = self.template.command(job.args, job.seq, slot)
         job.shell_line = line
-        return [self._shell, b"-c", encode(line)]
+        return [self._shell, b"-c", shell_line(encode(line))]
 
     def command_line(self, job):
         """The shell command line of a job, as GNU parallel would show it."""
@@ -284,17 +373,35 @@ class Batch:
             job.started = self._clock()  # exact: with N% deadlines nothing is held
         argv = self._command_args(job, slot)
         exe = self._executable(argv[0])
-        if self._line_sink is None:
-            task = job.task = self._spawner(argv, q, job, exe, cpus)
+        env_list = None
+        if self._base_env is not None:
+            env_list = self._base_env + [b"PARALLEL_SEQ=%d" % job.seq]
+            if self._env_slot:
+                env_list.append(b"PARALLEL_JOBSLOT=%d" % slot)
+        if self._spool is not None:
+            job.spool = self._spool.take()
+            try:
+                task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool,
+                                                env_list=env_list, input=job.input)
+            except BaseException:
+                self._spool.discard(job.spool)
+                job.spool = None
+                raise
+        elif self._line_sink is None:
+            task = job.task = self._spawner(argv, q, job, exe, cpus, env_list=env_list,
+                                            input=job.input)
         else:
+            kw = dict(self._spawn_kw, stdout=None, stderr=None)
+            if env_list is not None:
+                kw["env"] = dict(e.split(b"=", 1) for e in env_list)
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
                 job.task = spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
-                                 **dict(self._spawn_kw, stdout=w1, stderr=w2))
+                                 input=job.input, **dict(kw, stdout=w1, stderr=w2))
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)
-            job.pipes = {r1: [1, b""], r2: [2, b""]}
+            job.pipes = {r1: [1, bytearray()], r2: [2, bytearray()]}
             for fd in job.pipes:
                 self._sel.register(fd, selectors.EVENT_READ, job)
             task = job.task
@@ -335,14 +442,22 @@ class Batch:
         entry = job.pipes[fd]
         data = os.read(fd, 1 << 16)
         if data:
-            buf = entry[1] + data
-            cut = buf.rfind(b"\n") + 1
+            # Search only the new data and grow the pending partial line in place: a long
+            # line without a newline costs linear time, not a copy of all of it per read.
+            cut = data.rfind(b"\n") + 1
             if cut:
-                self._line_sink(job, entry[0], buf[:cut])
-            entry[1] = buf[cut:]
+                pending = entry[1]
+                if pending:
+                    pending += data[:cut]
+                    self._line_sink(job, entry[0], bytes(pending))
+                else:
+                    self._line_sink(job, entry[0], data[:cut])
+                entry[1] = bytearray(data[cut:])
+            else:
+                entry[1] += data
             return
         if entry[1]:
-            self._line_sink(job, entry[0], entry[1])
+            self._line_sink(job, entry[0], bytes(entry[1]))
         self._sel.unregister(fd)
         os.close(fd)
         del job.pipes[fd]
@@ -379,14 +494,26 @@ class Batch:
             hit = n >= h.fraction * (self.total or self.finished)
         if hit:
             self.halt_result = result  # the task that triggered it (the CLI says so)
-            if h.why == "fail":
-                rc = result.returncode if result.status == Status.FAILED else 1
-                self.halt_exit = rc if 0 < rc < 256 else 1
-            elif h.why == "success":
+            if h.why == "success":
                 self.halt_exit = 0
+            elif h.count == 1:
+                # GNU: the exit status of the task that made it halt (signal + 128)
+                if result.status == Status.FAILED:
+                    self.halt_exit = result.returncode & 255 or 1
+                elif result.status == Status.OK:
+                    self.halt_exit = 0
+                else:
+                    self.halt_exit = 128 + result.signal if result.signal else 1
+            elif h.count is not None:
+                self.halt_exit = min(self.failed, 101)  # GNU: the number of failed tasks
+            else:
+                # GNU: the percentage of failed tasks, rounded up
+                self.halt_exit = -(-100 * self.failed // (self.total or self.finished or 1))
             self._stop_reason = "halt"
             if h.when == "now":
-                self._kill_all()
+                # GNU parallel ends the running jobs with its --termseq, TERM first
+                self._gentle = True
+                self._kill_all(gentle=True)
 
     def _finish(self, task, q):
         """Handle one completed task; return its job if that job is done for good.
@@ -395,6 +522,11 @@ class Batch:
         """
         job = task.tag
         r = task.result
+        if job.spool is not None:
+            fds, job.spool = job.spool, None
+            self._spool.collect(r, fds)
+            if r.spool:
+                self._spool_open.add(r)
         if r.pid is None and r.status == Status.CANCELLED:
             # Cancelled while the engine still held it: it never ran, and GNU parallel
             # would never have started it. Report the attempt before, if any.
@@ -427,6 +559,7 @@ class Batch:
         if (r.status != Status.OK and job.attempts < self.retries and self._stop_reason is None
                 and r.status != Status.CANCELLED):
             r.slot = job.slot
+            self._drop(job.last)
             job.last = r
             if self._store is not None:
                 self._store.attempt(job, r, self.command_line(job), final=False,
@@ -435,10 +568,19 @@ class Batch:
             return None
         return self._done(job, r)
 
+    def _drop(self, r):
+        """Close the files of a result that will never be yielded (again)."""
+        if r is not None and getattr(r, "spool", None):
+            self._spool_open.discard(r)
+            self._spool.release(r)
+
     def _done(self, job, r):
         """Count (and record in the store) the final result of a job; return the job."""
         job.task = None
+        if job.last is not r:
+            self._drop(job.last)
         job.last = None
+        job.input = None  # a --pipe block is not needed any more
         job.result = r
         r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
         r.job = job
@@ -451,6 +593,8 @@ class Batch:
                 self._pct.observe(r.duration)
         else:
             self.failed += 1
+            if r.status == Status.CANCELLED:
+                self.interrupted += 1
         if self._results_dir is not None:
             write_results(self._results_dir, job, r)
         if self._store is not None:
@@ -460,9 +604,12 @@ class Batch:
         return job
 
     def _record(self, joblog, r):
-        """A result has been handed out: its joblog row goes to disk."""
+        """A result has been handed out: its joblog row goes to disk, and the consumer is
+        done with its spooled files."""
         if joblog is not None:
-            joblog.record(r, self.command_line(r.job))
+            # Receive: the bytes of output the job wrote on stdout, as GNU's
+            joblog.record(r, self.command_line(r.job), _spool.size_of(r, 1))
+        self._drop(r)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -492,13 +639,17 @@ class Batch:
             qfd = q.fileno()
             sel.register(qfd, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
+        if self._spool_wanted:
+            # files reused only where a finished task's whole tree is known to be gone
+            self._spool = _spool.SpoolFiles(isolation() != "pgroup", keep=4 * (jobs + 2))
         self._free = list(range(jobs, 0, -1))  # pop() hands out the lowest job slot first
         running, held = self.running, self._held
         keep_order = self.keep_order
         clock = self._clock
         order = deque()
         if self._input_may_block:
-            source = Prefetch(self._jobs_iter, self._wake_w, max(64, 2 * jobs))
+            source = Prefetch(self._jobs_iter, self._wake_w,
+                              max(64, 2 * jobs) if self._window is None else self._window)
         else:
             source = iter(self._jobs_iter)
         exhausted = False
@@ -525,8 +676,9 @@ class Batch:
                     if keep_order:
                         order.append(job)
                 if self._stop_reason is not None and not killed and self._stop_reason != "halt":
+                    # again, here: a task may have started while the handler ran
                     killed = True
-                    self._kill_all()
+                    self._kill_all(gentle=self._gentle)
                 if not (running or held) and (exhausted or self._stop_reason is not None):
                     break
                 if self._pct is not None:
@@ -585,6 +737,15 @@ class Batch:
                     os.close(fd)
             running.clear()
             held.clear()
+            for r in list(self._spool_open):
+                self._drop(r)
+            for job in left:
+                if job.spool is not None:
+                    self._spool.discard(job.spool)
+                    job.spool = None
+            if self._spool is not None:
+                self._spool.close()
+                self._spool = None
             if sel is not None:
                 sel.close()
                 os.close(self._wake_r)

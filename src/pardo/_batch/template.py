@@ -108,6 +108,9 @@ _SHELL_WORDS = frozenset(
     "true type ulimit umask unalias unset wait ! case do done elif else esac fi for if in "
     "then until while { } [[ ]] function select source let declare typeset".split()
 )
+# Fields that do not take an input value: {#} the job number, {%} the slot, {##} (--plus)
+# the number of jobs.
+_NON_INPUT = ("#", "%", "##")
 # Builtins that behave exactly like their namesakes on PATH for any arguments.
 _SAME_AS_PROGRAM = frozenset({"true", "false"})
 # Characters of literal template text that mean nothing to sh inside a word.
@@ -128,27 +131,46 @@ class Template:
         quote: whether values are shell-quoted. By default as GNU parallel decides: yes,
             unless the program itself comes from the input. False for text that no shell
             reads (``--tagstring``), where values show as they are.
+        quote_words: GNU's ``-q``: every word of the command is shell-quoted once its
+            replacement strings are filled in with the values as they are, so the command
+            runs without a shell interpreting any of it.
+        plus: GNU's ``--plus`` replacement strings (``{+/}``, ``{..}``, ``{##}``, ``{:2}``...).
+        total: the number of jobs, for ``{##}``.
+        append: append ``{}`` when the words hold no replacement string (a command);
+            False for a ``--tagstring``, which GNU uses as it is.
     """
 
     def __init__(self, words, *, replace: str = "{}", context: bool = False,
-                 quote: bool | None = None):
+                 quote: bool | None = None, append: bool = True, quote_words: bool = False,
+                 plus: bool = False, total: int | None = None):
         text = " ".join(words)
         if "{=" in text and "=}" in text:
             raise TemplateError(
                 "perl expressions {= ... =} are not supported; use a shell command instead"
             )
         self._context = context
+        self.total = total
+        pos_ops, ops = r"|\.|/|//|/\.", r"\.|/|//|/\.|#|%"
+        if plus:
+            from .plus import BASH_OP, FIXED_OPS
+
+            fixed = "|".join(re.escape(o) for o in FIXED_OPS)
+            pos_ops = "|".join((fixed, pos_ops))
+            ops = "|".join((fixed, "##", ops, BASH_OP))
         self._field_re = re.compile(
-            r"\{(-?\d+)(|\.|/|//|/\.)\}|\{(\.|/|//|/\.|#|%)\}|(" + re.escape(replace) + ")"
+            r"\{(-?\d+)(" + pos_ops + r")\}|\{(" + ops + r")\}|(" + re.escape(replace) + ")"
         )
         self.groups = self._parse(text)
-        if not any(isinstance(p, Field) for g in self.groups for p in g):
+        if append and not any(isinstance(p, Field) for g in self.groups for p in g):
             # GNU appends {} when the command names no replacement string
             self.groups = self._parse(text + " " + replace if text else replace)
         # {%}: the job slot must be known before the task starts
         self.uses_slot = any(
             isinstance(p, Field) and p.op == "%" for g in self.groups if not isinstance(g, str)
             for p in g
+        )
+        self.uses_input = any(
+            isinstance(p, Field) and p.op not in _NON_INPUT for g in self.groups for p in g
         )
         self.max_position = max(
             (p.pos for g in self.groups for p in g if isinstance(p, Field) and p.pos),
@@ -160,6 +182,15 @@ class Template:
         self.quote = self._field_re.search(first) is None if quote is None else quote
         literal = "".join(p for g in self.groups for p in g if isinstance(p, str))
         self._direct = self.quote and _INERT(literal) is not None and not self._assigns()
+        self._quote_words = None
+        if quote_words:
+            # one template per word, rendered with raw values, then quoted whole
+            self._direct = False
+            self._quote_words = [Template([w], replace=replace, context=context, quote=False,
+                                          append=False, plus=plus, total=total) for w in words]
+            if not any(t.uses_input for t in self._quote_words):
+                self._quote_words.append(Template([replace], replace=replace, context=context,
+                                                  quote=False))
 
     def _parse(self, text):
         groups = []
@@ -191,6 +222,17 @@ class Template:
             parts.append(word[pos:])
         return tuple(parts)
 
+    def mentions(self, text: str) -> bool:
+        """True when the literal text of the command holds *text* (``PARALLEL_JOBSLOT``)."""
+        return any(text in p for g in self.groups for p in ((g,) if isinstance(g, str) else g)
+                   if isinstance(p, str))
+
+    def set_total(self, total: int) -> None:
+        """The number of jobs, for ``{##}`` (known once the inputs were counted)."""
+        self.total = total
+        for t in self._quote_words or ():
+            t.total = total
+
     def _assigns(self):
         # A leading NAME=value word is an assignment for sh, not a program.
         first = next((g for g in self.groups if not isinstance(g, str)), ())
@@ -204,15 +246,22 @@ class Template:
             return str(seq)
         if op == "%":
             return str(slot)
+        if op == "##":
+            return str(self.total)
+        tf = _TRANSFORMS.get(op)
+        if tf is None:
+            from .plus import transform
+
+            tf = transform(op)
         pos = field.pos
         n = len(args)
         if pos is not None:
             i = pos - 1 if pos > 0 else n + pos
             if not 0 <= i < n:
                 return None  # GNU: an argument that does not exist becomes nothing at all
-            v = _TRANSFORMS[op](args[i])
+            v = tf(args[i])
             return shell_quote(v) if quote else v
-        return [(shell_quote(t) if quote else t) for t in map(_TRANSFORMS[op], args)]
+        return [(shell_quote(t) if quote else t) for t in map(tf, args)]
 
     def command(self, args, seq: int = 1, slot: int = 1) -> str:
         """The shell command line for one task (what GNU parallel would run).
@@ -221,6 +270,8 @@ class Template:
             args: the task's input values, flattened (one per source, times ``-N``).
             seq: the job number (``{#}``); slot: the job slot (``{%}``).
         """
+        if self._quote_words is not None:
+            return " ".join(shell_quote(t.command(args, seq, slot)) for t in self._quote_words)
         out = []
         quote = self.quote
         for g in self.groups:
@@ -228,7 +279,7 @@ class Template:
                 out.append(g)
                 continue
             if self._context and len(args) > 1 and any(
-                isinstance(p, Field) and p.pos is None and p.op not in ("#", "%") for p in g
+                isinstance(p, Field) and p.pos is None and p.op not in _NON_INPUT for p in g
             ):
                 copies = []
                 for a in args:
@@ -244,7 +295,7 @@ class Template:
             if isinstance(p, str):
                 s.append(p)
                 continue
-            if p.pos is None and p.op not in ("#", "%"):
+            if p.pos is None and p.op not in _NON_INPUT:
                 vals = self._value(p, current, seq, slot, quote)
                 s.append(" ".join(vals) if vals else ("" if not current else "''"))
             else:
@@ -266,7 +317,7 @@ class Template:
             if isinstance(g, str):
                 continue
             if self._context and len(args) > 1 and any(
-                isinstance(p, Field) and p.pos is None and p.op not in ("#", "%") for p in g
+                isinstance(p, Field) and p.pos is None and p.op not in _NON_INPUT for p in g
             ):
                 for a in args:
                     self._argv_group(words, g, args, (a,), seq, slot)
@@ -289,7 +340,7 @@ class Template:
             if isinstance(p, str):
                 cur = p if cur is None else cur + p
                 continue
-            if p.pos is None and p.op not in ("#", "%"):
+            if p.pos is None and p.op not in _NON_INPUT:
                 vals = self._value(p, current, seq, slot, False)
                 if not vals:
                     # GNU: no arguments at all (-N0) expands to nothing

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 _COMMANDS = {
@@ -20,6 +21,13 @@ _COMMANDS = {
     "export": ("pardo._cli.export", "a job store as JSON lines, CSV or a joblog"),
     "report": ("pardo._cli.report", "a job store as one self-contained HTML page"),
 }
+
+
+def help_text(doc: str) -> str:
+    """A docstring as a person reads it in a terminal: without reStructuredText markup
+    (``code``, :class:`name`)."""
+    doc = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", doc)
+    return doc.replace("``", "")
 
 
 def _usage() -> str:

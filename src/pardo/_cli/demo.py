@@ -3,8 +3,8 @@
 Sixteen shell snippets run on every core, each with a 1-second deadline: ordinary ones, one
 that fails, one that hangs while holding a tree of grandchildren, one that leaves a daemon
 behind, one that ignores SIGTERM, one whose program does not exist. The command line it
-runs is printed first, so you can run it yourself; the last line checks that nothing the
-batch started is still alive.
+runs is printed first, whole, so you can run it yourself as printed; the last line checks
+that nothing the batch started is still alive.
 """
 
 from __future__ import annotations
@@ -48,20 +48,30 @@ def _survivors():
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+        from . import help_text
+
+        print(help_text(__doc__))
         return 0
     from .run import main as run_main
 
+    cases = _cases()
+    # The joblog goes to the current directory in the command shown (so that it runs as
+    # printed, anywhere); the demo itself runs it in a directory of its own.
+    args = ["-k", "--tag", "--timeout", "1", "--kill-grace", "0.2", "--joblog", "joblog.tsv",
+            "--summary", "sh", "-c", "{}", ":::"]
+    words = [shlex.quote(a) for a in args]
+    print("$ pardo run " + " ".join(words) + " \\\n"
+          + " \\\n".join("    " + shlex.quote(c) for c in cases) + "\n", flush=True)
+    here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="pardo-demo-") as tmp:
-        joblog = os.path.join(tmp, "joblog.tsv")
-        args = ["-k", "--tag", "--timeout", "1", "--kill-grace", "0.2", "--joblog", joblog,
-                "--summary", "sh", "-c", "{}", ":::", *_cases()]
-        print("$ pardo run " + " ".join(shlex.quote(a) for a in args[:-len(_cases())])
-              + " ... (16 snippets)\n", flush=True)
-        t0 = time.monotonic()
-        rc = run_main(args)
-        took = time.monotonic() - t0
-        with open(joblog) as f:
+        os.chdir(tmp)
+        try:
+            t0 = time.monotonic()
+            rc = run_main(args + cases)
+            took = time.monotonic() - t0
+        finally:
+            os.chdir(here)
+        with open(os.path.join(tmp, "joblog.tsv")) as f:
             rows = f.read().splitlines()
     left = _survivors()
     print(f"\nexit status {rc} (= the number of tasks that did not succeed, as GNU parallel); "

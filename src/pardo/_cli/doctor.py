@@ -9,6 +9,7 @@ import sys
 
 from .. import _supervisor
 from .._errors import PardoError
+from . import help_text
 
 # What a "no" means for pardo, feature by feature (kernel versions: where it came).
 _IF_MISSING = {
@@ -47,7 +48,7 @@ def _feature_lines(feats: dict) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="pardo doctor", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pardo doctor", description=help_text(__doc__))
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     try:

@@ -15,7 +15,7 @@ from array import array
 
 from .._result import Status
 
-__all__ = ["Out", "View", "Summary", "Progress"]
+__all__ = ["Out", "View", "Summary", "Progress", "PlainProgress", "human_size"]
 
 _SLOWEST = 5
 
@@ -50,8 +50,9 @@ class View:
     """How task output reaches our stdout/stderr: grouped per task (default), line by line
     (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
 
-    def __init__(self, opts):
+    def __init__(self, opts, max_output=None):
         self.out, self.err = Out(1), Out(2)
+        self.max_output = max_output  # --group: printed per stream of a task at most
         self.mode = ("ungroup" if opts.get("ungroup") else
                      "line" if opts.get("line_buffer") else "group")
         self._tag = bool(opts.get("tag"))
@@ -59,9 +60,16 @@ class View:
         if opts.get("tagstring") is not None:
             from .._batch import Template
 
-            # GNU: the tag shows values as they are
-            self._tag_template = Template([opts["tagstring"]], quote=False)
-        self.verbose = opts.get("verbose")
+            # GNU: the tag shows values as they are; a tagstring without replacement
+            # strings is the tag itself; \t is a tab
+            self._tag_template = Template([opts["tagstring"].replace("\\t", "\t")],
+                                          quote=False, append=False)
+        # --files: each task's stdout goes to a file in --tmpdir; its name is printed
+        self.files = bool(opts.get("files"))
+        self.results = opts.get("results")
+        self.tmpdir = opts.get("tmpdir") or os.environ.get("TMPDIR") or "/tmp"
+        self.verbose = opts.get("verbose")  # -v: the command on stdout, before its output
+        self.print_stderr = opts.get("print_stderr")  # --verbose/-t: on stderr
 
     def tag_of(self, inputs, seq, slot):
         if self._tag_template is not None:
@@ -78,18 +86,59 @@ class View:
         (self.out if stream == 1 else self.err).write(_tagged(data, tag) if tag else data)
 
     def grouped(self, r, line):
-        """A finished task's captured output, all at once."""
-        if self.verbose:
-            self.out.write(line.encode("utf-8", "surrogateescape") + b"\n")
-        so, se = r.stdout, r.stderr
+        """A finished task's output (spooled in files while it ran), all at once, cut at
+        --max-output per stream. Returns True when something was cut."""
+        from .._batch import copy_out, results_path, size_of
+
         tag = self.tag_of(r.inputs, r.seq, r.slot)
-        if tag:
-            so = _tagged(so, tag) if so else so
-            se = _tagged(se, tag) if se else se
-        self.out.write(so)
-        self.err.write(se)
-        if r.output_truncated:
-            self.err.write(f"pardo: output of task {r.seq} was cut at --max-output\n".encode())
+        if self.verbose:
+            self.out.write((tag or b"") + line.encode("utf-8", "surrogateescape") + b"\n")
+        streams = ((1, self.out), (2, self.err))
+        if self.files and self.results:
+            # GNU: with --results, the files are the results' stdout files
+            name = os.path.join(results_path(self.results, r.inputs), "stdout")
+            self._file_name(name, tag)
+            streams = ((2, self.err),)
+        elif self.results:
+            return False  # GNU: with --results the output goes there only
+        elif self.files:
+            import tempfile
+
+            fd, name = tempfile.mkstemp(prefix="par", suffix=".par", dir=self.tmpdir)
+            try:
+                copy_out(r, 1, Out(fd).write, None, self.max_output)
+            finally:
+                os.close(fd)
+            self._file_name(os.path.join(self.tmpdir, os.path.basename(name)), tag)
+            streams = ((2, self.err),)
+        cut = []
+        for stream, dest in streams:
+            size = size_of(r, stream)
+            copy_out(r, stream, dest.write, tag, self.max_output)
+            if self.max_output is not None and size > self.max_output:
+                cut.append(f"{'stdout' if stream == 1 else 'stderr'} ({human_size(size)})")
+        if cut or r.output_truncated:
+            what = " and ".join(cut) or "its output"
+            self.err.write(f"pardo: task {r.seq}: {what} cut at --max-output "
+                           f"{human_size(self.max_output)}; the task counts as failed\n"
+                           .encode())
+            return True
+        return False
+
+    def _file_name(self, name, tag):
+        data = name.encode("utf-8", "surrogateescape") + b"\n"
+        self.out.write(_tagged(data, tag) if tag else data)
+
+
+def human_size(n):
+    """Bytes as a person reads them: 512, 1.5K, 200M, 3G."""
+    if n is None:
+        return "(none)"
+    for unit in ("", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:g}{unit}" if unit == "" else f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
 
 
 class Summary:
@@ -208,3 +257,41 @@ class Progress:
     def __exit__(self, *exc):
         self._live.__exit__(*exc)
         return False
+
+
+class PlainProgress:
+    """--bar when stderr is not a terminal: GNU parallel's plain progress lines, which
+    zenity reads (``zenity --progress`` takes a line with a number as the percentage and a
+    line starting with ``#`` as the text). A pair of lines when the whole percentage
+    changes (or, without a total, at most once a second); called by the loop after each
+    result, so it costs nothing while no task finishes.
+
+    Args:
+        batch: the running batch (its counters are read).
+        total: number of tasks if known, else None.
+        write: where the lines go (bytes).
+    """
+
+    def __init__(self, batch, total, write):
+        self._batch = batch
+        self._total = total
+        self._write = write
+        self._t0 = time.monotonic()
+        self._last = None
+
+    def update(self):
+        done = self._batch.finished
+        elapsed = time.monotonic() - self._t0
+        if self._total:
+            pct = min(100, 100 * done // self._total)
+            if pct == self._last:
+                return
+            self._last = pct
+            left = elapsed / done * (self._total - done) if done else 0.0
+            text = f"{pct}\n# {elapsed:.0f} sec {done}/{self._total} done, ETA {left:.0f}s\n"
+        else:
+            if self._last is not None and elapsed - self._last < 1.0:
+                return
+            self._last = elapsed
+            text = f"# {elapsed:.0f} sec {done} done\n"
+        self._write(text.encode())

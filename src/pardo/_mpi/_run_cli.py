@@ -116,8 +116,19 @@ class RemoteSpawner:
                     for k, v in kw.items()}
         self._engine = engine
 
-    def __call__(self, argv, queue, tag=None, executable=None, cpus=None):
-        return self._engine.submit(queue, tag, ("cmd", argv, executable, self._kw))
+    def __call__(self, argv, queue, tag=None, executable=None, cpus=None, out_fd=None,
+                 err_fd=None, *, env_list=None, input=None):
+        # Output files (spooling) are this machine's: a remote task's output comes back in
+        # its result. A per-task environment (PARALLEL_SEQ...) or input (--pipe) travels
+        # with the task.
+        kw = self._kw
+        if env_list is not None or input is not None:
+            kw = dict(kw)
+            if env_list is not None:
+                kw["env"] = dict(e.split(b"=", 1) for e in env_list)
+            if input is not None:
+                kw["input"] = input
+        return self._engine.submit(queue, tag, ("cmd", argv, executable, kw))
 
 
 class RemoteEngine:

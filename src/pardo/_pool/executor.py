@@ -28,6 +28,7 @@ import threading
 import weakref
 
 from .._errors import BrokenPool, UsageError
+from .._run import parse_size
 from .items import FUTURE_SINK, WHOLE_CHUNK, WorkItem
 from .map_run import MapRun
 
@@ -171,6 +172,8 @@ class Pool(concurrent.futures.Executor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be callable")
         self._timeout_ns = _timeout_ns(task_timeout, "task_timeout")
+        if memory_limit is not None:
+            parse_size(memory_limit, "memory_limit")  # a bad size fails here, not at a task
         self._backend_name = backend
         if backend == "thread":
             for name, value in (

@@ -2,7 +2,8 @@
 ``--resume``, ``--resume-failed`` and ``--retry-failed``.
 
 Columns (the header GNU writes): Seq, Host (``:`` for the local machine), Starttime (epoch
-seconds, 3 decimals), JobRuntime (``%10.3f``), Send, Receive (always 0 here), Exitval,
+seconds, 3 decimals), JobRuntime (``%10.3f``), Send (0), Receive (bytes of output the
+job wrote on stdout, when pardo captured it), Exitval,
 Signal, Command. A job killed for its deadline is written as Exitval -1, Signal 15, as GNU
 does. Each row goes to the file with one ``write`` so that a killed ``pardo`` leaves whole
 rows behind, and every completed job is on disk before the next one is reported.
@@ -38,7 +39,7 @@ def exit_fields(result) -> tuple[int, int]:
     if st == Status.OK or st == Status.FAILED:
         return result.returncode or 0, 0
     if st == Status.TIMEOUT:
-        return -1, 15
+        return -1, result.signal or 15  # 9 when the tree ignored SIGTERM and needed SIGKILL
     if st == Status.ERROR:
         return 127, 0  # what sh reports for a command it cannot run
     if st == Status.CANCELLED:
@@ -47,10 +48,11 @@ def exit_fields(result) -> tuple[int, int]:
 
 
 def format_row(seq: int, started_at: float, runtime: float, exitval: int, signal: int,
-               command: str, host: str = ":") -> bytes:
-    """One joblog row, as GNU parallel writes it (also used by ``pardo export``)."""
-    row = (f"{seq}\t{host}\t{started_at:.3f}\t{runtime:10.3f}\t0\t0\t{exitval}\t{signal}\t"
-           f"{command}\n")
+               command: str, host: str = ":", received: int = 0) -> bytes:
+    """One joblog row, as GNU parallel writes it (also used by ``pardo export``);
+    ``received`` is GNU's Receive column, the bytes the task wrote on stdout."""
+    row = (f"{seq}\t{host}\t{started_at:.3f}\t{runtime:10.3f}\t0\t{received}\t{exitval}\t"
+           f"{signal}\t{command}\n")
     return row.encode("utf-8", "surrogateescape")
 
 
@@ -88,19 +90,22 @@ class JobLog:
                 cut = data.rfind(b"\n")
                 f.truncate(size - tail + cut + 1 if cut >= 0 else 0)
 
-    def record(self, result, command: str) -> None:
+    def record(self, result, command: str, received: int | None = None) -> None:
         """The row of a finished task: its :class:`pardo.Result` (with the batch's ``seq``)
-        and the command line it ran."""
+        and the command line it ran; *received*: the bytes it wrote on stdout (default: the
+        length of ``result.stdout``)."""
         exitval, signal = exit_fields(result)
+        if received is None:
+            received = len(result.stdout) if result.stdout else 0
         self.write(result.seq, result.started_at, result.duration, exitval, signal, command,
-                   host=getattr(result, "host", ":"))
+                   host=getattr(result, "host", ":"), received=received)
 
     def write(self, seq: int, started_at: float, runtime: float, exitval: int, signal: int,
-              command: str, host: str = ":") -> None:
+              command: str, host: str = ":", received: int = 0) -> None:
         """One row; ``host`` is GNU's Host column (``:``, the local machine, by default;
-        ``pardo run --mpi`` gives rank@hostname)."""
+        ``pardo run --mpi`` gives rank@hostname), ``received`` its Receive column."""
         os.write(self._fd, format_row(seq, started_at, runtime, exitval, signal, command,
-                                      host))
+                                      host, received))
 
     def close(self) -> None:
         if self._own and self._fd >= 0:

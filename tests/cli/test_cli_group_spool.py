@@ -1,0 +1,56 @@
+"""--group output waits in temporary files, not in memory; --max-output cuts say so."""
+
+import subprocess
+import sys
+
+from pardo_cli import pardo_cmd
+
+
+def _peak_rss_of(cmd):
+    """Run *cmd* in a fresh small interpreter and return (exit status, the command's own
+    peak RSS in bytes): ru_maxrss of the children of a process that started only it (a
+    process started from a big parent would carry the parent's high-water mark)."""
+    probe = ("import resource, subprocess, sys\n"
+             "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+             "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
+    p = subprocess.run([sys.executable, "-S", "-c", probe, *cmd], capture_output=True,
+                       text=True, timeout=300)
+    rc, rss = p.stdout.split()
+    return int(rc), int(rss)
+
+
+def test_six_flooding_tasks_keep_memory_bounded():
+    # 6 x 96 MiB of output; held in memory this took pardo past 1 GiB of RSS
+    each = 96 << 20
+    rc, rss = _peak_rss_of(pardo_cmd() + ["-j6", f"head -c {each} /dev/zero; : {{}}", ":::",
+                                          *"123456"])
+    assert rc == 0
+    assert rss < 200 << 20, f"peak RSS {rss >> 20} MiB"
+
+
+def test_output_arrives_whole_and_grouped():
+    p = subprocess.run(pardo_cmd() + ["-k", "--tag",
+                                      "head -c 3000000 /dev/zero | tr '\\0' {}; echo; echo e{} >&2",
+                                      ":::", "a", "b"], capture_output=True, timeout=120)
+    assert p.returncode == 0
+    assert p.stdout == b"a\t" + b"a" * 3000000 + b"\n" + b"b\t" + b"b" * 3000000 + b"\n"
+    assert p.stderr == b"a\tea\nb\teb\n"
+
+
+def test_max_output_cut_is_said_and_counts_as_a_failure():
+    p = subprocess.run(pardo_cmd() + ["--max-output", "1K", "-k",
+                                      "head -c {} /dev/zero | tr '\\0' x", ":::", "5000", "10"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stdout == b"x" * 1024 + b"x" * 10
+    assert b"pardo: task 1: stdout (4.883K) cut at --max-output 1K; the task counts as failed\n" \
+        == p.stderr
+
+
+def test_results_dir_gets_big_outputs_whole(tmp_path):
+    p = subprocess.run(pardo_cmd() + ["--results", str(tmp_path), "head -c {} /dev/zero",
+                                      ":::", "200000"], capture_output=True, timeout=60)
+    assert p.returncode == 0
+    assert (tmp_path / "1" / "200000" / "stdout").stat().st_size == 200000
+
+
