@@ -170,6 +170,26 @@ CASES = {
         "parallel -kj2k echo ::: a b >/dev/null",  # not for -j: an error in both
         "parallel -n2k echo ::: a b c",
     ],
+    "-X, -m, --xargs, -s/--max-chars, --show-limits": [
+        "cat abc-file | parallel -X echo",
+        "parallel -j3 -X echo pre-{}-post ::: A B C D E F G",  # the last ones spread over 3
+        "parallel -j2 -m echo ::: 1 2 3 4 5 6 7 8 9 10",
+        "parallel --xargs -j3 echo ::: 1 2 3 4 5 6 7",  # --xargs does not spread
+        "cat num30000 | parallel -j3 -m -s 2000 echo x{}y | md5sum",
+        "cat num30000 | parallel -X -s 200 echo x{}y | tail -3",
+        "cat num30000 | parallel -j1 -N10000 'echo {1} {10000}'",  # GNU's estimate breaks
+        "parallel -X -s 60 echo {#} {} {.} ::: a.x b.y c.z d.w e.v f.u g.t",
+        "parallel -X --tag -s 40 echo ::: a b c d e f g h i j k l",
+        "parallel -m -j2 --tagstring '<{}>' -s 20 echo ::: a b c d e f g",
+        "parallel -X -j2 --bar -s 20 echo ::: a b c d e f g 2>/dev/null",
+        "parallel -q -X -s 60 echo ::: a b c d e f g h i j",
+        "parallel -X -s 30 echo {1}-{2} ::: a b c ::: d e f",
+        "parallel -j2 -m -n2 echo ::: 1 2 3 4 5 6 7",
+        "parallel -X --dry-run echo ::: 'a b' c",
+        "parallel -X -s 5 echo ::: aaaaaa",  # one argument too long: 255 in both
+        "parallel -s 100000000 -X echo ::: a b 2>/dev/null",  # too big: a warning, GNU's limit
+        "parallel --show-limits echo ::: a",
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",

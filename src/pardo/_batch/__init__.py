@@ -12,6 +12,7 @@
 - ``pipe.py``: ``--pipe``: a stream cut into blocks of whole records.
 - ``plus.py``: ``--plus`` replacement strings.
 - ``results_file.py``: ``--results NAME.csv|.tsv|.json``, one file of records.
+- ``xargs.py``: ``-X``, ``-m``, ``-s``: command lines filled up to GNU's length limit.
 - ``spool.py``: tasks' output in temporary files (``pardo run``'s --group), and copying it
   out in bounded chunks.
 
@@ -28,7 +29,9 @@ from .results_file import ResultsFile
 from .scheduler import Batch
 from .spool import copy_out, size_of
 from .template import Template
+from .xargs import LineLength, command_line_limits, fill_lines, show_limits
 
-__all__ = ["Batch", "RESUME_MODES", "ResultsFile", "Source", "Template", "arg_groups",
-           "blocks", "compile_colsep", "copy_out", "count_jobs", "map_commands",
-           "parse_block_size", "read_header", "results_path", "size_of"]
+__all__ = ["Batch", "LineLength", "RESUME_MODES", "ResultsFile", "Source", "Template",
+           "arg_groups", "blocks", "command_line_limits", "compile_colsep", "copy_out",
+           "count_jobs", "fill_lines", "map_commands", "parse_block_size", "read_header",
+           "results_path", "show_limits", "size_of"]

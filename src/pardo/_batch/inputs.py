@@ -230,7 +230,7 @@ def _all_sources(inputs):
 
 def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
                max_args: int | None = None, skip_empty: bool = False,
-               trim: str | None = None, eof: str | None = None):
+               trim: str | None = None, eof: str | None = None, fill=None):
     """The argument tuple of each job, in job order, read lazily.
 
     Args:
@@ -241,6 +241,9 @@ def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
         max_args: ``-N``: that many records per job.
         skip_empty: ``-r``: leave out records whose values are all blank.
         trim, eof: ``--trim`` and ``-E`` for :class:`Source` inputs (see :func:`records`).
+        fill: groups the records instead of ``max_args`` (``-X``, ``-m``: a function of the
+            record iterator, such as :func:`pardo._batch.xargs.fill_lines` bound to its
+            length and limit).
     """
     sources = _all_sources(inputs)
     if sources is not None:
@@ -252,6 +255,8 @@ def arg_groups(inputs, *, delimiter: bytes = b"\n", colsep: str | None = None,
             recs = (tuple(c for v in r for c in split(v)) for r in recs)
     if skip_empty:
         recs = (r for r in recs if any(v.strip() for v in r))
+    if fill is not None:
+        return fill(recs)
     return group_records(recs, max_args)
 
 

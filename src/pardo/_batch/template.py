@@ -161,7 +161,9 @@ class Template:
             r"\{(-?\d+)(" + pos_ops + r")\}|\{(" + ops + r")\}|(" + re.escape(replace) + ")"
         )
         self.groups = self._parse(text)
-        if append and not any(isinstance(p, Field) for g in self.groups for p in g):
+        self.appended = append and not any(isinstance(p, Field) for g in self.groups
+                                           for p in g)
+        if self.appended:
             # GNU appends {} when the command names no replacement string
             self.groups = self._parse(text + " " + replace if text else replace)
         # {%}: the job slot must be known before the task starts
@@ -262,6 +264,17 @@ class Template:
             v = tf(args[i])
             return shell_quote(v) if quote else v
         return [(shell_quote(t) if quote else t) for t in map(tf, args)]
+
+    def value_text(self, field: Field, value: str, quote: bool) -> str:
+        """What *field* makes of one input *value* (its transformation, then shell
+        quoting when *quote*); for fields that take an input value."""
+        tf = _TRANSFORMS.get(field.op)
+        if tf is None:
+            from .plus import transform
+
+            tf = transform(field.op)
+        v = tf(value)
+        return shell_quote(v) if quote else v
 
     def command(self, args, seq: int = 1, slot: int = 1) -> str:
         """The shell command line for one task (what GNU parallel would run).

@@ -58,6 +58,9 @@ options shared with GNU parallel:
   --header :               the first input line names the columns: {name}
   -N N                     N inputs per command; -n N without context replace
   -L N, -l [N], --max-lines [N]   N input lines per command (as -N / -n)
+  -X, -m, --xargs          as many inputs per command as fit (-X repeats the word around
+                           {}); -X and -m spread the last ones over the job slots
+  -s, --max-chars N        shorter command lines than GNU's limit; --show-limits prints it
   -I STR, -i [STR]         use STR instead of {}
   --er/--bnr/--dnr/--bner/--seqreplace/--slotreplace STR
                            STR stands for {.} {/} {//} {/.} {#} {%}
@@ -273,7 +276,10 @@ def _batch_main(opts, command, sources, engine):
     replace = opts.get("replace")
     if replace is None and opts.get("replace_i") is not None:
         replace = opts["replace_i"] or "{}"  # -i / --replace: an optional value, {} alone
-    template_kw = dict(replace=replace or "{}", context=n_replace is not None,
+    # -X, -m, --xargs: as many arguments per command line as fit (GNU: -X and -N replace
+    # in context; -m and --xargs do not)
+    fill_mode = next((m for m in ("X", "m", "xargs") if opts.get("fill_" + m)), None)
+    template_kw = dict(replace=replace or "{}", context=n_replace is not None or fill_mode == "X",
                        quote_words=bool(opts.get("quote")), plus=bool(opts.get("plus")))
     template = Template(command, append=not pipe, **template_kw)
     resume = next((mode for mode in RESUME_MODES if opts.get(mode.replace("-", "_"))), None)
@@ -320,14 +326,19 @@ def _batch_main(opts, command, sources, engine):
         raise UsageError(f"--trim: {trim!r} is not n, l, r, lr or rl")
     skip_empty = bool(opts.get("no_empty"))
     total = None
+    slots = []  # the batch's job slots, once it is made (-X, -m spread the last arguments)
+    fill = None
+    if not pipe:
+        fill = _line_filler(opts, template, template_kw, fill_mode, per_job,
+                            lambda: slots[0])
     if pipe:
         groups = pipe_blocks(opts, pipe_in, _int(opts, "max_replace", minimum=1))
     else:
         groups = arg_groups(sources, delimiter=delim, colsep=opts.get("colsep"),
                             max_args=per_job, skip_empty=skip_empty,
                             trim=None if trim in (None, "n") else trim,
-                            eof=opts.get("eof") or None)
-        if not skip_empty and not opts.get("eof"):
+                            eof=opts.get("eof") or None, fill=fill)
+        if not skip_empty and not opts.get("eof") and fill is None:
             # --bar needs a total: then the records of input files are counted ahead (GNU
             # reads them all first for --bar/--eta; counting keeps none of them)
             count_files = opts.get("bar") and resume is None and opts.get("header") is None
@@ -368,6 +379,7 @@ def _batch_main(opts, command, sources, engine):
         if store is not None:
             store.end(f"stopped: {e}")
         raise
+    slots.append(batch.jobs)
     if opts.get("dry_run"):
         out = Out(1)
         for line in batch.dry_run():
@@ -395,6 +407,41 @@ def _batch_main(opts, command, sources, engine):
     return rc
 
 
+
+
+def _line_filler(opts, template, template_kw, fill_mode, per_job, slots):
+    """GNU's grouping of records into command lines by length (``-X``, ``-m``, ``--xargs``,
+    ``-s``, ``-N``/``-n`` above 1), as a function of the records; None when every line
+    takes one record (or none: ``-N0``). Prints ``--show-limits``."""
+    from .._batch import LineLength, Template, command_line_limits, fill_lines, show_limits
+
+    usable = command_line_limits()[1]
+    max_len = usable
+    if opts.get("max_chars") is not None:
+        chars = _int(opts, "max_chars", minimum=1)
+        if chars <= usable:
+            max_len = chars
+        else:  # GNU's words: it warns and keeps its own limit
+            print(f"pardo run: warning: value for option -s should be < {usable}",
+                  file=sys.stderr)
+    if opts.get("show_limits"):
+        sys.stdout.write(show_limits(max_len))
+        sys.stdout.flush()
+    if fill_mode is None and (per_job in (None, 0, 1)):
+        return None
+    replace = template_kw["replace"]
+    also = []
+    if opts.get("tagstring"):
+        also.append(Template([opts["tagstring"]], replace=replace, append=False))
+    elif opts.get("tag"):
+        also.append(Template([replace], replace=replace, append=False))
+    if opts.get("results"):
+        also.append(Template([opts["results"]], replace=replace, append=False))
+    length = LineLength(template, context=template_kw["context"], also=also,
+                        bar=bool(opts.get("bar")), quote_all=bool(opts.get("quote")))
+    spread = slots if fill_mode in ("X", "m") else None
+    return lambda recs: fill_lines(recs, length, max_len, max_args=per_job or None,
+                                   spread_over=spread)
 
 
 def _open_store(path, opts, command, sources, mode):

@@ -110,7 +110,8 @@ OPTIONS = {
     "extensionreplace": "rpl_.", "basenamereplace": "rpl_/", "dirnamereplace": "rpl_//",
     "output-as-files": "files", "tmpdir": "tmpdir", "basenameextensionreplace": "rpl_/.",
     "seqreplace": "rpl_#", "slotreplace": "rpl_%", "E": "eof", "max-lines": "max_lines",
-    "L": "max_lines_x",
+    "L": "max_lines_x", "X": "fill_X", "m": "fill_m", "xargs": "fill_xargs",
+    "max-chars": "max_chars", "show-limits": "show_limits",
 }
 _MULTI = {"arg_file", "env", "profile"}
 _COUNT = {"verbose"}
