@@ -70,7 +70,8 @@ def test_replace_string_option():
     assert render(["echo", "<@>", "{}"], ["a b"], replace="@") == "echo <'a b'> {}"
 
 
-def test_perl_expressions_are_refused():
+def test_perl_expressions_need_the_runs_perl():
+    # map_commands has no perl process: {= =} is refused there (pardo run has one)
     with pytest.raises(TemplateError, match="perl"):
         Template(["echo", "{= s/a/b/ =}"])
 

@@ -41,7 +41,7 @@ def test_unknown_option_suggests_the_closest():
     (["-j", "many", "echo", ":::", "a"], "-j"),
     (["--halt", "sometimes", "echo", ":::", "a"], "--halt"),
     (["--timeout", "soon", "echo", ":::", "a"], "--timeout"),
-    (["echo {= 1 =}", ":::", "a"], "perl"),
+    (["echo {= s/( =}", ":::", "a"], "perl expression"),
     (["--resume", "echo", ":::", "a"], "--joblog"),
 ])
 def test_bad_input_is_one_line_not_a_traceback(args, needle):

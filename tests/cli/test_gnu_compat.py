@@ -190,6 +190,30 @@ CASES = {
         "parallel -s 100000000 -X echo ::: a b 2>/dev/null",  # too big: a warning, GNU's limit
         "parallel --show-limits echo ::: a",
     ],
+    "{= perl =} and --rpl, by one perl process": [
+        "parallel echo '{= s:\\.[^.]+$::;s:\\.[^.]+$::; =}' ::: foo.tar.gz",
+        "parallel echo '{=2 s:\\.[^.]+$::; =} {1}' ::: a.b ::: foo.tar.gz",
+        "parallel echo '{=1 $_.=\"!\" =}' '{=-1 $_.=\"?\" =}' ::: a ::: b",
+        "parallel echo Job {#} of {= '$_=total_jobs()' =} ::: 1 2 3",
+        "parallel echo {} is {= '$_=Q($_)' =} ::: '*/!#$'",
+        "parallel echo {= 'uq()' =} ::: 'a b;echo x'",
+        "parallel echo {= '$_=$arg[1].$arg[2]' =} ::: a b ::: c d",
+        "parallel -j1 echo '{= $a++; $_=$a =}' ::: a b c",  # one interpreter for the run
+        "parallel -j1 echo '{= $_=$job->seq() =}' '{= $_=slot() =}' ::: a b c",
+        "parallel --joblog jl echo {= 'if($_==3) { skip() }' =} ::: 1 2 3 4; cut -f1,7,9 jl",
+        "parallel -v echo {= 'if($_==3) { skip() }' =} ::: 1 2 3 4",
+        "parallel -X -j1 echo '{= s/a/b/ =}' ::: a ab ac",
+        "parallel -q echo '{= s/a/ b/ =}' ::: a ab",
+        "parallel --tagstring '{= $_=uc($_) =}' echo ::: a b",
+        "printf 'a\\nb\\n' | parallel echo '{= $_=length($_) =}'",
+        "parallel echo '{=' s/a/b/ '=}' ::: a",
+        "parallel echo '{= syntax error( =}' ::: a",  # does not compile: 255 in both
+        "parallel --rpl '{..} s:\\.[^.]+$::;s:\\.[^.]+$::;' echo '{2..} {1}' ::: a.b ::: c.d.e",
+        "parallel --rpl '{%(.+?)} s/$$1$//;' echo {%.tar.gz}.zip ::: foo.tar.gz",
+        "parallel --rpl '{/(.+?)/(.*?)} s/$$1/$$2/;' echo {/tar.gz/zip} ::: foo.tar.gz",
+        "parallel --rpl '{} s/a/A/' echo {} ::: abc",
+        "parallel --rpl '% s/a/A/' echo % {%} ::: abc",  # {%} is longer: not eaten by %
+    ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",
         "parallel --arg-file-sep // echo ::: A B C // def-file",

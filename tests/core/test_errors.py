@@ -102,7 +102,7 @@ def _cli(args, prelude=""):
 @pytest.mark.parametrize("args,says", [
     (["run", "-j", "many", "echo", ":::", "1"], "-j/--jobs: 'many'"),
     (["run", "--halt", "later", "echo", ":::", "1"], "--halt: 'later'"),
-    (["run", "echo {= 1 =}", ":::", "1"], "perl expressions"),
+    (["run", "echo {= s/( =}", ":::", "1"], "cannot use the perl expression"),
     (["run", "echo", "::::", "/nonexistent/pardo-input"], "cannot open input file"),
     (["run", "--memory-limit", "plenty", "true", ":::", "1"], "--memory-limit"),
     (["run", "--kill-grace", "-1", "true", ":::", "1"], "kill_grace"),

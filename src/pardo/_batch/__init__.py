@@ -10,6 +10,7 @@
 - ``template.py``: replacement strings, shell quoting, and exec without a shell when exact.
 - ``results_dir.py``: ``--results DIR`` in GNU parallel's layout.
 - ``pipe.py``: ``--pipe``: a stream cut into blocks of whole records.
+- ``perl.py``: ``{= perl =}`` and ``--rpl``, evaluated by one perl process per run.
 - ``plus.py``: ``--plus`` replacement strings.
 - ``results_file.py``: ``--results NAME.csv|.tsv|.json``, one file of records.
 - ``xargs.py``: ``-X``, ``-m``, ``-s``: command lines filled up to GNU's length limit.
@@ -23,6 +24,7 @@ from .inputs import Source, arg_groups, count_jobs
 from .jobs import RESUME_MODES
 from .map_commands import map_commands
 from .options import compile_colsep
+from .perl import PerlExpressions
 from .pipe import blocks, parse_block_size, read_header
 from .results_dir import results_path
 from .results_file import ResultsFile
@@ -31,7 +33,7 @@ from .spool import copy_out, size_of
 from .template import Template
 from .xargs import LineLength, command_line_limits, fill_lines, show_limits
 
-__all__ = ["Batch", "LineLength", "RESUME_MODES", "ResultsFile", "Source", "Template",
-           "arg_groups", "blocks", "command_line_limits", "compile_colsep", "copy_out",
-           "count_jobs", "fill_lines", "map_commands", "parse_block_size", "read_header",
-           "results_path", "show_limits", "size_of"]
+__all__ = ["Batch", "LineLength", "PerlExpressions", "RESUME_MODES", "ResultsFile", "Source",
+           "Template", "arg_groups", "blocks", "command_line_limits", "compile_colsep",
+           "copy_out", "count_jobs", "fill_lines", "map_commands", "parse_block_size",
+           "read_header", "results_path", "show_limits", "size_of"]

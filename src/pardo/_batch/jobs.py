@@ -35,10 +35,12 @@ class Job:
         last: the Result of the previous attempt, while a retry is in flight.
         spool: the output files (fds) of the attempt in flight, in spool mode.
         input: ``--pipe``: the block fed to the task's stdin, until the job is done.
+        skipped: a perl expression called ``skip()``: the job runs ``true`` and counts as
+            failed with Exitval -2, as in GNU parallel.
     """
 
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last", "spool", "input")
+                 "argv", "shell_line", "pipes", "last", "spool", "input", "skipped")
 
     def __init__(self, seq, args, argv=None, input=None):
         self.seq = seq
@@ -55,6 +57,7 @@ class Job:
         self.pipes = None
         self.last = None
         self.spool = None
+        self.skipped = False
 
 
 def numbered_jobs(arg_groups, skip=None, blocks=False):

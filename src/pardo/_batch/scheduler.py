@@ -322,8 +322,14 @@ class Batch:
         argv = self.template.argv(job.args, job.seq, slot)
         if argv is not None:
             return [encode(a) for a in argv]
-        line = self.template.command(job.args, job.seq, slot)
-        job.shell_line = line
+        if job.shell_line is not None and self.template.has_perl:
+            line = job.shell_line  # a retry: GNU evaluates perl code once per job
+        else:
+            line = self.template.command(job.args, job.seq, slot)
+            job.shell_line = line
+            job.skipped = self.template.skipped
+        if job.skipped:
+            return [b"true"]  # GNU runs `true` for a job whose perl code called skip()
         return [self._shell, b"-c", shell_line(encode(line))]
 
     def command_line(self, job):
@@ -581,6 +587,8 @@ class Batch:
             self._drop(job.last)
         job.last = None
         job.input = None  # a --pipe block is not needed any more
+        if job.skipped and r.status == Status.OK:
+            r.status, r.returncode = Status.FAILED, -2  # GNU's Exitval for skip()
         job.result = r
         r.seq, r.slot, r.inputs, r.attempts = job.seq, job.slot, job.args, job.attempts
         r.job = job

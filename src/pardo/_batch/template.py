@@ -87,6 +87,19 @@ _TRANSFORMS = {
 }
 
 
+def _rpl_code(code, groups):
+    """An --rpl expression for one match of its TAG: ``$$1``... name the TAG's groups, set
+    first as perl strings (GNU: ``$_pAr_gRp1 = "..."``)."""
+    body = re.sub(r"\$\$(\d+)", r"$_pAr_gRp\1", code)
+    sets = "".join(f'$_pAr_gRp{i} = "{_perl_quote(g)}";'
+                   for i, g in enumerate(groups, 1) if g is not None)
+    return sets + body
+
+
+def _perl_quote(s):
+    return re.sub(r'[\\"$@]', lambda m: "\\" + m.group(), s)
+
+
 @dataclass(frozen=True, slots=True)
 class Field:
     """One replacement string in a template.
@@ -142,22 +155,26 @@ class Template:
 
     def __init__(self, words, *, replace: str = "{}", context: bool = False,
                  quote: bool | None = None, append: bool = True, quote_words: bool = False,
-                 plus: bool = False, total: int | None = None):
+                 plus: bool = False, total: int | None = None, rpl=(), perl=None):
         text = " ".join(words)
-        if "{=" in text and "=}" in text:
-            raise TemplateError(
-                "perl expressions {= ... =} are not supported; use a shell command instead"
-            )
         self._context = context
         self.total = total
         pos_ops, ops = r"|\.|/|//|/\.", r"\.|/|//|/\.|#|%"
+        builtin = ["{}", "{.}", "{/}", "{//}", "{/.}", "{#}", "{%}", replace]
         if plus:
             from .plus import BASH_OP, FIXED_OPS
 
             fixed = "|".join(re.escape(o) for o in FIXED_OPS)
             pos_ops = "|".join((fixed, pos_ops))
             ops = "|".join((fixed, "##", ops, BASH_OP))
+            builtin += ["{" + o + "}" for o in FIXED_OPS] + ["{##}"]
+        # {= perl =} and --rpl strings become NUL-delimited marks (argv words hold no NUL)
+        # before the words are split at blanks, which perl code may hold
+        self.perl = perl
+        self.skipped = False  # set by command(): a perl expression called skip()
+        text = self._mark_perl(text, rpl, builtin)
         self._field_re = re.compile(
+            r"\x00(-?\d+)?P(\d+)\x00|"
             r"\{(-?\d+)(" + pos_ops + r")\}|\{(" + ops + r")\}|(" + re.escape(replace) + ")"
         )
         self.groups = self._parse(text)
@@ -166,11 +183,14 @@ class Template:
         if self.appended:
             # GNU appends {} when the command names no replacement string
             self.groups = self._parse(text + " " + replace if text else replace)
-        # {%}: the job slot must be known before the task starts
+        perl_ops = {p.op for g in self.groups for p in g
+                    if isinstance(p, Field) and p.op[:1] == "="}
+        # {%}, or perl code that may call slot(): the job slot must be known before the
+        # task starts
         self.uses_slot = any(
             isinstance(p, Field) and p.op == "%" for g in self.groups if not isinstance(g, str)
             for p in g
-        )
+        ) or any("slot" in self.perl.expressions[int(op[1:])] for op in perl_ops)
         self.uses_input = any(
             isinstance(p, Field) and p.op not in _NON_INPUT for g in self.groups for p in g
         )
@@ -183,16 +203,84 @@ class Template:
         first = re.match(r"[^ \t\n=]*", text or replace).group()
         self.quote = self._field_re.search(first) is None if quote is None else quote
         literal = "".join(p for g in self.groups for p in g if isinstance(p, str))
-        self._direct = self.quote and _INERT(literal) is not None and not self._assigns()
+        # perl fields are rendered once per job, by command() (which notes a skip())
+        self._direct = (self.quote and _INERT(literal) is not None and not self._assigns()
+                        and not perl_ops)
+        self.has_perl = bool(perl_ops)
         self._quote_words = None
         if quote_words:
             # one template per word, rendered with raw values, then quoted whole
             self._direct = False
             self._quote_words = [Template([w], replace=replace, context=context, quote=False,
-                                          append=False, plus=plus, total=total) for w in words]
+                                          append=False, plus=plus, total=total, rpl=rpl,
+                                          perl=perl) for w in words]
             if not any(t.uses_input for t in self._quote_words):
                 self._quote_words.append(Template([replace], replace=replace, context=context,
                                                   quote=False))
+            self.has_perl = any(t.has_perl for t in self._quote_words)
+            self.uses_slot = self.uses_slot or any(t.uses_slot for t in self._quote_words)
+
+    def _mark_perl(self, text, rpl, builtin):
+        """Replace ``{=...=}``, ``{=N ...=}`` and every ``--rpl`` string by a mark naming
+        its perl code (GNU's order: the longest string first, built-in ones included, so a
+        short --rpl does not eat into a longer built-in string)."""
+        if not (rpl or re.search(r"\{=.*=\}", text, flags=re.S)):
+            return text
+        if self.perl is None:
+            raise TemplateError("perl expressions {= ... =} and --rpl need the run's perl "
+                                "(pardo run); use a shell command instead")
+
+        def mark(code, pos=None):
+            m = re.match(r"(-?\d+) *", code) if pos is None else None
+            if m:
+                pos, code = m.group(1), code[m.end():]
+            return "\x00" + (str(pos) if pos else "") + "P" + str(self.perl.add(code)) + \
+                "\x00"
+
+        # GNU matches the shortest {= ... =} that holds no other {=
+        text = re.sub(r"\{=((?:(?!\{=|=\}).)*?)=\}", lambda m: mark(m.group(1)), text,
+                      flags=re.S)
+        if not rpl:
+            return text
+        tags = {}
+        for spec in rpl:
+            tag, _, code = spec.partition(" ")
+            if not tag:
+                raise TemplateError(f"--rpl {spec!r}: give 'TAG perl-expression'")
+            tags[tag] = code
+        for name in builtin:
+            tags.setdefault(name, None)
+        # segments: [text, free?]; marks and built-in strings are not searched again
+        segs = [[text, True]]
+        for tag in sorted(tags, key=len, reverse=True):
+            code = tags[tag]
+            m = re.fullmatch(r"([^(]*)(\(.*\))?([^)]*)", tag, flags=re.S)
+            prefix, grp, postfix = m.group(1), m.group(2) or "", m.group(3)
+            pats = [(re.compile(re.escape(prefix) + grp + re.escape(postfix), re.S), False)]
+            if tag.startswith("{"):
+                pats.append((re.compile(r"\{(-?\d+)\s*" + re.escape(prefix[1:]) + grp +
+                                        re.escape(postfix), re.S), True))
+            for pat, positional in pats:
+                out = []
+                for seg, free in segs:
+                    if not free:
+                        out.append([seg, free])
+                        continue
+                    pos = 0
+                    for hit in pat.finditer(seg):
+                        if hit.end() == hit.start():
+                            continue
+                        out.append([seg[pos:hit.start()], True])
+                        if code is None:
+                            out.append([hit.group(), False])
+                        else:
+                            groups = hit.groups()[1:] if positional else hit.groups()
+                            out.append([mark(_rpl_code(code, groups),
+                                             hit.group(1) if positional else ""), False])
+                        pos = hit.end()
+                    out.append([seg[pos:], True])
+                segs = out
+        return "".join(seg for seg, _ in segs)
 
     def _parse(self, text):
         groups = []
@@ -212,11 +300,14 @@ class Template:
         for m in self._field_re.finditer(word):
             if m.start() > pos:
                 parts.append(word[pos : m.start()])
-            if m.group(1) is not None:
-                n = int(m.group(1))
-                parts.append(Field(n if n else None, m.group(2)))
+            if m.group(2) is not None:
+                n = int(m.group(1)) if m.group(1) else 0
+                parts.append(Field(n if n else None, "=" + m.group(2)))
             elif m.group(3) is not None:
-                parts.append(Field(None, m.group(3)))
+                n = int(m.group(3))
+                parts.append(Field(n if n else None, m.group(4)))
+            elif m.group(5) is not None:
+                parts.append(Field(None, m.group(5)))
             else:
                 parts.append(Field(None, ""))
             pos = m.end()
@@ -242,8 +333,22 @@ class Template:
 
     # -- rendering -------------------------------------------------------------------------
 
+    def _perl_value(self, field, value, args, seq, slot, quote):
+        text, unquoted, skip = self.perl.evaluate(int(field.op[1:]), value, args, seq, slot,
+                                                  self.total)
+        self.skipped = self.skipped or skip
+        return shell_quote(text) if quote and not unquoted else text
+
     def _value(self, field, args, seq, slot, quote):
         op = field.op
+        if op[:1] == "=":
+            pos, n = field.pos, len(args)
+            if pos is not None:
+                i = pos - 1 if pos > 0 else n + pos
+                if not 0 <= i < n:
+                    return None
+                return self._perl_value(field, args[i], args, seq, slot, quote)
+            return [self._perl_value(field, a, args, seq, slot, quote) for a in args]
         if op == "#":
             return str(seq)
         if op == "%":
@@ -265,9 +370,13 @@ class Template:
             return shell_quote(v) if quote else v
         return [(shell_quote(t) if quote else t) for t in map(tf, args)]
 
-    def value_text(self, field: Field, value: str, quote: bool) -> str:
+    def value_text(self, field: Field, value: str, quote: bool, seq: int = 1,
+                   args=()) -> str:
         """What *field* makes of one input *value* (its transformation, then shell
-        quoting when *quote*); for fields that take an input value."""
+        quoting when *quote*); for fields that take an input value. A perl field runs
+        its code (for job *seq*, whose inputs are *args*)."""
+        if field.op[:1] == "=":
+            return self._perl_value(field, value, args or (value,), seq, 1, quote)
         tf = _TRANSFORMS.get(field.op)
         if tf is None:
             from .plus import transform
@@ -283,8 +392,11 @@ class Template:
             args: the task's input values, flattened (one per source, times ``-N``).
             seq: the job number (``{#}``); slot: the job slot (``{%}``).
         """
+        self.skipped = False
         if self._quote_words is not None:
-            return " ".join(shell_quote(t.command(args, seq, slot)) for t in self._quote_words)
+            line = " ".join(shell_quote(t.command(args, seq, slot)) for t in self._quote_words)
+            self.skipped = any(t.skipped for t in self._quote_words)
+            return line
         out = []
         quote = self.quote
         for g in self.groups:

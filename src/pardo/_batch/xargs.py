@@ -153,10 +153,10 @@ class LineLength:
                 out[f] = len(str(seq)) if record else 0
             elif f.pos is not None:
                 i = f.pos - 1 if f.pos > 0 else len(record) + f.pos
-                out[f] = len(t.value_text(f, record[i], self._quote)) \
+                out[f] = len(t.value_text(f, record[i], self._quote, seq, record)) \
                     if 0 <= i < len(record) else 0
             else:
-                out[f] = sum(len(t.value_text(f, v, self._quote)) for v in record)
+                out[f] = sum(len(t.value_text(f, v, self._quote, seq, record)) for v in record)
         return out
 
     def push(self, record, seq):

@@ -64,6 +64,7 @@ options shared with GNU parallel:
   -I STR, -i [STR]         use STR instead of {}
   --er/--bnr/--dnr/--bner/--seqreplace/--slotreplace STR
                            STR stands for {.} {/} {//} {/.} {#} {%}
+  {= perl =}, --rpl 'TAG perl'   GNU's perl replacement strings (one perl process)
   --plus                   also {+/} {+.} {..} {+..} {...} {/..} {##} and bash's {:-x} {:2}
                            {:2:3} {#pre} {%suf} {/old/new} {^a} {,A} ...
   -q, --quote              quote every word of the command (no shell interpretation)
@@ -235,6 +236,18 @@ def _main(argv):
 def _batch_main(opts, command, sources, engine):
     """Everything of ``pardo run`` after the ``--mpi`` branch: on this machine's engine
     (``engine`` None) or on rank 0 of an MPI job with the mpi part's remote engine."""
+    from .._batch import PerlExpressions
+
+    # {= perl =} and --rpl: one perl process for the run evaluates them (started once
+    # every template has registered its code)
+    perl = PerlExpressions()
+    try:
+        return _batch_run(opts, command, sources, engine, perl)
+    finally:
+        perl.close()
+
+
+def _batch_run(opts, command, sources, engine, perl):
     from .._batch import (
         RESUME_MODES,
         Batch,
@@ -280,7 +293,8 @@ def _batch_main(opts, command, sources, engine):
     # in context; -m and --xargs do not)
     fill_mode = next((m for m in ("X", "m", "xargs") if opts.get("fill_" + m)), None)
     template_kw = dict(replace=replace or "{}", context=n_replace is not None or fill_mode == "X",
-                       quote_words=bool(opts.get("quote")), plus=bool(opts.get("plus")))
+                       quote_words=bool(opts.get("quote")), plus=bool(opts.get("plus")),
+                       rpl=opts.get("rpl") or (), perl=perl)
     template = Template(command, append=not pipe, **template_kw)
     resume = next((mode for mode in RESUME_MODES if opts.get(mode.replace("-", "_"))), None)
     if resume is not None and not opts.get("joblog") and not opts.get("store"):
@@ -326,6 +340,8 @@ def _batch_main(opts, command, sources, engine):
         raise UsageError(f"--trim: {trim!r} is not n, l, r, lr or rl")
     skip_empty = bool(opts.get("no_empty"))
     total = None
+    needs_total = ((opts.get("plus") and re.search(r"\{##\}", " ".join(command)))
+                   or any("total_jobs" in code for code in perl.expressions))
     slots = []  # the batch's job slots, once it is made (-X, -m spread the last arguments)
     fill = None
     if not pipe:
@@ -338,20 +354,24 @@ def _batch_main(opts, command, sources, engine):
                             max_args=per_job, skip_empty=skip_empty,
                             trim=None if trim in (None, "n") else trim,
                             eof=opts.get("eof") or None, fill=fill)
-        if not skip_empty and not opts.get("eof") and fill is None:
+        if not skip_empty and not opts.get("eof") and fill_mode is None:
             # --bar needs a total: then the records of input files are counted ahead (GNU
-            # reads them all first for --bar/--eta; counting keeps none of them)
-            count_files = opts.get("bar") and resume is None and opts.get("header") is None
+            # reads them all first for --bar/--eta; counting keeps none of them). -X and -m
+            # lines have no count before they are made; -N lines do (unless one reaches
+            # the length limit, 63664 characters, before it has its n inputs)
+            count_files = ((opts.get("bar") or needs_total) and resume is None
+                           and opts.get("header") is None)
             total = count_jobs(sources, per_job, delim if count_files else None)
-    if opts.get("plus") and re.search(r"\{##\}", " ".join(command)):
+    if needs_total:
         if total is None:
-            raise UsageError("{##} needs the number of jobs before they run: give the inputs "
-                             "as ::: values")
+            raise UsageError("{##} and total_jobs() need the number of jobs before they run: "
+                             "give the inputs as ::: values or :::: files")
         template.set_total(total)
     kill_grace = _float(opts, "kill_grace", 2.0)
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
-    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0))
+    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0), perl=perl)
+    perl.start()  # every template has registered its perl code now
     results = opts.get("results")
     store = None
     if opts.get("store") and not opts.get("dry_run"):
@@ -431,12 +451,14 @@ def _line_filler(opts, template, template_kw, fill_mode, per_job, slots):
         return None
     replace = template_kw["replace"]
     also = []
+    kw = dict(replace=replace, append=False, perl=template_kw["perl"],
+              rpl=template_kw["rpl"])
     if opts.get("tagstring"):
-        also.append(Template([opts["tagstring"]], replace=replace, append=False))
+        also.append(Template([opts["tagstring"]], **kw))
     elif opts.get("tag"):
-        also.append(Template([replace], replace=replace, append=False))
+        also.append(Template([replace], **kw))
     if opts.get("results"):
-        also.append(Template([opts["results"]], replace=replace, append=False))
+        also.append(Template([opts["results"]], **kw))
     length = LineLength(template, context=template_kw["context"], also=also,
                         bar=bool(opts.get("bar")), quote_all=bool(opts.get("quote")))
     spread = slots if fill_mode in ("X", "m") else None

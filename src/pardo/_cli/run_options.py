@@ -111,9 +111,9 @@ OPTIONS = {
     "output-as-files": "files", "tmpdir": "tmpdir", "basenameextensionreplace": "rpl_/.",
     "seqreplace": "rpl_#", "slotreplace": "rpl_%", "E": "eof", "max-lines": "max_lines",
     "L": "max_lines_x", "X": "fill_X", "m": "fill_m", "xargs": "fill_xargs",
-    "max-chars": "max_chars", "show-limits": "show_limits",
+    "max-chars": "max_chars", "show-limits": "show_limits", "rpl": "rpl",
 }
-_MULTI = {"arg_file", "env", "profile"}
+_MULTI = {"arg_file", "env", "profile", "rpl"}
 _COUNT = {"verbose"}
 
 _REMOTE = ("sshlogin sshloginfile transfer-file transfer return trc cleanup basefile onall "

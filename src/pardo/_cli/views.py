@@ -50,7 +50,7 @@ class View:
     """How task output reaches our stdout/stderr: grouped per task (default), line by line
     (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
 
-    def __init__(self, opts, max_output=None):
+    def __init__(self, opts, max_output=None, perl=None):
         self.out, self.err = Out(1), Out(2)
         self.max_output = max_output  # --group: printed per stream of a task at most
         self.mode = ("ungroup" if opts.get("ungroup") else
@@ -63,7 +63,8 @@ class View:
             # GNU: the tag shows values as they are; a tagstring without replacement
             # strings is the tag itself; \t is a tab
             self._tag_template = Template([opts["tagstring"].replace("\\t", "\t")],
-                                          quote=False, append=False)
+                                          quote=False, append=False, perl=perl,
+                                          rpl=opts.get("rpl") or ())
         # --files: each task's stdout goes to a file in --tmpdir; its name is printed
         self.files = bool(opts.get("files"))
         self.results = opts.get("results")
