@@ -39,6 +39,14 @@ CASES = {
         "parallel -j1 --halt 20% 'echo {}; exit {}' ::: 0 1 2 3 4 5 6 7 8 9",
         "parallel -j1 --halt soon,fail=2 'echo {}; exit {}' ::: 0 3 2 5",
     ],
+    "--halt done=N: GNU's exit status": [
+        "parallel -j1 --halt now,done=2 'echo {}' ::: 1 2 3 4",  # none failed: 101, as GNU
+        "parallel -j1 --halt soon,done=3 'echo {}' ::: 1 2 3 4",
+        "parallel -j1 --halt now,done=1 'echo {}; exit {}' ::: 3 2 0 0",
+        "parallel -j1 --halt now,done=3 'echo {}; exit {}' ::: 1 2 0 0",
+        "parallel -j1 --halt now,done=50% 'echo {}' ::: 1 2 3 4",
+        "parallel -j1 --halt now,done=50% 'echo {}; exit {}' ::: 1 0 0 0",
+    ],
     "--verbose is -t": [
         "parallel --verbose echo {} ::: A B C 2>/dev/null",
         "parallel -j1 --verbose echo {} ::: A B C 2>&1 >/dev/null",

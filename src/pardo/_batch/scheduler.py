@@ -511,7 +511,9 @@ class Batch:
                 else:
                     self.halt_exit = 128 + result.signal if result.signal else 1
             elif h.count is not None:
-                self.halt_exit = min(self.failed, 101)  # GNU: the number of failed tasks
+                # GNU: the number of failed tasks, and 101 when none failed (done=N: GNU's
+                # min() skips the count it never set, leaving 101)
+                self.halt_exit = min(self.failed, 101) if self.failed else 101
             else:
                 # GNU: the percentage of failed tasks, rounded up
                 self.halt_exit = -(-100 * self.failed // (self.total or self.finished or 1))
