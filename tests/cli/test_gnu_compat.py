@@ -174,6 +174,16 @@ CASES = {
         "parallel --results o.json echo ::: A 'q\"x'; sed 's/\"Starttime.*\"Send/S/' o.json",
         "parallel --results outdir echo ::: A B C; find outdir -type f | sort",
     ],
+    "--results DIR with --header: the column names name the directories": [
+        "parallel --header : --results o echo ::: f2 A B ::: f1 C D >/dev/null; find o | sort",
+        "parallel --header : --results o echo ::: 10 A ::: 9 C >/dev/null; find o | sort",
+        "parallel --header : --results o --files echo ::: f2 A B ::: f1 C D",
+        # GNU names the k-th file source's column after the file
+        "parallel --header : --colsep , --results o echo {name} :::: csv-file >/dev/null; "
+        "find o | sort",
+        "parallel --header : echo {abc-file} {def-file.} :::: abc-file def-file",
+        "parallel --header : --colsep , echo {name.} {value/} :::: csv-file",
+    ],
     "counts with GNU's units": [
         "parallel -kj2k echo ::: a b >/dev/null",  # not for -j: an error in both
         "parallel -n2k echo ::: a b c",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from .inputs import encode
 from .spool import copy_out
@@ -14,17 +15,29 @@ def _path_part(value: str) -> str:
     return value.replace("\\", "\\\\").replace("/", "\\_") or "\\_"
 
 
-def results_path(directory, args) -> str:
-    """The directory of a job's files under ``directory``: its input values name it."""
+def _perl_number(name):
+    # what Perl's <=> sees in a string: its leading number, or 0
+    m = re.match(r"\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))", name)
+    return float(m.group(1)) if m else 0.0
+
+
+def results_path(directory, args, names=None) -> str:
+    """The directory of a job's files under ``directory``: its input values name it, each
+    after its column's name (``--header``: *names*, by column; else its number). As GNU
+    orders them: by name, numbers first by value."""
+    cols = [(names[i] if names and i < len(names) and names[i] else str(i + 1), v)
+            for i, v in enumerate(args)]
+    cols.sort(key=lambda c: (_perl_number(c[0]), c[0]))
     parts = [directory]
-    for i, v in enumerate(args, 1):
-        parts += [str(i), _path_part(v)]
+    for name, v in cols:
+        parts += [name, _path_part(v)]
     return os.path.join(*parts)
 
 
-def write_results(directory, job, result) -> None:
-    """Save ``result``'s output under ``directory`` for ``job`` (its inputs name the path)."""
-    d = encode(results_path(directory, job.args))
+def write_results(directory, job, result, names=None) -> None:
+    """Save ``result``'s output under ``directory`` for ``job`` (its inputs name the path,
+    after the --header *names* of their columns)."""
+    d = encode(results_path(directory, job.args, names))
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, b"seq"), "wb") as f:
         f.write(f"{job.seq}\n".encode())

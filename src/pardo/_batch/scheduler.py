@@ -117,6 +117,8 @@ class Batch:
         blocks: ``arg_groups`` are ``--pipe`` blocks of bytes, each fed to one job's stdin.
         window: jobs read ahead of the running ones at most (``--pipe``: each holds a
             block), else a default.
+        results_names: ``--results DIR`` with ``--header``: the name of each input column,
+            which names its directories (else the column's number).
         spool: each task writes its output into temporary files (see spool.py) instead of
             pipes read into memory; a Result carries it as bytes or, when big, as files
             (``Result.spool``, read with :func:`copy_out`) until it has been yielded.
@@ -128,7 +130,7 @@ class Batch:
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
                  line_sink=None, input_may_block=False, total=None, spool=False,
                  job_env=False, blocks=False, window=None, clock=time.monotonic,
-                 store=None, engine=None):
+                 store=None, engine=None, results_names=None):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
         if engine is None:
@@ -144,6 +146,7 @@ class Batch:
         self._pin = [[cpus[(s - 1) % len(cpus)]] for s in range(self.jobs + 1)] if pin else None
         self._shell = encode(shell)
         self._results_dir = results
+        self._results_names = results_names
         self._joblog_path = joblog
         self._resume = resume
         self._store = store
@@ -606,7 +609,7 @@ class Batch:
             if r.status == Status.CANCELLED:
                 self.interrupted += 1
         if self._results_dir is not None:
-            write_results(self._results_dir, job, r)
+            write_results(self._results_dir, job, r, self._results_names)
         if self._store is not None:
             self._store.attempt(job, r, self.command_line(job), final=True,
                                 cpus=None if self._pin is None else self._pin[job.slot])

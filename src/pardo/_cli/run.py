@@ -330,8 +330,9 @@ def _batch_run(opts, command, sources, engine, perl):
                             for p in split_value(v, delim.decode("latin-1"))]
     else:
         delim = b"\n"
+    header_names = None
     if opts.get("header") is not None and not pipe:
-        command = apply_header(command, sources, delim, opts.get("colsep"))
+        command, header_names = apply_header(command, sources, delim, opts.get("colsep"))
         template = Template(command, **template_kw)
     trim = opts.get("trim")
     if trim is None and opts.get("colsep") is not None:
@@ -370,7 +371,8 @@ def _batch_run(opts, command, sources, engine, perl):
     kill_grace = _float(opts, "kill_grace", 2.0)
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
-    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0), perl=perl)
+    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0), perl=perl,
+                results_names=header_names)
     perl.start()  # every template has registered its perl code now
     results = opts.get("results")
     store = None
@@ -393,7 +395,7 @@ def _batch_run(opts, command, sources, engine, perl):
             line_sink=view.line if view.mode == "line" else None,
             input_may_block=bool(pipe) or any(s.may_block() for s in sources),
             total=total, job_env=True, blocks=bool(pipe), window=2 if pipe else None,
-            store=store, engine=engine,
+            store=store, engine=engine, results_names=header_names,
         )
     except BaseException as e:  # an option refused: the store's run ends before a task
         if store is not None:

@@ -95,7 +95,8 @@ def is_results_file(name):
 
 def apply_header(command, sources, delim, colsep):
     """``--header``: the first value of each source (split by ``--colsep``) names its
-    column; ``{name}`` in the command becomes that column's ``{n}``."""
+    column; ``{name}`` (and ``{name.}``, ``{name/}``...) in the command becomes that
+    column's ``{n}``. Returns the command and the names, by column."""
     names = []
     for s in sources:
         first = s.take_first(delim)
@@ -104,12 +105,19 @@ def apply_header(command, sources, delim, colsep):
         cols = re.split(colsep, first) if colsep is not None else [first]
         names += [c.strip(" \t") if colsep is not None else c for c in cols]
     by_len = sorted(((n, i) for i, n in enumerate(names, 1) if n), key=lambda t: -len(t[0]))
+    # GNU then names column k after the k-th file source (k counts file sources only),
+    # so that `{file1}` works and --results DIR uses the file's name
+    files = [(s.path, k) for k, s in enumerate((s for s in sources if s.path is not None), 1)]
+    for path, k in files:
+        names += [""] * (k - len(names))
+        names[k - 1] = path
     out = []
     for w in command:
-        for n, i in by_len:
-            w = w.replace("{" + n + "}", "{" + str(i) + "}")
+        for n, i in by_len + files:
+            w = re.sub(r"\{" + re.escape(n) + r"(|/|//|\.|/\.)\}",
+                       lambda m, i=i: "{" + str(i) + m.group(1) + "}", w)
         out.append(w)
-    return out
+    return out, names
 
 
 def duration(v):

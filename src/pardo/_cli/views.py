@@ -50,7 +50,7 @@ class View:
     """How task output reaches our stdout/stderr: grouped per task (default), line by line
     (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
 
-    def __init__(self, opts, max_output=None, perl=None):
+    def __init__(self, opts, max_output=None, perl=None, results_names=None):
         self.out, self.err = Out(1), Out(2)
         self.max_output = max_output  # --group: printed per stream of a task at most
         self.mode = ("ungroup" if opts.get("ungroup") else
@@ -68,6 +68,7 @@ class View:
         # --files: each task's stdout goes to a file in --tmpdir; its name is printed
         self.files = bool(opts.get("files"))
         self.results = opts.get("results")
+        self.results_names = results_names  # --header: the names of the input columns
         self.tmpdir = opts.get("tmpdir") or os.environ.get("TMPDIR") or "/tmp"
         self.verbose = opts.get("verbose")  # -v: the command on stdout, before its output
         self.print_stderr = opts.get("print_stderr")  # --verbose/-t: on stderr
@@ -97,7 +98,7 @@ class View:
         streams = ((1, self.out), (2, self.err))
         if self.files and self.results:
             # GNU: with --results, the files are the results' stdout files
-            name = os.path.join(results_path(self.results, r.inputs), "stdout")
+            name = os.path.join(results_path(self.results, r.inputs, self.results_names), "stdout")
             self._file_name(name, tag)
             streams = ((2, self.err),)
         elif self.results:
