@@ -526,7 +526,7 @@ class SpawnOptions:
 
     def __init__(self, *, timeout=None, kill_grace=2.0, cwd=None, env=None, input=None,
                  max_output=DEFAULT_MAX_OUTPUT, stdout=None, stderr=None, nice=None,
-                 memory_limit=None, linger=False, pass_fds=None):
+                 memory_limit=None, linger=False, pass_fds=None, stdin=None):
         # The engine's Request starts at spawn()'s defaults; only what differs is set
         # (every attribute set is a call into the extension, once per spawn() call).
         r = self.request = _engine.Request()
@@ -560,8 +560,15 @@ class SpawnOptions:
             r.input = input
         if linger:
             r.linger = True
-        if pass_fds:
-            r.extra_fds = _pass_fds(pass_fds)
+        if pass_fds or stdin is not None:
+            extra = _pass_fds(pass_fds)
+            if stdin is not None:
+                # an fd the task reads as its stdin, kept open by the caller for as long as
+                # it likes (the engine puts it on fd 0 after /dev/null)
+                if input is not None:
+                    raise UsageError("give input= or stdin=, not both")
+                extra = [(0, int(stdin))] + extra
+            r.extra_fds = extra
         self._to_close = []
         self.per_task = _per_task_streams(stdout, stderr)
         if stdout is not None or stderr is not None:
@@ -684,21 +691,22 @@ class Spawner:
         self._options = None if per_task else SpawnOptions(**options)
 
     def __call__(self, argv, queue, tag=None, executable=None, cpus=None, out_fd=-1,
-                 err_fd=-1, env_list=None, input=None) -> Task:
+                 err_fd=-1, env_list=None, input=None, stdin=None) -> Task:
         """Start ``argv`` (a list of bytes) into ``queue``; ``executable`` as bytes.
         ``out_fd``/``err_fd``, when given, are fds the task writes its output into;
         ``env_list`` (``[b"NAME=value", ...]``) replaces the environment for this task;
-        ``input`` (bytes) is fed to its stdin."""
+        ``input`` (bytes) is fed to its stdin, or ``stdin`` (an fd) is its stdin."""
         cpu_list = None if cpus is None else _cpus(cpus)
         options = self._options
-        if options is not None and out_fd < 0 and env_list is None and input is None:
+        if (options is not None and out_fd < 0 and env_list is None and input is None
+                and stdin is None):
             return options.submit(argv, _checked(argv), queue, tag, executable, cpu_list)
         # This task's own options: its output fds, environment or input, or streams that
         # are opened per task. The batch's stay as they are for the tasks that need none.
         kw = self._kw
         if out_fd >= 0:
             kw = dict(kw, stdout=out_fd, stderr=err_fd)
-        options = SpawnOptions(input=input, **kw)
+        options = SpawnOptions(input=input, stdin=stdin, **kw)
         try:
             if env_list is not None:
                 options.request.env = env_list

@@ -397,3 +397,13 @@ def test_results_of_quick_tasks_are_not_held_back_by_slow_ones():
     quick = [t for t, v in seen if v == "0"]
     assert len(quick) == 2 and len(seen) == len(values)
     assert max(quick) < 0.6, f"quick results printed after {max(quick):.2f} s: {seen}"
+
+
+def test_round_robin_says_when_every_job_left_before_the_input_ended():
+    # GNU parallel dies of SIGPIPE here (exit 141); pardo says what was not fed
+    data = b"".join(b"%d\n" % i for i in range(100_000))
+    p = run(["--pipe", "-j2", "--block", "10k", "--round-robin", "head -c 10 >/dev/null"],
+            stdin=data)
+    assert p.returncode == 1
+    assert p.stderr == (b"pardo: --round-robin: every job had exited before the input "
+                        b"ended; the rest of the input was not read\n")

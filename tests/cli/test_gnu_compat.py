@@ -145,6 +145,16 @@ CASES = {
         "cat num8 | parallel --pipe -N3 --tag cat",
         "seq 5 | parallel --pipe -v cat",
     ],
+    "--round-robin: jobs whose stdin stays open take the blocks in turn": [
+        "cat num30000 | parallel --pipe -j4 --roundrobin wc | awk '{s+=$1} END {print s}'",
+        "seq 100000 | parallel --pipe -j4 --block 100k --round-robin wc -l | "
+        "awk '{s+=$1} END {print s, NR}'",  # 4 jobs, every line counted once
+        "seq 10 | parallel --pipe -j4 --roundrobin wc",  # one block: one job
+        "printf '' | parallel --pipe -j4 --roundrobin wc",  # no block: no job
+        "seq 100000 | parallel --pipe -j3 --block 50k --round-robin -k --tag wc -l | cut -f1",
+        "seq 100000 | parallel --pipe -j3 --block 50k --round-robin --lb wc -l | "
+        "awk '{s+=$1} END {print s, NR}'",
+    ],
     "--plus": [
         "parallel --plus echo {+/}/{/..}.{+..} ::: dir/sub/file.ex1.ex2.ex3",
         "parallel --plus echo {...}.{+...} {/...} {+.} ::: dir/sub/file.ex1.ex2.ex3 a",

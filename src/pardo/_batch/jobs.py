@@ -35,15 +35,18 @@ class Job:
         last: the Result of the previous attempt, while a retry is in flight.
         spool: the output files (fds) of the attempt in flight, in spool mode.
         input: ``--pipe``: the block fed to the task's stdin, until the job is done.
+        stdin: ``--round-robin``: the read end of the pipe that is the task's stdin, until
+            the task has started.
         skipped: a perl expression called ``skip()``: the job runs ``true`` and counts as
             failed with Exitval -2, as in GNU parallel.
     """
 
     __slots__ = ("seq", "args", "slot", "attempts", "task", "started", "kill_reason", "result",
-                 "argv", "shell_line", "pipes", "last", "spool", "input", "skipped")
+                 "argv", "shell_line", "pipes", "last", "spool", "input", "skipped", "stdin")
 
-    def __init__(self, seq, args, argv=None, input=None):
+    def __init__(self, seq, args, argv=None, input=None, stdin=None):
         self.seq = seq
+        self.stdin = stdin
         self.args = args
         self.input = input
         self.argv = argv

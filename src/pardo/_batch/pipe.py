@@ -21,7 +21,7 @@ import re
 
 from .._errors import BatchError
 
-__all__ = ["blocks", "parse_block_size", "read_header"]
+__all__ = ["RoundRobin", "blocks", "parse_block_size", "read_header"]
 
 _UNITS = {"": 1, "k": 10**3, "K": 1 << 10, "m": 10**6, "M": 1 << 20, "g": 10**9, "G": 1 << 30,
           "t": 10**12, "T": 1 << 40}
@@ -169,3 +169,112 @@ def _by_count(fh, buf, boundary, n, block_size):
             buf += more
         else:
             eof = True
+
+
+class RoundRobin:
+    """``--round-robin``: up to *n* jobs whose stdin stays open, and the blocks written to
+    them in turn, each to a job that can take it, as GNU parallel does.
+
+    A thread reads the blocks. The first *n* blocks each start a job (a pipe whose read
+    end is the job's stdin: :meth:`jobs` hands them out); every later block goes to the
+    next job in turn whose pipe has room, whole (a block is never split between jobs). At
+    the end of the input every pipe is closed and the jobs see end of file. A job that
+    exits early is dropped (its pipe refuses writes); when none is left, reading stops.
+    One block is held at a time.
+    """
+
+    def __init__(self, blocks, n):
+        import queue
+        import threading
+
+        self._blocks = blocks
+        self._n = n
+        self._fds: queue.Queue = queue.Queue()
+        self._writers: list[int] = []
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="pardo-round-robin")
+        self._started = False
+        self._fed_all = False  # the whole input was written into the jobs' pipes
+
+    @property
+    def unfed(self) -> bool:
+        """Asked once every job is over: whether input was left that no job took."""
+        return self._started and not self._fed_all
+
+    def jobs(self):
+        """Read ends of the jobs' stdin, as blocks arrive (blocks until then)."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+        for _ in range(self._n):
+            fd = self._fds.get()
+            if isinstance(fd, BaseException):
+                raise fd
+            if fd is None:
+                return
+            yield fd
+
+    def _run(self):
+        import os
+
+        try:
+            turn = 0
+            for block in self._blocks:
+                if len(self._writers) < self._n:
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    os.set_blocking(w, False)
+                    self._writers.append(w)
+                    self._fds.put(r)  # the job starts; then it is fed
+                    self._write(w, block)
+                    continue
+                if all(w < 0 for w in self._writers):
+                    break  # every job has gone: nobody to feed the rest to
+                turn = self._write_to_next(block, turn)
+                if turn is None:
+                    break
+            else:
+                # before the pipes close: a job that saw the end of its input was fed all
+                self._fed_all = True
+        except BaseException as e:  # noqa: BLE001 - handed to the jobs' reader
+            self._fds.put(e)
+        finally:
+            self._fds.put(None)
+            for w in self._writers:
+                if w >= 0:
+                    os.close(w)
+            self._writers = [-1] * len(self._writers)
+
+    def _write_to_next(self, block, turn):
+        """Write *block* to the first job from *turn* on whose pipe has room; return the
+        turn after it, or None when every job has gone."""
+        import select
+
+        while True:
+            order = self._writers[turn:] + self._writers[:turn]
+            live = [w for w in order if w >= 0]
+            if not live:
+                return None
+            _, ready, _ = select.select([], live, [])
+            w = next(w for w in live if w in ready)
+            i = self._writers.index(w)
+            if self._write(w, block):
+                return (i + 1) % len(self._writers)
+
+    def _write(self, w, block) -> bool:
+        """All of *block* into pipe *w*; False (and the pipe dropped) if its job has gone."""
+        import os
+        import select
+
+        view = memoryview(block)
+        while view:
+            try:
+                n = os.write(w, view)
+            except BlockingIOError:
+                select.select([], [w], [])
+                continue
+            except BrokenPipeError:
+                os.close(w)
+                self._writers[self._writers.index(w)] = -1
+                return False
+            view = view[n:]
+        return True

@@ -57,12 +57,13 @@ from collections import deque
 
 from .._errors import BatchError
 from .._result import Status
-from .._run import ResultQueue, Spawner, env_entries, shell_line, spawn
+from .._run import ResultQueue, Spawner, env_entries, shell_line
 from .._supervisor import isolation
 from . import spool as _spool
 from .inputs import encode
-from .jobs import NOT_YET, Prefetch, planned_jobs, read_resume, skipped_seqs, stored_jobs
+from .jobs import NOT_YET, Job, Prefetch, planned_jobs, read_resume, skipped_seqs, stored_jobs
 from .options import HaltPolicy, MedianDeadline, parse_jobs, parse_timeout
+from .pipe import RoundRobin
 from .results_dir import write_results
 
 # Tasks handed to the engine ahead of time, per job slot (one running, the rest held), so
@@ -114,7 +115,8 @@ class Batch:
         job_env: GNU's ``PARALLEL_SEQ`` in every task's environment, and
             ``PARALLEL_JOBSLOT`` when the command mentions it or uses ``{%}`` (a task's slot
             is only known before it starts when nothing is handed to the engine ahead).
-        blocks: ``arg_groups`` are ``--pipe`` blocks of bytes, each fed to one job's stdin.
+        blocks: ``arg_groups`` are ``--pipe`` blocks of bytes, each fed to one job's stdin;
+            ``"round-robin"``: to ``jobs`` jobs whose stdin stays open, in turn (pipe.py).
         window: jobs read ahead of the running ones at most (``--pipe``: each holds a
             block), else a default.
         results_names: ``--results DIR`` with ``--header``: the name of each input column,
@@ -146,11 +148,18 @@ class Batch:
         self._pin = [[cpus[(s - 1) % len(cpus)]] for s in range(self.jobs + 1)] if pin else None
         self._shell = encode(shell)
         self._results_dir = results
+        self.round_robin = None  # --round-robin's feeder (its ``unfed`` says input was left)
         self._results_names = results_names
         self._joblog_path = joblog
         self._resume = resume
         self._store = store
-        if store is not None:
+        if blocks == "round-robin":
+            if store is not None or resume is not None:
+                raise BatchError("--round-robin does not resume: its jobs share the input")
+            feeder = self.round_robin = RoundRobin(arg_groups, self.jobs)
+            self._jobs_iter = (Job(seq, (), stdin=fd) for seq, fd in enumerate(feeder.jobs(), 1))
+            skipped = set()
+        elif store is not None:
             self._jobs_iter = stored_jobs(arg_groups, resume, store, self._shell, blocks)
             skipped = set() if resume is None else None  # (the store's skip is lazy)
         else:
@@ -387,26 +396,40 @@ class Batch:
             env_list = self._base_env + [b"PARALLEL_SEQ=%d" % job.seq]
             if self._env_slot:
                 env_list.append(b"PARALLEL_JOBSLOT=%d" % slot)
+        stdin, job.stdin = job.stdin, None
+        try:
+            task = self._spawn(job, q, argv, exe, cpus, env_list, stdin)
+        finally:
+            if stdin is not None:
+                os.close(stdin)  # the engine has its own copy
+        if slot:
+            self.running[task] = job
+        else:
+            self._held.append(job)
+        self.started += 1
+
+    def _spawn(self, job, q, argv, exe, cpus, env_list, stdin):
         if self._spool is not None:
             job.spool = self._spool.take()
             try:
                 task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool,
-                                                env_list=env_list, input=job.input)
+                                                env_list=env_list, input=job.input,
+                                                stdin=stdin)
             except BaseException:
                 self._spool.discard(job.spool)
                 job.spool = None
                 raise
         elif self._line_sink is None:
             task = job.task = self._spawner(argv, q, job, exe, cpus, env_list=env_list,
-                                            input=job.input)
+                                            input=job.input, stdin=stdin)
         else:
             kw = dict(self._spawn_kw, stdout=None, stderr=None)
             if env_list is not None:
                 kw["env"] = dict(e.split(b"=", 1) for e in env_list)
             (r1, w1), (r2, w2) = os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
             try:
-                job.task = spawn(argv, queue=q, tag=job, executable=exe, cpus=cpus,
-                                 input=job.input, **dict(kw, stdout=w1, stderr=w2))
+                job.task = Spawner(**dict(kw, stdout=w1, stderr=w2))(
+                    argv, q, job, exe, cpus, input=job.input, stdin=stdin)
             finally:
                 os.close(w1)  # the engine holds its own copies now
                 os.close(w2)
@@ -414,11 +437,7 @@ class Batch:
             for fd in job.pipes:
                 self._sel.register(fd, selectors.EVENT_READ, job)
             task = job.task
-        if slot:
-            self.running[task] = job
-        else:
-            self._held.append(job)
-        self.started += 1
+        return task
 
     def _release(self, slot):
         """A task that held job slot ``slot`` is over: the engine has started the oldest

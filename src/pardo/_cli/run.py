@@ -77,6 +77,8 @@ options shared with GNU parallel:
   --block SIZE             block size (default 1M; k=1000, K=1024); longer records grow it
   --recend STR, --recstart STR, --regexp   what ends/starts a record (default: a newline)
   --header N|REGEX         with --pipe: the first N lines (or the match) start every block
+  --round-robin            with --pipe: -j jobs whose stdin stays open take the blocks
+                           in turn (each block whole, to a job that has room)
   -J, --profile NAME       read options from ~/.parallel/NAME ($PARALLEL_HOME); $PARALLEL too
   --env NAME               accepted: every job inherits pardo's environment
 Every job's environment has PARALLEL_SEQ and PARALLEL_PID, and PARALLEL_JOBSLOT when the
@@ -394,7 +396,8 @@ def _batch_run(opts, command, sources, engine, perl):
             joblog=opts.get("joblog"), resume=resume,
             line_sink=view.line if view.mode == "line" else None,
             input_may_block=bool(pipe) or any(s.may_block() for s in sources),
-            total=total, job_env=True, blocks=bool(pipe), window=2 if pipe else None,
+            total=total, job_env=True, window=2 if pipe else None,
+            blocks="round-robin" if pipe and opts.get("round_robin") else bool(pipe),
             store=store, engine=engine, results_names=header_names,
         )
     except BaseException as e:  # an option refused: the store's run ends before a task
@@ -570,6 +573,11 @@ def _execute(batch, view, opts):
         if results_file is not None:
             results_file.close()
     err.write(start_errors.report().encode("utf-8", "surrogateescape"))
+    if batch.round_robin is not None and batch.round_robin.unfed and batch.stopped_by is None:
+        # GNU parallel dies of SIGPIPE here; pardo says what was not fed and counts it
+        err.write(b"pardo: --round-robin: every job had exited before the input ended; the "
+                  b"rest of the input was not read\n")
+        cut_ok += 1
     if summary is not None and batch.finished:
         err.write(summary.render().encode("utf-8", "surrogateescape"))
     hr = batch.halt_result

@@ -112,6 +112,7 @@ OPTIONS = {
     "seqreplace": "rpl_#", "slotreplace": "rpl_%", "E": "eof", "max-lines": "max_lines",
     "L": "max_lines_x", "X": "fill_X", "m": "fill_m", "xargs": "fill_xargs",
     "max-chars": "max_chars", "show-limits": "show_limits", "rpl": "rpl",
+    "round-robin": "round_robin",
 }
 _MULTI = {"arg_file", "env", "profile", "rpl"}
 _COUNT = {"verbose"}
@@ -129,8 +130,6 @@ REFUSED.update({
     "sql-worker": "the SQL job queue is not in pardo",
     "sql-and-worker": "the SQL job queue is not in pardo",
     "semaphore": "pardo has no semaphore mode",
-    "round-robin": "streams blocks into jobs that keep running, which pardo's engine cannot "
-                   "feed yet; without it each block is its own job",
 })
 
 
