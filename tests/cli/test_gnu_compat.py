@@ -241,6 +241,8 @@ CASES = {
         "parallel --rpl '{/(.+?)/(.*?)} s/$$1/$$2/;' echo {/tar.gz/zip} ::: foo.tar.gz",
         "parallel --rpl '{} s/a/A/' echo {} ::: abc",
         "parallel --rpl '% s/a/A/' echo % {%} ::: abc",  # {%} is longer: not eaten by %
+        "parallel --parens ,,,, echo ',, s:\\.[^.]+$::; ,,' ::: foo.tar.gz",
+        "parallel --parens abc echo 'a$_=uc($_)bc' ::: x",  # odd: 'a' opens, 'bc' closes
     ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",

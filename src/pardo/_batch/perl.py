@@ -128,9 +128,16 @@ class PerlExpressions:
     perl and compiles each once. Close it (or use it as a context manager) at the end.
     """
 
-    def __init__(self):
+    def __init__(self, parens: str = "{==}"):
         self.expressions: list[str] = []
         self._p = None
+        # GNU's --parens: the strings that open and close an expression, given together
+        # (its first half opens, the rest closes)
+        half = len(parens) // 2
+        if half < 1:
+            raise TemplateError(f"--parens {parens!r}: give the opening and closing strings "
+                                "together (as {==})")
+        self.parens = (parens[:half], parens[half:])
 
     def add(self, code: str) -> int:
         """Register one expression's code; its index names it in :meth:`evaluate`."""

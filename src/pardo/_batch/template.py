@@ -224,7 +224,9 @@ class Template:
         """Replace ``{=...=}``, ``{=N ...=}`` and every ``--rpl`` string by a mark naming
         its perl code (GNU's order: the longest string first, built-in ones included, so a
         short --rpl does not eat into a longer built-in string)."""
-        if not (rpl or re.search(r"\{=.*=\}", text, flags=re.S)):
+        left, right = self.perl.parens if self.perl is not None else ("{=", "=}")
+        lq, rq = re.escape(left), re.escape(right)
+        if not (rpl or re.search(lq + ".*" + rq, text, flags=re.S)):
             return text
         if self.perl is None:
             raise TemplateError("perl expressions {= ... =} and --rpl need the run's perl "
@@ -238,8 +240,8 @@ class Template:
                 "\x00"
 
         # GNU matches the shortest {= ... =} that holds no other {=
-        text = re.sub(r"\{=((?:(?!\{=|=\}).)*?)=\}", lambda m: mark(m.group(1)), text,
-                      flags=re.S)
+        text = re.sub(lq + "((?:(?!" + lq + "|" + rq + ").)*?)" + rq,
+                      lambda m: mark(m.group(1)), text, flags=re.S)
         if not rpl:
             return text
         tags = {}

@@ -64,7 +64,8 @@ options shared with GNU parallel:
   -I STR, -i [STR]         use STR instead of {}
   --er/--bnr/--dnr/--bner/--seqreplace/--slotreplace STR
                            STR stands for {.} {/} {//} {/.} {#} {%}
-  {= perl =}, --rpl 'TAG perl'   GNU's perl replacement strings (one perl process)
+  {= perl =}, --rpl 'TAG perl'   GNU's perl replacement strings (one perl process);
+                           --parens ,,,, writes them ,, perl ,,
   --plus                   also {+/} {+.} {..} {+..} {...} {/..} {##} and bash's {:-x} {:2}
                            {:2:3} {#pre} {%suf} {/old/new} {^a} {,A} ...
   -q, --quote              quote every word of the command (no shell interpretation)
@@ -242,7 +243,7 @@ def _batch_main(opts, command, sources, engine):
 
     # {= perl =} and --rpl: one perl process for the run evaluates them (started once
     # every template has registered its code)
-    perl = PerlExpressions()
+    perl = PerlExpressions(opts.get("parens") or "{==}")
     try:
         return _batch_run(opts, command, sources, engine, perl)
     finally:

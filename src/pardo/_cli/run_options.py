@@ -112,7 +112,7 @@ OPTIONS = {
     "seqreplace": "rpl_#", "slotreplace": "rpl_%", "E": "eof", "max-lines": "max_lines",
     "L": "max_lines_x", "X": "fill_X", "m": "fill_m", "xargs": "fill_xargs",
     "max-chars": "max_chars", "show-limits": "show_limits", "rpl": "rpl",
-    "round-robin": "round_robin",
+    "round-robin": "round_robin", "parens": "parens",
 }
 _MULTI = {"arg_file", "env", "profile", "rpl"}
 _COUNT = {"verbose"}
@@ -130,6 +130,12 @@ REFUSED.update({
     "sql-worker": "the SQL job queue is not in pardo",
     "sql-and-worker": "the SQL job queue is not in pardo",
     "semaphore": "pardo has no semaphore mode",
+    "compress": "compresses its temporary output files (lz4, gzip...); pardo's spool files "
+                "are not compressed: drop --compress, the output is the same",
+    "use-compress-program": "compresses its temporary output files; pardo's spool files are not "
+                            "compressed: drop it, the output is the same",
+    "use-decompress-program": "compresses its temporary output files; pardo's spool files are "
+                              "not compressed: drop it, the output is the same",
 })
 
 
