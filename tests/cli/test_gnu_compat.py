@@ -94,6 +94,12 @@ CASES = {
         "parallel -j1 --lb 'echo $PARALLEL_SEQ $PARALLEL_JOBSLOT' ::: a b",
         "parallel 'test -n \"$PARALLEL_PID\" && echo has-pid' ::: a",
         "printf 'echo $PARALLEL_SEQ\\n' > s.sh; parallel -j1 sh s.sh ::: a b",
+        # set for every job, not only when the command names it
+        "printf 'echo $PARALLEL_JOBSLOT-$1\\n' > s.sh; parallel -j1 sh s.sh ::: a b",
+        # the slot freed first is taken next (GNU's order)
+        "printf 'echo $PARALLEL_JOBSLOT-$1\\n' > s.sh; "
+        "parallel -j2 'sleep {}; sh s.sh {}' ::: 0.6 0.2 0.4 0.4",
+        "parallel -j3 'sleep {}; echo {%}' ::: 1 0.2 0.6 0.2 0.2",
     ],
     "joblog Receive and Signal": [
         "parallel --joblog log 'echo {}' ::: aaaa bb >/dev/null; cut -f1,6,9 log",

@@ -113,8 +113,8 @@ class Batch:
         total: the number of jobs when known up front: ``--halt N%`` counts against it, as
             GNU does (else against the tasks finished so far).
         job_env: GNU's ``PARALLEL_SEQ`` in every task's environment, and
-            ``PARALLEL_JOBSLOT`` when the command mentions it or uses ``{%}`` (a task's slot
-            is only known before it starts when nothing is handed to the engine ahead).
+            ``PARALLEL_JOBSLOT``, as GNU does (then no task is handed to the engine ahead
+            of a free slot: a task's slot is only known before it starts that way).
         blocks: ``arg_groups`` are ``--pipe`` blocks of bytes, each fed to one job's stdin;
             ``"round-robin"``: to ``jobs`` jobs whose stdin stays open, in turn (pipe.py).
         window: jobs read ahead of the running ones at most (``--pipe``: each holds a
@@ -207,7 +207,9 @@ class Batch:
         self.running: dict = {}  # {task: job} of the tasks that hold a job slot
         self._held: deque = deque()  # jobs handed to the engine ahead, waiting for a slot
         self._exe_cache: dict = {}  # program name -> where PATH finds it (see _executable)
-        self._free: list = []  # free job slots; pop() gives the lowest
+        # free job slots, as GNU hands them out: the one freed first, else a new number
+        self._free: deque = deque()
+        self._slots_made = 0
         self._pct = None if timeout_fraction is None else MedianDeadline(timeout_fraction)
         # Handing tasks over ahead of time is only exact when nothing needs a task's job
         # slot, or the moment it starts, before it starts; and when a halt cannot find tasks
@@ -221,8 +223,10 @@ class Batch:
             base.pop("PARALLEL_SEQ", None)
             base.pop("PARALLEL_JOBSLOT", None)
             self._base_env = env_entries(base)
-            if template.mentions("PARALLEL_JOBSLOT"):
-                uses_slot = True
+            # GNU sets PARALLEL_JOBSLOT for every job (a script the command runs may read
+            # it), so each job's slot must be known before it starts: none is handed over
+            # ahead of a free slot
+            uses_slot = True
         self._env_slot = uses_slot
         self._window = window
         if uses_slot or window is not None:
@@ -383,7 +387,7 @@ class Batch:
 
     def _start(self, job, q):
         """Hand a job to the engine: in a free job slot, or held until one frees (slot 0)."""
-        slot = job.slot = self._free.pop() if self._free else 0
+        slot = job.slot = self._take_slot()
         job.attempts += 1
         job.kill_reason = None
         cpus = None if self._pin is None else self._pin[slot]
@@ -439,6 +443,16 @@ class Batch:
             task = job.task
         return task
 
+    def _take_slot(self):
+        """A free job slot, or 0 when every slot is taken. GNU parallel's order: the slot
+        freed first (a FIFO), and a new number only when none was freed."""
+        if self._free:
+            return self._free.popleft()
+        if self._slots_made < self.jobs:
+            self._slots_made += 1
+            return self._slots_made
+        return 0
+
     def _release(self, slot):
         """A task that held job slot ``slot`` is over: the engine has started the oldest
         held task in its place (or will start the next one submitted)."""
@@ -457,8 +471,9 @@ class Batch:
         one still waiting, and hold that one instead.
         """
         self._held.remove(job)
-        if self._free:
-            job.slot = self._free.pop()
+        slot = self._take_slot()
+        if slot:
+            job.slot = slot
             return
         _, other = self.running.popitem()  # the last inserted
         job.slot, other.slot = other.slot, 0
@@ -674,7 +689,8 @@ class Batch:
         if self._spool_wanted:
             # files reused only where a finished task's whole tree is known to be gone
             self._spool = _spool.SpoolFiles(isolation() != "pgroup", keep=4 * (jobs + 2))
-        self._free = list(range(jobs, 0, -1))  # pop() hands out the lowest job slot first
+        self._free.clear()
+        self._slots_made = 0
         running, held = self.running, self._held
         keep_order = self.keep_order
         clock = self._clock

@@ -82,8 +82,8 @@ options shared with GNU parallel:
                            in turn (each block whole, to a job that has room)
   -J, --profile NAME       read options from ~/.parallel/NAME ($PARALLEL_HOME); $PARALLEL too
   --env NAME               accepted: every job inherits pardo's environment
-Every job's environment has PARALLEL_SEQ and PARALLEL_PID, and PARALLEL_JOBSLOT when the
-command mentions it. Long options may be abbreviated as in GNU parallel (--joblo); short ones
+Every job's environment has PARALLEL_SEQ, PARALLEL_PID and PARALLEL_JOBSLOT, as in GNU.
+Long options may be abbreviated as in GNU parallel (--joblo); short ones
 bundle (-kvj2). Remote execution (-S, --sshlogin, ...) is not pardo's: see --mpi.
 pardo's own:
   --pin                    run slot i on its own CPU
