@@ -253,15 +253,20 @@ class Template:
         for name in builtin:
             tags.setdefault(name, None)
         # segments: [text, free?]; marks and built-in strings are not searched again
-        segs = [[text, True]]
+        segs = [[seg, i % 2 == 0] for i, seg in enumerate(re.split("(\x00[^\x00]*\x00)", text))]
         for tag in sorted(tags, key=len, reverse=True):
             code = tags[tag]
             m = re.fullmatch(r"([^(]*)(\(.*\))?([^)]*)", tag, flags=re.S)
-            prefix, grp, postfix = m.group(1), m.group(2) or "", m.group(3)
-            pats = [(re.compile(re.escape(prefix) + grp + re.escape(postfix), re.S), False)]
-            if tag.startswith("{"):
-                pats.append((re.compile(r"\{(-?\d+)\s*" + re.escape(prefix[1:]) + grp +
-                                        re.escape(postfix), re.S), True))
+            prefix, grp, postfix = (m.group(1), m.group(2) or "", m.group(3)) if m else \
+                (tag, "", "")
+            try:
+                pats = [(re.compile(re.escape(prefix) + grp + re.escape(postfix), re.S), False)]
+                if tag.startswith("{"):
+                    pats.append((re.compile(r"\{(-?\d+)\s*" + re.escape(prefix[1:]) + grp +
+                                            re.escape(postfix), re.S), True))
+            except re.error as e:
+                raise TemplateError(f"--rpl {tag!r}: its group is not a regular expression: "
+                                    f"{e}") from None
             for pat, positional in pats:
                 out = []
                 for seg, free in segs:
