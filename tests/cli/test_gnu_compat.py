@@ -198,6 +198,7 @@ CASES = {
         "parallel --header : --colsep , --results o echo {name} :::: csv-file >/dev/null; "
         "find o | sort",
         "parallel --header : echo {abc-file} {def-file.} :::: abc-file def-file",
+        "parallel -N2 --results o echo ::: a b c d ::: x >/dev/null; find o -name seq | sort",
         "parallel --header : --colsep , echo {name.} {value/} :::: csv-file",
     ],
     "counts with GNU's units": [
@@ -249,6 +250,9 @@ CASES = {
         "parallel --rpl '% s/a/A/' echo % {%} ::: abc",  # {%} is longer: not eaten by %
         "parallel --parens ,,,, echo ',, s:\\.[^.]+$::; ,,' ::: foo.tar.gz",
         "parallel --parens abc echo 'a$_=uc($_)bc' ::: x",  # odd: 'a' opens, 'bc' closes
+        "seq 3 | parallel echo '{= $_=total_jobs() =}'",  # stdin read whole first, as GNU
+        "parallel --tagstring '{= $_=total_jobs() =}' echo ::: a b",
+        "parallel --dry-run echo {= 'if($_==3) { skip() }' =} ::: 1 2 3 4",  # exit 1
     ],
     "--arg-sep, --arg-file-sep": [
         "parallel --arg-sep ,, echo ,, A B C :::: def-file",

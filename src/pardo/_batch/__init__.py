@@ -28,12 +28,12 @@ from .perl import PerlExpressions
 from .pipe import blocks, parse_block_size, read_header
 from .results_dir import results_path
 from .results_file import ResultsFile
-from .scheduler import Batch
+from .scheduler import Batch, job_slots
 from .spool import copy_out, size_of
 from .template import Template
 from .xargs import LineLength, command_line_limits, fill_lines, show_limits
 
 __all__ = ["Batch", "LineLength", "PerlExpressions", "RESUME_MODES", "ResultsFile", "Source",
            "Template", "arg_groups", "blocks", "command_line_limits", "compile_colsep",
-           "copy_out", "count_jobs", "fill_lines", "map_commands", "parse_block_size",
-           "read_header", "results_path", "show_limits", "size_of"]
+           "copy_out", "count_jobs", "fill_lines", "job_slots", "map_commands",
+           "parse_block_size", "read_header", "results_path", "show_limits", "size_of"]

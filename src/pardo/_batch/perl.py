@@ -130,6 +130,7 @@ class PerlExpressions:
 
     def __init__(self, parens: str = "{==}"):
         self.expressions: list[str] = []
+        self._compiled = 0  # expressions perl has compiled (in order)
         self._p = None
         # GNU's --parens: the strings that open and close an expression, given together
         # (its first half opens, the rest closes)
@@ -151,7 +152,10 @@ class PerlExpressions:
             TemplateError: perl is missing, or an expression does not compile (the
                 message has perl's own words, as GNU parallel's "Cannot use" error does).
         """
-        if not self.expressions or self._p is not None:
+        if self._p is not None:
+            self._compile_new()
+            return
+        if not self.expressions:
             return
         perl = shutil.which("perl")
         if perl is None:
@@ -161,25 +165,34 @@ class PerlExpressions:
         self._p = subprocess.Popen([perl, "-e", _PROGRAM], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, start_new_session=True)
         try:
-            for code in self.expressions:
-                self._p.stdin.write(b"C\n" + _frame(code.encode("utf-8", "surrogateescape")))
-                self._p.stdin.flush()
-                head = self._p.stdout.readline()
-                if head.startswith(b"ER "):
-                    err = self._p.stdout.read(int(head.split()[1])).decode("utf-8", "replace")
-                    raise TemplateError(f"cannot use the perl expression {code!r}: "
-                                        f"{_one_line(err)}")
-                if head != b"OK\n":
-                    raise TemplateError("perl stopped while compiling the perl expressions")
+            self._compile_new()
         except BaseException:
             self.close()
             raise
+
+    def _compile_new(self):
+        """Compile the expressions added since the last call (templates made after the
+        start, such as --tagstring's, register theirs late)."""
+        while self._compiled < len(self.expressions):
+            code = self.expressions[self._compiled]
+            self._p.stdin.write(b"C\n" + _frame(code.encode("utf-8", "surrogateescape")))
+            self._p.stdin.flush()
+            head = self._p.stdout.readline()
+            if head.startswith(b"ER "):
+                err = self._p.stdout.read(int(head.split()[1])).decode("utf-8", "replace")
+                raise TemplateError(f"cannot use the perl expression {code!r}: "
+                                    f"{_one_line(err)}")
+            if head != b"OK\n":
+                raise TemplateError("perl stopped while compiling the perl expressions")
+            self._compiled += 1
 
     def evaluate(self, index, value, args, seq, slot, total):
         """(new value, unquoted?, skip?) of expression *index* on *value* (a str) for the
         job *seq* in *slot* whose inputs are *args*; *total* is the number of jobs or None."""
         if self._p is None:
             raise TemplateError("the perl expressions were not started")
+        if index >= self._compiled:
+            self._compile_new()
         enc = [v.encode("utf-8", "surrogateescape") for v in args]
         msg = [b"E %d %d %d %s %d\n" % (index, seq, slot,
                                         b"%d" % total if total is not None else b"0",

@@ -81,6 +81,14 @@ _EXIT_BY_STOP = {signal.SIGINT: 130, signal.SIGTERM: 143, "pipe": 141, "start": 
                  "unstartable": 255}
 
 
+def job_slots(jobs, engine=None) -> int:
+    """The job slots a batch has for ``-j`` *jobs*: of this machine's CPUs, or (with an
+    *engine* that runs tasks elsewhere) of all the engine's slots together, at most."""
+    if engine is None:
+        return parse_jobs(jobs, len(os.sched_getaffinity(0)))
+    return min(engine.slots, parse_jobs(jobs, engine.slots))
+
+
 class Batch:
     """One batch run: the iterator of results and its controls.
 
@@ -121,6 +129,8 @@ class Batch:
             block), else a default.
         results_names: ``--results DIR`` with ``--header``: the name of each input column,
             which names its directories (else the column's number).
+        results_width: the values of one input record (the sources), when known: a job of
+            several records (``-N``) names each record's columns from 1 again, as GNU does.
         spool: each task writes its output into temporary files (see spool.py) instead of
             pipes read into memory; a Result carries it as bytes or, when big, as files
             (``Result.spool``, read with :func:`copy_out`) until it has been yielded.
@@ -132,13 +142,10 @@ class Batch:
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
                  line_sink=None, input_may_block=False, total=None, spool=False,
                  job_env=False, blocks=False, window=None, clock=time.monotonic,
-                 store=None, engine=None, results_names=None):
+                 store=None, engine=None, results_names=None, results_width=None):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
-        if engine is None:
-            self.jobs = parse_jobs(jobs, len(cpus))
-        else:  # -j caps the slots of all the engine's machines together
-            self.jobs = min(engine.slots, parse_jobs(jobs, engine.slots))
+        self.jobs = job_slots(jobs, engine)
         self.timeout, timeout_fraction = parse_timeout(timeout)
         self.retries = max(1, int(retries or 1))
         self.halt = HaltPolicy.parse(halt)
@@ -149,7 +156,7 @@ class Batch:
         self._shell = encode(shell)
         self._results_dir = results
         self.round_robin = None  # --round-robin's feeder (its ``unfed`` says input was left)
-        self._results_names = results_names
+        self._results_names = (results_names, results_width)
         self._joblog_path = joblog
         self._resume = resume
         self._store = store
@@ -358,10 +365,14 @@ class Batch:
         return job.shell_line
 
     def dry_run(self):
-        """The command line of every job, running none (``--dry-run``; ``{%}`` is 1)."""
+        """The command line of every job, running none (``--dry-run``; ``{%}`` is 1). A job
+        whose perl code calls ``skip()`` counts as failed, as in GNU parallel."""
         for job in self._jobs_iter:
             job.slot = 1
-            yield self.command_line(job)
+            line = self.command_line(job)
+            if self.template.has_perl and self.template.skipped:
+                self.failed += 1
+            yield line
 
     def _executable(self, program):
         """Where PATH finds ``program``, looked up once per batch (as a shell's hash
@@ -643,7 +654,7 @@ class Batch:
             if r.status == Status.CANCELLED:
                 self.interrupted += 1
         if self._results_dir is not None:
-            write_results(self._results_dir, job, r, self._results_names)
+            write_results(self._results_dir, job, r, *self._results_names)
         if self._store is not None:
             self._store.attempt(job, r, self.command_line(job), final=True,
                                 cpus=None if self._pin is None else self._pin[job.slot])

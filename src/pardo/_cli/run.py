@@ -259,6 +259,7 @@ def _batch_run(opts, command, sources, engine, perl):
         arg_groups,
         compile_colsep,
         count_jobs,
+        job_slots,
     )
     from .._run import INHERIT
     from .views import Out, View
@@ -342,15 +343,19 @@ def _batch_run(opts, command, sources, engine, perl):
         trim = "rl"  # GNU: --colsep implies --trim rl
     if trim is not None and trim not in ("n", "l", "r", "lr", "rl"):
         raise UsageError(f"--trim: {trim!r} is not n, l, r, lr or rl")
+    # a record has one value per source (unknown with --colsep: columns vary)
+    width = len(sources) if sources and opts.get("colsep") is None else None
+    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0), perl=perl,
+                results_names=header_names, results_width=width)
     skip_empty = bool(opts.get("no_empty"))
     total = None
     needs_total = ((opts.get("plus") and re.search(r"\{##\}", " ".join(command)))
                    or any("total_jobs" in code for code in perl.expressions))
-    slots = []  # the batch's job slots, once it is made (-X, -m spread the last arguments)
     fill = None
     if not pipe:
+        # -X and -m spread the last arguments over the job slots
         fill = _line_filler(opts, template, template_kw, fill_mode, per_job,
-                            lambda: slots[0])
+                            lambda: job_slots(opts.get("jobs"), engine))
     if pipe:
         groups = pipe_blocks(opts, pipe_in, _int(opts, "max_replace", minimum=1))
     else:
@@ -366,17 +371,20 @@ def _batch_run(opts, command, sources, engine, perl):
             count_files = ((opts.get("bar") or needs_total) and resume is None
                            and opts.get("header") is None)
             total = count_jobs(sources, per_job, delim if count_files else None)
+    perl.start()  # every template has registered its perl code now
     if needs_total:
+        if total is None and pipe:
+            raise UsageError("{##} and total_jobs() need the number of jobs before they run, "
+                             "which --pipe does not know")
         if total is None:
-            raise UsageError("{##} and total_jobs() need the number of jobs before they run: "
-                             "give the inputs as ::: values or :::: files")
+            # GNU reads every input first to count the jobs; so does pardo, here only
+            groups = list(groups)
+            total = len(groups)
         template.set_total(total)
+        view.set_total(total)
     kill_grace = _float(opts, "kill_grace", 2.0)
     if opts.get("termseq"):
         kill_grace = _termseq_grace(opts["termseq"])
-    view = View(opts, max_output=_size(opts, "max_output", "256M", minimum=0), perl=perl,
-                results_names=header_names)
-    perl.start()  # every template has registered its perl code now
     results = opts.get("results")
     store = None
     if opts.get("store") and not opts.get("dry_run"):
@@ -399,20 +407,19 @@ def _batch_run(opts, command, sources, engine, perl):
             input_may_block=bool(pipe) or any(s.may_block() for s in sources),
             total=total, job_env=True, window=2 if pipe else None,
             blocks="round-robin" if pipe and opts.get("round_robin") else bool(pipe),
-            store=store, engine=engine, results_names=header_names,
+            store=store, engine=engine, results_names=header_names, results_width=width,
         )
     except BaseException as e:  # an option refused: the store's run ends before a task
         if store is not None:
             store.end(f"stopped: {e}")
         raise
-    slots.append(batch.jobs)
     if opts.get("dry_run"):
         out = Out(1)
         for line in batch.dry_run():
             out.write(line.encode("utf-8", "surrogateescape") + b"\n")
             if out.broken:
                 break
-        return 0
+        return batch.exit_status  # GNU: a job skipped by perl's skip() counts as failed
     if store is None:
         return _execute(batch, view, opts)
     how = "stopped"

@@ -50,7 +50,8 @@ class View:
     """How task output reaches our stdout/stderr: grouped per task (default), line by line
     (--line-buffer), or not touched at all (--ungroup); with --tag/--tagstring prefixes."""
 
-    def __init__(self, opts, max_output=None, perl=None, results_names=None):
+    def __init__(self, opts, max_output=None, perl=None, results_names=None,
+                 results_width=None):
         self.out, self.err = Out(1), Out(2)
         self.max_output = max_output  # --group: printed per stream of a task at most
         self.mode = ("ungroup" if opts.get("ungroup") else
@@ -69,9 +70,15 @@ class View:
         self.files = bool(opts.get("files"))
         self.results = opts.get("results")
         self.results_names = results_names  # --header: the names of the input columns
+        self.results_width = results_width  # values per input record, when known
         self.tmpdir = opts.get("tmpdir") or os.environ.get("TMPDIR") or "/tmp"
         self.verbose = opts.get("verbose")  # -v: the command on stdout, before its output
         self.print_stderr = opts.get("print_stderr")  # --verbose/-t: on stderr
+
+    def set_total(self, total):
+        """The number of jobs, for ``{##}`` and ``total_jobs()`` in a --tagstring."""
+        if self._tag_template is not None:
+            self._tag_template.set_total(total)
 
     def tag_of(self, inputs, seq, slot):
         if self._tag_template is not None:
@@ -98,7 +105,8 @@ class View:
         streams = ((1, self.out), (2, self.err))
         if self.files and self.results:
             # GNU: with --results, the files are the results' stdout files
-            name = os.path.join(results_path(self.results, r.inputs, self.results_names), "stdout")
+            name = os.path.join(results_path(self.results, r.inputs, self.results_names,
+                                           self.results_width), "stdout")
             self._file_name(name, tag)
             streams = ((2, self.err),)
         elif self.results:
