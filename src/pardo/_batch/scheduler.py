@@ -163,6 +163,9 @@ class Batch:
         if blocks == "round-robin":
             if store is not None or resume is not None:
                 raise BatchError("--round-robin does not resume: its jobs share the input")
+            if engine is not None:
+                raise BatchError("--round-robin needs the jobs on this machine (not with "
+                                 "--mpi): their stdin stays open to pardo")
             feeder = self.round_robin = RoundRobin(arg_groups, self.jobs)
             self._jobs_iter = (Job(seq, (), stdin=fd) for seq, fd in enumerate(feeder.jobs(), 1))
             skipped = set()
@@ -424,19 +427,20 @@ class Batch:
         self.started += 1
 
     def _spawn(self, job, q, argv, exe, cpus, env_list, stdin):
+        more = {} if stdin is None else {"stdin": stdin}  # (an engine elsewhere has none)
         if self._spool is not None:
             job.spool = self._spool.take()
             try:
                 task = job.task = self._spawner(argv, q, job, exe, cpus, *job.spool,
                                                 env_list=env_list, input=job.input,
-                                                stdin=stdin)
+                                                **more)
             except BaseException:
                 self._spool.discard(job.spool)
                 job.spool = None
                 raise
         elif self._line_sink is None:
             task = job.task = self._spawner(argv, q, job, exe, cpus, env_list=env_list,
-                                            input=job.input, stdin=stdin)
+                                            input=job.input, **more)
         else:
             kw = dict(self._spawn_kw, stdout=None, stderr=None)
             if env_list is not None:
