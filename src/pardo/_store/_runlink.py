@@ -14,6 +14,7 @@ import os
 import socket
 
 from .._errors import StoreError
+from ._db import out_dir
 from ._read import StoreReader
 from ._writer import StoreSink
 
@@ -96,14 +97,32 @@ class RunStore:
             st.check_task(seq, args)
             yield args
 
-    def attempt(self, job, result, command, *, final, cpus=None):
+    def attempt(self, job, result, command, *, final, cpus=None, files=None):
         """Record one finished attempt of *job*. A task cancelled by pardo itself (Ctrl-C,
         --halt now) did not complete: it gets no record and runs again on resume. A result
-        from another machine (``pardo run --mpi``) carries where it ran as ``host``."""
+        from another machine (``pardo run --mpi``) carries where it ran as ``host``.
+        *files*: its spooled streams, as :meth:`StoreSink.task_done` takes them (the
+        store closes them, recorded or not)."""
         if final and str(result.status) == "cancelled":
+            for f in files or ():
+                if f is not None:
+                    os.close(f[0])
             return
         self.sink.task_done(job.seq, job.args, command, job.attempts, result, final=final,
-                            slot=job.slot, cpus=cpus, host=getattr(result, "host", None))
+                            slot=job.slot, cpus=cpus, host=getattr(result, "host", None),
+                            files=files)
+
+    def spool_dir(self):
+        """Where the runner may keep the output files of running tasks so that the store
+        can take a big one by a link rather than a copy: the store's output directory on a
+        local filesystem; None (the runner's default) on a network one."""
+        if not self.sink.journal.startswith("wal"):
+            return None
+        try:
+            os.makedirs(out_dir(self.path), exist_ok=True)
+        except OSError:
+            return None
+        return out_dir(self.path)
 
     def stop_on_error(self, stop):
         """Call *stop()* (from the writer thread) if the store fails mid-run: the batch
@@ -118,9 +137,14 @@ class RunStore:
         self.sink.run_ended(how)
 
 
-def open_for_map(path: str, template: str) -> RunStore:
-    """The store of a ``map_commands(..., store=path)`` run (a new run: no resume)."""
+def open_for_map(path: str, template: str, *, mode=None, force=False,
+                 options=None) -> RunStore:
+    """The store of a ``map_commands(..., store=path)`` run: a new run (*mode* None) or a
+    resume (``"resume"``, ``"resume-failed"``, ``"retry-failed"``). Python inputs have no
+    identity to record up front (any iterable, perhaps a generator), so a resume checks
+    them task by task, as it does the lines of an input file."""
     from .._supervisor import isolation
 
-    return RunStore(path, template=template, inputs=None, rung=isolation())
+    return RunStore(path, template=template, inputs=None, mode=mode, force=force,
+                    options=options, rung=isolation())
 
