@@ -33,7 +33,6 @@ import collections
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -155,7 +154,7 @@ class StoreSink:
         except BaseException:
             self._lock.release()
             raise
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename  # gethostname(), without importing socket
         self.run_id = None
         self.error: StoreError | None = None
         self._on_error = on_error
@@ -204,6 +203,10 @@ class StoreSink:
         self._thread = threading.Thread(target=self._write_loop, name="pardo-store", daemon=True)
         self._thread.start()
         return self.run_id
+
+    def completed_tasks(self) -> int:
+        """How many tasks have a completion record (from the tallies: no scan)."""
+        return self._con.execute("SELECT coalesce(sum(tasks), 0) FROM tallies").fetchone()[0]
 
     def task_done(self, seq: int, inputs, command: str, attempt: int, result, *,
                   final: bool = True, slot: int | None = None, cpus=None,
