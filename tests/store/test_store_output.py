@@ -123,3 +123,21 @@ def test_joblog_export_has_the_receive_column_of_the_runs_joblog(tmp_path):
     got, want = _rows(exported.stdout), _rows(written)
     assert got == want  # byte for byte, row by row (the joblog is in order of completion)
     assert [got[1][s][5] for s in sorted(got[1])] == ["0", "7", "65536", "65537", "1000000"]
+
+
+def test_output_spooled_on_another_filesystem_is_copied_whole(tmp_path):
+    # $TMPDIR on a tmpfs, the store on the test's disk: no hard link can cross, so the
+    # store copies the big streams (in the kernel), and they arrive whole
+    from storehelp import small_tmpfs
+
+    db = str(tmp_path / "s.db")
+    with small_tmpfs("64m") as tmpdir:
+        p = subprocess.run(pardo_cmd() + ["--store", db, "-j2", "yes {} | head -c 3000000",
+                                          ":::", "x", "yy", "zzz"],
+                           capture_output=True, timeout=60,
+                           env=dict(os.environ, TMPDIR=tmpdir))
+        assert os.listdir(tmpdir) == []  # unnamed files only, gone with the run
+    assert p.returncode == 0, p.stderr
+    rows = _raw_rows(db)
+    for seq, word in ((1, b"x"), (2, b"yy"), (3, b"zzz")):
+        assert _same_as_yes(os.path.join(db + ".out", rows[seq][2]), word, 3000000), seq

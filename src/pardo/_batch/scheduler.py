@@ -647,11 +647,7 @@ class Batch:
             sel.register(self._wake_r, selectors.EVENT_READ)
         if self._spool_wanted:
             # files reused only where a finished task's whole tree is known to be gone
-            # beside the store when it has a place for them there: a big stream's file
-            # then becomes the store's by a link instead of a copy
-            self._spool = _spool.SpoolFiles(
-                isolation() != "pgroup", keep=4 * (jobs + 2),
-                directory=None if self._store is None else self._store.spool_dir())
+            self._spool = _spool.SpoolFiles(isolation() != "pgroup", keep=4 * (jobs + 2))
         self._free = list(range(jobs, 0, -1))  # pop() hands out the lowest job slot first
         running, held = self.running, self._held
         keep_order = self.keep_order

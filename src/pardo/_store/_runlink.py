@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 from .._errors import StoreError
-from ._db import out_dir
 from ._writer import StoreSink
 
 __all__ = ["RunStore", "inputs_identity", "open_for_map"]
@@ -129,18 +128,6 @@ class RunStore:
         self.sink.task_done(job.seq, job.args, command, job.attempts, result, final=final,
                             slot=job.slot, cpus=cpus, host=getattr(result, "host", None),
                             files=files)
-
-    def spool_dir(self):
-        """Where the runner may keep the output files of running tasks so that the store
-        can take a big one by a link rather than a copy: the store's output directory on a
-        local filesystem; None (the runner's default) on a network one."""
-        if not self.sink.journal.startswith("wal"):
-            return None
-        try:
-            os.makedirs(out_dir(self.path), exist_ok=True)
-        except OSError:
-            return None
-        return out_dir(self.path)
 
     def stop_on_error(self, stop):
         """Call *stop()* (from the writer thread) if the store fails mid-run: the batch

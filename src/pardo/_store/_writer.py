@@ -105,10 +105,15 @@ def _copy_range(src, dst, size):
     """Copy *size* bytes from offset 0 of fd *src* to fd *dst* in the kernel (memory: none
     of it in this process)."""
     off = 0
+    same_fs = True  # copy_file_range: EXDEV between some filesystems (tmpfs to ext4)
     while off < size:
-        try:
-            n = os.copy_file_range(src, dst, min(size - off, 1 << 30), off)
-        except OSError:
+        n = None
+        if same_fs:
+            try:
+                n = os.copy_file_range(src, dst, min(size - off, 1 << 30), off)
+            except OSError:
+                same_fs = False
+        if n is None:
             n = os.sendfile(dst, src, off, min(size - off, 1 << 30))
         if n == 0:
             raise OSError(f"the output file shrank while the store copied it ({off} of "
