@@ -10,19 +10,7 @@ import sys
 
 from pardo._store import StoreReader
 
-from pardo_cli import pardo_cmd
-
-
-def _peak_rss_of(cmd):
-    """(exit status, the command's own peak RSS in bytes), measured from a fresh small
-    interpreter that starts only it (a child of a big parent carries its high-water mark)."""
-    probe = ("import resource, subprocess, sys\n"
-             "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-             "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
-    p = subprocess.run([sys.executable, "-S", "-c", probe, *cmd], capture_output=True,
-                       text=True, timeout=600)
-    rc, rss = p.stdout.split()
-    return int(rc), int(rss)
+from pardo_cli import pardo_cmd, peak_rss_of
 
 
 def _raw_rows(db):
@@ -58,7 +46,7 @@ def test_flooding_tasks_with_a_store_keep_memory_bounded_and_output_whole(tmp_pa
     # several times the output of the tasks running at once (or cut it at 16 MiB).
     db = str(tmp_path / "s.db")
     each = 160 << 20
-    rc, rss = _peak_rss_of(pardo_cmd() + ["--store", db, "-j4",
+    rc, rss = peak_rss_of(pardo_cmd() + ["--store", db, "-j4",
                                           f"yes {{}} | head -c {each}; echo e{{}} >&2",
                                           ":::", "a", "bb", "ccc", "d"])
     assert rc == 0
