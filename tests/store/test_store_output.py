@@ -129,3 +129,24 @@ def test_output_spooled_on_another_filesystem_is_copied_whole(tmp_path):
     rows = _raw_rows(db)
     for seq, word in ((1, b"x"), (2, b"yy"), (3, b"zzz")):
         assert _same_as_yes(os.path.join(db + ".out", rows[seq][2]), word, 3000000), seq
+
+
+def test_a_disk_that_fills_up_leaves_no_output_file_that_no_row_names():
+    # The store on a 2 MiB filesystem, each task printing 0.5 MB: the fourth output file
+    # does not fit. The run stops (255); the files of the rows that committed are whole,
+    # and no partly written or unrecorded file is left behind.
+    from storehelp import small_tmpfs
+
+    with small_tmpfs("2m") as d:
+        db = os.path.join(d, "s.db")
+        p = subprocess.run(pardo_cmd() + ["--store", db, "-j1",
+                                          "head -c 500000 /dev/zero; echo {}", ":::",
+                                          *map(str, range(1, 9))],
+                           capture_output=True, timeout=60)
+        assert p.returncode == 255 and b"the disk is full" in p.stderr
+        rows = _raw_rows(db)
+        assert 0 < len(rows) < 8
+        names = {r[2] for r in rows.values()}
+        assert sorted(os.listdir(db + ".out")) == sorted(names)
+        for name in names:
+            assert os.path.getsize(os.path.join(db + ".out", name)) == 500002

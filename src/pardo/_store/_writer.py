@@ -173,6 +173,7 @@ class StoreSink:
         self._written = 0
         self._thread = None
         self._closed = False
+        self._made: list = []  # output files written for the batch being committed
 
     # -- the runner's side ----------------------------------------------------------------
 
@@ -306,9 +307,15 @@ class StoreSink:
 
     def _write(self, batch):
         if self.error is None:
+            self._made = []
             try:
                 self._commit(batch)
             except (sqlite3.Error, OSError) as e:
+                # the output files of rows that did not commit (a full disk): none of
+                # them is named by a row, and a resume writes its own
+                for path in self._made:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 self._fail(e)
         for item in batch:
             _close_files(item[9])
@@ -417,6 +424,7 @@ class StoreSink:
         dest = os.path.join(self._out_dir, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dest)  # left by a run killed before its row committed
+        self._made.append(dest)
         try:
             # An unnamed (O_TMPFILE) file gets its name here: no byte is copied. linkat()
             # must follow the /proc link (os.link does only with a dir fd given); the
@@ -444,6 +452,7 @@ class StoreSink:
         leaves a file that no row names (the task runs again and writes its own)."""
         os.makedirs(self._out_dir, exist_ok=True)
         name = f"{run}-{seq}-{attempt}.{stream}"
-        with open(os.path.join(self._out_dir, name), "wb") as f:
+        self._made.append(os.path.join(self._out_dir, name))
+        with open(self._made[-1], "wb") as f:
             f.write(data)
         return name
