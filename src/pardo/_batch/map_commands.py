@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from .._errors import UsageError
 from .inputs import arg_groups, count_jobs
 from .jobs import RESUME_MODES
 from .options import compile_colsep
@@ -81,7 +82,7 @@ def map_commands(command, inputs=(), *, jobs=None, timeout=None, kill_grace=2.0,
         compile_colsep(colsep)  # a bad one fails here, before any task
     mode = _resume_mode(resume)
     if store is None and (mode is not None or force):
-        raise ValueError("resume= and force= continue a run recorded in a job store: "
+        raise UsageError("resume= and force= continue a run recorded in a job store: "
                          "give store=FILE")
     run_store = None
     if store is not None:
@@ -117,7 +118,7 @@ def _resume_mode(resume):
         return "resume"
     if resume in RESUME_MODES:
         return resume
-    raise ValueError(f"resume={resume!r}: give True (or 'resume'), 'resume-failed' or "
+    raise UsageError(f"resume={resume!r}: give True (or 'resume'), 'resume-failed' or "
                      "'retry-failed'")
 
 
