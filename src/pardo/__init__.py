@@ -8,6 +8,8 @@ Heavy or optional parts (the pool, the batch runner) are imported on first use.
 from ._errors import (
     IsolationUnavailable,
     PardoError,
+    StoreError,
+    StoreMismatch,
     TaskCrashed,
     TaskError,
     TaskTimeout,
@@ -30,6 +32,8 @@ __all__ = [
     "Result",
     "ResultQueue",
     "Status",
+    "StoreError",
+    "StoreMismatch",
     "Task",
     "TaskCrashed",
     "TaskError",

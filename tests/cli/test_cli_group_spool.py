@@ -1,28 +1,14 @@
 """--group output waits in temporary files, not in memory; --max-output cuts say so."""
 
 import subprocess
-import sys
 
-from pardo_cli import pardo_cmd
-
-
-def _peak_rss_of(cmd):
-    """Run *cmd* in a fresh small interpreter and return (exit status, the command's own
-    peak RSS in bytes): ru_maxrss of the children of a process that started only it (a
-    process started from a big parent would carry the parent's high-water mark)."""
-    probe = ("import resource, subprocess, sys\n"
-             "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
-             "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
-    p = subprocess.run([sys.executable, "-S", "-c", probe, *cmd], capture_output=True,
-                       text=True, timeout=300)
-    rc, rss = p.stdout.split()
-    return int(rc), int(rss)
+from pardo_cli import pardo_cmd, peak_rss_of
 
 
 def test_six_flooding_tasks_keep_memory_bounded():
     # 6 x 96 MiB of output; held in memory this took pardo past 1 GiB of RSS
     each = 96 << 20
-    rc, rss = _peak_rss_of(pardo_cmd() + ["-j6", f"head -c {each} /dev/zero; : {{}}", ":::",
+    rc, rss = peak_rss_of(pardo_cmd() + ["-j6", f"head -c {each} /dev/zero; : {{}}", ":::",
                                           *"123456"])
     assert rc == 0
     assert rss < 200 << 20, f"peak RSS {rss >> 20} MiB"

@@ -6,7 +6,7 @@ import pardo
 
 EXPECTED = {
     "BrokenPool", "DEVNULL", "INHERIT", "STDOUT", "IsolationUnavailable", "PardoError", "Pool", "Result",
-    "ResultQueue", "Status", "Task", "TaskCrashed", "TaskError", "TaskTimeout", "configure",
+    "ResultQueue", "Status", "StoreError", "StoreMismatch", "Task", "TaskCrashed", "TaskError", "TaskTimeout", "configure",
     "isolation", "map_commands", "progress", "releases_gil", "run", "run_async", "spawn",
 }
 

@@ -22,3 +22,16 @@ def run(args, stdin=None, timeout=60, **kw):
     """``pardo run ARGS``, its output captured."""
     return subprocess.run(pardo_cmd() + args, input=stdin, capture_output=True,
                           timeout=timeout, **kw)
+
+
+def peak_rss_of(cmd, timeout=600):
+    """Run *cmd* from a fresh small interpreter and return (exit status, the command's own
+    peak RSS in bytes): ru_maxrss of the children of a process that started only it (a
+    process started from a big parent would carry the parent's high-water mark)."""
+    probe = ("import resource, subprocess, sys\n"
+             "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+             "print(rc, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
+    p = subprocess.run([sys.executable, "-S", "-c", probe, *cmd], capture_output=True,
+                       text=True, timeout=timeout)
+    rc, rss = p.stdout.split()
+    return int(rc), int(rss)

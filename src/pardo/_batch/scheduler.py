@@ -43,7 +43,8 @@
   engine keeps no readiness fd then), or on a selector for a prefetch thread, line-mode
   pipes or --delay.
 - ``spool`` (``pardo run``'s --group): each task writes its output into temporary files
-  (spool.py), so that output waiting to be printed never fills memory.
+  (spool.py), so that output waiting to be printed never fills memory; a store records a
+  big stream by taking its file (its own fd of it), never by reading it.
 """
 
 from __future__ import annotations
@@ -178,11 +179,10 @@ class Batch:
             skipped = skipped_seqs(resume, logged)
         self._line_sink = line_sink
         # made when iteration starts (see _loop): the rung decides whether files are reused
-        # Spooling is for tasks on this machine (with --mpi output comes back in results),
-        # and the job store records output from results, so a stored run keeps it in memory
-        # (bounded by max_output) until it is recorded.
-        self._spool_wanted = (bool(spool) and line_sink is None and engine is None
-                              and store is None)
+        # Spooling is for tasks on this machine (with --mpi output comes back in results).
+        # A job store takes a big stream's file as it is (linked or copied beside the
+        # store), so a stored run's memory stays bounded too.
+        self._spool_wanted = bool(spool) and line_sink is None and engine is None
         self._spool = None
         self._spool_open: set = set()  # results yielded-to-be that still hold files
         self._input_may_block = input_may_block
@@ -623,10 +623,15 @@ class Batch:
             job.last = r
             if self._store is not None:
                 self._store.attempt(job, r, self.command_line(job), final=False,
-                                    cpus=None if self._pin is None else self._pin[job.slot])
+                                    cpus=None if self._pin is None else self._pin[job.slot],
+                                    files=self._spooled_for_store(r))
             self._start(job, q)  # without anything held: the slot just released
             return None
         return self._done(job, r)
+
+    def _spooled_for_store(self, r):
+        """The store's own fds of a result's spooled streams (see spool.py), or None."""
+        return self._spool.hand_over(r) if self._spool is not None else None
 
     def _drop(self, r):
         """Close the files of a result that will never be yielded (again)."""
@@ -661,7 +666,8 @@ class Batch:
             write_results(self._results_dir, job, r, *self._results_names)
         if self._store is not None:
             self._store.attempt(job, r, self.command_line(job), final=True,
-                                cpus=None if self._pin is None else self._pin[job.slot])
+                                cpus=None if self._pin is None else self._pin[job.slot],
+                                files=self._spooled_for_store(r))
         self._halt_check(r)
         return job
 

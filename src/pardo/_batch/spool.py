@@ -15,6 +15,9 @@ of RSS; here each stream of a task is written straight into an unnamed temporary
 - :meth:`SpoolFiles.collect` runs when the task is over: a small stream (most of them) is
   read into the Result's ``stdout``/``stderr`` bytes and its file goes back to be reused;
   a big one stays a file, in ``Result.spool``, until :meth:`SpoolFiles.release`.
+- :meth:`SpoolFiles.hand_over` gives a job store its own fds of a result's big streams (the
+  store links or copies the file beside it rather than reading it into memory); a file
+  handed over is never reused, since it may have become the store's named file.
 - :func:`copy_out` writes a stream to an fd, from bytes or from its file, in bounded
   chunks, with an optional tag per line and a byte limit.
 """
@@ -56,6 +59,7 @@ class SpoolFiles:
         self._reuse = reuse
         self._keep = keep
         self._idle: list = []  # empty files, offset 0
+        self._handed: set = set()  # fds whose file a store took: closed, never reused
 
     def take(self):
         """Two files (stdout, stderr) for one task attempt: their fds."""
@@ -68,7 +72,10 @@ class SpoolFiles:
             raise
 
     def _give_back(self, fd, size):
-        if self._reuse and len(self._idle) < self._keep:
+        if fd in self._handed:
+            self._handed.discard(fd)
+            os.close(fd)
+        elif self._reuse and len(self._idle) < self._keep:
             if size:
                 # the task's fd shares our file offset: back to 0 as well as empty
                 os.ftruncate(fd, 0)
@@ -99,6 +106,22 @@ class SpoolFiles:
             self._give_back(fd, size)
         result.spool = spool if spool != [None, None] else None
 
+    def hand_over(self, result):
+        """The big streams of *result* for a job store: ``[(fd, size) or None, ...]`` with
+        fds of the store's own (it closes them), or None when both streams are in memory.
+        The files stay readable here until :meth:`release`, and are not reused after."""
+        spool = getattr(result, "spool", None)
+        if not spool:
+            return None
+        out = []
+        for s in spool:
+            if s is None:
+                out.append(None)
+                continue
+            self._handed.add(s[0])
+            out.append((os.dup(s[0]), s[1]))
+        return out
+
     def release(self, result):
         """Take back the files a result still holds (safe to call twice)."""
         spool = getattr(result, "spool", None)
@@ -111,6 +134,7 @@ class SpoolFiles:
     def discard(self, fds):
         """Files of an attempt whose output nobody will read (the batch is ending)."""
         for fd in fds:
+            self._handed.discard(fd)
             os.close(fd)
 
     def close(self):

@@ -22,13 +22,11 @@ lock and who holds it) and ``runs.db.out/`` (task output too large to keep inlin
 
 from __future__ import annotations
 
-import ctypes
-import datetime
 import errno
 import fcntl
 import os
-import socket
 import sqlite3
+import time
 
 from .._errors import StoreError
 
@@ -68,24 +66,26 @@ NETWORK_FS = {
 }
 
 
-class _Statfs(ctypes.Structure):
-    # struct statfs begins with f_type (__fsword_t, a C long on every Linux ABI we build
-    # for); the rest is room for the fields we do not read.
-    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
-
-
-_libc = None
+_statfs = None  # (libc's statfs, its struct), made on first use: ctypes is imported then
 
 
 def fs_magic(path: str) -> int:
     """The statfs(2) ``f_type`` of the filesystem holding *path* (tests replace this)."""
-    global _libc
-    if _libc is None:
+    global _statfs
+    import ctypes
+
+    if _statfs is None:
+        class Statfs(ctypes.Structure):
+            # struct statfs begins with f_type (__fsword_t, a C long on every Linux ABI we
+            # build for); the rest is room for the fields we do not read.
+            _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256)]
+
         # the symbols already in this process (libc's among them): find_library("c")
         # would run ldconfig in a subprocess
-        _libc = ctypes.CDLL(None, use_errno=True)
-    buf = _Statfs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+        _statfs = ctypes.CDLL(None, use_errno=True).statfs, Statfs
+    call, struct = _statfs
+    buf = struct()
+    if call(os.fsencode(path), ctypes.byref(buf)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), path)
     return buf.f_type & 0xFFFFFFFF
@@ -269,6 +269,12 @@ def create_or_open(path: str, *, network: str | None = None) -> tuple[sqlite3.Co
         if existed:
             _check_meta(con, path)
         con.execute("PRAGMA busy_timeout = 10000")
+        if not existed:
+            # Turning a new, empty file into a WAL database writes its header in a
+            # rollback-journal transaction, fsync'd twice by default (4-12 ms here, most
+            # of a store's start-up): nothing is in the file to protect yet, and the
+            # first checkpoint syncs the header with everything else.
+            con.execute("PRAGMA synchronous = OFF")
         got = con.execute(f"PRAGMA journal_mode = {mode}").fetchone()[0]
         # WAL + NORMAL: a commit is in the WAL before the writer goes on, so it survives
         # pardo's death (SIGKILL); the WAL is fsync'd at checkpoints. FULL in rollback
@@ -330,8 +336,8 @@ class WriterLock:
             raise StoreError(f"store {path} is being written by another pardo "
                              f"({holder or 'unknown holder'}); wait for it to end, or use "
                              "another store") from None
-        since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        who = f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode()
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        who = f"pid {os.getpid()} on {os.uname().nodename} since {since}\n".encode()
         try:
             os.ftruncate(self._fd, 0)
             os.pwrite(self._fd, who, 0)

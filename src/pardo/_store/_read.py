@@ -99,6 +99,20 @@ class StoreReader:
         for row in self._con.execute(sql):
             yield self._row_dict(row, with_output)
 
+    def joblog_rows(self):
+        """(seq, started_at, duration, status, returncode, signal, command, host, stdout
+        bytes) of every completed task, by seq: the columns of GNU parallel's joblog.
+        *host* is None for this store's own host; the size of a stdout kept in a file is
+        the file's."""
+        for row in self._con.execute(
+                "SELECT seq, started_at, duration, status, returncode, signal, command, host,"
+                " coalesce(length(stdout), 0), stdout_file FROM attempts WHERE final = 1"
+                " ORDER BY seq, id"):
+            size = row[8]
+            if row[9] is not None:
+                size = os.stat(os.path.join(self._out, row[9])).st_size
+            yield row[:8] + (size,)
+
     def task(self, seq: int) -> list[dict]:
         """Every attempt of task *seq*, oldest first (empty if it never completed)."""
         rows = self._con.execute(_SELECT + " WHERE a.seq = ? ORDER BY a.id", (seq,)).fetchall()

@@ -9,15 +9,25 @@ from the store to the runner but a stop when the store fails); whoever opens it 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
 
 from .._errors import StoreError
-from ._read import StoreReader
 from ._writer import StoreSink
 
 __all__ = ["RunStore", "inputs_identity", "open_for_map"]
+
+
+def _sha256(data: bytes):
+    """hashlib.sha256, from CPython's own module when there is one: hashlib loads OpenSSL,
+    several ms of a run's start-up."""
+    try:
+        from _sha2 import sha256  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)
 
 
 def inputs_identity(sources) -> list:
@@ -27,7 +37,7 @@ def inputs_identity(sources) -> list:
     out = []
     for s in sources:
         if s.values is not None:
-            h = hashlib.sha256("\0".join(map(str, s.values)).encode("utf-8", "surrogatepass"))
+            h = _sha256("\0".join(map(str, s.values)).encode("utf-8", "surrogatepass"))
             out.append({"values": len(s.values), "sha256": h.hexdigest()[:16],
                         "first": list(map(str, s.values[:3])),
                         "last": str(s.values[-1]) if s.values else None,
@@ -58,19 +68,28 @@ class RunStore:
         self.mode = mode
         self.force = force
         self.state = None
+        self.failed = []
         self.sink = StoreSink(path, on_error=on_error)
         try:
-            with StoreReader(path) as rd:
-                self.state = rd.resume_state()
-                self.failed = list(rd.failed_tasks()) if mode == "retry-failed" else []
-            if mode in ("resume", "resume-failed"):
-                # (--retry-failed runs the recorded commands: nothing to compare)
-                self.state.check_run(template, inputs, force=force)
-            elif mode is None and len(self.state.seqs) and not force:
-                raise StoreError(
-                    f"store {path} already holds {len(self.state.seqs)} completed tasks; "
-                    "--resume (or --resume-failed, --retry-failed) continues that run, "
-                    "--force starts over in it, or give another store")
+            if mode is not None:
+                from ._read import StoreReader
+
+                with StoreReader(path) as rd:
+                    self.state = rd.resume_state()
+                    if mode == "retry-failed":
+                        self.failed = list(rd.failed_tasks())
+                if mode != "retry-failed":
+                    # (--retry-failed runs the recorded commands: nothing to compare)
+                    self.state.check_run(template, inputs, force=force)
+            elif not force:
+                # a new run reads no task (the writer's tallies count them): a fresh
+                # store costs a run no reader and no query of its own
+                done = self.sink.completed_tasks()
+                if done:
+                    raise StoreError(
+                        f"store {path} already holds {done} completed tasks; --resume (or "
+                        "--resume-failed, --retry-failed) continues that run, --force "
+                        "starts over in it, or give another store")
             options = dict(options or {}, **({"mode": mode} if mode else {}))
             self.sink.run_started(template=template, options=options, inputs=inputs,
                                   rung=rung, supersede=mode in ("resume-failed",
@@ -78,7 +97,6 @@ class RunStore:
         except BaseException:
             self.sink.close()
             raise
-        self.host = socket.gethostname()
 
     def skip(self):
         """Seqs to leave out (a container), or None."""
@@ -96,14 +114,20 @@ class RunStore:
             st.check_task(seq, args)
             yield args
 
-    def attempt(self, job, result, command, *, final, cpus=None):
+    def attempt(self, job, result, command, *, final, cpus=None, files=None):
         """Record one finished attempt of *job*. A task cancelled by pardo itself (Ctrl-C,
         --halt now) did not complete: it gets no record and runs again on resume. A result
-        from another machine (``pardo run --mpi``) carries where it ran as ``host``."""
+        from another machine (``pardo run --mpi``) carries where it ran as ``host``.
+        *files*: its spooled streams, as :meth:`StoreSink.task_done` takes them (the
+        store closes them, recorded or not)."""
         if final and str(result.status) == "cancelled":
+            for f in files or ():
+                if f is not None:
+                    os.close(f[0])
             return
         self.sink.task_done(job.seq, job.args, command, job.attempts, result, final=final,
-                            slot=job.slot, cpus=cpus, host=getattr(result, "host", None))
+                            slot=job.slot, cpus=cpus, host=getattr(result, "host", None),
+                            files=files)
 
     def stop_on_error(self, stop):
         """Call *stop()* (from the writer thread) if the store fails mid-run: the batch
@@ -118,9 +142,14 @@ class RunStore:
         self.sink.run_ended(how)
 
 
-def open_for_map(path: str, template: str) -> RunStore:
-    """The store of a ``map_commands(..., store=path)`` run (a new run: no resume)."""
+def open_for_map(path: str, template: str, *, mode=None, force=False,
+                 options=None) -> RunStore:
+    """The store of a ``map_commands(..., store=path)`` run: a new run (*mode* None) or a
+    resume (``"resume"``, ``"resume-failed"``, ``"retry-failed"``). Python inputs have no
+    identity to record up front (any iterable, perhaps a generator), so a resume checks
+    them task by task, as it does the lines of an input file."""
     from .._supervisor import isolation
 
-    return RunStore(path, template=template, inputs=None, rung=isolation())
+    return RunStore(path, template=template, inputs=None, mode=mode, force=force,
+                    options=options, rung=isolation())
 

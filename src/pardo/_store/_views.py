@@ -196,12 +196,12 @@ def export(reader: StoreReader, fmt: str, out) -> int:
         from .joblog import HEADER, exit_fields, format_row
 
         out.write(HEADER.encode())
-        for a in reader.attempts(final_only=True, with_output=False):
-            r = types.SimpleNamespace(status=Status(a["status"]), returncode=a["returncode"],
-                                      signal=a["signal"])
-            ev, sig = exit_fields(r)
-            out.write(format_row(a["seq"], a["started_at"], a["duration"], ev, sig,
-                                 a["command"]))
+        for seq, start, dur, st, rc, sig, command, host, received in reader.joblog_rows():
+            ev, sig = exit_fields(types.SimpleNamespace(status=Status(st), returncode=rc,
+                                                        signal=sig))
+            # Host: ":" for the machine that ran pardo, as GNU writes it; the rank@host a
+            # task ran on with --mpi
+            out.write(format_row(seq, start, dur, ev, sig, command, host or ":", received))
             n += 1
     else:
         raise UsageError(f"unknown export format {fmt!r}: jsonl, csv or joblog")

@@ -21,14 +21,18 @@
   killed with pardo has no row and runs again on resume; a committed row stays.
 - Rows are built from the Result in the writer thread, so the scheduler pays only for an
   append to a deque.
+- A stream the runner spooled to a file (``pardo run``'s --group) comes as an fd of the
+  store's own: up to the inline limit it is read into the row, beyond that the file is
+  linked into the output directory (or copied by the kernel, from another filesystem),
+  never read into memory.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -59,6 +63,22 @@ _CLOSE = object()
 
 
 _STATUS = {st: st.value for st in Status}
+
+
+def _umask():
+    """This process's umask, read without changing it (os.umask() would, for every
+    thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+_UMASK = _umask()
 _dumps = json.JSONEncoder().encode
 
 
@@ -73,6 +93,32 @@ def _args_json(inputs):
                 and "\\" not in v):
             return '["' + v + '"]'
     return _dumps(list(inputs))
+
+
+def _close_files(files):
+    for f in files or ():
+        if f is not None:
+            os.close(f[0])
+
+
+def _copy_range(src, dst, size):
+    """Copy *size* bytes from offset 0 of fd *src* to fd *dst* in the kernel (memory: none
+    of it in this process)."""
+    off = 0
+    same_fs = True  # copy_file_range: EXDEV between some filesystems (tmpfs to ext4)
+    while off < size:
+        n = None
+        if same_fs:
+            try:
+                n = os.copy_file_range(src, dst, min(size - off, 1 << 30), off)
+            except OSError:
+                same_fs = False
+        if n is None:
+            n = os.sendfile(dst, src, off, min(size - off, 1 << 30))
+        if n == 0:
+            raise OSError(f"the output file shrank while the store copied it ({off} of "
+                          f"{size} bytes)")
+        off += n
 
 
 def _supersede(con, seqs):
@@ -113,7 +159,7 @@ class StoreSink:
         except BaseException:
             self._lock.release()
             raise
-        self.host = socket.gethostname()
+        self.host = os.uname().nodename  # gethostname(), without importing socket
         self.run_id = None
         self.error: StoreError | None = None
         self._on_error = on_error
@@ -127,6 +173,7 @@ class StoreSink:
         self._written = 0
         self._thread = None
         self._closed = False
+        self._made: list = []  # output files written for the batch being committed
 
     # -- the runner's side ----------------------------------------------------------------
 
@@ -163,9 +210,13 @@ class StoreSink:
         self._thread.start()
         return self.run_id
 
+    def completed_tasks(self) -> int:
+        """How many tasks have a completion record (from the tallies: no scan)."""
+        return self._con.execute("SELECT coalesce(sum(tasks), 0) FROM tallies").fetchone()[0]
+
     def task_done(self, seq: int, inputs, command: str, attempt: int, result, *,
                   final: bool = True, slot: int | None = None, cpus=None,
-                  host: str | None = None) -> None:
+                  host: str | None = None, files=None) -> None:
         """Record one finished attempt; returns at once (the writer thread writes it).
 
         Args:
@@ -177,10 +228,16 @@ class StoreSink:
             final: whether this attempt completes the task (no retry follows).
             slot: the slot it ran in; cpus: the CPUs it was pinned to, if any.
             host: where it ran, if not on this host.
+            files: the attempt's output streams as files, ``[(fd, size) or None]`` for
+                stdout and stderr, in place of ``result.stdout``/``stderr``; the store
+                owns (and closes) the fds. Each is at offset 0 of the file, which holds
+                nothing but the stream.
         """
         if self.error is not None or self._closed:
+            _close_files(files)
             return  # the store stopped taking records; the runner has been told
-        self._pending.append((seq, inputs, command, attempt, final, result, slot, cpus, host))
+        self._pending.append((seq, inputs, command, attempt, final, result, slot, cpus, host,
+                              files))
         self._queued += 1
         if not self._wake.is_set():
             self._wake.set()
@@ -250,10 +307,18 @@ class StoreSink:
 
     def _write(self, batch):
         if self.error is None:
+            self._made = []
             try:
                 self._commit(batch)
             except (sqlite3.Error, OSError) as e:
+                # the output files of rows that did not commit (a full disk): none of
+                # them is named by a row, and a resume writes its own
+                for path in self._made:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
                 self._fail(e)
+        for item in batch:
+            _close_files(item[9])
         with self._idle:
             self._written += len(batch)
             self._idle.notify_all()
@@ -274,8 +339,12 @@ class StoreSink:
         run, inline, host = self.run_id, self._inline, self.host
         rows, quick, finals = [], [], []
         tallies = {}
-        for seq, inputs, command, attempt, final, r, slot, cpus, where in batch:
+        for seq, inputs, command, attempt, final, r, slot, cpus, where, files in batch:
             so, se = r.stdout or None, r.stderr or None
+            so_file = se_file = None
+            if files is not None:
+                so, so_file = self._take_file(run, seq, attempt, "stdout", files[0], so)
+                se, se_file = self._take_file(run, seq, attempt, "stderr", files[1], se)
             args = _args_json(inputs)
             status = _STATUS.get(r.status) or str(r.status)
             start, duration = r.started_at, r.duration
@@ -289,6 +358,7 @@ class StoreSink:
                 t[1] += 1
                 finals.append((seq,))
             if (final and status == "ok" and r.returncode == 0 and r.signal is None
+                    and so_file is None and se_file is None
                     and cpus is None and (where is None or where == host) and r.error is None
                     and not r.output_truncated and (so is None or len(so) <= inline)
                     and (se is None or len(se) <= inline)):
@@ -297,7 +367,6 @@ class StoreSink:
                 quick.append((seq, attempt, args, command, slot, start, duration,
                               r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
                 continue
-            so_file = se_file = None
             if so is not None and len(so) > inline:
                 so_file, so = self._spill(run, seq, attempt, "stdout", so), None
             if se is not None and len(se) > inline:
@@ -343,6 +412,39 @@ class StoreSink:
             raise
         con.execute("COMMIT")
 
+    def _take_file(self, run, seq, attempt, stream, spooled, data):
+        """(inline bytes, file name) of a stream that may have come as a file."""
+        if spooled is None:
+            return data, None
+        fd, size = spooled
+        if size <= self._inline:
+            return (os.pread(fd, size, 0) if size else None), None
+        os.makedirs(self._out_dir, exist_ok=True)
+        name = f"{run}-{seq}-{attempt}.{stream}"
+        dest = os.path.join(self._out_dir, name)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)  # left by a run killed before its row committed
+        self._made.append(dest)
+        try:
+            # An unnamed (O_TMPFILE) file gets its name here: no byte is copied. linkat()
+            # must follow the /proc link (os.link does only with a dir fd given); the
+            # file gets the mode a file written here would have (it was made 0600).
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(str(fd), dest, src_dir_fd=proc, follow_symlinks=True)
+            finally:
+                os.close(proc)
+            return None, name
+        except OSError:
+            pass  # another filesystem, or a file that had a name once: copy it
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            _copy_range(fd, out, size)
+        finally:
+            os.close(out)
+        return None, name
+
     def _spill(self, run, seq, attempt, stream, data):
         """Write one large output stream to a file beside the store; return its name
         relative to the store's output directory. It is written before the row that points
@@ -350,6 +452,7 @@ class StoreSink:
         leaves a file that no row names (the task runs again and writes its own)."""
         os.makedirs(self._out_dir, exist_ok=True)
         name = f"{run}-{seq}-{attempt}.{stream}"
-        with open(os.path.join(self._out_dir, name), "wb") as f:
+        self._made.append(os.path.join(self._out_dir, name))
+        with open(self._made[-1], "wb") as f:
             f.write(data)
         return name
