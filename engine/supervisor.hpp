@@ -16,7 +16,8 @@
 //    pidfd    tree already gone? ─► permit returned, exited_ (reaped after the refill)
 //             else: reap the leader, kill what is left of its tree
 //    pipes    stdout/stderr captured (bounded) · stdin fed
-//    rung fd  cgroup.events "populated 0" · shepherd status (started, leader exit, gone)
+//    rung fd  cgroup.events "populated 0" · shepherd status (started, leader exit, gone,
+//             keeper reaped) · the shepherd launcher's socket (closed: it died)
 //        └─► maybe_complete: leader reaped, tree gone, pipes drained
 //                            ─► permit returned, completing_
 //  then, once per round, in this order:
@@ -103,6 +104,10 @@ class Supervisor {
   // fails: see unwatchable).
   bool watch_fd(TaskState& t, int fd, int kind, uint32_t events);
   void unwatch_fd(int fd);
+  // Register an fd of the rung's own (not a task's): Rung::on_rung_event when ready.
+  bool watch_rung_fd(int fd, uint32_t events);
+  // Send sig to the task's tree (SIGKILL: once, with the kill-wait bound armed).
+  void signal_tree(TaskState& t, int sig);
   void drop_pidfd(TaskState& t);  // leave epoll and close
   void leader_exited(TaskState& t, int wait_status, int64_t utime_us, int64_t stime_us,
                      int64_t maxrss_kb);
@@ -148,7 +153,6 @@ class Supervisor {
   static constexpr int64_t kPollNs = 10000000;  // how often an unwatchable task is looked at
   bool timer_live(const Timer& tm);
   void deadline(TaskState& t);
-  void signal_tree(TaskState& t, int sig);
   void maybe_complete(TaskState& t);
   void complete(TaskState& t);
   void return_permit(TaskState& t);

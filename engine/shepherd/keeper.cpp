@@ -1,11 +1,13 @@
-// pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...:
-// the per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side).
+// The per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side): a
+// fork of the launcher (launcher.cpp), never a program of its own, so that it costs a fork
+// of a tiny process rather than a program start.
 //
-// Becomes a child subreaper, starts ARGV in a new session, reports (STARTED, LEADER_EXIT,
-// TREE_GONE; shepherd/protocol.hpp) on fd N, obeys T/K bytes on fd M. When the leader
-// exits it kills what is left of the tree (unless --linger) and exits once waitpid() says
-// ECHILD: its exit means the whole tree is gone. EOF on fd M, SIGTERM or SIGHUP (its
-// PDEATHSIG) mean the supervisor is gone: kill everything and exit.
+// Becomes a child subreaper, starts the task in a new session, reports (STARTED,
+// LEADER_EXIT, TREE_GONE; shepherd/protocol.hpp) on its status fd, obeys T/K bytes on its
+// control fd. When the leader exits it kills what is left of the tree (unless linger) and
+// exits once waitpid() says ECHILD: its exit means the whole tree is gone. EOF on the
+// control fd (the supervisor is gone), SIGTERM (its PDEATHSIG: the launcher is gone) or
+// SIGHUP: kill everything and exit.
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -29,6 +31,7 @@ namespace shepherd {
 namespace {
 
 int g_status_fd = -1;
+long g_parent = -1;  // the launcher
 long g_leader = -1;
 bool g_leader_reaped = false;
 bool g_linger = false;
@@ -100,6 +103,15 @@ void drain(int sigfd) {
   }
 }
 
+// Told to stop: if it is because our parent, the launcher, died (PDEATHSIG, or it was
+// gone before we could ask for that), say so first, so that the supervisor can report
+// why the task was killed rather than let it pass for a signal from elsewhere.
+void say_if_orphaned() {
+  if (sys(SYS_getppid) == g_parent) return;
+  ShepherdMsg m{MSG_ORPHANED, 0, 0, 0, 0, 0, 0};
+  send(m);
+}
+
 // SIGKILL everything below us until nothing is left. Orphans of killed processes are
 // re-parented to us (we are a subreaper), so each round finds what the last one missed.
 [[noreturn]] void kill_everything(int sigfd) {
@@ -155,30 +167,14 @@ void raise_own_priority(char** envp) {
 
 }  // namespace
 
-int keeper_main(int argc, char** argv, char** envp) {
-  int ctl_fd = -1;
-  char* execs[1025];  // PATH candidates, in order, NULL-terminated
-  int nexecs = 0;
-  int i = 2;
-  for (; i < argc; ++i) {
-    const char* a = argv[i];
-    const char* v;
-    if (a[0] == '-' && a[1] == '-' && a[2] == '\0') {
-      ++i;
-      break;
-    }
-    if ((v = after(a, "--status-fd="))) g_status_fd = static_cast<int>(parse_long(v));
-    else if ((v = after(a, "--ctl-fd="))) ctl_fd = static_cast<int>(parse_long(v));
-    else if ((v = after(a, "--linger")) && *v == '\0') g_linger = true;
-    else if ((v = after(a, "--exec=")) && nexecs < 1024) execs[nexecs++] = const_cast<char*>(v);
-  }
-  char** args = argv + i;
-  if (g_status_fd < 0 || ctl_fd < 0 || i >= argc) {
-    say("pardo-shepherd: bad arguments\n");
-    return 2;
-  }
-  if (nexecs == 0) execs[nexecs++] = args[0];
-  execs[nexecs] = nullptr;
+[[noreturn]] void run_keeper(const KeeperArgs& k) {
+  g_status_fd = k.status_fd;
+  g_parent = k.parent;
+  g_linger = k.linger;
+  int ctl_fd = k.ctl_fd;
+  char** execs = k.execs;
+  char** args = k.args;
+  char** envp = k.envp;
   // Unchecked: on fds we were given these calls cannot fail, and the leader marks every fd
   // above its stdio close-on-exec anyway.
   sys(SYS_fcntl, g_status_fd, F_SETFD, FD_CLOEXEC);
@@ -191,14 +187,17 @@ int keeper_main(int argc, char** argv, char** envp) {
   unsigned long mask = 0;
   for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
   sys(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof mask);
-  int sigfd = -1;
+  // Our parent may have died before we could ask for its death signal: then the
+  // supervisor is told so by the launcher's end, and the task is not started.
+  if (r == 0) r = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGTERM);
+  if (r == 0 && sys(SYS_getppid) != g_parent) r = -ECHILD;
   if (r == 0) r = sys(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC | SFD_NONBLOCK);
   if (r < 0) {
     ShepherdMsg m{MSG_EXEC_FAILED, STAGE_HELPER, static_cast<int32_t>(-r), 0, 0, 0, 0};
     send(m);
     leave(1);
   }
-  sigfd = static_cast<int>(r);
+  int sigfd = static_cast<int>(r);
 
   // The leader: a plain fork (we are small, so it is cheap) that reports a failed exec
   // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
@@ -228,7 +227,8 @@ int keeper_main(int argc, char** argv, char** envp) {
   g_leader = pid;
   // The task was started first, so it inherits none of this.
   raise_own_priority(envp);
-  ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid), 0, 0, 0, 0, 0};
+  ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid), static_cast<int32_t>(sys(SYS_getpid)),
+                      0, 0, 0, 0};
   send(started);
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon
   // as the task's own processes are gone.
@@ -246,7 +246,10 @@ int keeper_main(int argc, char** argv, char** envp) {
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
   while (true) {
     long k = wait_fds(pfd, 2, -1);
-    if (k < 0 && k != -EINTR) kill_everything(sigfd);
+    if (k < 0 && k != -EINTR) {
+      say_if_orphaned();
+      kill_everything(sigfd);
+    }
     if (k <= 0) continue;
     if (pfd[0].revents) {
       struct signalfd_siginfo si;
@@ -254,7 +257,10 @@ int keeper_main(int argc, char** argv, char** envp) {
       while (sys(SYS_read, sigfd, &si, sizeof si) == static_cast<long>(sizeof si)) {
         if (si.ssi_signo != SIGCHLD) stop = true;
       }
-      if (stop) kill_everything(sigfd);
+      if (stop) {
+        say_if_orphaned();
+        kill_everything(sigfd);
+      }
       bool leader_exited = false;
       bool any_left = reap_all(&leader_exited);
       if (!any_left && g_leader_reaped) finish();  // the common case: nothing left to kill
@@ -263,7 +269,10 @@ int keeper_main(int argc, char** argv, char** envp) {
     if (pfd[1].revents) {
       char c;
       long got = sys(SYS_read, ctl_fd, &c, 1);
-      if (got == 0 || (got < 0 && got != -EINTR && got != -EAGAIN)) kill_everything(sigfd);
+      if (got == 0 || (got < 0 && got != -EINTR && got != -EAGAIN)) {
+        say_if_orphaned();
+        kill_everything(sigfd);
+      }
       if (got == 1 && c == CTL_KILL) kill_everything(sigfd);
       if (got == 1 && c == CTL_TERM) signal_tree(SIGTERM);
     }
