@@ -75,13 +75,8 @@ class ShepherdRung : public Rung {
       fds.push_back(ctl[0]);
       // A launcher that died since the last task is replaced, once.
       for (int attempt = 0; attempt < 2; ++attempt) {
-        int err = 0;
-        if (!ensure_launcher(s, &err)) {
-          o.stage = STAGE_HELPER;
-          o.err = err;
-          break;
-        }
-        err = send_request(fds);
+        if (!ensure_launcher(s, &o)) break;
+        int err = send_request(fds);
         if (err == 0) break;
         launcher_died(s);
         o.stage = STAGE_HELPER;
@@ -153,8 +148,13 @@ class ShepherdRung : public Rung {
     int sock = -1;
   };
 
-  bool ensure_launcher(Supervisor& s, int* err) {
+  // Start the launcher unless it runs. False, with *fail's stage and errno, when it
+  // cannot: the helper program cannot be run (STAGE_HELPER), or the spawn's own steps
+  // failed (e.g. STAGE_FDS where no fd can be closed).
+  bool ensure_launcher(Supervisor& s, SpawnOutcome* fail) {
     if (launcher_.sock >= 0) return true;
+    fail->stage = STAGE_HELPER;
+    int* err = &fail->err;
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
       *err = errno;
@@ -179,6 +179,8 @@ class ShepherdRung : public Rung {
     close(devnull);
     if (o.stage != STAGE_NONE) {
       close(sv[0]);
+      // Our helper could not be exec'd: say so, rather than blame the task's program.
+      if (o.stage != STAGE_EXEC) fail->stage = o.stage;
       *err = o.err;
       return false;
     }
@@ -191,6 +193,7 @@ class ShepherdRung : public Rung {
       stop_launcher();
       return false;
     }
+    fail->stage = STAGE_NONE;
     return true;
   }
 
