@@ -35,6 +35,8 @@ long g_parent = -1;  // the launcher
 long g_leader = -1;
 bool g_leader_reaped = false;
 bool g_linger = false;
+int g_mode = KEEP_TREE;
+int g_cgroup_fd = -1;
 
 void send(const ShepherdMsg& m) {
   if (g_status_fd < 0) return;
@@ -137,7 +139,16 @@ void say_if_orphaned() {
   set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));  // we ignore it; programs expect it
   unsigned long none = 0;
   sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
-  long r = sys(SYS_setsid);
+  long r;
+  if (g_mode == KEEP_CGROUP_PROCS) {
+    // No CLONE_INTO_CGROUP here: into the leaf before anything else, before the exec.
+    long fd = sys(SYS_openat, g_cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) fail(STAGE_CGROUP, -fd);
+    r = sys(SYS_write, fd, "0", 1);
+    if (r <= 0) fail(STAGE_CGROUP, r == 0 ? EIO : -r);
+    sys(SYS_close, fd);
+  }
+  r = sys(SYS_setsid);
   if (r < 0) fail(STAGE_SESSION, -r);
   sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
   // Pass on stdio and whatever else the supervisor placed below our own fds.
@@ -171,6 +182,8 @@ void raise_own_priority(char** envp) {
   g_status_fd = k.status_fd;
   g_parent = k.parent;
   g_linger = k.linger;
+  g_mode = k.mode;
+  g_cgroup_fd = k.cgroup_fd;
   int ctl_fd = k.ctl_fd;
   char** execs = k.execs;
   char** args = k.args;
@@ -183,7 +196,9 @@ void raise_own_priority(char** envp) {
   // Without these two the keeper cannot keep its word (orphans of the tree would escape
   // it; a leader's exit would go unseen): it refuses to start the task, and the engine
   // reports a helper that could not run.
-  long r = sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
+  // Only the shepherd rung's keeper is a subreaper: the others' tasks are contained by
+  // their cgroup, or not beyond their group, and their orphans go where they went before.
+  long r = g_mode == KEEP_TREE ? sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1) : 0;
   unsigned long mask = 0;
   for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
   sys(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof mask);
@@ -203,11 +218,27 @@ void raise_own_priority(char** envp) {
   // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
   int ep[2];
   r = sys(SYS_pipe2, ep, O_CLOEXEC);
-  long pid = r < 0 ? r : sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  long pid = r;
+  if (r == 0 && g_mode == KEEP_CGROUP_CLONE) {
+    // Into its leaf at birth, so nothing can fork before it is contained: a fork-style
+    // clone3 (a copy of us, on its own copy of our stack).
+    struct {
+      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+          set_tid_size, cgroup;
+    } ca{};
+    ca.flags = 0x200000000ULL;  // CLONE_INTO_CGROUP
+    ca.exit_signal = SIGCHLD;
+    ca.cgroup = static_cast<uint64_t>(g_cgroup_fd);
+    pid = sys(SYS_clone3, &ca, sizeof ca);
+  } else if (r == 0) {
+    pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  }
   if (pid == 0) leader_main(execs, args, envp, ep[1]);
   if (r == 0) sys(SYS_close, ep[1]);
+  if (g_cgroup_fd >= 0) sys(SYS_close, g_cgroup_fd);
   if (pid < 0) {
-    ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};
+    ShepherdMsg m{MSG_EXEC_FAILED, g_mode == KEEP_CGROUP_CLONE ? STAGE_CGROUP : STAGE_CLONE,
+                  static_cast<int32_t>(-pid), 0, 0, 0, 0};
     send(m);
     finish();
   }
@@ -260,6 +291,14 @@ void raise_own_priority(char** envp) {
       if (stop) {
         say_if_orphaned();
         kill_everything(sigfd);
+      }
+      // The pgroup rung's keeper kills the group while the leader, a zombie still unreaped,
+      // pins its id: the signal cannot reach a new group that took the number.
+      if (g_mode == KEEP_PGROUP && !g_leader_reaped && !g_linger) {
+        siginfo_t si{};
+        if (sys(SYS_waitid, P_PID, g_leader, &si, WEXITED | WNOHANG | WNOWAIT, nullptr) == 0 &&
+            si.si_pid == g_leader)
+          sys(SYS_kill, -g_leader, SIGKILL);
       }
       bool leader_exited = false;
       bool any_left = reap_all(&leader_exited);

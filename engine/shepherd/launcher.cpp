@@ -125,12 +125,15 @@ inline void check(long r, int stage) {
 [[noreturn]] void become_keeper(const LaunchRequest& h, const int* fds, long parent, char** execs,
                                 char** args, char** envp, const char* cwd) {
   int nfds = h.nfds;
+  int mode = static_cast<int>((h.flags >> LAUNCH_MODE_SHIFT) & 15);
+  int specials = mode == KEEP_CGROUP_CLONE || mode == KEEP_CGROUP_PROCS ? 3 : 2;
   int top = 2;
   for (int i = 0; i < nfds; ++i) top = h.targets[i] > top ? h.targets[i] : top;
-  const int status_fd = top + 1, ctl_fd = top + 2, base = top + 3;
+  const int status_fd = top + 1, ctl_fd = top + 2, base = top + 1 + specials;
+  const int cgroup_fd = specials == 3 ? top + 3 : -1;
   g_report = fds[nfds];
-  int dups[kLaunchMaxFds + 2];
-  for (int i = 0; i < nfds + 2; ++i) {
+  int dups[kLaunchMaxFds + 3];
+  for (int i = 0; i < nfds + specials; ++i) {
     long d = sys(SYS_fcntl, fds[i], F_DUPFD, base);
     check(d, STAGE_FDS);
     dups[i] = static_cast<int>(d);
@@ -143,6 +146,7 @@ inline void check(long r, int stage) {
   check(sys(SYS_dup3, dups[nfds], status_fd, 0), STAGE_FDS);
   g_report = status_fd;
   check(sys(SYS_dup3, dups[nfds + 1], ctl_fd, 0), STAGE_FDS);
+  if (cgroup_fd >= 0) check(sys(SYS_dup3, dups[nfds + 2], cgroup_fd, 0), STAGE_FDS);
   check(close_from(base), STAGE_FDS);
 
   if (h.flags & LAUNCH_CWD) check(sys(SYS_chdir, cwd), STAGE_CHDIR);
@@ -163,7 +167,8 @@ inline void check(long r, int stage) {
     rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
     check(sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
   }
-  KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, parent, execs, args, envp};
+  KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, mode, cgroup_fd, parent,
+               execs, args, envp};
   run_keeper(k);
 }
 
@@ -198,7 +203,7 @@ bool split(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** 
 // says the supervisor is gone (or the stream cannot be trusted any more).
 bool serve_one(long self) {
   LaunchRequest h;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * (kLaunchMaxFds + 2))];
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * (kLaunchMaxFds + 3))];
   struct iovec iov{&h, sizeof h};
   struct msghdr mh{};
   mh.msg_iov = &iov;
@@ -209,24 +214,26 @@ bool serve_one(long self) {
   while ((n = sys(SYS_recvmsg, kSock, &mh, MSG_CMSG_CLOEXEC)) == -EINTR) {
   }
   if (n <= 0) return false;
-  int fds[kLaunchMaxFds + 2];
+  int fds[kLaunchMaxFds + 3];
   int nrecv = 0;
   // One SCM_RIGHTS message is all the supervisor sends (CMSG_NXTHDR would be a libc call).
   if (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
     int k = static_cast<int>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
     const int* p = reinterpret_cast<const int*>(CMSG_DATA(c));
     for (int i = 0; i < k; ++i) {
-      if (nrecv < kLaunchMaxFds + 2)
+      if (nrecv < kLaunchMaxFds + 3)
         fds[nrecv++] = p[i];
       else
         sys(SYS_close, p[i]);
     }
   }
   bool ok = (mh.msg_flags & MSG_CTRUNC) == 0 &&
-            read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n)) &&
-            h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
-            h.nfds <= kLaunchMaxFds && nrecv == h.nfds + 2 && h.nexec >= 0 && h.nargv >= 0 &&
-            h.nenv >= 0;
+            read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n));
+  int mode = static_cast<int>((h.flags >> LAUNCH_MODE_SHIFT) & 15);
+  int specials = mode == KEEP_CGROUP_CLONE || mode == KEEP_CGROUP_PROCS ? 3 : 2;
+  ok = ok && h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
+       h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials && mode <= KEEP_PGROUP &&
+       h.nexec >= 0 && h.nargv >= 0 && h.nenv >= 0;
   if (!ok) {
     // A stream out of step cannot be read on: say so to this task if we can, and stop.
     if (nrecv > h.nfds && h.nfds >= 0 && h.nfds <= kLaunchMaxFds) keeper_report(fds[h.nfds], EPROTO);
