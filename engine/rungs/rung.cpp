@@ -136,13 +136,13 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
                        : "pgroup: " + no_pidfd;
     return ch;
   }
-  std::string guardian_why = shepherd_why;
-  ch.rung = make_pgroup_rung(have_shepherd ? shepherd_path : std::string(), &guardian_why);
+  ch.rung = make_pgroup_rung(have_shepherd ? shepherd_path : std::string());
   ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
                       : "forced by configuration";
-  if (!guardian_why.empty())
-    ch.reason += "; no guardian (" + guardian_why +
-                 "): if pardo is SIGKILLed, what its tasks started survives";
+  if (!have_shepherd)
+    ch.reason += "; no keepers (" + shepherd_why +
+                 "): if pardo is SIGKILLed, what its tasks started survives, and a task's "
+                 "max_rss includes pardo's own peak memory";
   return ch;
 }
 

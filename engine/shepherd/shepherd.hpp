@@ -1,4 +1,5 @@
-// What pardo-shepherd's roles share (keeper.cpp, guardian.cpp; entry point in main.cpp).
+// What pardo-shepherd's roles share (launcher.cpp, keeper.cpp, guardian.cpp; entry point in
+// main.cpp).
 // The program is written against the kernel alone (raw/): no libc call anywhere, so these
 // few helpers stand in for the libc functions it would otherwise use.
 #pragma once
@@ -58,8 +59,6 @@ struct KeeperArgs {
 // pardo-shepherd --guardian=DIR [--freeze]: the cgroup rung's guardian (guardian.cpp);
 // by_freeze: the kernel has no cgroup.kill, so the subtree is killed by freezing it.
 int guardian_main(const char* dir, bool by_freeze);
-// pardo-shepherd --guardian-pgroups: the pgroup rung's guardian (guardian.cpp).
-int pgroup_guardian_main();
 
 }  // namespace shepherd
 }  // namespace pardo
