@@ -65,13 +65,13 @@ class CgroupRung : public KeeperRung {
       plan.rlimit_as = 0;  // the cgroup caps the whole tree; no per-process limit needed
     // Its keeper clones it into the leaf (where clone3 can), so it is in reach of
     // cgroup.kill from its first instruction; else it moves itself there before its exec.
+    t.leaf = leaf;  // before the start: a watch refused there kills the task (signal_tree)
     o = start_keeper(s, t, plan, direct_ ? shepherd::KEEP_CGROUP_CLONE : shepherd::KEEP_CGROUP_PROCS,
                      leaf->dir_fd);
     if (o.stage != STAGE_NONE) {
+      t.leaf = nullptr;
       tree_->release(leaf);
-      return o;
     }
-    t.leaf = leaf;
     return o;
   }
 
@@ -84,6 +84,9 @@ class CgroupRung : public KeeperRung {
 
   void signal_tree(Supervisor& s, TaskState& t, int sig) override {
     if (!t.leaf) return;
+    // Until its keeper says the task started, the task may not be in its leaf yet: the
+    // keeper is told too, and signals the task as soon as it has started it.
+    if (!t.got_started) KeeperRung::signal_tree(s, t, sig);
     if (sig == SIGKILL) {
       if (cgroup_populated(t.leaf->events_fd) == 0) {
         if (t.leader_done) s.tree_gone(t);
