@@ -133,23 +133,10 @@ bool KeeperRung::ensure_launcher(Supervisor& s, SpawnOutcome* fail) {
     *err = errno;
     return false;
   }
-  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (devnull < 0) {
-    *err = errno;
-    close(sv[0]);
-    close(sv[1]);
-    return false;
-  }
-  ChildPlan plan;
-  plan.exec_paths = {path_};
-  plan.argv = {path_, "--launcher"};
-  plan.fds = {{0, sv[1]}, {1, devnull}, {2, devnull}};
   // It dies with this thread; each keeper then dies of its own PDEATHSIG, killing its
   // tree (and sees its control pipe close when this process goes).
-  plan.pdeathsig = SIGKILL;
-  SpawnOutcome o = spawn_with_fds(plan, -1);
+  SpawnOutcome o = start_helper(path_, {"--launcher"}, sv[1], SIGKILL);
   close(sv[1]);
-  close(devnull);
   if (o.stage != STAGE_NONE) {
     close(sv[0]);
     // Our helper could not be exec'd: say so, rather than blame the task's program.

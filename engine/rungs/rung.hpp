@@ -91,6 +91,11 @@ struct Guardian {
   void stop();
 };
 
+// Start pardo-shepherd (`path`) with `args` after its name, `in` as its stdin and
+// /dev/null as its stdout and stderr; pdeathsig: the signal it gets when this thread dies.
+SpawnOutcome start_helper(const std::string& path, const std::vector<std::string>& args, int in,
+                          int pdeathsig);
+
 // Start a guardian: pardo-shepherd with the arguments `args` (its mode first), which waits for EOF on
 // its stdin and then kills what the supervisor left. EOF comes when this process dies,
 // however it dies, because only we hold the write end. False and *why when it cannot start.
