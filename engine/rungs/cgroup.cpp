@@ -86,7 +86,12 @@ class CgroupRung : public KeeperRung {
     if (!t.leaf) return;
     // Until its keeper says the task started, the task may not be in its leaf yet: the
     // keeper is told too, and signals the task as soon as it has started it.
-    if (!t.got_started) KeeperRung::signal_tree(s, t, sig);
+    if (!t.got_started) {
+      KeeperRung::signal_tree(s, t, sig);
+      // Once is enough for a signal that can be caught (a trap must not run twice);
+      // SIGKILL also goes to the leaf, where the task may be already.
+      if (sig != SIGKILL) return;
+    }
     if (sig == SIGKILL) {
       if (cgroup_populated(t.leaf->events_fd) == 0) {
         if (t.leader_done) s.tree_gone(t);

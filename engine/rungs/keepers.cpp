@@ -197,6 +197,13 @@ void KeeperRung::encode(TaskState& t, const ChildPlan& plan, int mode) {
   if (plan.has_nice) h.flags |= LAUNCH_NICE;
   h.nice = plan.nice;
   h.base_nice = plan.base_nice;
+  // The task starts with what this process ignores, as a child of ours would across its
+  // exec -- but SIGPIPE and SIGXFSZ, which Python ignores and programs expect at default.
+  for (int sig = 1; sig <= 64; ++sig) {
+    struct sigaction old;
+    if (sig == SIGKILL || sig == SIGSTOP || sig == SIGPIPE || sig == SIGXFSZ) continue;
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) h.ignored |= 1ULL << (sig - 1);
+  }
   h.rlimit_as = plan.rlimit_as;
   if (plan.restore_nofile) {
     h.flags |= LAUNCH_RESTORE_NOFILE;
@@ -357,6 +364,11 @@ void KeeperRung::read_status(Supervisor& s, TaskState& t) {
         s.publish_pid(t);
         break;
       case MSG_LEADER_EXIT:
+        if (!t.got_started) {  // a short task: its exit is its start's only announcement
+          t.got_started = true;
+          t.c.pid = m.b;
+          s.publish_pid(t);
+        }
         s.leader_exited(t, m.a, m.utime_us, m.stime_us, m.maxrss_kb);
         after_leader_exit(s, t);
         // Only the shepherd rung's keeper has more to do: the others exit now.

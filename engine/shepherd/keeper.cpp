@@ -37,6 +37,7 @@ bool g_leader_reaped = false;
 bool g_linger = false;
 int g_mode = KEEP_TREE;
 int g_cgroup_fd = -1;
+unsigned long long g_ignored = 0;  // the caller's ignored signals, bit s-1 for signal s
 
 void send(const ShepherdMsg& m) {
   if (g_status_fd < 0) return;
@@ -45,6 +46,9 @@ void send(const ShepherdMsg& m) {
 }
 
 [[noreturn]] void finish() {
+  // The other rungs' keepers have said all there is with LEADER_EXIT (they reap nothing
+  // else): one message, one wake-up of the supervisor per task.
+  if (g_mode != KEEP_TREE) leave(0);
   struct rusage ru{};
   sys(SYS_getrusage, RUSAGE_CHILDREN, &ru);
   ShepherdMsg m{MSG_TREE_GONE, 0, 0, 0, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss};
@@ -62,7 +66,8 @@ bool reap_all(bool* leader_just_exited) {
       if (p == g_leader) {
         g_leader_reaped = true;
         *leader_just_exited = true;
-        ShepherdMsg m{MSG_LEADER_EXIT, st, 0, 0, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss};
+        ShepherdMsg m{MSG_LEADER_EXIT, st, static_cast<int32_t>(p), 0, tv_us(ru.ru_utime),
+                      tv_us(ru.ru_stime), ru.ru_maxrss};
         send(m);
       }
       continue;
@@ -72,6 +77,9 @@ bool reap_all(bool* leader_just_exited) {
     return p != -ECHILD;
   }
 }
+
+// How long a task may run before its start is announced on its own (see run_keeper).
+constexpr int64_t kQuietStartMs = 2;
 
 // Our descendants (find_descendants, raw/rawproc.hpp), in fixed lists: at most 32768 a
 // round, as the kill loop repeats until none is left and orphans of killed processes come
@@ -83,13 +91,17 @@ void signal_tree(int sig) {
   // The leader's group first (cheap, catches most of a tree at once) while the leader is
   // unreaped and so pins the group id; then every descendant found in /proc, which
   // catches setsid/setpgid escapees that still descend from us.
+  bool group_sent = false;
   if (!g_leader_reaped && g_leader > 1) {
-    sys(SYS_kill, -g_leader, sig);
+    group_sent = sys(SYS_kill, -g_leader, sig) == 0;
     if (sig == SIGTERM) sys(SYS_kill, -g_leader, SIGCONT);
   }
   find_descendants(sys(SYS_getpid), g_pids, g_links);
   for (int i = 0; i < g_pids.size(); ++i) {
     long p = g_pids[i];
+    // A signal that can be caught goes once to each process: a shell's trap run twice
+    // would do its cleanup twice. SIGKILL may be repeated; it closes the race with a fork.
+    if (sig != SIGKILL && group_sent && sys(SYS_getpgid, p) == g_leader) continue;
     sys(SYS_kill, p, sig);
     if (sig == SIGTERM) sys(SYS_kill, p, SIGCONT);  // a stopped process cannot act on TERM
     // A process with SIGKILL pending can only die; where we may, let it do so before the
@@ -137,6 +149,10 @@ void say_if_orphaned() {
     leave(127);
   };
   set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));  // we ignore it; programs expect it
+  // What the caller ignores stays ignored, as across an exec of its own child (`nohup`);
+  // every other disposition is the default already (the launcher reset them).
+  for (int s = 1; s <= 64; ++s)
+    if (g_ignored & (1ULL << (s - 1))) set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   unsigned long none = 0;
   sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   long r;
@@ -184,6 +200,7 @@ void raise_own_priority(char** envp) {
   g_linger = k.linger;
   g_mode = k.mode;
   g_cgroup_fd = k.cgroup_fd;
+  g_ignored = k.ignored;
   int ctl_fd = k.ctl_fd;
   char** execs = k.execs;
   char** args = k.args;
@@ -258,9 +275,7 @@ void raise_own_priority(char** envp) {
   g_leader = pid;
   // The task was started first, so it inherits none of this.
   raise_own_priority(envp);
-  ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid), static_cast<int32_t>(sys(SYS_getpid)),
-                      0, 0, 0, 0};
-  send(started);
+  const int64_t started_ms = mono_ms();
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon
   // as the task's own processes are gone.
   // Without /dev/null (no fds left, a sandbox without it) they are closed instead.
@@ -274,9 +289,27 @@ void raise_own_priority(char** envp) {
   }
   if (devnull >= g_status_fd) sys(SYS_close, devnull);
 
+  // A task that ends within a moment of its start is announced by its exit alone
+  // (LEADER_EXIT carries its pid), which spares the supervisor a wake-up per short task;
+  // a longer one is announced when that moment has passed.
+  bool announced = false;
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
   while (true) {
-    long k = wait_fds(pfd, 2, -1);
+    int timeout = -1;
+    if (!announced) {
+      int64_t left = started_ms + kQuietStartMs - mono_ms();
+      if (left <= 0 || g_leader_reaped) {
+        if (!g_leader_reaped) {
+          ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid),
+                              static_cast<int32_t>(sys(SYS_getpid)), 0, 0, 0, 0};
+          send(started);
+        }
+        announced = true;
+      } else {
+        timeout = static_cast<int>(left);
+      }
+    }
+    long k = wait_fds(pfd, 2, timeout);
     if (k < 0 && k != -EINTR) {
       say_if_orphaned();
       kill_everything(sigfd);

@@ -167,8 +167,8 @@ inline void check(long r, int stage) {
     rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
     check(sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
   }
-  KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, mode, cgroup_fd, parent,
-               execs, args, envp};
+  KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, mode, cgroup_fd, h.ignored,
+               parent, execs, args, envp};
   run_keeper(k);
 }
 
@@ -305,6 +305,11 @@ void reap_keepers() {
 }  // namespace
 
 int launcher_main(char** envp) {
+  // What the caller ignored when it started us we inherited (an exec keeps SIG_IGN): start
+  // from the defaults, so that each task gets the caller's ignored signals of the moment
+  // (LaunchRequest::ignored) and nothing else.
+  for (int s = 1; s <= 64; ++s)
+    if (s != SIGKILL && s != SIGSTOP) set_disposition(s, reinterpret_cast<void*>(SIG_DFL));
   // A vanished supervisor must not kill us by a write to a task's closed status pipe.
   set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_IGN));
   unsigned long mask = 1UL << (SIGCHLD - 1);

@@ -10,7 +10,7 @@ namespace pardo {
 enum ShepherdMsgType : int32_t {
   MSG_STARTED = 1,      // a = task pid, b = the keeper's own pid
   MSG_EXEC_FAILED = 2,  // a = stage, b = errno
-  MSG_LEADER_EXIT = 3,  // a = wait status; rusage of the leader
+  MSG_LEADER_EXIT = 3,  // a = wait status, b = the task's pid; rusage of the leader
   MSG_TREE_GONE = 4,    // rusage of every process of the tree (RUSAGE_CHILDREN)
   // From the launcher, once it has reaped the keeper: a = the keeper's wait status. The
   // last message on the pipe; the launcher closes its end after it.
@@ -68,6 +68,7 @@ struct LaunchRequest {
   int64_t rlimit_as;  // bytes; 0: none
   uint64_t nofile_cur, nofile_max;
   uint64_t cpus[16];  // a cpu_set_t (1024 CPUs)
+  uint64_t ignored;   // signals the task starts with ignored (bit s-1: signal s)
 };
 
 }  // namespace pardo

@@ -49,6 +49,7 @@ struct KeeperArgs {
   bool linger;
   int mode;       // KeeperMode
   int cgroup_fd;  // the task's leaf (cgroup modes), else -1
+  unsigned long long ignored;  // signals the task starts with ignored (bit s-1: signal s)
   long parent;  // the launcher's pid: a keeper whose parent changed was orphaned
   char** execs;  // exec candidates, NULL-terminated
   char** args;

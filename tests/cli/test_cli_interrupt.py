@@ -7,9 +7,12 @@ import time
 
 from pardo_cli import pardo_cmd
 
-# A task that says it started, then on SIGTERM writes that it cleaned up and exits.
-_CLEANS_UP = ("trap 'echo cleaned {} >> %(log)s; exit 0' TERM; touch %(dir)s/ready-{}; "
-              "sleep 30 & wait")
+# A task that says it started, then on SIGTERM writes that it cleaned up and exits. Its
+# background sleep starts before the trap is set: a shell's child forked after it carries
+# the trap until its exec, and a SIGTERM to the group in that moment ran the cleanup
+# twice (once in the child). Once ready-{} exists, no such child is left.
+_CLEANS_UP = ("sleep 30 & trap 'echo cleaned {} >> %(log)s; exit 0' TERM; "
+              "touch %(dir)s/ready-{}; wait")
 
 
 def _wait_for(predicate, timeout=10):

@@ -1,6 +1,6 @@
-"""The shepherd rung's launcher (pardo-shepherd --launcher): one per supervisor, it forks
-each task's keeper. Its death must not lose tasks silently: the tasks in flight fail with
-the reason, their trees die (setsid escapees included), and the next task gets a new
+"""pardo's launcher (pardo-shepherd --launcher): one per supervisor, it forks each task's
+keeper, on every rung. Its death must not lose tasks silently: the tasks in flight fail
+with the reason, their trees die (setsid escapees included), and the next task gets a new
 launcher."""
 
 import json
@@ -14,7 +14,7 @@ import pytest
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
+from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
 
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys, time, pardo
@@ -70,20 +70,25 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("user", ["root", "nobody"])
-def test_killing_the_launcher_fails_its_tasks_and_a_new_one_takes_over(user, request, zoo):
+# "-nobody": the same rung for an unprivileged user (setpriv to user nobody).
+@pytest.mark.parametrize("rung", ["cgroup", "shepherd", "pgroup", "shepherd-nobody",
+                                  "pgroup-nobody"])
+def test_killing_the_launcher_fails_its_tasks_and_a_new_one_takes_over(rung, request, zoo):
+    if rung == "cgroup" and not cgroup2_writable():
+        pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
     token = f"pardo-launcher-{secrets.token_hex(4)}"
-    if user == "root":
+    base = rung.removesuffix("-nobody")
+    if base == rung:
         argv, env = [sys.executable, "-c", SCRIPT], dict(os.environ)
     else:
         argv = as_nobody_argv([SYSTEM_PYTHON, "-c", SCRIPT])
         env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
-    env.update(PARDO_ISOLATION="shepherd", PARDO_ZOO_TOKEN=token)
+    env.update(PARDO_ISOLATION=base, PARDO_ZOO_TOKEN=token)
     try:
         p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir, timeout=120)
         assert p.returncode == 0, p.stderr
         out = json.loads(p.stdout)
-        assert out["rung"] == "shepherd" and out["first"] == "ok"
+        assert out["rung"] == base and out["first"] == "ok"
         assert out["sleeps"] >= 6, out
         assert len(out["before"]) == 1, out  # one launcher, started by the first task
         for status, error, note in out["results"]:
