@@ -58,9 +58,9 @@ def _launcher() -> str:
 
 def _cpu() -> float:
     """CPU seconds used so far by this process, the children it reaped, and its children
-    still alive with what they reaped: pardo's launcher forks each task's keeper, which
-    reaps the task, so tasks count only in the launcher's figures (which the bench's
-    process gets only when the launcher exits)."""
+    still alive with what they reaped: on the shepherd rung pardo's launcher forks each
+    task's keeper, which reaps the task, so tasks count only in the launcher's figures
+    (which the bench's process gets only when the launcher exits)."""
     import resource
 
     me = resource.getrusage(resource.RUSAGE_SELF)

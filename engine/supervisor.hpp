@@ -6,20 +6,20 @@
 //  submit(req, queue) ─► pending_  ─┐
 //  kill/terminate/watch ► commands_ ┴─► eventfd ─► epoll_wait ─► on_event, per ready fd:
 //                        (under mu_)
-//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► a request to the
-//             apply(commands)         │   (a limiting queue's     launcher (rungs/keepers.hpp):
-//                                     │    task takes a permit)   returns at once; its keeper
-//                                     │                           starts the task. (pgroup
-//                                     │                           without the helper: clone3
-//                                     │                           CLONE_VM, no VFORK: launch)
+//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► cgroup/pgroup:
+//             apply(commands)         │   (a limiting queue's     clone3(CLONE_VM ...), without
+//                                     │    task takes a permit)   VFORK where they can: returns
+//                                     │                           at once (launch). shepherd: a
+//                                     │                           request to the launcher
+//                                     │                           (rungs/keepers.hpp)
 //                                     └─► queue's held_ (no permit free, or others held)
 //    timerfd  fire_timers: deadline (TERM, grace, KILL) · drain end · kill-wait end ·
 //             watch record due · poll of an unwatchable task
-//    pidfd    (pgroup without the helper) tree already gone? ─► permit returned, exited_
-//             (reaped after the refill); else: reap the leader, kill its group
+//    pidfd    tree already gone? ─► permit returned, exited_ (reaped after the refill)
+//             else: reap the leader, kill what is left of its tree
 //    pipes    stdout/stderr captured (bounded) · stdin fed
-//    rung fd  the keeper's status (started, leader exit, gone, keeper reaped) ·
-//             cgroup.events "populated 0" · the launcher's socket (closed: it died)
+//    rung fd  cgroup.events "populated 0" · the keeper's status (started, leader exit,
+//             gone, keeper reaped) · the launcher's socket (closed: it died)
 //        └─► maybe_complete: leader reaped, tree gone, pipes drained
 //                            ─► permit returned, completing_
 //  then, once per round, in this order:

@@ -1,8 +1,7 @@
 // The cgroup rung: each task in a cgroup v2 leaf of this supervisor's subtree
 // (cgroup_tree.hpp), placed there by clone3 itself; the tree is killed with cgroup.kill and
 // known to be gone when cgroup.events says "populated 0". A guardian (pardo-shepherd
-// --guardian) kills and removes the subtree if this process dies. The task is started by
-// its keeper (rungs/keepers.hpp), which clones it into the leaf and reports its exit.
+// --guardian) kills and removes the subtree if this process dies.
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -15,9 +14,7 @@
 
 #include "proc.hpp"
 #include "rungs/cgroup_tree.hpp"
-#include "rungs/keepers.hpp"
 #include "rungs/rung.hpp"
-#include "shepherd/shepherd.hpp"
 #include "spawn.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
@@ -44,15 +41,15 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
   }
 }
 
-class CgroupRung : public KeeperRung {
+class CgroupRung : public Rung {
  public:
-  CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian, const std::string& helper)
-      : KeeperRung(helper, shepherd::KEEP_CGROUP_CLONE), tree_(std::move(tree)),
-        guardian_(guardian), direct_(clone3_into_cgroup_supported()) {}
+  CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian)
+      : tree_(std::move(tree)), guardian_(guardian), direct_(clone3_into_cgroup_supported()),
+        async_(direct_ && async_spawn_supported()) {}
 
   const char* name() const override { return "cgroup"; }
 
-  SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override {
+  SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
     SpawnOutcome o;
     int err = EIO;
     Leaf* leaf = tree_->acquire(&err);
@@ -63,35 +60,44 @@ class CgroupRung : public KeeperRung {
     }
     if (t.req.memory_limit > 0 && tree_->set_memory_max(leaf, t.req.memory_limit) == 0)
       plan.rlimit_as = 0;  // the cgroup caps the whole tree; no per-process limit needed
-    // Its keeper clones it into the leaf (where clone3 can), so it is in reach of
-    // cgroup.kill from its first instruction; else it moves itself there before its exec.
-    t.leaf = leaf;  // before the start: a watch refused there kills the task (signal_tree)
-    o = start_keeper(s, t, plan, direct_ ? shepherd::KEEP_CGROUP_CLONE : shepherd::KEEP_CGROUP_PROCS,
-                     leaf->dir_fd);
+    // The leader dies with the supervisor thread; the guardian takes care of the rest.
+    plan.pdeathsig = SIGKILL;
+    if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
+    // Placed into its leaf by clone3 itself, the child is in reach of cgroup.kill from its
+    // first instruction, so there is no need to wait for its exec: the next task can start.
+    o = async_ ? spawn_child_async(plan, leaf->dir_fd, &t.handle->launch)
+               : spawn_child(plan, direct_ ? leaf->dir_fd : -1);
     if (o.stage != STAGE_NONE) {
-      t.leaf = nullptr;
       tree_->release(leaf);
+      return o;
     }
+    t.leaf = leaf;
+    t.child_pid = o.pid;
+    t.pidfd = o.pidfd;
+    t.c.pid = o.pid;
     return o;
   }
 
+  void on_child_exit(Supervisor& s, TaskState& t) override {
+    int st;
+    struct rusage ru;
+    if (!reap_child(s, t, &st, &ru)) return;
+    s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
+    check_gone(s, t);
+  }
+
   void on_event(Supervisor& s, TaskState& t, int kind) override {
-    if (kind == FD_EVENTS)
-      check_gone(s, t);
-    else
-      KeeperRung::on_event(s, t, kind);
+    if (kind == FD_EVENTS) check_gone(s, t);
+  }
+
+  bool tree_gone_at_exit(TaskState& t) override {
+    // The leader is a zombie once its pidfd reports (exit_notify comes after cgroup_exit),
+    // so "populated 0" now means every process of the tree has exited.
+    return t.leaf && !t.leader_done && cgroup_populated(t.leaf->events_fd) == 0;
   }
 
   void signal_tree(Supervisor& s, TaskState& t, int sig) override {
     if (!t.leaf) return;
-    // Until its keeper says the task started, the task may not be in its leaf yet: the
-    // keeper is told too, and signals the task as soon as it has started it.
-    if (!t.got_started) {
-      KeeperRung::signal_tree(s, t, sig);
-      // Once is enough for a signal that can be caught (a trap must not run twice);
-      // SIGKILL also goes to the leaf, where the task may be already.
-      if (sig != SIGKILL) return;
-    }
     if (sig == SIGKILL) {
       if (cgroup_populated(t.leaf->events_fd) == 0) {
         if (t.leader_done) s.tree_gone(t);
@@ -114,7 +120,6 @@ class CgroupRung : public KeeperRung {
   }
 
   void finish(Supervisor& s, TaskState& t) override {
-    KeeperRung::finish(s, t);
     if (!t.leaf) return;
     if (t.events_watched) {
       s.unwatch_fd(t.leaf->events_fd);
@@ -135,7 +140,6 @@ class CgroupRung : public KeeperRung {
   }
 
   void shutdown() override {
-    KeeperRung::shutdown();
     tree_->destroy();
     guardian_.stop();  // EOF: the guardian finds nothing left, exits
   }
@@ -143,11 +147,6 @@ class CgroupRung : public KeeperRung {
   ~CgroupRung() override {
     if (guardian_.fd >= 0) shutdown();
   }
-
- protected:
-  void after_leader_exit(Supervisor& s, TaskState& t) override { check_gone(s, t); }
-  // The keeper's end says nothing about the tree: "populated 0" does.
-  void after_keeper_gone(Supervisor& s, TaskState& t) override { check_gone(s, t); }
 
  private:
   void watch_events(Supervisor& s, TaskState& t) {
@@ -172,6 +171,7 @@ class CgroupRung : public KeeperRung {
   std::unique_ptr<CgroupTree> tree_;
   Guardian guardian_;
   bool direct_;  // clone3 places the child into its leaf (else the child moves itself there)
+  bool async_;   // and so spawn_child_async can be used
 };
 
 }  // namespace
@@ -189,7 +189,7 @@ std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::st
     tree->destroy();
     return nullptr;
   }
-  return std::make_unique<CgroupRung>(std::move(tree), g, shepherd_path);
+  return std::make_unique<CgroupRung>(std::move(tree), g);
 }
 
 std::string cgroup_unavailable_reason() {

@@ -27,7 +27,7 @@ constexpr int kSendTimeoutSec = 5;
 
 }  // namespace
 
-SpawnOutcome KeeperRung::start_keeper(Supervisor& s, TaskState& t, ChildPlan& plan, int mode, int cgroup_fd) {
+SpawnOutcome KeeperRung::start(Supervisor& s, TaskState& t, ChildPlan& plan) {
   SpawnOutcome o;
   if (plan.fds.size() > static_cast<size_t>(kLaunchMaxFds)) {
     o.stage = STAGE_FDS;
@@ -53,12 +53,11 @@ SpawnOutcome KeeperRung::start_keeper(Supervisor& s, TaskState& t, ChildPlan& pl
     o.stage = STAGE_FDS;
     o.err = errno;
   } else {
-    encode(t, plan, mode);
+    encode(t, plan);
     std::vector<int> fds;
     for (auto& m : plan.fds) fds.push_back(m.second);
     fds.push_back(st[1]);
     fds.push_back(ctl[0]);
-    if (cgroup_fd >= 0) fds.push_back(cgroup_fd);
     // A launcher that died since the last task is replaced, once.
     for (int attempt = 0; attempt < 2; ++attempt) {
       if (!ensure_launcher(s, &o)) break;
@@ -158,7 +157,7 @@ bool KeeperRung::ensure_launcher(Supervisor& s, SpawnOutcome* fail) {
 }
 
 // The request's header and strings, in req_ and strings_.
-void KeeperRung::encode(TaskState& t, const ChildPlan& plan, int mode) {
+void KeeperRung::encode(TaskState& t, const ChildPlan& plan) {
   LaunchRequest& h = req_;
   memset(&h, 0, sizeof h);
   h.magic = kLaunchMagic;
@@ -184,7 +183,6 @@ void KeeperRung::encode(TaskState& t, const ChildPlan& plan, int mode) {
     }
   }
   if (t.req.linger) h.flags |= LAUNCH_LINGER;
-  h.flags |= static_cast<uint32_t>(mode) << LAUNCH_MODE_SHIFT;
   if (!plan.cwd.empty()) {
     h.flags |= LAUNCH_CWD;
     add(plan.cwd);
@@ -318,12 +316,10 @@ void KeeperRung::keeper_done(Supervisor& s, TaskState& t, bool have_status, int 
     }
     s.leader_exited(t, st, 0, 0, 0);
     if (!t.got_started) s.publish_pid(t);
-    after_leader_exit(s, t);
   }
-  after_keeper_gone(s, t);
+  // The keeper reaped its whole tree before it exited (it is a subreaper).
+  s.tree_gone(t);
 }
-
-void KeeperRung::after_keeper_gone(Supervisor& s, TaskState& t) { s.tree_gone(t); }
 
 void KeeperRung::read_status(Supervisor& s, TaskState& t) {
   if (t.status_fd < 0) return;
@@ -370,9 +366,6 @@ void KeeperRung::read_status(Supervisor& s, TaskState& t) {
           s.publish_pid(t);
         }
         s.leader_exited(t, m.a, m.utime_us, m.stime_us, m.maxrss_kb);
-        after_leader_exit(s, t);
-        // Only the shepherd rung's keeper has more to do: the others exit now.
-        if (mode_ != shepherd::KEEP_TREE) keeper_done(s, t, true, 0);
         break;
       case MSG_TREE_GONE:
         t.c.cpu_user_us = m.utime_us;

@@ -1,21 +1,21 @@
-// Tasks started through pardo's launcher, what every rung does where the helper program
-// is installed. One launcher per supervisor (pardo-shepherd --launcher,
+// The shepherd rung's tasks, started through pardo's launcher. One launcher per
+// supervisor (pardo-shepherd --launcher,
 // engine/shepherd/launcher.cpp), started at the first task and again after it dies, forks
 // a keeper per task (engine/shepherd/keeper.cpp) that starts the task in a session of its
 // own, reports on a status pipe (shepherd/protocol.hpp) and obeys a control pipe. The
 // keeper is the launcher's child, not ours: the launcher reaps it and says how it ended
 // (KEEPER_EXIT) as the last word on the same pipe.
 //
-//   supervisor ──request + fds──► launcher ──fork──► keeper ──fork (clone3 into the
-//        ▲                                             │        cgroup leaf)──► task
+//   supervisor ──request + fds──► launcher ──fork──► keeper ──fork──► task
+//        ▲                                             │
 //        └──────────── status pipe ◄───────────────────┘ ◄── control pipe (T/K bytes)
 //
-// Why not clone the task from this process: a child of the Python process shares (or
-// copies) its address space until its exec, and the kernel carries that space's peak into
-// the task's rusage, so a task started by a process holding 500 MiB reported 500 MiB of
-// max_rss. The launcher links no libc and its address space is a few pages: the peak a
-// task inherits from it is nothing. A fork of so small a process is cheap, which is also
-// what makes the shepherd rung fast (its keeper was a program exec'd per task).
+// A fork of so small a process is cheap (the keeper was a program exec'd per task), and
+// the task's max_rss is its own: a child of the Python process shares (or copies) its
+// address space until its exec, and the kernel carries that space's peak into the task's
+// rusage. The launcher links no libc and its address space is a few pages. (The cgroup
+// and pgroup rungs still clone their tasks from this process: the extra hop through the
+// launcher cost them a fifth of their launch rate; see README, "Measured".)
 //
 // The launcher's death is seen on its socket (its only other holder): every task in
 // flight then fails with the reason (its keeper, orphaned, kills its tree and says so),
@@ -33,13 +33,10 @@ namespace pardo {
 
 class KeeperRung : public Rung {
  public:
-  // mode: the keeper's (shepherd/shepherd.hpp KeeperMode) for start().
-  KeeperRung(std::string helper, int mode) : path_(std::move(helper)), mode_(mode) {}
+  explicit KeeperRung(std::string helper) : path_(std::move(helper)) {}
   ~KeeperRung() override { stop_launcher(); }
 
-  SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override {
-    return start_keeper(s, t, plan, mode_, -1);
-  }
+  SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override;
   void on_child_exit(Supervisor&, TaskState&) override {}  // no child of ours per task
   void on_event(Supervisor& s, TaskState& t, int kind) override;
   void on_rung_event(Supervisor& s) override { launcher_died(s); }
@@ -48,15 +45,6 @@ class KeeperRung : public Rung {
   void finish(Supervisor& s, TaskState& t) override;
   void shutdown() override { stop_launcher(); }
 
- protected:
-  // Start t's keeper in `mode`; cgroup_fd: the leaf for the cgroup modes, else -1.
-  SpawnOutcome start_keeper(Supervisor& s, TaskState& t, ChildPlan& plan, int mode, int cgroup_fd);
-  // The task's leader exited (LEADER_EXIT; s.leader_exited has run).
-  virtual void after_leader_exit(Supervisor&, TaskState&) {}
-  // The keeper is gone (its last word, or its pipe's end): it has reaped its tree (the
-  // shepherd rung's subreaper), so by default the tree is gone.
-  virtual void after_keeper_gone(Supervisor& s, TaskState& t);
-
  private:
   struct Launcher {
     pid_t pid = -1;
@@ -64,7 +52,7 @@ class KeeperRung : public Rung {
     int sock = -1;
   };
   bool ensure_launcher(Supervisor& s, SpawnOutcome* fail);
-  void encode(TaskState& t, const ChildPlan& plan, int mode);
+  void encode(TaskState& t, const ChildPlan& plan);
   int send_request(const std::vector<int>& fds);
   void launcher_died(Supervisor& s);
   void orphaned(TaskState& t);
@@ -73,7 +61,6 @@ class KeeperRung : public Rung {
   void read_status(Supervisor& s, TaskState& t);
 
   std::string path_;
-  int mode_;
   Launcher launcher_;
   LaunchRequest req_;
   std::string strings_;

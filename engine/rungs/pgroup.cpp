@@ -1,13 +1,9 @@
 // The process-group rung, the last resort: the task leads a session of its own and its
 // group is signalled; the tree counts as gone once the leader is reaped and the group was
-// SIGKILLed. A process that leaves the group (setsid, double fork) escapes it.
-//
-// Where the helper program is installed, the task's keeper (rungs/keepers.hpp) starts it,
-// signals its group, kills the group when the leader exits (before reaping it, so the id
-// cannot have been taken by another group), and kills it if this process or the launcher
-// dies. Without the helper, the supervisor starts the leader itself (DirectPgroupRung):
-// the leaders die of PDEATHSIG with us, but what they started does not, and the task's
-// max_rss includes this process's own peak (the child shares its memory until its exec).
+// SIGKILLed. A process that leaves the group (setsid, double fork) escapes it. A guardian
+// (pardo-shepherd --guardian-pgroups) is told each group as it is made and done with, and
+// SIGKILLs the groups still listed if this process dies: the leaders die of PDEATHSIG, but
+// what they started would not.
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -17,32 +13,18 @@
 #include <cstdint>
 
 #include "proc.hpp"
-#include "rungs/keepers.hpp"
 #include "rungs/rung.hpp"
-#include "shepherd/shepherd.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
 
 namespace pardo {
 namespace {
 
-class PgroupRung : public KeeperRung {
+class PgroupRung : public Rung {
  public:
-  explicit PgroupRung(const std::string& helper) : KeeperRung(helper, shepherd::KEEP_PGROUP) {}
-  const char* name() const override { return "pgroup"; }
-  bool knows_tree_end() const override { return false; }
-
- protected:
-  // The keeper killed the group (unless lingering) before it reaped the leader: as far as
-  // this rung can tell, the tree is dealt with.
-  void after_leader_exit(Supervisor& s, TaskState& t) override {
-    t.kill_sent = true;
-    s.tree_gone(t);
-  }
-};
-
-class DirectPgroupRung : public Rung {
- public:
+  // Without a guardian (fd -1) the leaders die with us, by PDEATHSIG, but what they
+  // started does not.
+  explicit PgroupRung(Guardian guardian) : guardian_(guardian) {}
 
   const char* name() const override { return "pgroup"; }
 
@@ -56,6 +38,7 @@ class DirectPgroupRung : public Rung {
       t.child_pid = o.pid;
       t.pidfd = o.pidfd;
       t.c.pid = o.pid;
+      tell_guardian(o.pid);  // its group (setsid: pgid = pid) dies with us from now on
     }
     return o;
   }
@@ -68,6 +51,9 @@ class DirectPgroupRung : public Rung {
     memset(&si, 0, sizeof si);
     if (waitid(P_PID, t.child_pid, &si, WEXITED | WNOHANG | WNOWAIT) < 0 || si.si_pid == 0) return;
     if (!t.req.linger) killpg(t.child_pid, SIGKILL);
+    // Before the reap: until then the zombie leader pins the group's id, so the guardian
+    // never holds an id that another group may have taken.
+    tell_guardian(-t.child_pid);
     int st;
     struct rusage ru;
     if (!reap_child(s, t, &st, &ru)) return;
@@ -95,13 +81,33 @@ class DirectPgroupRung : public Rung {
   }
 
   void finish(Supervisor&, TaskState&) override {}
+
+  void shutdown() override { guardian_.stop(); }  // EOF: it kills what is still listed
+
+  ~PgroupRung() override { shutdown(); }
+
+ private:
+  // One 4-byte write per group start and end: +pgid, -pgid.
+  void tell_guardian(int32_t v) {
+    if (guardian_.fd < 0) return;
+    ssize_t n;
+    do {
+      n = write(guardian_.fd, &v, sizeof v);
+    } while (n < 0 && errno == EINTR);
+  }
+
+  Guardian guardian_;
 };
 
 }  // namespace
 
-std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path) {
-  if (shepherd_path.empty()) return std::make_unique<DirectPgroupRung>();
-  return std::make_unique<PgroupRung>(shepherd_path);
+std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::string* why) {
+  Guardian g;
+  if (!shepherd_path.empty()) {
+    why->clear();
+    if (!start_guardian(shepherd_path, {"--guardian-pgroups"}, &g, why)) g = Guardian{};
+  }
+  return std::make_unique<PgroupRung>(g);
 }
 
 }  // namespace pardo

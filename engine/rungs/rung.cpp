@@ -78,6 +78,9 @@ bool start_guardian(const std::string& shepherd, const std::vector<std::string>&
     *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);
     return false;
   }
+  // Room for many records: the pgroup guardian drains them at once, but a write must not
+  // wait for it to be scheduled when tasks start in a burst.
+  fcntl(p[1], F_SETPIPE_SZ, 1 << 20);
   g->fd = p[1];
   g->pid = o.pid;
   g->pidfd = o.pidfd;
@@ -140,13 +143,13 @@ RungChoice choose_rung(const std::string& wanted, const std::string& shepherd_pa
                        : "pgroup: " + no_pidfd;
     return ch;
   }
-  ch.rung = make_pgroup_rung(have_shepherd ? shepherd_path : std::string());
+  std::string guardian_why = shepherd_why;
+  ch.rung = make_pgroup_rung(have_shepherd ? shepherd_path : std::string(), &guardian_why);
   ch.reason = is_auto ? "cgroup unavailable: " + cg_why + "; shepherd unavailable: " + shepherd_why
                       : "forced by configuration";
-  if (!have_shepherd)
-    ch.reason += "; no keepers (" + shepherd_why +
-                 "): if pardo is SIGKILLed, what its tasks started survives, and a task's "
-                 "max_rss includes pardo's own peak memory";
+  if (!guardian_why.empty())
+    ch.reason += "; no guardian (" + guardian_why +
+                 "): if pardo is SIGKILLed, what its tasks started survives";
   return ch;
 }
 

@@ -12,7 +12,8 @@
 //             PDEATHSIG).
 //   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
 //             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
-//             survive. Its keeper kills the group if this process dies.
+//             survive. A guardian process kills the groups still live if this process
+//             dies.
 //
 // The supervisor sees only Rung; which one runs is chosen once, by choose_rung (rung.cpp).
 #pragma once
@@ -80,8 +81,10 @@ std::string cgroup_unavailable_reason();
 
 // ---- for the rungs themselves (rungs/*.cpp) ----
 
-// A guardian process (pardo-shepherd --guardian) and the write end of its stdin: closing
-// it, or our death, is its signal to kill what we leave (the cgroup rung's subtree).
+// A guardian process (pardo-shepherd in a guardian mode) and the write end of its stdin:
+// closing it, or our death, is its signal to kill what we leave. Shared by the cgroup rung
+// (which it tells nothing: it kills the subtree) and the pgroup rung (which tells it each
+// group as it is made and done with).
 struct Guardian {
   int fd = -1;
   pid_t pid = -1;
@@ -107,9 +110,9 @@ bool start_guardian(const std::string& shepherd, const std::vector<std::string>&
 std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::string* subtree,
                                        std::string* why);
 std::unique_ptr<Rung> make_shepherd_rung(const std::string& shepherd_path);
-// The pgroup rung: its tasks started by keepers when shepherd_path is usable, else (empty)
-// by the supervisor itself.
-std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path);
+// The pgroup rung with its guardian when shepherd_path is usable (empty: none); without
+// one, *why says why not.
+std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::string* why);
 
 // Reap our direct child if it has exited (its pidfd is then dropped). True when reaped now.
 // `block`: the child is known to be exiting (it closed its last fd), so wait the moment

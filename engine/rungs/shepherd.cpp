@@ -2,14 +2,13 @@
 // kills and reaps the task's whole tree, setsid/double-fork escapees included, and exits
 // only once waitpid() says ECHILD: its end means "tree gone".
 #include "rungs/keepers.hpp"
-#include "shepherd/shepherd.hpp"
 
 namespace pardo {
 namespace {
 
 class ShepherdRung : public KeeperRung {
  public:
-  explicit ShepherdRung(std::string path) : KeeperRung(std::move(path), shepherd::KEEP_TREE) {}
+  explicit ShepherdRung(std::string path) : KeeperRung(std::move(path)) {}
   const char* name() const override { return "shepherd"; }
 };
 

@@ -35,8 +35,6 @@ long g_parent = -1;  // the launcher
 long g_leader = -1;
 bool g_leader_reaped = false;
 bool g_linger = false;
-int g_mode = KEEP_TREE;
-int g_cgroup_fd = -1;
 unsigned long long g_ignored = 0;  // the caller's ignored signals, bit s-1 for signal s
 
 void send(const ShepherdMsg& m) {
@@ -46,9 +44,6 @@ void send(const ShepherdMsg& m) {
 }
 
 [[noreturn]] void finish() {
-  // The other rungs' keepers have said all there is with LEADER_EXIT (they reap nothing
-  // else): one message, one wake-up of the supervisor per task.
-  if (g_mode != KEEP_TREE) leave(0);
   struct rusage ru{};
   sys(SYS_getrusage, RUSAGE_CHILDREN, &ru);
   ShepherdMsg m{MSG_TREE_GONE, 0, 0, 0, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss};
@@ -155,16 +150,7 @@ void say_if_orphaned() {
     if (g_ignored & (1ULL << (s - 1))) set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   unsigned long none = 0;
   sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
-  long r;
-  if (g_mode == KEEP_CGROUP_PROCS) {
-    // No CLONE_INTO_CGROUP here: into the leaf before anything else, before the exec.
-    long fd = sys(SYS_openat, g_cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
-    if (fd < 0) fail(STAGE_CGROUP, -fd);
-    r = sys(SYS_write, fd, "0", 1);
-    if (r <= 0) fail(STAGE_CGROUP, r == 0 ? EIO : -r);
-    sys(SYS_close, fd);
-  }
-  r = sys(SYS_setsid);
+  long r = sys(SYS_setsid);
   if (r < 0) fail(STAGE_SESSION, -r);
   sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
   // Pass on stdio and whatever else the supervisor placed below our own fds.
@@ -198,8 +184,6 @@ void raise_own_priority(char** envp) {
   g_status_fd = k.status_fd;
   g_parent = k.parent;
   g_linger = k.linger;
-  g_mode = k.mode;
-  g_cgroup_fd = k.cgroup_fd;
   g_ignored = k.ignored;
   int ctl_fd = k.ctl_fd;
   char** execs = k.execs;
@@ -213,9 +197,7 @@ void raise_own_priority(char** envp) {
   // Without these two the keeper cannot keep its word (orphans of the tree would escape
   // it; a leader's exit would go unseen): it refuses to start the task, and the engine
   // reports a helper that could not run.
-  // Only the shepherd rung's keeper is a subreaper: the others' tasks are contained by
-  // their cgroup, or not beyond their group, and their orphans go where they went before.
-  long r = g_mode == KEEP_TREE ? sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1) : 0;
+  long r = sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
   unsigned long mask = 0;
   for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
   sys(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof mask);
@@ -235,27 +217,11 @@ void raise_own_priority(char** envp) {
   // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
   int ep[2];
   r = sys(SYS_pipe2, ep, O_CLOEXEC);
-  long pid = r;
-  if (r == 0 && g_mode == KEEP_CGROUP_CLONE) {
-    // Into its leaf at birth, so nothing can fork before it is contained: a fork-style
-    // clone3 (a copy of us, on its own copy of our stack).
-    struct {
-      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
-          set_tid_size, cgroup;
-    } ca{};
-    ca.flags = 0x200000000ULL;  // CLONE_INTO_CGROUP
-    ca.exit_signal = SIGCHLD;
-    ca.cgroup = static_cast<uint64_t>(g_cgroup_fd);
-    pid = sys(SYS_clone3, &ca, sizeof ca);
-  } else if (r == 0) {
-    pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
-  }
+  long pid = r == 0 ? sys(SYS_clone, SIGCHLD, 0, 0, 0, 0) : r;
   if (pid == 0) leader_main(execs, args, envp, ep[1]);
   if (r == 0) sys(SYS_close, ep[1]);
-  if (g_cgroup_fd >= 0) sys(SYS_close, g_cgroup_fd);
   if (pid < 0) {
-    ShepherdMsg m{MSG_EXEC_FAILED, g_mode == KEEP_CGROUP_CLONE ? STAGE_CGROUP : STAGE_CLONE,
-                  static_cast<int32_t>(-pid), 0, 0, 0, 0};
+    ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};
     send(m);
     finish();
   }
@@ -324,14 +290,6 @@ void raise_own_priority(char** envp) {
       if (stop) {
         say_if_orphaned();
         kill_everything(sigfd);
-      }
-      // The pgroup rung's keeper kills the group while the leader, a zombie still unreaped,
-      // pins its id: the signal cannot reach a new group that took the number.
-      if (g_mode == KEEP_PGROUP && !g_leader_reaped && !g_linger) {
-        siginfo_t si{};
-        if (sys(SYS_waitid, P_PID, g_leader, &si, WEXITED | WNOHANG | WNOWAIT, nullptr) == 0 &&
-            si.si_pid == g_leader)
-          sys(SYS_kill, -g_leader, SIGKILL);
       }
       bool leader_exited = false;
       bool any_left = reap_all(&leader_exited);

@@ -125,14 +125,12 @@ inline void check(long r, int stage) {
 [[noreturn]] void become_keeper(const LaunchRequest& h, const int* fds, long parent, char** execs,
                                 char** args, char** envp, const char* cwd) {
   int nfds = h.nfds;
-  int mode = static_cast<int>((h.flags >> LAUNCH_MODE_SHIFT) & 15);
-  int specials = mode == KEEP_CGROUP_CLONE || mode == KEEP_CGROUP_PROCS ? 3 : 2;
+  constexpr int specials = 2;  // the status and control pipes
   int top = 2;
   for (int i = 0; i < nfds; ++i) top = h.targets[i] > top ? h.targets[i] : top;
   const int status_fd = top + 1, ctl_fd = top + 2, base = top + 1 + specials;
-  const int cgroup_fd = specials == 3 ? top + 3 : -1;
   g_report = fds[nfds];
-  int dups[kLaunchMaxFds + 3];
+  int dups[kLaunchMaxFds + specials];
   for (int i = 0; i < nfds + specials; ++i) {
     long d = sys(SYS_fcntl, fds[i], F_DUPFD, base);
     check(d, STAGE_FDS);
@@ -146,7 +144,6 @@ inline void check(long r, int stage) {
   check(sys(SYS_dup3, dups[nfds], status_fd, 0), STAGE_FDS);
   g_report = status_fd;
   check(sys(SYS_dup3, dups[nfds + 1], ctl_fd, 0), STAGE_FDS);
-  if (cgroup_fd >= 0) check(sys(SYS_dup3, dups[nfds + 2], cgroup_fd, 0), STAGE_FDS);
   check(close_from(base), STAGE_FDS);
 
   if (h.flags & LAUNCH_CWD) check(sys(SYS_chdir, cwd), STAGE_CHDIR);
@@ -167,7 +164,7 @@ inline void check(long r, int stage) {
     rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
     check(sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
   }
-  KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, mode, cgroup_fd, h.ignored,
+  KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, h.ignored,
                parent, execs, args, envp};
   run_keeper(k);
 }
@@ -229,10 +226,9 @@ bool serve_one(long self) {
   }
   bool ok = (mh.msg_flags & MSG_CTRUNC) == 0 &&
             read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n));
-  int mode = static_cast<int>((h.flags >> LAUNCH_MODE_SHIFT) & 15);
-  int specials = mode == KEEP_CGROUP_CLONE || mode == KEEP_CGROUP_PROCS ? 3 : 2;
+  constexpr int specials = 2;  // the status and control pipes
   ok = ok && h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
-       h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials && mode <= KEEP_PGROUP &&
+       h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials &&
        h.nexec >= 0 && h.nargv >= 0 && h.nenv >= 0;
   if (!ok) {
     // A stream out of step cannot be read on: say so to this task if we can, and stop.

@@ -1,4 +1,4 @@
-// pardo-shepherd: one small program, two roles, chosen by its first argument.
+// pardo-shepherd: one small program, three roles, chosen by its first argument.
 //
 //   pardo-shepherd --launcher
 //     the launcher, one per supervisor: forks a keeper per task, which starts the task
@@ -7,14 +7,18 @@
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
 //     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
 //     no cgroup.kill (Linux 5.2-5.13)
+//   pardo-shepherd --guardian-pgroups
+//     the pgroup rung's guardian: SIGKILLs the process groups the supervisor still listed
+//     once it is gone (guardian.cpp)
 //
 // One program rather than two: the engine finds one helper beside itself (one path to
-// configure and to check), and the guardian costs nothing to carry.
+// configure and to check), and the guardians cost nothing to carry.
 //
 // The launcher forks a keeper per task, and each fork copies the launcher's address space
-// (whose peak the task's max_rss would count): the program is written against the kernel alone (raw/) and,
-// on x86-64, built without libc (PARDO_FREESTANDING: its own _start, below), so that space
-// is a few pages, and its start-up (the guardian's, the launcher's) is only the kernel's.
+// (whose peak the task's max_rss would count): the program is written against the kernel
+// alone (raw/) and, on x86-64, built without libc (PARDO_FREESTANDING: its own _start,
+// below), so that space is a few pages, and its start-up (the guardians', the launcher's)
+// is only the kernel's.
 // Elsewhere it links libc and uses only main() from it.
 #include <cstddef>
 
@@ -25,6 +29,8 @@ using namespace pardo::shepherd;
 
 extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
   if (argc >= 2) {
+    if (const char* rest = after(argv[1], "--guardian-pgroups"); rest && *rest == '\0')
+      return pgroup_guardian_main();
     if (const char* dir = after(argv[1], "--guardian=")) {
       const char* rest = argc >= 3 ? after(argv[2], "--freeze") : nullptr;
       return guardian_main(dir, rest && *rest == '\0');

@@ -39,8 +39,7 @@ constexpr char CTL_KILL = 'K';
 // of NUL-terminated strings (the exec candidates, argv, the environment, the working
 // directory when LAUNCH_CWD), in one write; the fds travel with its first byte
 // (SCM_RIGHTS): the task's `nfds` fds, whose places in the task are `targets`, then the
-// status pipe's write end, the control pipe's read end, and for the cgroup rung the
-// task's leaf.
+// status pipe's write end and the control pipe's read end.
 constexpr uint32_t kLaunchMagic = 0x70617264;  // "pard"
 constexpr int kLaunchMaxFds = 48;
 constexpr uint32_t kLaunchMaxSize = 64u << 20;  // far above ARG_MAX (execve refuses more)
@@ -51,9 +50,6 @@ enum LaunchFlags : uint32_t {
   LAUNCH_CPUS = 4,
   LAUNCH_NICE = 8,          // set `nice` (checked); else `base_nice` (unchecked)
   LAUNCH_RESTORE_NOFILE = 16,
-  // The keeper's mode (shepherd/shepherd.hpp KeeperMode), in bits 8..11; in the cgroup
-  // modes the leaf's directory fd comes after the control pipe's.
-  LAUNCH_MODE_SHIFT = 8,
 };
 
 struct LaunchRequest {

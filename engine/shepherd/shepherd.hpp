@@ -34,21 +34,11 @@ inline void set_disposition(int sig, void* handler) {
 // (launcher.cpp).
 int launcher_main(char** envp);
 
-// What the keeper does besides starting its task, per rung.
-enum KeeperMode : int {
-  KEEP_TREE = 0,          // shepherd: a subreaper; kills and reaps the whole tree
-  KEEP_CGROUP_CLONE = 1,  // cgroup: the leader is cloned into the leaf (cgroup_fd)
-  KEEP_CGROUP_PROCS = 2,  // cgroup: the leader moves itself into the leaf (no CLONE_INTO_CGROUP)
-  KEEP_PGROUP = 3,        // pgroup: the leader's group is killed when it exits
-};
-
 // What a keeper is given by the launcher that forked it: its fds already in place (the
 // task's below status_fd), and the task to start.
 struct KeeperArgs {
   int status_fd, ctl_fd;
   bool linger;
-  int mode;       // KeeperMode
-  int cgroup_fd;  // the task's leaf (cgroup modes), else -1
   unsigned long long ignored;  // signals the task starts with ignored (bit s-1: signal s)
   long parent;  // the launcher's pid: a keeper whose parent changed was orphaned
   char** execs;  // exec candidates, NULL-terminated
@@ -60,6 +50,8 @@ struct KeeperArgs {
 // pardo-shepherd --guardian=DIR [--freeze]: the cgroup rung's guardian (guardian.cpp);
 // by_freeze: the kernel has no cgroup.kill, so the subtree is killed by freezing it.
 int guardian_main(const char* dir, bool by_freeze);
+// pardo-shepherd --guardian-pgroups: the pgroup rung's guardian (guardian.cpp).
+int pgroup_guardian_main();
 
 }  // namespace shepherd
 }  // namespace pardo

@@ -49,13 +49,10 @@ class Result:
         duration: seconds from start until the whole tree was gone (monotonic clock).
         cpu_user, cpu_sys: CPU seconds used by the task's whole tree where the isolation
             rung can count it (cgroup, shepherd), else by the leader and its reaped children.
-        max_rss: peak resident set size in bytes of the largest process of the tree (the
-            leader or a reaped descendant; not a sum). It is the tree's own on every rung,
-            however big the calling process: tasks are forked by pardo's small launcher,
-            not cloned from the caller (whose peak an exec would carry into the task's
-            figure). The one exception is the pgroup rung without the helper program
-            pardo-shepherd (``pardo doctor`` says when), where it is at least the caller's
-            RSS at the task's start.
+        max_rss: peak resident set size in bytes of the largest process measured. Under
+            the cgroup and pgroup rungs it is at least the caller's RSS at the task's start
+            (the leader is a clone of the caller, and exec carries the high-water mark of
+            the address space it leaves); under shepherd it is the tree's own.
         error: why the task could not start (status "error"), else None.
         pid: pid of the task's leader (None if it never started).
         deadline: the timeout the task ran under, in seconds, or None.

