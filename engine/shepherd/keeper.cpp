@@ -169,6 +169,55 @@ void say_if_orphaned() {
   leave(127);
 }
 
+// The leader starts vfork-style where it can: it runs on a stack of its own inside our
+// address space until its exec, so nothing is copied for it (no page tables, no
+// copy-on-write faults, no address space to tear down at its exec); we sleep meanwhile.
+// It changes nothing of ours that we read afterwards: its fd table, signal dispositions
+// and mask are its own copies (no CLONE_FILES, no CLONE_SIGHAND).
+#if defined(__x86_64__) || defined(__aarch64__)
+extern "C" long pardo_clone3_run(void* args, unsigned long size, int (*fn)(void*), void* arg);
+constexpr bool kVforkStart = true;
+#else
+constexpr bool kVforkStart = false;
+#endif
+constexpr unsigned long kLeaderStackSize = 64 * 1024;
+alignas(64) char g_leader_stack[kLeaderStackSize];
+
+struct LeaderArgs {
+  char** execs;
+  char** args;
+  char** envp;
+  int err_fd;
+};
+
+int leader_entry(void* p) {
+  auto* a = static_cast<LeaderArgs*>(p);
+  leader_main(a->execs, a->args, a->envp, a->err_fd);
+}
+
+// Start the leader: vfork-style with clone3 (CLONE_VM | CLONE_VFORK) where the kernel
+// and its seccomp profile allow clone3, else a plain fork (clone). Its pid, or -errno.
+long start_leader(LeaderArgs* a) {
+  if (kVforkStart) {
+#if defined(__x86_64__) || defined(__aarch64__)
+    struct {
+      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    } ca{};
+    ca.flags = CLONE_VM | CLONE_VFORK;
+    ca.exit_signal = SIGCHLD;
+    ca.stack = reinterpret_cast<uint64_t>(g_leader_stack);
+    ca.stack_size = kLeaderStackSize;
+    long pid = pardo_clone3_run(&ca, sizeof ca, leader_entry, a);
+    // Refused (ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under
+    // others): the fork below does the same, copying our few pages.
+    if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
+#endif
+  }
+  long pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (pid == 0) leader_main(a->execs, a->args, a->envp, a->err_fd);
+  return pid;
+}
+
 // Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does,
 // never passed on to children; PARDO_NO_REALTIME=1 in the environment rules out real time.
 void raise_own_priority(char** envp) {
@@ -217,8 +266,8 @@ void raise_own_priority(char** envp) {
   // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
   int ep[2];
   r = sys(SYS_pipe2, ep, O_CLOEXEC);
-  long pid = r == 0 ? sys(SYS_clone, SIGCHLD, 0, 0, 0, 0) : r;
-  if (pid == 0) leader_main(execs, args, envp, ep[1]);
+  LeaderArgs la{execs, args, envp, r == 0 ? ep[1] : -1};
+  long pid = r == 0 ? start_leader(&la) : r;
   if (r == 0) sys(SYS_close, ep[1]);
   if (pid < 0) {
     ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};
