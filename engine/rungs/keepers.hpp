@@ -6,7 +6,7 @@
 // keeper is the launcher's child, not ours: the launcher reaps it and says how it ended
 // (KEEPER_EXIT) as the last word on the same pipe.
 //
-//   supervisor ──request + fds──► launcher ──fork──► keeper ──fork──► task
+//   supervisor ──request + fds──► launcher ──fork──► keeper ──vfork-style──► task
 //        ▲                                             │
 //        └──────────── status pipe ◄───────────────────┘ ◄── control pipe (T/K bytes)
 //

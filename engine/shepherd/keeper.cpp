@@ -262,8 +262,8 @@ void raise_own_priority(char** envp) {
   }
   int sigfd = static_cast<int>(r);
 
-  // The leader: a plain fork (we are small, so it is cheap) that reports a failed exec
-  // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
+  // The leader (start_leader) reports a failed exec through a close-on-exec pipe, which
+  // reads EOF once the exec has succeeded.
   int ep[2];
   r = sys(SYS_pipe2, ep, O_CLOEXEC);
   LeaderArgs la{execs, args, envp, r == 0 ? ep[1] : -1};
