@@ -195,6 +195,7 @@ const char* stage_name(int stage) {
     case STAGE_CLONE: return "clone";
     case STAGE_HELPER: return "helper";
     case STAGE_SUPERVISE: return "supervise";
+    case STAGE_LAUNCHER: return "launcher";
     default: return "none";
   }
 }

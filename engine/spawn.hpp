@@ -29,6 +29,7 @@ enum ChildStage : int {
   STAGE_CLONE = 9,
   STAGE_HELPER = 10,  // pardo's own helper program (the shepherd) could not be started
   STAGE_SUPERVISE = 11,  // started, but the supervisor could not watch it: killed
+  STAGE_LAUNCHER = 12,   // started, but pardo's launcher died while it ran: killed
 };
 
 const char* stage_name(int stage);

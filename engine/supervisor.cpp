@@ -346,6 +346,10 @@ void Supervisor::on_event(uint64_t key, uint32_t events) {
     fire_timers();
     return;
   }
+  if (key == KEY_RUNG) {
+    rung_->on_rung_event(*this);
+    return;
+  }
   TaskState* tp = live_task(key >> 4);
   if (!tp) return;
   TaskState& t = *tp;

@@ -6,17 +6,20 @@
 //  submit(req, queue) ─► pending_  ─┐
 //  kill/terminate/watch ► commands_ ┴─► eventfd ─► epoll_wait ─► on_event, per ready fd:
 //                        (under mu_)
-//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► clone3(CLONE_VM ...)
-//             apply(commands)         │   (a limiting queue's     cgroup/pgroup: without
-//                                     │    task takes a permit)   VFORK where they can:
-//                                     │                           returns at once (launch)
+//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► cgroup/pgroup:
+//             apply(commands)         │   (a limiting queue's     clone3(CLONE_VM ...), without
+//                                     │    task takes a permit)   VFORK where they can: returns
+//                                     │                           at once (launch). shepherd: a
+//                                     │                           request to the launcher
+//                                     │                           (rungs/keepers.hpp)
 //                                     └─► queue's held_ (no permit free, or others held)
 //    timerfd  fire_timers: deadline (TERM, grace, KILL) · drain end · kill-wait end ·
 //             watch record due · poll of an unwatchable task
 //    pidfd    tree already gone? ─► permit returned, exited_ (reaped after the refill)
 //             else: reap the leader, kill what is left of its tree
 //    pipes    stdout/stderr captured (bounded) · stdin fed
-//    rung fd  cgroup.events "populated 0" · shepherd status (started, leader exit, gone)
+//    rung fd  cgroup.events "populated 0" · the keeper's status (started, leader exit,
+//             gone, keeper reaped) · the launcher's socket (closed: it died)
 //        └─► maybe_complete: leader reaped, tree gone, pipes drained
 //                            ─► permit returned, completing_
 //  then, once per round, in this order:
@@ -103,6 +106,10 @@ class Supervisor {
   // fails: see unwatchable).
   bool watch_fd(TaskState& t, int fd, int kind, uint32_t events);
   void unwatch_fd(int fd);
+  // Register an fd of the rung's own (not a task's): Rung::on_rung_event when ready.
+  bool watch_rung_fd(int fd, uint32_t events);
+  // Send sig to the task's tree (SIGKILL: once, with the kill-wait bound armed).
+  void signal_tree(TaskState& t, int sig);
   void drop_pidfd(TaskState& t);  // leave epoll and close
   void leader_exited(TaskState& t, int wait_status, int64_t utime_us, int64_t stime_us,
                      int64_t maxrss_kb);
@@ -148,7 +155,6 @@ class Supervisor {
   static constexpr int64_t kPollNs = 10000000;  // how often an unwatchable task is looked at
   bool timer_live(const Timer& tm);
   void deadline(TaskState& t);
-  void signal_tree(TaskState& t, int sig);
   void maybe_complete(TaskState& t);
   void complete(TaskState& t);
   void return_permit(TaskState& t);

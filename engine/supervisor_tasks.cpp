@@ -102,6 +102,13 @@ bool Supervisor::watch_fd(TaskState& t, int fd, int kind, uint32_t events) {
 // fail for want of memory.
 void Supervisor::unwatch_fd(int fd) { epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr); }
 
+bool Supervisor::watch_rung_fd(int fd, uint32_t events) {
+  struct epoll_event ev{};
+  ev.events = events;
+  ev.data.u64 = KEY_RUNG;
+  return epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0;
+}
+
 // A registration the kernel refused: ENOSPC once fs.epoll.max_user_watches is reached,
 // ENOMEM. Without it the task's exit, output or end would never be seen, and it would
 // wait forever (its deadline kills it, but its end still goes unseen). So the task fails

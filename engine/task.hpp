@@ -15,7 +15,7 @@ struct Leaf;
 
 // epoll keys are (task id << 4) | kind; these kinds name the fd. Task ids start at 1, so
 // task keys are >= 16 and the two keys of the supervisor's own fds stay apart.
-constexpr uint64_t KEY_WAKE = 1, KEY_TIMER = 2;
+constexpr uint64_t KEY_WAKE = 1, KEY_TIMER = 2, KEY_RUNG = 3;
 inline uint64_t key_of(uint64_t id, int kind) { return (id << 4) | static_cast<uint64_t>(kind); }
 
 enum FdKind : int {

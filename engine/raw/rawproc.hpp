@@ -185,6 +185,33 @@ inline long cloexec_from(int lowest, int keep) {
   return failed;
 }
 
+// Close every fd from `lowest` up, now (for a process that forks rather than execs: the
+// launcher's keepers): close_range (Linux 5.9), else each fd listed in /proc/self/fd,
+// closed as the listing goes (entries already listed are not listed again). 0, or -errno.
+inline long close_from(int lowest) {
+  if (sys(SYS_close_range, lowest, ~0U, 0) == 0) return 0;
+  long dir = sys(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return dir;
+  alignas(8) char buf[2048];
+  long r = 0;
+  while (true) {
+    long n = sys(SYS_getdents64, dir, buf, sizeof buf);
+    if (n <= 0) {
+      r = n;
+      break;
+    }
+    for (long off = 0; off < n;) {
+      auto* e = reinterpret_cast<linux_dirent64*>(buf + off);
+      off += e->d_reclen;
+      const char* end;
+      long fd = parse_long(e->d_name, 10, &end);
+      if (end != e->d_name && fd >= lowest && fd != dir) sys(SYS_close, fd);
+    }
+  }
+  sys(SYS_close, dir);
+  return r;
+}
+
 // Calls fn(child pid) for the children of every thread of pid, from
 // /proc/PID/task/TID/children. False when the kernel has no such files (CONFIG_PROC_CHILDREN);
 // a process that is gone has no children.

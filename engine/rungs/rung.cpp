@@ -44,6 +44,26 @@ void Guardian::stop() {
   pid = -1;
 }
 
+SpawnOutcome start_helper(const std::string& path, const std::vector<std::string>& args, int in,
+                          int pdeathsig) {
+  SpawnOutcome o;
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull < 0) {
+    o.stage = STAGE_FDS;
+    o.err = errno;
+    return o;
+  }
+  ChildPlan plan;
+  plan.exec_paths = {path};
+  plan.argv = {path};
+  plan.argv.insert(plan.argv.end(), args.begin(), args.end());
+  plan.fds = {{0, in}, {1, devnull}, {2, devnull}};
+  plan.pdeathsig = pdeathsig;
+  o = spawn_with_fds(plan, -1);
+  close(devnull);
+  return o;
+}
+
 bool start_guardian(const std::string& shepherd, const std::vector<std::string>& args, Guardian* g,
                     std::string* why) {
   int p[2];
@@ -51,21 +71,8 @@ bool start_guardian(const std::string& shepherd, const std::vector<std::string>&
     *why = std::string("pipe: ") + strerror(errno);
     return false;
   }
-  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (devnull < 0) {
-    *why = std::string("cannot open /dev/null for the guardian: ") + strerror(errno);
-    close(p[0]);
-    close(p[1]);
-    return false;
-  }
-  ChildPlan plan;
-  plan.exec_paths = {shepherd};
-  plan.argv = {shepherd};
-  plan.argv.insert(plan.argv.end(), args.begin(), args.end());
-  plan.fds = {{0, p[0]}, {1, devnull}, {2, devnull}};
-  SpawnOutcome o = spawn_with_fds(plan, -1);
+  SpawnOutcome o = start_helper(shepherd, args, p[0], 0);
   close(p[0]);
-  close(devnull);
   if (o.stage != STAGE_NONE) {
     close(p[1]);
     *why = "cannot start the guardian " + shepherd + ": " + strerror(o.err);

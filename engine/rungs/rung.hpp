@@ -5,9 +5,10 @@
 //   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;      rungs/cgroup.cpp
 //             gone = cgroup.events "populated 0". A guardian process kills the subtree if
 //             this process dies.
-//   shepherd  our child is pardo-shepherd: a subreaper in its own session that    rungs/shepherd.cpp
-//             starts the task, reports its status, and kills/reaps the whole tree (until
-//             ECHILD); gone = the shepherd exited. It kills the tree when we die (pipe EOF,
+//   shepherd  a keeper forked per task by our one launcher (pardo-shepherd        rungs/shepherd.cpp
+//             --launcher): a subreaper in its own session that starts the task, reports its
+//             status, and kills/reaps the whole tree (until ECHILD); gone = the keeper says
+//             so as it exits. It kills the tree when we or the launcher die (pipe EOF,
 //             PDEATHSIG).
 //   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
 //             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
@@ -57,6 +58,8 @@ class Rung {
   // The supervisor then hands the task's run permit to the next task before reaping the
   // child.
   virtual bool tree_gone_at_exit(TaskState&) { return false; }
+  // The rung's own fd (Supervisor::watch_rung_fd) became ready.
+  virtual void on_rung_event(Supervisor&) {}
   // Kill everything and remove what the rung created (supervisor shutdown).
   virtual void shutdown() {}
 };
@@ -90,6 +93,11 @@ struct Guardian {
   // Close its stdin and give it a moment to do its work and exit.
   void stop();
 };
+
+// Start pardo-shepherd (`path`) with `args` after its name, `in` as its stdin and
+// /dev/null as its stdout and stderr; pdeathsig: the signal it gets when this thread dies.
+SpawnOutcome start_helper(const std::string& path, const std::vector<std::string>& args, int in,
+                          int pdeathsig);
 
 // Start a guardian: pardo-shepherd with the arguments `args` (its mode first), which waits for EOF on
 // its stdin and then kills what the supervisor left. EOF comes when this process dies,

@@ -1,11 +1,13 @@
-// pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...:
-// the per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side).
+// The per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side): a
+// fork of the launcher (launcher.cpp), never a program of its own, so that it costs a fork
+// of a tiny process rather than a program start.
 //
-// Becomes a child subreaper, starts ARGV in a new session, reports (STARTED, LEADER_EXIT,
-// TREE_GONE; shepherd/protocol.hpp) on fd N, obeys T/K bytes on fd M. When the leader
-// exits it kills what is left of the tree (unless --linger) and exits once waitpid() says
-// ECHILD: its exit means the whole tree is gone. EOF on fd M, SIGTERM or SIGHUP (its
-// PDEATHSIG) mean the supervisor is gone: kill everything and exit.
+// Becomes a child subreaper, starts the task in a new session, reports (STARTED,
+// LEADER_EXIT, TREE_GONE; shepherd/protocol.hpp) on its status fd, obeys T/K bytes on its
+// control fd. When the leader exits it kills what is left of the tree (unless linger) and
+// exits once waitpid() says ECHILD: its exit means the whole tree is gone. EOF on the
+// control fd (the supervisor is gone), SIGTERM (its PDEATHSIG: the launcher is gone) or
+// SIGHUP: kill everything and exit.
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -29,9 +31,11 @@ namespace shepherd {
 namespace {
 
 int g_status_fd = -1;
+long g_parent = -1;  // the launcher
 long g_leader = -1;
 bool g_leader_reaped = false;
 bool g_linger = false;
+unsigned long long g_ignored = 0;  // the caller's ignored signals, bit s-1 for signal s
 
 void send(const ShepherdMsg& m) {
   if (g_status_fd < 0) return;
@@ -57,7 +61,8 @@ bool reap_all(bool* leader_just_exited) {
       if (p == g_leader) {
         g_leader_reaped = true;
         *leader_just_exited = true;
-        ShepherdMsg m{MSG_LEADER_EXIT, st, 0, 0, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss};
+        ShepherdMsg m{MSG_LEADER_EXIT, st, static_cast<int32_t>(p), 0, tv_us(ru.ru_utime),
+                      tv_us(ru.ru_stime), ru.ru_maxrss};
         send(m);
       }
       continue;
@@ -67,6 +72,9 @@ bool reap_all(bool* leader_just_exited) {
     return p != -ECHILD;
   }
 }
+
+// How long a task may run before its start is announced on its own (see run_keeper).
+constexpr int64_t kQuietStartMs = 2;
 
 // Our descendants (find_descendants, raw/rawproc.hpp), in fixed lists: at most 32768 a
 // round, as the kill loop repeats until none is left and orphans of killed processes come
@@ -78,13 +86,17 @@ void signal_tree(int sig) {
   // The leader's group first (cheap, catches most of a tree at once) while the leader is
   // unreaped and so pins the group id; then every descendant found in /proc, which
   // catches setsid/setpgid escapees that still descend from us.
+  bool group_sent = false;
   if (!g_leader_reaped && g_leader > 1) {
-    sys(SYS_kill, -g_leader, sig);
+    group_sent = sys(SYS_kill, -g_leader, sig) == 0;
     if (sig == SIGTERM) sys(SYS_kill, -g_leader, SIGCONT);
   }
   find_descendants(sys(SYS_getpid), g_pids, g_links);
   for (int i = 0; i < g_pids.size(); ++i) {
     long p = g_pids[i];
+    // A signal that can be caught goes once to each process: a shell's trap run twice
+    // would do its cleanup twice. SIGKILL may be repeated; it closes the race with a fork.
+    if (sig != SIGKILL && group_sent && sys(SYS_getpgid, p) == g_leader) continue;
     sys(SYS_kill, p, sig);
     if (sig == SIGTERM) sys(SYS_kill, p, SIGCONT);  // a stopped process cannot act on TERM
     // A process with SIGKILL pending can only die; where we may, let it do so before the
@@ -98,6 +110,15 @@ void drain(int sigfd) {
   struct signalfd_siginfo si;
   while (sys(SYS_read, sigfd, &si, sizeof si) > 0) {
   }
+}
+
+// Told to stop: if it is because our parent, the launcher, died (PDEATHSIG, or it was
+// gone before we could ask for that), say so first, so that the supervisor can report
+// why the task was killed rather than let it pass for a signal from elsewhere.
+void say_if_orphaned() {
+  if (sys(SYS_getppid) == g_parent) return;
+  ShepherdMsg m{MSG_ORPHANED, 0, 0, 0, 0, 0, 0};
+  send(m);
 }
 
 // SIGKILL everything below us until nothing is left. Orphans of killed processes are
@@ -123,6 +144,10 @@ void drain(int sigfd) {
     leave(127);
   };
   set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));  // we ignore it; programs expect it
+  // What the caller ignores stays ignored, as across an exec of its own child (`nohup`);
+  // every other disposition is the default already (the launcher reset them).
+  for (int s = 1; s <= 64; ++s)
+    if (g_ignored & (1ULL << (s - 1))) set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   unsigned long none = 0;
   sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   long r = sys(SYS_setsid);
@@ -144,6 +169,55 @@ void drain(int sigfd) {
   leave(127);
 }
 
+// The leader starts vfork-style where it can: it runs on a stack of its own inside our
+// address space until its exec, so nothing is copied for it (no page tables, no
+// copy-on-write faults, no address space to tear down at its exec); we sleep meanwhile.
+// It changes nothing of ours that we read afterwards: its fd table, signal dispositions
+// and mask are its own copies (no CLONE_FILES, no CLONE_SIGHAND).
+#if defined(__x86_64__) || defined(__aarch64__)
+extern "C" long pardo_clone3_run(void* args, unsigned long size, int (*fn)(void*), void* arg);
+constexpr bool kVforkStart = true;
+#else
+constexpr bool kVforkStart = false;
+#endif
+constexpr unsigned long kLeaderStackSize = 64 * 1024;
+alignas(64) char g_leader_stack[kLeaderStackSize];
+
+struct LeaderArgs {
+  char** execs;
+  char** args;
+  char** envp;
+  int err_fd;
+};
+
+int leader_entry(void* p) {
+  auto* a = static_cast<LeaderArgs*>(p);
+  leader_main(a->execs, a->args, a->envp, a->err_fd);
+}
+
+// Start the leader: vfork-style with clone3 (CLONE_VM | CLONE_VFORK) where the kernel
+// and its seccomp profile allow clone3, else a plain fork (clone). Its pid, or -errno.
+long start_leader(LeaderArgs* a) {
+  if (kVforkStart) {
+#if defined(__x86_64__) || defined(__aarch64__)
+    struct {
+      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+    } ca{};
+    ca.flags = CLONE_VM | CLONE_VFORK;
+    ca.exit_signal = SIGCHLD;
+    ca.stack = reinterpret_cast<uint64_t>(g_leader_stack);
+    ca.stack_size = kLeaderStackSize;
+    long pid = pardo_clone3_run(&ca, sizeof ca, leader_entry, a);
+    // Refused (ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under
+    // others): the fork below does the same, copying our few pages.
+    if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
+#endif
+  }
+  long pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (pid == 0) leader_main(a->execs, a->args, a->envp, a->err_fd);
+  return pid;
+}
+
 // Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does,
 // never passed on to children; PARDO_NO_REALTIME=1 in the environment rules out real time.
 void raise_own_priority(char** envp) {
@@ -155,30 +229,15 @@ void raise_own_priority(char** envp) {
 
 }  // namespace
 
-int keeper_main(int argc, char** argv, char** envp) {
-  int ctl_fd = -1;
-  char* execs[1025];  // PATH candidates, in order, NULL-terminated
-  int nexecs = 0;
-  int i = 2;
-  for (; i < argc; ++i) {
-    const char* a = argv[i];
-    const char* v;
-    if (a[0] == '-' && a[1] == '-' && a[2] == '\0') {
-      ++i;
-      break;
-    }
-    if ((v = after(a, "--status-fd="))) g_status_fd = static_cast<int>(parse_long(v));
-    else if ((v = after(a, "--ctl-fd="))) ctl_fd = static_cast<int>(parse_long(v));
-    else if ((v = after(a, "--linger")) && *v == '\0') g_linger = true;
-    else if ((v = after(a, "--exec=")) && nexecs < 1024) execs[nexecs++] = const_cast<char*>(v);
-  }
-  char** args = argv + i;
-  if (g_status_fd < 0 || ctl_fd < 0 || i >= argc) {
-    say("pardo-shepherd: bad arguments\n");
-    return 2;
-  }
-  if (nexecs == 0) execs[nexecs++] = args[0];
-  execs[nexecs] = nullptr;
+[[noreturn]] void run_keeper(const KeeperArgs& k) {
+  g_status_fd = k.status_fd;
+  g_parent = k.parent;
+  g_linger = k.linger;
+  g_ignored = k.ignored;
+  int ctl_fd = k.ctl_fd;
+  char** execs = k.execs;
+  char** args = k.args;
+  char** envp = k.envp;
   // Unchecked: on fds we were given these calls cannot fail, and the leader marks every fd
   // above its stdio close-on-exec anyway.
   sys(SYS_fcntl, g_status_fd, F_SETFD, FD_CLOEXEC);
@@ -191,21 +250,24 @@ int keeper_main(int argc, char** argv, char** envp) {
   unsigned long mask = 0;
   for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
   sys(SYS_rt_sigprocmask, SIG_BLOCK, &mask, nullptr, sizeof mask);
-  int sigfd = -1;
+  // Our parent may have died before we could ask for its death signal: then the
+  // supervisor is told so by the launcher's end, and the task is not started.
+  if (r == 0) r = sys(SYS_prctl, PR_SET_PDEATHSIG, SIGTERM);
+  if (r == 0 && sys(SYS_getppid) != g_parent) r = -ECHILD;
   if (r == 0) r = sys(SYS_signalfd4, -1, &mask, sizeof mask, SFD_CLOEXEC | SFD_NONBLOCK);
   if (r < 0) {
     ShepherdMsg m{MSG_EXEC_FAILED, STAGE_HELPER, static_cast<int32_t>(-r), 0, 0, 0, 0};
     send(m);
     leave(1);
   }
-  sigfd = static_cast<int>(r);
+  int sigfd = static_cast<int>(r);
 
-  // The leader: a plain fork (we are small, so it is cheap) that reports a failed exec
-  // through a close-on-exec pipe, which reads EOF once the exec has succeeded.
+  // The leader (start_leader) reports a failed exec through a close-on-exec pipe, which
+  // reads EOF once the exec has succeeded.
   int ep[2];
   r = sys(SYS_pipe2, ep, O_CLOEXEC);
-  long pid = r < 0 ? r : sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
-  if (pid == 0) leader_main(execs, args, envp, ep[1]);
+  LeaderArgs la{execs, args, envp, r == 0 ? ep[1] : -1};
+  long pid = r == 0 ? start_leader(&la) : r;
   if (r == 0) sys(SYS_close, ep[1]);
   if (pid < 0) {
     ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};
@@ -228,8 +290,7 @@ int keeper_main(int argc, char** argv, char** envp) {
   g_leader = pid;
   // The task was started first, so it inherits none of this.
   raise_own_priority(envp);
-  ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid), 0, 0, 0, 0, 0};
-  send(started);
+  const int64_t started_ms = mono_ms();
   // Our stdio belongs to the task; hold none of it, so the task's pipes reach EOF as soon
   // as the task's own processes are gone.
   // Without /dev/null (no fds left, a sandbox without it) they are closed instead.
@@ -243,10 +304,31 @@ int keeper_main(int argc, char** argv, char** envp) {
   }
   if (devnull >= g_status_fd) sys(SYS_close, devnull);
 
+  // A task that ends within a moment of its start is announced by its exit alone
+  // (LEADER_EXIT carries its pid), which spares the supervisor a wake-up per short task;
+  // a longer one is announced when that moment has passed.
+  bool announced = false;
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
   while (true) {
-    long k = wait_fds(pfd, 2, -1);
-    if (k < 0 && k != -EINTR) kill_everything(sigfd);
+    int timeout = -1;
+    if (!announced) {
+      int64_t left = started_ms + kQuietStartMs - mono_ms();
+      if (left <= 0 || g_leader_reaped) {
+        if (!g_leader_reaped) {
+          ShepherdMsg started{MSG_STARTED, static_cast<int32_t>(pid),
+                              static_cast<int32_t>(sys(SYS_getpid)), 0, 0, 0, 0};
+          send(started);
+        }
+        announced = true;
+      } else {
+        timeout = static_cast<int>(left);
+      }
+    }
+    long k = wait_fds(pfd, 2, timeout);
+    if (k < 0 && k != -EINTR) {
+      say_if_orphaned();
+      kill_everything(sigfd);
+    }
     if (k <= 0) continue;
     if (pfd[0].revents) {
       struct signalfd_siginfo si;
@@ -254,7 +336,10 @@ int keeper_main(int argc, char** argv, char** envp) {
       while (sys(SYS_read, sigfd, &si, sizeof si) == static_cast<long>(sizeof si)) {
         if (si.ssi_signo != SIGCHLD) stop = true;
       }
-      if (stop) kill_everything(sigfd);
+      if (stop) {
+        say_if_orphaned();
+        kill_everything(sigfd);
+      }
       bool leader_exited = false;
       bool any_left = reap_all(&leader_exited);
       if (!any_left && g_leader_reaped) finish();  // the common case: nothing left to kill
@@ -263,7 +348,10 @@ int keeper_main(int argc, char** argv, char** envp) {
     if (pfd[1].revents) {
       char c;
       long got = sys(SYS_read, ctl_fd, &c, 1);
-      if (got == 0 || (got < 0 && got != -EINTR && got != -EAGAIN)) kill_everything(sigfd);
+      if (got == 0 || (got < 0 && got != -EINTR && got != -EAGAIN)) {
+        say_if_orphaned();
+        kill_everything(sigfd);
+      }
       if (got == 1 && c == CTL_KILL) kill_everything(sigfd);
       if (got == 1 && c == CTL_TERM) signal_tree(SIGTERM);
     }

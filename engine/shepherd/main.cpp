@@ -1,7 +1,8 @@
 // pardo-shepherd: one small program, three roles, chosen by its first argument.
 //
-//   pardo-shepherd --task --status-fd=N --ctl-fd=M [--linger] --exec=PATH... -- ARGV...
-//     the per-task keeper of the shepherd rung (keeper.cpp)
+//   pardo-shepherd --launcher
+//     the launcher, one per supervisor: forks a keeper per task, which starts the task
+//     and keeps it as its rung says (launcher.cpp; the keeper: keeper.cpp)
 //   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
 //     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
@@ -13,11 +14,12 @@
 // One program rather than two: the engine finds one helper beside itself (one path to
 // configure and to check), and the guardians cost nothing to carry.
 //
-// A keeper is exec'd per task of the shepherd rung, so its start-up is on that rung's hot
-// path: the program is written against the kernel alone (raw/) and, on x86-64, built
-// without libc (PARDO_FREESTANDING: its own _start, below), which saves libc's start-up (on
-// a virtual machine mostly CPUID probes, each a trap: most of the exec's cost). Elsewhere it
-// links libc and uses only main() from it.
+// The launcher forks a keeper per task, and each fork copies the launcher's address space
+// (whose peak the task's max_rss would count): the program is written against the kernel
+// alone (raw/) and, on x86-64, built without libc (PARDO_FREESTANDING: its own _start,
+// below), so that space is a few pages, and its start-up (the guardians', the launcher's)
+// is only the kernel's.
+// Elsewhere it links libc and uses only main() from it.
 #include <cstddef>
 
 #include "shepherd/shepherd.hpp"
@@ -33,7 +35,8 @@ extern "C" int pardo_shepherd_main(int argc, char** argv, char** envp) {
       const char* rest = argc >= 3 ? after(argv[2], "--freeze") : nullptr;
       return guardian_main(dir, rest && *rest == '\0');
     }
-    if (after(argv[1], "--task") && argv[1][6] == '\0') return keeper_main(argc, argv, envp);
+    if (const char* rest = after(argv[1], "--launcher"); rest && *rest == '\0')
+      return launcher_main(envp);
   }
   say("pardo-shepherd is started by pardo's engine; it is not meant to be run by hand.\n");
   return 2;

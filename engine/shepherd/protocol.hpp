@@ -1,4 +1,6 @@
-// The wire format between the supervisor and pardo-shepherd.
+// The wire formats between the supervisor and pardo-shepherd: the launcher's requests
+// (supervisor -> launcher, on its socket) and the keeper's status messages (keeper or
+// launcher -> supervisor, on each task's status pipe).
 #pragma once
 
 #include <cstdint>
@@ -6,10 +8,16 @@
 namespace pardo {
 
 enum ShepherdMsgType : int32_t {
-  MSG_STARTED = 1,      // a = task pid
+  MSG_STARTED = 1,      // a = task pid, b = the keeper's own pid
   MSG_EXEC_FAILED = 2,  // a = stage, b = errno
-  MSG_LEADER_EXIT = 3,  // a = wait status; rusage of the leader
+  MSG_LEADER_EXIT = 3,  // a = wait status, b = the task's pid; rusage of the leader
   MSG_TREE_GONE = 4,    // rusage of every process of the tree (RUSAGE_CHILDREN)
+  // From the launcher, once it has reaped the keeper: a = the keeper's wait status. The
+  // last message on the pipe; the launcher closes its end after it.
+  MSG_KEEPER_EXIT = 5,
+  // From a keeper whose parent (the launcher) died: it is killing its tree. Sent before
+  // the LEADER_EXIT and TREE_GONE that follow.
+  MSG_ORPHANED = 6,
 };
 
 struct ShepherdMsg {
@@ -26,5 +34,37 @@ struct ShepherdMsg {
 // gone: kill the tree and exit.
 constexpr char CTL_TERM = 'T';
 constexpr char CTL_KILL = 'K';
+
+// One request to the launcher (pardo-shepherd --launcher): this header, then `size` bytes
+// of NUL-terminated strings (the exec candidates, argv, the environment, the working
+// directory when LAUNCH_CWD), in one write; the fds travel with its first byte
+// (SCM_RIGHTS): the task's `nfds` fds, whose places in the task are `targets`, then the
+// status pipe's write end and the control pipe's read end.
+constexpr uint32_t kLaunchMagic = 0x70617264;  // "pard"
+constexpr int kLaunchMaxFds = 48;
+constexpr uint32_t kLaunchMaxSize = 64u << 20;  // far above ARG_MAX (execve refuses more)
+
+enum LaunchFlags : uint32_t {
+  LAUNCH_LINGER = 1,
+  LAUNCH_CWD = 2,
+  LAUNCH_CPUS = 4,
+  LAUNCH_NICE = 8,          // set `nice` (checked); else `base_nice` (unchecked)
+  LAUNCH_RESTORE_NOFILE = 16,
+};
+
+struct LaunchRequest {
+  uint32_t magic;
+  uint32_t size;  // bytes of strings after the header
+  uint32_t flags;
+  int32_t nfds;
+  int32_t targets[kLaunchMaxFds];
+  int32_t nexec, nargv, nenv;
+  int32_t nice, base_nice;
+  int32_t pad;
+  int64_t rlimit_as;  // bytes; 0: none
+  uint64_t nofile_cur, nofile_max;
+  uint64_t cpus[16];  // a cpu_set_t (1024 CPUs)
+  uint64_t ignored;   // signals the task starts with ignored (bit s-1: signal s)
+};
 
 }  // namespace pardo

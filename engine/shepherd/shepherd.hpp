@@ -1,4 +1,5 @@
-// What pardo-shepherd's roles share (keeper.cpp, guardian.cpp; entry point in main.cpp).
+// What pardo-shepherd's roles share (launcher.cpp, keeper.cpp, guardian.cpp; entry point in
+// main.cpp).
 // The program is written against the kernel alone (raw/): no libc call anywhere, so these
 // few helpers stand in for the libc functions it would otherwise use.
 #pragma once
@@ -29,8 +30,23 @@ inline void set_disposition(int sig, void* handler) {
   for (;;) sys(SYS_exit_group, code);
 }
 
-// pardo-shepherd --task ...: the per-task keeper of the shepherd rung (keeper.cpp).
-int keeper_main(int argc, char** argv, char** envp);
+// pardo-shepherd --launcher: the long-lived launcher that forks each task's keeper
+// (launcher.cpp).
+int launcher_main(char** envp);
+
+// What a keeper is given by the launcher that forked it: its fds already in place (the
+// task's below status_fd), and the task to start.
+struct KeeperArgs {
+  int status_fd, ctl_fd;
+  bool linger;
+  unsigned long long ignored;  // signals the task starts with ignored (bit s-1: signal s)
+  long parent;  // the launcher's pid: a keeper whose parent changed was orphaned
+  char** execs;  // exec candidates, NULL-terminated
+  char** args;
+  char** envp;
+};
+// The per-task keeper of the shepherd rung (keeper.cpp). Never returns.
+[[noreturn]] void run_keeper(const KeeperArgs& k);
 // pardo-shepherd --guardian=DIR [--freeze]: the cgroup rung's guardian (guardian.cpp);
 // by_freeze: the kernel has no cgroup.kill, so the subtree is killed by freezing it.
 int guardian_main(const char* dir, bool by_freeze);

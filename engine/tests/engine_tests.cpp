@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -124,6 +125,59 @@ static void test_refused_timer(Supervisor& s) {
   CHECK(h->result.duration_ns < 1500000000LL);
 }
 
+// The pids of our children running pardo-shepherd --launcher (its keepers, forks of it,
+// have the same command line, one level down).
+static std::vector<pid_t> launchers() {
+  std::vector<pid_t> out;
+  for (pid_t p : descendants_of(getpid())) {
+    char path[64], buf[256] = {0};
+    snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(p));
+    std::string stat;
+    if (!read_file(path, &stat)) continue;
+    size_t close_paren = stat.rfind(')');
+    if (close_paren == std::string::npos || atoi(stat.c_str() + close_paren + 4) != getpid()) continue;
+    snprintf(path, sizeof path, "/proc/%d/cmdline", static_cast<int>(p));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    for (ssize_t i = 0; i < n; ++i)
+      if (buf[i] == '\0') buf[i] = ' ';
+    if (n > 0 && strstr(buf, "--launcher")) out.push_back(p);
+  }
+  return out;
+}
+
+// The launcher is killed while a task runs: the task fails with the reason, promptly (its
+// keeper kills its tree), and the next task gets a new launcher.
+static void test_launcher_killed(Supervisor& s, const std::string& rung) {
+  auto h = s.submit(cmd({"sh", "-c", "sleep 30 & exec sleep 31"}), nullptr);
+  CHECK(s.wait_started(*h, 5000000000LL) > 0);
+  std::vector<pid_t> before = launchers();
+  CHECK(before.size() == 1);
+  for (pid_t p : before) kill(p, SIGKILL);
+  bool done = done_within(s, *h, 5000000000LL);
+  if (!done) fprintf(stderr, "rung %s: task not done after its launcher died\n", rung.c_str());
+  CHECK(done);
+  CHECK(h->result.spawn_stage == STAGE_LAUNCHER);
+  CHECK(h->result.note.find("launcher") != std::string::npos);
+  Completion c = run(s, cmd({"sh", "-c", "echo again"}));
+  CHECK(c.spawn_stage == 0 && c.out == "again\n");
+  std::vector<pid_t> after = launchers();
+  CHECK(after.size() == 1 && after != before);
+}
+
+// A shepherd task's max_rss is its own, however much memory this process holds: it is not
+// cloned from this process (an exec carries the peak of the address space it leaves).
+static void test_max_rss_is_the_tasks(Supervisor& s) {
+  const size_t big = 256u << 20;
+  std::vector<char> hold(big, 'x');  // every page touched
+  Completion c = run(s, cmd({"true"}));
+  CHECK(c.spawn_stage == 0 && c.exited && c.exit_code == 0);
+  CHECK(c.max_rss_kb > 0 && c.max_rss_kb < 16 * 1024);
+  CHECK(hold[big - 1] == 'x');
+}
+
 static void test_rung(const std::string& rung, const std::string& shepherd) {
   Supervisor::Config cfg;
   cfg.isolation = rung;
@@ -193,6 +247,12 @@ static void test_rung(const std::string& rung, const std::string& shepherd) {
 
   test_refused_watch(*s, rung);
   test_refused_timer(*s);
+  // Only the shepherd rung starts tasks through the launcher (the others clone them from
+  // this process, so their max_rss counts its peak: README, "Measured").
+  if (rung == "shepherd") {
+    test_max_rss_is_the_tasks(*s);
+    test_launcher_killed(*s, rung);
+  }
 
   s->shutdown();
 }

@@ -385,6 +385,9 @@ def _spawn_error(task, stage, err):
         return f"cannot set the nice value: {reason}"
     if name == "rlimit":
         return f"cannot set the memory limit: {reason}"
+    if name == "launcher":
+        return ("pardo's launcher process died while the task ran (killed from outside?), so "
+                "the task's keeper killed it: it did not finish; run it again")
     if name == "helper":
         return (f"pardo's shepherd helper {_supervisor.shepherd_path()!r} could not run "
                 f"({reason}); reinstall pardo, or choose another isolation rung")

@@ -3,13 +3,17 @@
 import contextlib
 import signal
 import subprocess
+import sys
 import time
 
 from pardo_cli import pardo_cmd
 
-# A task that says it started, then on SIGTERM writes that it cleaned up and exits.
-_CLEANS_UP = ("trap 'echo cleaned {} >> %(log)s; exit 0' TERM; touch %(dir)s/ready-{}; "
-              "sleep 30 & wait")
+# A task that says it started, then on SIGTERM writes that it cleaned up and exits. Its
+# background sleep starts before the trap is set: a shell's child forked after it carries
+# the trap until its exec, and a SIGTERM to the group in that moment ran the cleanup
+# twice (once in the child). Once ready-{} exists, no such child is left.
+_CLEANS_UP = ("sleep 30 & trap 'echo cleaned {} >> %(log)s; exit 0' TERM; "
+              "touch %(dir)s/ready-{}; wait")
 
 
 def _wait_for(predicate, timeout=10):
@@ -88,3 +92,29 @@ def test_halt_now_sends_the_termination_sequence(tmp_path):
         _finish(p)
     assert p.returncode == 7
     assert log.read_text() == "cleaned x\n"
+
+
+# Counts each SIGTERM it receives (one line per signal, written by the handler), and only
+# exits at SIGKILL: the log says how many SIGTERMs reached it.
+_COUNTS_TERMS = ("import os, signal, sys, time\n"
+                 "log, ready = sys.argv[1], sys.argv[2]\n"
+                 "signal.signal(signal.SIGTERM, lambda *a: os.write(fd, b't'))\n"
+                 "fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
+                 "open(ready, 'w').close()\n"
+                 "while True:\n"
+                 "    time.sleep(0.001)\n")
+
+
+def test_ctrl_c_sends_each_task_one_sigterm(tmp_path):
+    """A shell's trap runs once per SIGTERM it gets, and a second one arriving while the
+    first trap runs ran the cleanup twice: each running task gets exactly one SIGTERM (the
+    run loop's own pass after the handler's must skip the tasks the handler reached)."""
+    script = tmp_path / "counts.py"
+    script.write_text(_COUNTS_TERMS)
+    cmd = f"exec {sys.executable} {script} {tmp_path}/log-{{}} {tmp_path}/ready-{{}}"
+    with _pardo(["-j2", "--kill-grace", "1", cmd, ":::", "a", "b", "c"]) as p:
+        assert _wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == 2)
+        p.send_signal(signal.SIGINT)
+        _finish(p)
+    assert p.returncode == 130
+    assert [(tmp_path / f"log-{x}").read_text() for x in "ab"] == ["t", "t"]

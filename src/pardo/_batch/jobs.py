@@ -28,7 +28,8 @@ class Job:
         attempts: runs so far (``--retries``).
         task: the :class:`pardo.Task` of the attempt in flight.
         started: when the attempt started, by the scheduler's clock (``N%`` deadlines).
-        kill_reason: "timeout" once the scheduler killed it for an ``N%`` deadline.
+        kill_reason: "timeout" once the scheduler ended it for an ``N%`` deadline, "stop"
+            once a gentle stop (Ctrl-C, ``--halt now``) sent it SIGTERM.
         result: the final Result, once the job is done.
         shell_line: the command line, once rendered.
         pipes: line mode: {read fd: [stream number, pending partial line]}.

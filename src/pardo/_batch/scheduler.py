@@ -313,8 +313,16 @@ class Batch:
                 task.kill()  # never started: nothing to clean up
         for job in running:
             task = job.task
-            if task is not None:
-                (task.terminate if gentle else task.kill)()
+            if task is None:
+                continue
+            if not gentle:
+                task.kill()
+            elif job.kill_reason is None:
+                # One SIGTERM per task: the run loop passes here again after the signal
+                # handler did, and a shell whose trap is running when a second SIGTERM
+                # comes runs its trap (its cleanup) again.
+                job.kill_reason = "stop"
+                task.terminate()
         return held + running
 
     @property
