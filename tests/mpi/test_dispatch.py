@@ -91,8 +91,11 @@ def _setup(nworkers, credit=2, lost_after=30.0, hold=()):
     threads = []
     for r in range(1, nworkers + 1):
         runner = EchoRunner(r, hold=r in hold)
+        # heartbeats well inside lost_after: an idle healthy rank must never look lost
         th = threading.Thread(target=serve, args=(MemTransport(hub, r), runner),
-                              kwargs={"credit": credit, "slots": 1}, daemon=True)
+                              kwargs={"credit": credit, "slots": 1,
+                                      "heartbeat_every": min(P.HEARTBEAT_EVERY, lost_after / 6)},
+                              daemon=True)
         th.start()
         threads.append(th)
     disp.start(timeout=10)

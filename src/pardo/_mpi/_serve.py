@@ -152,8 +152,12 @@ class CallRunner:
         return left
 
 
-def serve(transport, runner, *, credit, slots):
-    """Run tasks from the scheduler until it says SHUTDOWN; return normally then."""
+def serve(transport, runner, *, credit, slots, heartbeat_every=P.HEARTBEAT_EVERY):
+    """Run tasks from the scheduler until it says SHUTDOWN; return normally then.
+
+    ``heartbeat_every``: seconds of silence after which this rank says it is alive; must be
+    well under the scheduler's ``lost_after``.
+    """
     t = transport
     t.send(P.SCHEDULER, (P.READY, t.host, slots, credit))
     last_sent = time.monotonic()
@@ -183,7 +187,7 @@ def serve(transport, runner, *, credit, slots):
                 t.send(P.SCHEDULER, (P.RESULTS, results))
                 last_sent = now
                 busy = True
-            elif now - last_sent >= P.HEARTBEAT_EVERY:
+            elif now - last_sent >= heartbeat_every:
                 t.send(P.SCHEDULER, (P.HEARTBEAT,))
                 last_sent = now
             if busy:
