@@ -257,6 +257,21 @@ static void test_rung(const std::string& rung, const std::string& shepherd) {
   s->shutdown();
 }
 
+// Run `body` in a forked child that arms its own alarm first (a seccomp filter, an
+// environment variable or a fault the body installs stays in the child); the child exits
+// with what body returns. Returns that exit status, or -1 if the child did not exit.
+template <class Body>
+static int in_child(unsigned seconds, Body body) {
+  pid_t kid = fork();
+  if (kid == 0) {
+    alarm(seconds);
+    _exit(body());
+  }
+  int st = 0;
+  CHECK(kid > 0 && waitpid(kid, &st, 0) == kid);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 // A kernel older than 5.11 refuses close_range(CLOSE_RANGE_CLOEXEC), emulated with a
 // seccomp filter (ENOSYS, as such a kernel answers) in a child process of ours: the task
 // still gets none of our fds beyond its own, on the pgroup rung (the spawn child) and the
@@ -266,9 +281,7 @@ static void test_cloexec_without_close_range(const std::string& shepherd) {
 #ifndef SYS_close_range
 #define SYS_close_range 436
 #endif
-  pid_t kid = fork();
-  if (kid == 0) {
-    alarm(60);
+  int rc = in_child(60, [&] {
     struct sock_filter code[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_close_range, 0, 1),
@@ -277,9 +290,9 @@ static void test_cloexec_without_close_range(const std::string& shepherd) {
     };
     struct sock_fprog prog = {static_cast<unsigned short>(sizeof code / sizeof code[0]), code};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0)
-      _exit(3);
-    if (syscall(SYS_close_range, 100, 100, 0) == 0 || errno != ENOSYS) _exit(4);
-    if (dup2(open("/dev/null", O_RDONLY), 50) != 50) _exit(5);  // inheritable, as dup2 makes it
+      return 3;
+    if (syscall(SYS_close_range, 100, 100, 0) == 0 || errno != ENOSYS) return 4;
+    if (dup2(open("/dev/null", O_RDONLY), 50) != 50) return 5;  // inheritable, as dup2 makes it
     int bad = 0;
     for (const char* rung : {"pgroup", "shepherd"}) {
       Supervisor::Config cfg;
@@ -293,11 +306,9 @@ static void test_cloexec_without_close_range(const std::string& shepherd) {
       }
       s.shutdown();
     }
-    _exit(bad ? 1 : 0);
-  }
-  int st = 0;
-  CHECK(kid > 0 && waitpid(kid, &st, 0) == kid);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    return bad ? 1 : 0;
+  });
+  CHECK(rc == 0);
 }
 
 // Install a seccomp filter that answers each (syscall, errno) pair with that errno, as an
@@ -321,11 +332,9 @@ static bool refuse_syscalls(std::initializer_list<std::pair<int, int>> calls) {
 // stage fds with the walk's errno, on the pgroup rung (the spawn child) and the shepherd
 // rung. Unchecked (the layout's cloexec_from), the task ran with fd 50 open.
 static void test_fds_refused_fails_the_task(const std::string& shepherd) {
-  pid_t kid = fork();
-  if (kid == 0) {
-    alarm(60);
-    if (!refuse_syscalls({{SYS_close_range, ENOSYS}, {SYS_getdents64, EPERM}})) _exit(3);
-    if (dup2(open("/dev/null", O_RDONLY), 50) != 50) _exit(5);
+  int rc = in_child(60, [&] {
+    if (!refuse_syscalls({{SYS_close_range, ENOSYS}, {SYS_getdents64, EPERM}})) return 3;
+    if (dup2(open("/dev/null", O_RDONLY), 50) != 50) return 5;
     int bad = 0;
     for (const char* rung : {"pgroup", "shepherd"}) {
       Supervisor::Config cfg;
@@ -340,11 +349,9 @@ static void test_fds_refused_fails_the_task(const std::string& shepherd) {
       }
       s.shutdown();
     }
-    _exit(bad ? 1 : 0);
-  }
-  int st = 0;
-  CHECK(kid > 0 && waitpid(kid, &st, 0) == kid);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    return bad ? 1 : 0;
+  });
+  CHECK(rc == 0);
 }
 
 // clone3 refused with ENOSYS (Linux < 5.3; Docker's default seccomp profile): tasks start
@@ -354,11 +361,9 @@ static void test_start_without_clone3(const std::string& shepherd) {
 #ifndef SYS_clone3
 #define SYS_clone3 435
 #endif
-  pid_t kid = fork();
-  if (kid == 0) {
-    alarm(60);
-    if (!refuse_syscalls({{SYS_clone3, ENOSYS}})) _exit(3);
-    if (start_features().clone3) _exit(4);
+  int rc = in_child(60, [&] {
+    if (!refuse_syscalls({{SYS_clone3, ENOSYS}})) return 3;
+    if (start_features().clone3) return 4;
     int bad = 0;
     for (const char* rung : {"cgroup", "shepherd", "pgroup"}) {
       if (std::string(rung) == "cgroup" && !cgroup_unavailable_reason().empty()) continue;
@@ -381,11 +386,9 @@ static void test_start_without_clone3(const std::string& shepherd) {
       }
       s.shutdown();
     }
-    _exit(bad ? 1 : 0);
-  }
-  int st = 0;
-  CHECK(kid > 0 && waitpid(kid, &st, 0) == kid);
-  CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    return bad ? 1 : 0;
+  });
+  CHECK(rc == 0);
 }
 
 // The cgroup rung without cgroup.kill (Linux 5.2-5.13, emulated by hiding the file): a
@@ -393,11 +396,9 @@ static void test_start_without_clone3(const std::string& shepherd) {
 // freeze be refused, by signalling each member. Skipped where the cgroup rung is not to
 // be had (it needs a writable cgroup2).
 static void test_cgroup_kill_by_freeze(const std::string& shepherd) {
-  pid_t kid = fork();
-  if (kid == 0) {
-    alarm(60);
+  int rc = in_child(60, [&] {
     setenv("PARDO_TEST_HIDE", "cgroup.kill", 1);  // read once, at the first look: here
-    if (!cgroup_unavailable_reason().empty()) _exit(77);
+    if (!cgroup_unavailable_reason().empty()) return 77;
     Supervisor::Config cfg;
     cfg.isolation = "cgroup";
     cfg.shepherd_path = shepherd;
@@ -420,13 +421,10 @@ static void test_cgroup_kill_by_freeze(const std::string& shepherd) {
       }
     }
     s.shutdown();
-    _exit(bad ? 1 : 0);
-  }
-  int st = 0;
-  CHECK(kid > 0 && waitpid(kid, &st, 0) == kid);
-  CHECK(WIFEXITED(st) && (WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 77));
-  if (WIFEXITED(st) && WEXITSTATUS(st) == 77)
-    fprintf(stderr, "cgroup rung not available here: kill by freeze not tested\n");
+    return bad ? 1 : 0;
+  });
+  CHECK(rc == 0 || rc == 77);
+  if (rc == 77) fprintf(stderr, "cgroup rung not available here: kill by freeze not tested\n");
 }
 
 // The two ways of finding a tree's processes (children files, parent links) agree.
