@@ -257,6 +257,9 @@ def _reason(status, rc, sig, err):
     from .._result import signal_name
 
     if status == "failed":
+        # exit 0 and failed: its output was cut at --max-output (the error says so)
+        if err:
+            return err if rc == 0 else f"exited {rc}; {err}"
         return f"exited {rc}"
     if status == "timeout":
         return "timed out"

@@ -25,6 +25,11 @@
   store's own: up to the inline limit it is read into the row, beyond that the file is
   linked into the output directory (or copied by the kernel, from another filesystem),
   never read into memory.
+- A stream longer than ``max_output`` (``pardo run``'s --max-output), or one the engine
+  already cut (``Result.output_truncated``), is kept up to the limit only (a spooled file
+  is then copied, its first bytes only); the row says so (``truncated``, a note in
+  ``error``) and a task that exited 0 is recorded as "failed": its output is not what it
+  printed, and ``--resume-failed`` runs it again.
 """
 
 from __future__ import annotations
@@ -95,6 +100,15 @@ def _args_json(inputs):
     return _dumps(list(inputs))
 
 
+def _size_text(n):
+    """A byte count as --max-output takes it: 512, 64K, 256M, 1.5G."""
+    for unit in ("", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:g}{unit}" if not unit else f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
+
+
 def _close_files(files):
     for f in files or ():
         if f is not None:
@@ -145,10 +159,12 @@ class StoreSink:
         on_error: called once, from the writer thread, with a :class:`StoreError` when a
             write fails mid-run (e.g. the disk filled up); the runner should stop then.
         inline_limit: bytes of each output stream kept in the row.
+        max_output: bytes of each output stream kept at most (``--max-output``); a task
+            whose output was cut is recorded as failed.
     """
 
     def __init__(self, path: str, *, network: str | None = None, on_error=None,
-                 inline_limit: int = INLINE_LIMIT):
+                 inline_limit: int = INLINE_LIMIT, max_output: int | None = None):
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
@@ -164,6 +180,7 @@ class StoreSink:
         self.error: StoreError | None = None
         self._on_error = on_error
         self._inline = inline_limit
+        self._limit = max_output
         self._out_dir = out_dir(path)
         self._supersede = False
         self._pending = collections.deque()
@@ -339,14 +356,33 @@ class StoreSink:
         run, inline, host = self.run_id, self._inline, self.host
         rows, quick, finals = [], [], []
         tallies = {}
+        limit = self._limit
         for seq, inputs, command, attempt, final, r, slot, cpus, where, files in batch:
             so, se = r.stdout or None, r.stderr or None
             so_file = se_file = None
+            cut = None
             if files is not None:
-                so, so_file = self._take_file(run, seq, attempt, "stdout", files[0], so)
-                se, se_file = self._take_file(run, seq, attempt, "stderr", files[1], se)
+                so, so_file, so_cut = self._take_file(run, seq, attempt, "stdout", files[0], so)
+                se, se_file, se_cut = self._take_file(run, seq, attempt, "stderr", files[1], se)
+                if so_cut or se_cut:
+                    cut = [name for name, c in (("stdout", so_cut), ("stderr", se_cut)) if c]
+            if limit is not None:
+                if so is not None and len(so) > limit:
+                    so, cut = so[:limit] or None, (cut or []) + ["stdout"]
+                if se is not None and len(se) > limit:
+                    se, cut = se[:limit] or None, (cut or []) + ["stderr"]
             args = _args_json(inputs)
             status = _STATUS.get(r.status) or str(r.status)
+            error = r.error
+            if cut is not None or r.output_truncated:
+                # cut here, at the store's limit; or by the engine, at the caller's
+                note = (" and ".join(n for n in ("stdout", "stderr") if n in cut)
+                        + f" cut at --max-output {_size_text(limit)}" if cut
+                        else "output cut at --max-output")
+                cut = True
+                error = f"{error}; {note}" if error else note
+                if status == "ok":
+                    status = "failed"  # not what the task printed: not a success
             start, duration = r.started_at, r.duration
             t = tallies.get(status)
             if t is None:
@@ -359,8 +395,8 @@ class StoreSink:
                 finals.append((seq,))
             if (final and status == "ok" and r.returncode == 0 and r.signal is None
                     and so_file is None and se_file is None
-                    and cpus is None and (where is None or where == host) and r.error is None
-                    and not r.output_truncated and (so is None or len(so) <= inline)
+                    and cpus is None and (where is None or where == host) and error is None
+                    and (so is None or len(so) <= inline)
                     and (se is None or len(se) <= inline)):
                 # the common row: binding a parameter costs about as much as the rest of
                 # the insert, so the columns this row has fixed are constants in _QUICK
@@ -377,8 +413,8 @@ class StoreSink:
                          r.returncode, r.signal, slot,
                          ",".join(map(str, cpus)) if cpus else None,
                          where if where and where != host else None, start, duration,
-                         deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, r.error,
-                         so, se, so_file, se_file, 1 if r.output_truncated else None))
+                         deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, error,
+                         so, se, so_file, se_file, 1 if cut is not None else None))
         tallies = list(tallies.values())
         con = self._con
         quick_sql = self._quick_sql
@@ -413,37 +449,43 @@ class StoreSink:
         con.execute("COMMIT")
 
     def _take_file(self, run, seq, attempt, stream, spooled, data):
-        """(inline bytes, file name) of a stream that may have come as a file."""
+        """(inline bytes, file name, whether cut at max_output) of a stream that may have
+        come as a file."""
         if spooled is None:
-            return data, None
+            return data, None, False
         fd, size = spooled
+        cut = self._limit is not None and size > self._limit
+        if cut:
+            size = self._limit  # only the first bytes are kept: copied, not linked
         if size <= self._inline:
-            return (os.pread(fd, size, 0) if size else None), None
+            return (os.pread(fd, size, 0) if size else None), None, cut
         os.makedirs(self._out_dir, exist_ok=True)
         name = f"{run}-{seq}-{attempt}.{stream}"
         dest = os.path.join(self._out_dir, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dest)  # left by a run killed before its row committed
         self._made.append(dest)
-        try:
-            # An unnamed (O_TMPFILE) file gets its name here: no byte is copied. linkat()
-            # must follow the /proc link (os.link does only with a dir fd given); the
-            # file gets the mode a file written here would have (it was made 0600).
-            os.fchmod(fd, 0o666 & ~_UMASK)
-            proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if not cut:
             try:
-                os.link(str(fd), dest, src_dir_fd=proc, follow_symlinks=True)
-            finally:
-                os.close(proc)
-            return None, name
-        except OSError:
-            pass  # another filesystem, or a file that had a name once: copy it
+                # An unnamed (O_TMPFILE) file gets its name here: no byte is copied.
+                # linkat() must follow the /proc link (os.link does only with a dir fd
+                # given); the file gets the mode a file written here would have (it was
+                # made 0600).
+                os.fchmod(fd, 0o666 & ~_UMASK)
+                proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.link(str(fd), dest, src_dir_fd=proc, follow_symlinks=True)
+                finally:
+                    os.close(proc)
+                return None, name, False
+            except OSError:
+                pass  # another filesystem, or a file that had a name once: copy it
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             _copy_range(fd, out, size)
         finally:
             os.close(out)
-        return None, name
+        return None, name, cut
 
     def _spill(self, run, seq, attempt, stream, data):
         """Write one large output stream to a file beside the store; return its name
