@@ -1,5 +1,6 @@
 """--group output waits in temporary files, not in memory; --max-output cuts say so."""
 
+import os
 import subprocess
 
 from pardo_cli import pardo_cmd, peak_rss_of
@@ -31,6 +32,21 @@ def test_max_output_cut_is_said_and_counts_as_a_failure():
     assert p.stdout == b"x" * 1024 + b"x" * 10
     assert b"pardo: task 1: stdout (4.883K) cut at --max-output 1K; the task counts as failed\n" \
         == p.stderr
+
+
+def test_max_output_cut_into_a_files_file_counts_as_a_failure(tmp_path):
+    # --files: stdout goes to a file, cut there as it would be on our stdout; the task is
+    # no success either (it exited 0 before)
+    p = subprocess.run(pardo_cmd() + ["--files", "--tmpdir", str(tmp_path), "--max-output",
+                                      "1K", "-k", "head -c {} /dev/zero | tr '\\0' x",
+                                      ":::", "5000", "10"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 1
+    names = p.stdout.decode().splitlines()
+    assert [os.path.dirname(n) for n in names] == [str(tmp_path)] * 2
+    assert [open(n, "rb").read() for n in names] == [b"x" * 1024, b"x" * 10]
+    assert p.stderr == (b"pardo: task 1: stdout (4.883K) cut at --max-output 1K; the task "
+                        b"counts as failed\n")
 
 
 def test_results_dir_gets_big_outputs_whole(tmp_path):

@@ -388,7 +388,10 @@ def _batch_run(opts, command, sources, engine, perl):
     results = opts.get("results")
     store = None
     if opts.get("store") and not opts.get("dry_run"):
-        store = _open_store(opts["store"], opts, command, sources, resume)
+        # the store keeps what a task's printed output keeps (--results takes it whole)
+        store = _open_store(opts["store"], opts, command, sources, resume,
+                            view.max_output if view.mode == "group" and not view.results
+                            else None)
     try:
         batch = Batch(
             template, groups, jobs=opts.get("jobs"), timeout=duration(opts.get("timeout")),
@@ -479,8 +482,9 @@ def _line_filler(opts, template, template_kw, fill_mode, per_job, slots):
                                    spread_over=spread)
 
 
-def _open_store(path, opts, command, sources, mode):
-    """The run's store, opened before any task starts (every refusal is one line)."""
+def _open_store(path, opts, command, sources, mode, max_output):
+    """The run's store, opened before any task starts (every refusal is one line). It keeps
+    at most *max_output* bytes per stream, as many as are printed."""
     from .._store import RunStore, inputs_identity
     from .._supervisor import isolation
 
@@ -489,7 +493,7 @@ def _open_store(path, opts, command, sources, mode):
                                      "memory_limit") if opts.get(k) is not None}
     return RunStore(path, template=" ".join(command), inputs=inputs_identity(sources),
                     mode=mode, force=bool(opts.get("force")), options=recorded,
-                    rung=isolation())
+                    rung=isolation(), max_output=max_output)
 
 
 def _a_task_can_start():

@@ -17,12 +17,13 @@ def main(argv: list[str]) -> int:
     if reader is None:
         return 1
     with reader:
-        from .._store import show_text
+        from .._store import show
 
-        text = show_text(reader, a.seq)
-    if text is None:
+        sys.stdout.flush()
+        found = show(reader, a.seq, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+    if not found:
         print(f"pardo show: task {a.seq} has no record in {a.store} (it never completed)",
               file=sys.stderr)
         return 1
-    sys.stdout.write(text)
     return 0

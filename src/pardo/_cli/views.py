@@ -103,6 +103,7 @@ class View:
         if self.verbose:
             self.out.write((tag or b"") + line.encode("utf-8", "surrogateescape") + b"\n")
         streams = ((1, self.out), (2, self.err))
+        cut = []
         if self.files and self.results:
             # GNU: with --results, the files are the results' stdout files
             name = os.path.join(results_path(self.results, r.inputs, self.results_names,
@@ -121,7 +122,9 @@ class View:
                 os.close(fd)
             self._file_name(os.path.join(self.tmpdir, os.path.basename(name)), tag)
             streams = ((2, self.err),)
-        cut = []
+            if self.max_output is not None and size_of(r, 1) > self.max_output:
+                # cut into its file as it would be on our stdout: a failure all the same
+                cut.append(f"stdout ({human_size(size_of(r, 1))})")
         for stream, dest in streams:
             size = size_of(r, stream)
             copy_out(r, stream, dest.write, tag, self.max_output)

@@ -18,13 +18,13 @@ from .joblog import HEADER, JobLog, exit_fields, format_row, read_joblog
 
 __all__ = ["HEADER", "JobLog", "ResumeState", "RunStore", "StoreError", "StoreMismatch",
            "StoreReader", "StoreSink", "default_store", "exit_fields", "export",
-           "format_row", "inputs_identity", "open_for_map", "read_joblog", "show_text",
+           "format_row", "inputs_identity", "open_for_map", "read_joblog", "show", "show_text",
            "status_renderable", "write_report"]
 
 __getattr__ = _lazy_getattr(globals(), {
     "ResumeState": "._read",
     "StoreReader": "._read", "StoreSink": "._writer", "RunStore": "._runlink",
     "inputs_identity": "._runlink", "open_for_map": "._runlink",
-    "default_store": "._views", "export": "._views", "show_text": "._views",
+    "default_store": "._views", "export": "._views", "show": "._views", "show_text": "._views",
     "status_renderable": "._views", "write_report": "._html",
 })

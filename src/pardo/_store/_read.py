@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from .._errors import StoreMismatch
 from ._db import WriterLock, connect_reader, out_dir
 
-__all__ = ["ATTEMPT_FIELDS", "ResumeState", "StoreMismatch", "StoreReader"]
+__all__ = ["ATTEMPT_FIELDS", "OUTPUT_CHUNK", "ResumeState", "StoreMismatch", "StoreReader",
+           "StoredOutput"]
+
+# Bytes read at a time from an output kept in a file: what a reader streaming it (show,
+# export) holds of it at once, whatever the file's size.
+OUTPUT_CHUNK = 1 << 20
 
 # The fields of one attempt as readers give them (export's JSON keys, in this order).
 ATTEMPT_FIELDS = ("seq", "args", "command", "attempt", "final", "status", "returncode",
@@ -31,6 +36,41 @@ _SELECT = ("SELECT a.seq, a.args, a.command, a.attempt, a.final, a.status, a.ret
            " a.deadline, a.late, a.cpu_user, a.cpu_sys, a.max_rss, a.error, a.stdout,"
            " a.stderr, a.truncated, a.run, a.stdout_file, a.stderr_file"
            " FROM attempts a JOIN runs r ON r.id = a.run")
+
+
+class StoredOutput:
+    """An output stream kept in a file beside the store (one bigger than the inline
+    limit), read a chunk at a time rather than into memory.
+
+    Attributes:
+        path: the file.
+        size: its size in bytes.
+    """
+
+    __slots__ = ("path", "size")
+
+    def __init__(self, path: str):
+        self.path = path
+        self.size = os.stat(path).st_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def chunks(self, size: int | None = None):
+        """The file's bytes, *size* (default :data:`OUTPUT_CHUNK`) at a time; the last
+        chunk may be shorter."""
+        size = size or OUTPUT_CHUNK
+        with open(self.path, "rb", buffering=0) as f:
+            while True:
+                data = f.read(size)
+                if not data:
+                    return
+                yield data
+
+    def read(self) -> bytes:
+        """The whole stream, in memory."""
+        with open(self.path, "rb") as f:
+            return f.read()
 
 
 class StoreReader:
@@ -75,7 +115,7 @@ class StoreReader:
 
     # -- attempts -------------------------------------------------------------------------
 
-    def _row_dict(self, row, with_output=True):
+    def _row_dict(self, row, with_output=True, file_outputs=False):
         d = dict(zip(ATTEMPT_FIELDS, row[:23]))
         d["args"] = json.loads(d["args"]) if d["args"] is not None else None
         d["final"] = bool(d["final"])
@@ -86,18 +126,26 @@ class StoreReader:
                 d.pop(key)
                 continue
             if spilled is not None:
-                with open(os.path.join(self._out, spilled), "rb") as f:
-                    d[key] = f.read()
+                stored = StoredOutput(os.path.join(self._out, spilled))
+                d[key] = stored if file_outputs else stored.read()
             else:
                 d[key] = d[key] or b""
         return d
 
-    def attempts(self, *, final_only: bool = False, with_output: bool = True):
+    def attempts(self, *, final_only: bool = False, with_output: bool = True,
+                 file_outputs: bool = False):
         """Every attempt as a dict (keys: ATTEMPT_FIELDS; stdout/stderr bytes), in seq and
-        attempt order."""
+        attempt order.
+
+        Args:
+            final_only: only the attempts that completed their task.
+            with_output: include stdout and stderr.
+            file_outputs: a stream kept in a file beside the store comes as a
+                :class:`StoredOutput` to read in chunks, not as bytes (it may be any size).
+        """
         sql = _SELECT + (" WHERE a.final = 1" if final_only else "") + " ORDER BY a.seq, a.id"
         for row in self._con.execute(sql):
-            yield self._row_dict(row, with_output)
+            yield self._row_dict(row, with_output, file_outputs)
 
     def joblog_rows(self):
         """(seq, started_at, duration, status, returncode, signal, command, host, stdout
@@ -113,10 +161,11 @@ class StoreReader:
                 size = os.stat(os.path.join(self._out, row[9])).st_size
             yield row[:8] + (size,)
 
-    def task(self, seq: int) -> list[dict]:
-        """Every attempt of task *seq*, oldest first (empty if it never completed)."""
+    def task(self, seq: int, *, file_outputs: bool = False) -> list[dict]:
+        """Every attempt of task *seq*, oldest first (empty if it never completed);
+        *file_outputs* as for :meth:`attempts`."""
         rows = self._con.execute(_SELECT + " WHERE a.seq = ? ORDER BY a.id", (seq,)).fetchall()
-        return [self._row_dict(r) for r in rows]
+        return [self._row_dict(r, True, file_outputs) for r in rows]
 
     # -- summary --------------------------------------------------------------------------
 
@@ -208,6 +257,9 @@ def _reason(status, rc, sig, err):
     from .._result import signal_name
 
     if status == "failed":
+        # exit 0 and failed: its output was cut at --max-output (the error says so)
+        if err:
+            return err if rc == 0 else f"exited {rc}; {err}"
         return f"exited {rc}"
     if status == "timeout":
         return "timed out"

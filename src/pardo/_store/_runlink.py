@@ -60,16 +60,17 @@ class RunStore:
         force: resume even if the template or inputs differ.
         options: the run's options, recorded.
         on_error: called (writer thread) with the StoreError that stopped the writer.
+        max_output: bytes of each output stream kept at most (``--max-output``).
     """
 
     def __init__(self, path, *, template, inputs, mode=None, force=False, options=None,
-                 on_error=None, rung=None):
+                 on_error=None, rung=None, max_output=None):
         self.path = path
         self.mode = mode
         self.force = force
         self.state = None
         self.failed = []
-        self.sink = StoreSink(path, on_error=on_error)
+        self.sink = StoreSink(path, on_error=on_error, max_output=max_output)
         try:
             if mode is not None:
                 from ._read import StoreReader

@@ -4,6 +4,7 @@ in full) and ``pardo export`` (JSON lines, CSV, GNU parallel's joblog)."""
 from __future__ import annotations
 
 import base64
+import codecs
 import csv
 import datetime
 import io
@@ -13,9 +14,9 @@ import types
 
 from .._errors import UsageError
 from .._result import Status, signal_name
-from ._read import StoreReader
+from ._read import StoredOutput, StoreReader
 
-__all__ = ["EXPORT_FIELDS", "export", "show_text", "status_renderable"]
+__all__ = ["EXPORT_FIELDS", "export", "show", "show_text", "status_renderable"]
 
 # JSON lines and CSV columns, in this order. Outputs are text when they are UTF-8; other
 # bytes go into ``stdout_base64`` / ``stderr_base64`` instead, so nothing is lost.
@@ -117,15 +118,26 @@ _STYLE = {"ok": "green", "failed": "red", "timeout": "yellow", "signaled": "mage
 
 
 def show_text(reader: StoreReader, seq: int) -> str | None:
-    """``pardo show``: every attempt of task *seq*, with its output; None if unknown."""
-    attempts = reader.task(seq)
-    if not attempts:
+    """``pardo show`` as a string: every attempt of task *seq*, with its output; None if
+    unknown. (The whole output in memory: :func:`show` streams it.)"""
+    buf = io.BytesIO()
+    if not show(reader, seq, buf):
         return None
-    out = []
+    return buf.getvalue().decode("utf-8", "surrogateescape")
+
+
+def show(reader: StoreReader, seq: int, out) -> bool:
+    """``pardo show``: write every attempt of task *seq*, with its output, to the binary
+    stream *out*; False if the task has no record. An output kept in a file is copied a
+    chunk at a time, so memory stays small whatever its size."""
+    attempts = reader.task(seq, file_outputs=True)
+    if not attempts:
+        return False
+    w = _TextOut(out)
     for a in attempts:
         head = f"task {a['seq']}, attempt {a['attempt']}"
         head += "" if a["final"] else " (an earlier attempt)"
-        out.append(head)
+        w.line(head)
         how = a["status"]
         if a["returncode"] is not None:
             how += f", exit {a['returncode']}"
@@ -147,15 +159,95 @@ def show_text(reader: StoreReader, seq: int) -> str | None:
              if a["cpu_user"] is not None else None),
             ("peak rss", None if not a["max_rss"] else f"{a['max_rss'] / 1048576:.1f} MiB"),
         ]
-        out += [f"  {k + ':':<10}{v}" for k, v in rows if v is not None]
+        for k, v in rows:
+            if v is not None:
+                w.line(f"  {k + ':':<10}{v}")
         for name in ("stdout", "stderr"):
             data = a[name]
             trunc = " (cut at --max-output)" if a["output_truncated"] else ""
-            out.append(f"  --- {name} ({len(data)} bytes){trunc}")
+            w.line(f"  --- {name} ({len(data)} bytes){trunc}")
             if data:
-                text = data.decode("utf-8", "replace")
-                out.append(text if text.endswith("\n") else text + "\n(no newline at end)")
-    return "\n".join(out).rstrip("\n") + "\n"
+                decoder = codecs.getincrementaldecoder("utf-8")("replace")
+                last = b""
+                for chunk in _chunks(data):
+                    w.text(decoder.decode(chunk))
+                    last = chunk[-1:]
+                w.text(decoder.decode(b"", True))
+                w.line("" if last == b"\n" else "\n(no newline at end)")
+    w.end()
+    return True
+
+
+class _TextOut:
+    """Text to a binary stream, as UTF-8, with the trailing newlines of the whole held
+    back so that it ends with exactly one (as ``text.rstrip("\\n") + "\\n"`` would)."""
+
+    def __init__(self, out):
+        self._out = out
+        self._newlines = 0
+
+    def text(self, s):
+        if not s:
+            return
+        body = s.rstrip("\n")
+        if body:
+            if self._newlines:
+                self._out.write(b"\n" * self._newlines)
+            self._out.write(body.encode("utf-8", "surrogateescape"))
+            self._newlines = 0
+        self._newlines += len(s) - len(body)
+
+    def line(self, s):
+        self.text(s + "\n")
+
+    def end(self):
+        self._out.write(b"\n")
+        self._newlines = 0
+
+
+def _chunks(data):
+    """The bytes of an output: inline ones whole, a file's a chunk at a time."""
+    if isinstance(data, StoredOutput):
+        yield from data.chunks()
+    elif data:
+        yield data
+
+
+def _scan(stored: StoredOutput) -> tuple[bool, bool]:
+    """(whether the file is UTF-8, whether it holds a character that CSV must quote), read
+    a chunk at a time: what export must know before it writes the file's first byte."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    quote = False
+    try:
+        for chunk in stored.chunks():
+            decoder.decode(chunk)
+            quote = quote or any(c in chunk for c in (b",", b'"', b"\r", b"\n"))
+        decoder.decode(b"", True)
+    except UnicodeDecodeError:
+        return False, False  # base64: nothing to quote
+    return True, quote
+
+
+def _text_chunks(stored: StoredOutput):
+    """A UTF-8 file's text, a chunk at a time (a character split between two reads is
+    joined)."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    for chunk in stored.chunks():
+        yield decoder.decode(chunk)
+    yield decoder.decode(b"", True)
+
+
+def _base64_chunks(stored: StoredOutput):
+    """A file's base64 text, a chunk at a time (each but the last encodes a multiple of 3
+    bytes, so the pieces join into the encoding of the whole)."""
+    carry = b""
+    for chunk in stored.chunks():
+        data = carry + chunk
+        cut = len(data) - len(data) % 3
+        carry = data[cut:]
+        yield base64.b64encode(data[:cut]).decode("ascii")
+    if carry:
+        yield base64.b64encode(carry).decode("ascii")
 
 
 def _jsonable(a: dict) -> dict:
@@ -169,27 +261,116 @@ def _jsonable(a: dict) -> dict:
     return d
 
 
+def _streamed(a: dict) -> dict:
+    """The export record of an attempt with an output kept in a file: as
+    :func:`_jsonable`, where a file's value is ``(kind, stored, needs CSV quotes)``, *kind*
+    ``"text"`` (under its own key) or ``"base64"`` (its key null, the ``_base64`` key
+    last), to be written a chunk at a time."""
+    d = {k: a[k] for k in EXPORT_FIELDS}
+    tail = {}
+    for name in ("stdout", "stderr"):
+        data = a[name]
+        if isinstance(data, StoredOutput):
+            utf8, quote = _scan(data)
+            if utf8:
+                d[name] = ("text", data, quote)
+            else:
+                d[name] = None
+                tail[name + "_base64"] = ("base64", data, False)
+            continue
+        try:
+            d[name] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            d[name] = None
+            tail[name + "_base64"] = base64.b64encode(data).decode("ascii")
+    d.update(tail)
+    return d
+
+
+def _is_file(v):
+    return type(v) is tuple
+
+
+def _write_json_streamed(d: dict, out) -> None:
+    """One JSON line, the same text as ``json.dumps(record, ensure_ascii=False)``, with
+    file-kept outputs escaped a chunk at a time."""
+    enc = "utf-8", "surrogateescape"
+    sep = "{"
+    for k, v in d.items():
+        key = sep + json.dumps(k) + ": "
+        sep = ", "
+        if not _is_file(v):
+            out.write((key + json.dumps(v, ensure_ascii=False)).encode(*enc))
+            continue
+        kind, stored, _ = v
+        out.write((key + '"').encode(*enc))
+        pieces = _text_chunks(stored) if kind == "text" else _base64_chunks(stored)
+        for piece in pieces:
+            # escaping is per character, so the pieces' escapes join into the whole's
+            out.write(json.dumps(piece, ensure_ascii=False)[1:-1].encode(*enc))
+        out.write(b'"')
+    out.write(b"}\n")
+
+
+def _csv_cells(d: dict) -> list:
+    """A record's CSV cells (file-kept outputs as :func:`_streamed` left them)."""
+    d["args"] = json.dumps(d["args"], ensure_ascii=False)
+    d["cpus"] = ",".join(map(str, d["cpus"])) if d["cpus"] else ""
+    return ([_csv_cell(d[k]) for k in EXPORT_FIELDS]
+            + [d.get("stdout_base64", ""), d.get("stderr_base64", "")])
+
+
+def _write_csv_streamed(cells: list, text) -> None:
+    """One CSV row, as ``csv.writer`` writes it, with file-kept outputs written a chunk at
+    a time (quoted, their quotes doubled, when they hold a character that needs it)."""
+    one = io.StringIO()
+    w = csv.writer(one)
+    sep = ""
+    for v in cells:
+        text.write(sep)
+        sep = ","
+        if not _is_file(v):
+            # a cell as the writer formats it within a row: alone, an empty one is quoted
+            one.seek(0)
+            one.truncate()
+            w.writerow([v, ""])
+            text.write(one.getvalue()[:-3])
+            continue
+        kind, stored, quote = v
+        if quote:
+            text.write('"')
+        for piece in (_text_chunks(stored) if kind == "text" else _base64_chunks(stored)):
+            text.write(piece.replace('"', '""') if quote else piece)
+        if quote:
+            text.write('"')
+    text.write("\r\n")
+
+
 def export(reader: StoreReader, fmt: str, out) -> int:
     """Write every attempt (joblog: every completed task) to the binary stream *out* in
-    *fmt* (``jsonl``, ``csv`` or ``joblog``). Returns the number of records."""
+    *fmt* (``jsonl``, ``csv`` or ``joblog``). Returns the number of records. Outputs kept
+    in files beside the store are written a chunk at a time: memory stays small whatever
+    their size."""
     n = 0
     if fmt == "jsonl":
-        for a in reader.attempts():
-            out.write(json.dumps(_jsonable(a), ensure_ascii=False).encode("utf-8",
-                                                                          "surrogateescape"))
-            out.write(b"\n")
+        for a in reader.attempts(file_outputs=True):
+            if isinstance(a["stdout"], StoredOutput) or isinstance(a["stderr"], StoredOutput):
+                _write_json_streamed(_streamed(a), out)
+            else:
+                out.write(json.dumps(_jsonable(a), ensure_ascii=False).encode(
+                    "utf-8", "surrogateescape"))
+                out.write(b"\n")
             n += 1
     elif fmt == "csv":
         text = io.TextIOWrapper(out, encoding="utf-8", errors="surrogateescape", newline="",
                                 write_through=True)
         w = csv.writer(text)
         w.writerow(EXPORT_FIELDS + ("stdout_base64", "stderr_base64"))
-        for a in reader.attempts():
-            d = _jsonable(a)
-            d["args"] = json.dumps(d["args"], ensure_ascii=False)
-            d["cpus"] = ",".join(map(str, d["cpus"])) if d["cpus"] else ""
-            w.writerow([_csv_cell(d[k]) for k in EXPORT_FIELDS]
-                       + [d.get("stdout_base64", ""), d.get("stderr_base64", "")])
+        for a in reader.attempts(file_outputs=True):
+            if isinstance(a["stdout"], StoredOutput) or isinstance(a["stderr"], StoredOutput):
+                _write_csv_streamed(_csv_cells(_streamed(a)), text)
+            else:
+                w.writerow(_csv_cells(_jsonable(a)))
             n += 1
         text.detach()
     elif fmt == "joblog":

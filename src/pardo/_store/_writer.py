@@ -4,19 +4,23 @@
 
     scheduler thread                         writer thread (pardo-store)
     ────────────────                         ───────────────────────────
-    sink.task_done(seq, result, ...)  ──►  deque ──► wake ──► take everything pending
-      (append + set an Event: never                           (up to _MAX_BATCH rows)
-       waits for the disk)                                          │
+    sink.task_done(seq, result, ...)  ──►  deque ──► wake ──► (wait out the rest of
+      (append + set an Event: never                  _COMMIT_EVERY since the last commit)
+       waits for the disk)                           take everything pending
+                                                      (up to _MAX_BATCH rows)
+                                                                    │
                                                                     ▼
-                                            BEGIN; INSERT rows; (big outputs to files) COMMIT
+                                            BEGIN; INSERT 64 rows a statement;
+                                            (big outputs to files) COMMIT
                                                                     │
     sink.error / on_error(err)  ◄──── a write failed (disk full): stop, keep what is committed
 
-- The writer never waits to fill a batch: it commits as soon as something is pending, and
-  what arrives during a commit goes into the next one. Under load the batches grow by
-  themselves; when idle every record is committed at once. So a record is durable (in the
-  WAL, safe from pardo's death) at most two commits after ``task_done`` returns: the one in
-  progress when it arrived, and its own.
+- The writer never waits to fill a batch, and commits at most once per _COMMIT_EVERY
+  (50 ms): an idle writer commits a record at once; under load, what arrives during a
+  commit or within 50 ms of its start goes into the next one, so a busy run pays for about
+  20 commits a second, whatever its task rate. A record is durable (in the WAL, safe from
+  pardo's death) once its commit ends, and that commit starts at most 50 ms after
+  ``task_done`` returns, or when the commit under way ends if that one takes longer.
 - Only completions are written, each in the transaction of its batch: a task that is
   killed with pardo has no row and runs again on resume; a committed row stays.
 - Rows are built from the Result in the writer thread, so the scheduler pays only for an
@@ -25,12 +29,18 @@
   store's own: up to the inline limit it is read into the row, beyond that the file is
   linked into the output directory (or copied by the kernel, from another filesystem),
   never read into memory.
+- A stream longer than ``max_output`` (``pardo run``'s --max-output), or one the engine
+  already cut (``Result.output_truncated``), is kept up to the limit only (a spooled file
+  is then copied, its first bytes only); the row says so (``truncated``, a note in
+  ``error``) and a task that exited 0 is recorded as "failed": its output is not what it
+  printed, and ``--resume-failed`` runs it again.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import os
 import sqlite3
@@ -44,6 +54,14 @@ __all__ = ["INLINE_LIMIT", "StoreSink"]
 
 INLINE_LIMIT = 64 * 1024  # bytes per stream kept in the row; more goes to a file beside it
 _MAX_BATCH = 20000  # rows per transaction at most, so one commit stays short
+# The shortest time between the starts of two commits. A commit costs the writer 0.1 to
+# 0.5 ms of CPU (and the WAL a frame per page it touches), taken from the scheduler on a
+# busy machine; fewer and bigger ones cost less per row, while a record waits at most this
+# long for its commit to start.
+_COMMIT_EVERY = 0.05
+# Rows per INSERT statement: one statement of many rows binds and steps once per row as
+# well, but crosses from Python into SQLite once per group instead of once per row.
+_ROWS_PER_INSERT = 64
 
 _INSERT = ("INSERT INTO attempts (run, seq, attempt, final, args, command, status, returncode,"
            " signal, slot, cpus, host, started_at, duration, deadline, late, cpu_user, cpu_sys,"
@@ -52,6 +70,8 @@ _INSERT = ("INSERT INTO attempts (run, seq, attempt, final, args, command, statu
 _QUICK = ("INSERT INTO attempts (run, final, status, returncode, seq, attempt, args, command,"
           " slot, started_at, duration, deadline, cpu_user, cpu_sys, max_rss, stdout, stderr)"
           " VALUES ({run}, 1, 'ok', 0, ?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_QUICK_VALUES = "({run}, 1, 'ok', 0, ?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _SUPERSEDE = "UPDATE attempts SET final = 0 WHERE seq = ? AND final = 1"
 _TALLY = ("INSERT INTO tallies VALUES (?,?,?,?,?) ON CONFLICT (status) DO UPDATE SET"
           " tasks = tasks + excluded.tasks, attempts = attempts + excluded.attempts,"
@@ -95,6 +115,15 @@ def _args_json(inputs):
     return _dumps(list(inputs))
 
 
+def _size_text(n):
+    """A byte count as --max-output takes it: 512, 64K, 256M, 1.5G."""
+    for unit in ("", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:g}{unit}" if not unit else f"{n:.4g}{unit}"
+        n /= 1024
+    return str(n)
+
+
 def _close_files(files):
     for f in files or ():
         if f is not None:
@@ -121,6 +150,28 @@ def _copy_range(src, dst, size):
         off += n
 
 
+def _insert_many(con, one_sql, many, rows):
+    """Insert *rows*: groups of rows with *many* = (statement, rows it takes), the rest
+    with *one_sql*."""
+    many_sql, k = many
+    n = len(rows)
+    full = n - n % k
+    if full:
+        chain = itertools.chain.from_iterable
+        con.executemany(many_sql, [tuple(chain(rows[i:i + k])) for i in range(0, full, k)])
+    if full < n:
+        con.executemany(one_sql, rows[full:])
+
+
+def _many(con, sql, values):
+    """(an INSERT of *sql*'s columns with :data:`_ROWS_PER_INSERT` rows of *values*, or
+    fewer where SQLite binds fewer parameters in one statement, and that number)."""
+    # SQLite before 3.32 binds at most 999 parameters a statement (RHEL 8 has 3.26)
+    k = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // values.count("?")
+    k = max(1, min(_ROWS_PER_INSERT, k))
+    return sql[:sql.index("VALUES") + 7] + ",".join([values] * k), k
+
+
 def _supersede(con, seqs):
     """Take back the completion records of *seqs* (a run that completes them again)."""
     for (seq,) in seqs:
@@ -145,10 +196,12 @@ class StoreSink:
         on_error: called once, from the writer thread, with a :class:`StoreError` when a
             write fails mid-run (e.g. the disk filled up); the runner should stop then.
         inline_limit: bytes of each output stream kept in the row.
+        max_output: bytes of each output stream kept at most (``--max-output``); a task
+            whose output was cut is recorded as failed.
     """
 
     def __init__(self, path: str, *, network: str | None = None, on_error=None,
-                 inline_limit: int = INLINE_LIMIT):
+                 inline_limit: int = INLINE_LIMIT, max_output: int | None = None):
         self.path = path
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
@@ -164,11 +217,14 @@ class StoreSink:
         self.error: StoreError | None = None
         self._on_error = on_error
         self._inline = inline_limit
+        self._limit = max_output
         self._out_dir = out_dir(path)
         self._supersede = False
         self._pending = collections.deque()
         self._wake = threading.Event()
+        self._hurry = threading.Event()  # flush() or the end: commit without waiting
         self._idle = threading.Condition()
+        self.commits = 0  # transactions committed (the writer's count)
         self._queued = 0  # records handed over, and written (or dropped after an error)
         self._written = 0
         self._thread = None
@@ -205,6 +261,9 @@ class StoreSink:
             raise StoreError(describe_write_error(self.path, e)) from None
         self.run_id = cur.lastrowid
         self._quick_sql = _QUICK.format(run=int(self.run_id))
+        self._quick_many = _many(self._con, self._quick_sql,
+                                 _QUICK_VALUES.format(run=int(self.run_id)))
+        self._insert_many = _many(self._con, _INSERT, _INSERT_VALUES)
         self._supersede = supersede
         self._thread = threading.Thread(target=self._write_loop, name="pardo-store", daemon=True)
         self._thread.start()
@@ -246,6 +305,7 @@ class StoreSink:
         """Wait until every record handed over so far is committed (or dropped after an
         error). Returns False on timeout."""
         target = self._queued
+        self._hurry.set()
         with self._idle:
             return self._idle.wait_for(lambda: self._written >= target, timeout)
 
@@ -260,6 +320,7 @@ class StoreSink:
         self._closed = True
         if self._thread is not None:
             self._pending.append(_CLOSE)
+            self._hurry.set()
             self._wake.set()
             self._thread.join()
         try:
@@ -286,22 +347,31 @@ class StoreSink:
 
     def _write_loop(self):
         pending = self._pending
+        hurry = self._hurry
+        last = float("-inf")  # monotonic time of the last commit's start
         while True:
             self._wake.wait()
+            delay = last + _COMMIT_EVERY - time.monotonic()
+            if delay > 0:
+                hurry.wait(delay)  # what comes meanwhile joins this commit
+            hurry.clear()
             self._wake.clear()
+            last = time.monotonic()
             closing = False
-            while pending:
+            # what is pending now, and no more: what arrives during these commits waits
+            # for the next round (and wakes it)
+            left = len(pending)
+            while left and not closing:
                 batch = []
-                while pending and len(batch) < _MAX_BATCH:
+                while left and len(batch) < _MAX_BATCH:
                     item = pending.popleft()
+                    left -= 1
                     if item is _CLOSE:
                         closing = True
                         break
                     batch.append(item)
                 if batch:
                     self._write(batch)
-                if closing:
-                    break
             if closing:
                 return
 
@@ -339,14 +409,33 @@ class StoreSink:
         run, inline, host = self.run_id, self._inline, self.host
         rows, quick, finals = [], [], []
         tallies = {}
+        limit = self._limit
         for seq, inputs, command, attempt, final, r, slot, cpus, where, files in batch:
             so, se = r.stdout or None, r.stderr or None
             so_file = se_file = None
+            cut = None
             if files is not None:
-                so, so_file = self._take_file(run, seq, attempt, "stdout", files[0], so)
-                se, se_file = self._take_file(run, seq, attempt, "stderr", files[1], se)
+                so, so_file, so_cut = self._take_file(run, seq, attempt, "stdout", files[0], so)
+                se, se_file, se_cut = self._take_file(run, seq, attempt, "stderr", files[1], se)
+                if so_cut or se_cut:
+                    cut = [name for name, c in (("stdout", so_cut), ("stderr", se_cut)) if c]
+            if limit is not None:
+                if so is not None and len(so) > limit:
+                    so, cut = so[:limit] or None, (cut or []) + ["stdout"]
+                if se is not None and len(se) > limit:
+                    se, cut = se[:limit] or None, (cut or []) + ["stderr"]
             args = _args_json(inputs)
             status = _STATUS.get(r.status) or str(r.status)
+            error = r.error
+            if cut is not None or r.output_truncated:
+                # cut here, at the store's limit; or by the engine, at the caller's
+                note = (" and ".join(n for n in ("stdout", "stderr") if n in cut)
+                        + f" cut at --max-output {_size_text(limit)}" if cut
+                        else "output cut at --max-output")
+                cut = True
+                error = f"{error}; {note}" if error else note
+                if status == "ok":
+                    status = "failed"  # not what the task printed: not a success
             start, duration = r.started_at, r.duration
             t = tallies.get(status)
             if t is None:
@@ -359,8 +448,8 @@ class StoreSink:
                 finals.append((seq,))
             if (final and status == "ok" and r.returncode == 0 and r.signal is None
                     and so_file is None and se_file is None
-                    and cpus is None and (where is None or where == host) and r.error is None
-                    and not r.output_truncated and (so is None or len(so) <= inline)
+                    and cpus is None and (where is None or where == host) and error is None
+                    and (so is None or len(so) <= inline)
                     and (se is None or len(se) <= inline)):
                 # the common row: binding a parameter costs about as much as the rest of
                 # the insert, so the columns this row has fixed are constants in _QUICK
@@ -377,8 +466,8 @@ class StoreSink:
                          r.returncode, r.signal, slot,
                          ",".join(map(str, cpus)) if cpus else None,
                          where if where and where != host else None, start, duration,
-                         deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, r.error,
-                         so, se, so_file, se_file, 1 if r.output_truncated else None))
+                         deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, error,
+                         so, se, so_file, se_file, 1 if cut is not None else None))
         tallies = list(tallies.values())
         con = self._con
         quick_sql = self._quick_sql
@@ -387,9 +476,9 @@ class StoreSink:
             if self._supersede:
                 _supersede(con, finals)
             if quick:
-                con.executemany(quick_sql, quick)
+                _insert_many(con, quick_sql, self._quick_many, quick)
             if rows:
-                con.executemany(_INSERT, rows)
+                _insert_many(con, _INSERT, self._insert_many, rows)
         except sqlite3.IntegrityError:
             # a seq completed twice in one run (the runner re-sent it): the last one wins,
             # as with a superseding run, rather than losing the whole batch
@@ -411,39 +500,46 @@ class StoreSink:
             con.rollback()
             raise
         con.execute("COMMIT")
+        self.commits += 1
 
     def _take_file(self, run, seq, attempt, stream, spooled, data):
-        """(inline bytes, file name) of a stream that may have come as a file."""
+        """(inline bytes, file name, whether cut at max_output) of a stream that may have
+        come as a file."""
         if spooled is None:
-            return data, None
+            return data, None, False
         fd, size = spooled
+        cut = self._limit is not None and size > self._limit
+        if cut:
+            size = self._limit  # only the first bytes are kept: copied, not linked
         if size <= self._inline:
-            return (os.pread(fd, size, 0) if size else None), None
+            return (os.pread(fd, size, 0) if size else None), None, cut
         os.makedirs(self._out_dir, exist_ok=True)
         name = f"{run}-{seq}-{attempt}.{stream}"
         dest = os.path.join(self._out_dir, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dest)  # left by a run killed before its row committed
         self._made.append(dest)
-        try:
-            # An unnamed (O_TMPFILE) file gets its name here: no byte is copied. linkat()
-            # must follow the /proc link (os.link does only with a dir fd given); the
-            # file gets the mode a file written here would have (it was made 0600).
-            os.fchmod(fd, 0o666 & ~_UMASK)
-            proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if not cut:
             try:
-                os.link(str(fd), dest, src_dir_fd=proc, follow_symlinks=True)
-            finally:
-                os.close(proc)
-            return None, name
-        except OSError:
-            pass  # another filesystem, or a file that had a name once: copy it
+                # An unnamed (O_TMPFILE) file gets its name here: no byte is copied.
+                # linkat() must follow the /proc link (os.link does only with a dir fd
+                # given); the file gets the mode a file written here would have (it was
+                # made 0600).
+                os.fchmod(fd, 0o666 & ~_UMASK)
+                proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.link(str(fd), dest, src_dir_fd=proc, follow_symlinks=True)
+                finally:
+                    os.close(proc)
+                return None, name, False
+            except OSError:
+                pass  # another filesystem, or a file that had a name once: copy it
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         try:
             _copy_range(fd, out, size)
         finally:
             os.close(out)
-        return None, name
+        return None, name, cut
 
     def _spill(self, run, seq, attempt, stream, data):
         """Write one large output stream to a file beside the store; return its name
