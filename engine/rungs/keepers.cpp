@@ -34,6 +34,8 @@ SpawnOutcome KeeperRung::start(Supervisor& s, TaskState& t, ChildPlan& plan) {
     o.err = EMFILE;
     return o;
   }
+  encode(t, plan);
+  if (start_kept(s, t, plan, &o)) return o;
   int ctl[2], st[2];
   if (pipe2(ctl, O_CLOEXEC) < 0) {
     o.stage = STAGE_CLONE;
@@ -53,7 +55,6 @@ SpawnOutcome KeeperRung::start(Supervisor& s, TaskState& t, ChildPlan& plan) {
     o.stage = STAGE_FDS;
     o.err = errno;
   } else {
-    encode(t, plan);
     std::vector<int> fds;
     for (auto& m : plan.fds) fds.push_back(m.second);
     fds.push_back(st[1]);
@@ -87,11 +88,16 @@ SpawnOutcome KeeperRung::start(Supervisor& s, TaskState& t, ChildPlan& plan) {
 }
 
 void KeeperRung::on_event(Supervisor& s, TaskState& t, int kind) {
-  if (kind == FD_STATUS) read_status(s, t);
+  if (kind != FD_STATUS) return;
+  if (t.kept_keeper)
+    read_kept(s, t);
+  else
+    read_status(s, t);
 }
 
 void KeeperRung::signal_tree(Supervisor&, TaskState& t, int sig) {
   if (t.ctl_fd < 0 || t.child_reaped) return;
+  if (t.kept_keeper) return signal_kept(t, sig);
   // After the leader's exit the keeper kills the rest by itself (unless lingering).
   if (sig == SIGKILL && t.leader_done && !t.req.linger) return;
   char c = sig == SIGKILL ? CTL_KILL : CTL_TERM;
@@ -109,6 +115,9 @@ void KeeperRung::signal_tree(Supervisor&, TaskState& t, int sig) {
 
 void KeeperRung::finish(Supervisor& s, TaskState& t) {
   live_.erase(t.id);
+  // A kept keeper still attached to its task at the end was not heard to finish it:
+  // never reused (its socket's end makes it kill what it holds and exit).
+  if (t.kept_keeper && t.status_fd >= 0) release_kept(s, t, false);
   if (t.status_fd >= 0) {
     s.unwatch_fd(t.status_fd);
     close(t.status_fd);
@@ -268,6 +277,7 @@ void KeeperRung::launcher_died(Supervisor& s) {
                    std::to_string(launcher_.pid) + ") " + how +
                    " while the task ran; its keeper killed the task's tree";
   launcher_ = Launcher{};
+  drop_idle();  // the launcher's death ended them too (PDEATHSIG)
   for (auto& kv : live_) {
     orphaned(*kv.second);
     s.signal_tree(*kv.second, SIGKILL);  // the keeper does it already; be sure, and bound it
@@ -284,6 +294,7 @@ void KeeperRung::orphaned(TaskState& t) {
 }
 
 void KeeperRung::stop_launcher() {
+  drop_idle();
   if (launcher_.pid <= 0) return;
   // EOF on its socket: it exits at once (every tree was killed before shutdown).
   if (launcher_.sock >= 0) close(launcher_.sock);

@@ -60,12 +60,25 @@ class KeeperRung : public Rung {
   void keeper_done(Supervisor& s, TaskState& t, bool have_status, int st);
   void read_status(Supervisor& s, TaskState& t);
 
+  // Kept keepers (rungs/kept_keepers.cpp): keepers that serve task after task, each over
+  // a socket of its own, so that a task costs no fork of a keeper and no request to the
+  // launcher. The per-task keeper above stays for what they do not take.
+  bool start_kept(Supervisor& s, TaskState& t, const ChildPlan& plan, SpawnOutcome* o);
+  int new_kept(Supervisor& s, SpawnOutcome* o);
+  void read_kept(Supervisor& s, TaskState& t);
+  void signal_kept(TaskState& t, int sig);
+  void release_kept(Supervisor& s, TaskState& t, bool reusable);
+  void drop_idle();
+
   std::string path_;
   Launcher launcher_;
   LaunchRequest req_;
   std::string strings_;
   std::string orphaned_note_;
   std::unordered_map<uint64_t, TaskState*> live_;  // started, not finished
+  // The sockets of idle kept keepers, the most recently used last (its pages are the
+  // likeliest still in cache); at most kMaxIdleKept.
+  std::vector<int> idle_;
 };
 
 }  // namespace pardo

@@ -226,6 +226,8 @@ bool serve_one(long self) {
   }
   bool ok = (mh.msg_flags & MSG_CTRUNC) == 0 &&
             read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n));
+  // A kept keeper for the socket that came with it (keeper_pool.cpp).
+  if (ok && h.magic == kKeeperMagic) return serve_keeper_request(fds, nrecv, self);
   constexpr int specials = 2;  // the status and control pipes
   ok = ok && h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
        h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials &&
@@ -299,6 +301,11 @@ void reap_keepers() {
 }
 
 }  // namespace
+
+bool split_request(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** args,
+                   char*** envp, char** cwd) {
+  return split(h, s, ptrs, execs, args, envp, cwd);
+}
 
 int launcher_main(char** envp) {
   // What the caller ignored when it started us we inherited (an exec keeps SIG_IGN): start
