@@ -182,26 +182,34 @@ constexpr unsigned long kLeaderStackSize = 64 * 1024;
 alignas(64) char g_leader_stack[kLeaderStackSize];
 bool g_clone3_refused = false;  // a kept keeper starts many tasks: ask once
 
-// Start fn(arg) in a child, vfork-style with clone3 (CLONE_VM | CLONE_VFORK) where the kernel
-// and its seccomp profile allow clone3, else a plain fork (clone). Its pid, or -errno.
-long start_vfork(int (*fn)(void*), void* arg) {
-  if (kVforkStart && !g_clone3_refused) {
+// Start fn(arg) in a child vfork-style with clone3 (CLONE_VM | CLONE_VFORK), where the
+// kernel and its seccomp profile allow clone3: its pid, -ENOSYS where they do not (refused:
+// ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under others), or
+// another -errno.
+long clone_vfork(int (*fn)(void*), void* arg) {
+  if (!kVforkStart || g_clone3_refused) return -ENOSYS;
 #if defined(__x86_64__) || defined(__aarch64__)
-    struct {
-      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
-    } ca{};
-    ca.flags = CLONE_VM | CLONE_VFORK;
-    ca.exit_signal = SIGCHLD;
-    ca.stack = reinterpret_cast<uint64_t>(g_leader_stack);
-    ca.stack_size = kLeaderStackSize;
-    long pid = pardo_clone3_run(&ca, sizeof ca, fn, arg);
-    // Refused (ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under
-    // others): the fork below does the same, copying our few pages.
-    if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
-    g_clone3_refused = true;
+  struct {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+  } ca{};
+  ca.flags = CLONE_VM | CLONE_VFORK;
+  ca.exit_signal = SIGCHLD;
+  ca.stack = reinterpret_cast<uint64_t>(g_leader_stack);
+  ca.stack_size = kLeaderStackSize;
+  long pid = pardo_clone3_run(&ca, sizeof ca, fn, arg);
+  if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
+  g_clone3_refused = true;
 #endif
-  }
-  long pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  (void)fn;
+  (void)arg;
+  return -ENOSYS;
+}
+
+// The same, else a plain fork (clone), which copies our few pages.
+long start_vfork(int (*fn)(void*), void* arg) {
+  long pid = clone_vfork(fn, arg);
+  if (pid != -ENOSYS) return pid;
+  pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
   if (pid == 0) leave(fn(arg));
   return pid;
 }

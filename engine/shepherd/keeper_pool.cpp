@@ -65,14 +65,21 @@ alignas(16) char g_msg[kKeptMaxMessage];
 char* g_ptrs[kKeptMaxMessage + 3];
 int g_fds[kLaunchMaxFds];
 int g_nfds = 0;
+int g_child_nice = 0;  // the nice a child of ours starts with (SCHED_RESET_ON_FORK: >= 0)
 
+// What the child is given, in the keeper's memory. A child started vfork-style reports a
+// failure before its exec right here (the keeper sleeps until the child has exec'd or
+// exited); one forked, through err_fd (a close-on-exec pipe that reads EOF once the exec
+// has succeeded).
 struct Child {
   const LaunchRequest* h;
   char** execs;
   char** args;
   char** envp;
   const char* cwd;
-  int err_fd;
+  int err_fd;  // -1: report in fail_stage, fail_err
+  int child_nice;  // what the child's nice is before it sets its own
+  volatile int32_t fail_stage, fail_err;
 };
 
 void send(const ShepherdMsg& m) {
@@ -80,52 +87,69 @@ void send(const ShepherdMsg& m) {
   }
 }
 
-// The task's child, in the keeper's memory until its exec (start_vfork): fds in place, the
-// task's settings, a session of its own, then the program. A failure goes back through
-// err_fd as (stage, errno).
-[[noreturn]] void child_fail(int err_fd, int stage, long err) {
-  int32_t ce[2] = {stage, static_cast<int32_t>(err)};
-  while (sys(SYS_write, err_fd, ce, sizeof ce) == -EINTR) {
+// The task's child, in the keeper's memory until its exec: fds in place, the task's
+// settings, a session of its own, then the program. Raw system calls on its own fd table,
+// signal dispositions and mask only (no CLONE_FILES, no CLONE_SIGHAND).
+[[noreturn]] void child_fail(Child& c, int err_fd, int stage, long err) {
+  if (err_fd < 0) {
+    c.fail_err = static_cast<int32_t>(err);
+    c.fail_stage = stage;
+  } else {
+    int32_t ce[2] = {stage, static_cast<int32_t>(err)};
+    while (sys(SYS_write, err_fd, ce, sizeof ce) == -EINTR) {
+    }
   }
   leave(127);
 }
 
+bool is_target(const LaunchRequest& h, int fd) {
+  for (int i = 0; i < h.nfds; ++i)
+    if (h.targets[i] == fd) return true;
+  return false;
+}
+
 int child_main(void* p) {
-  const Child& c = *static_cast<const Child*>(p);
+  Child& c = *static_cast<Child*>(p);
   const LaunchRequest& h = *c.h;
   int top = 2;
   for (int i = 0; i < h.nfds; ++i) top = h.targets[i] > top ? h.targets[i] : top;
-  // First everything out of the way of the task's places, then exactly the task's fds
-  // below top + 1; everything above is closed at the exec.
-  long e = sys(SYS_fcntl, c.err_fd, F_DUPFD_CLOEXEC, top + 1);
-  if (e < 0) child_fail(c.err_fd, STAGE_FDS, -e);
-  const int err_fd = static_cast<int>(e);
-  int dups[kLaunchMaxFds];
-  for (int i = 0; i < h.nfds; ++i) {
-    long d = sys(SYS_fcntl, g_fds[i], F_DUPFD_CLOEXEC, top + 1);
-    if (d < 0) child_fail(err_fd, STAGE_FDS, -d);
-    dups[i] = static_cast<int>(d);
+  // The task gets exactly its fds at their places, up to top; everything above is closed
+  // at the exec. What stands in the way of those places moves above top first.
+  int err_fd = c.err_fd;
+  if (err_fd >= 0 && err_fd <= top) {
+    long e = sys(SYS_fcntl, err_fd, F_DUPFD_CLOEXEC, top + 1);
+    if (e < 0) child_fail(c, err_fd, STAGE_FDS, -e);
+    err_fd = static_cast<int>(e);
   }
-  for (int fd = 0; fd <= top; ++fd) sys(SYS_close, fd);
+  int src[kLaunchMaxFds];
   for (int i = 0; i < h.nfds; ++i) {
-    long r = sys(SYS_dup3, dups[i], h.targets[i], 0);
-    if (r < 0) child_fail(err_fd, STAGE_FDS, -r);
+    src[i] = g_fds[i];
+    if (src[i] > top) continue;
+    long d = sys(SYS_fcntl, src[i], F_DUPFD_CLOEXEC, top + 1);
+    if (d < 0) child_fail(c, err_fd, STAGE_FDS, -d);
+    src[i] = static_cast<int>(d);
+  }
+  for (int fd = 0; fd <= top; ++fd)
+    if (!is_target(h, fd)) sys(SYS_close, fd);
+  for (int i = 0; i < h.nfds; ++i) {
+    long r = sys(SYS_dup3, src[i], h.targets[i], 0);
+    if (r < 0) child_fail(c, err_fd, STAGE_FDS, -r);
   }
   long r = cloexec_from(top + 1, err_fd);
-  if (r < 0) child_fail(err_fd, STAGE_FDS, -r);
+  if (r < 0) child_fail(c, err_fd, STAGE_FDS, -r);
 
   if (h.flags & LAUNCH_CWD) {
     r = sys(SYS_chdir, c.cwd);
-    if (r < 0) child_fail(err_fd, STAGE_CHDIR, -r);
+    if (r < 0) child_fail(c, err_fd, STAGE_CHDIR, -r);
   }
   if (h.flags & LAUNCH_CPUS) {
     r = sys(SYS_sched_setaffinity, 0, sizeof h.cpus, h.cpus);
-    if (r < 0) child_fail(err_fd, STAGE_AFFINITY, -r);
+    if (r < 0) child_fail(c, err_fd, STAGE_AFFINITY, -r);
   }
   if (h.flags & LAUNCH_NICE) {
     r = sys(SYS_setpriority, PRIO_PROCESS, 0, h.nice);
-    if (r < 0) child_fail(err_fd, STAGE_NICE, -r);
-  } else {
+    if (r < 0) child_fail(c, err_fd, STAGE_NICE, -r);
+  } else if (h.base_nice != c.child_nice) {
     sys(SYS_setpriority, PRIO_PROCESS, 0, h.base_nice);  // lowering is always allowed
   }
   struct {
@@ -139,19 +163,18 @@ int child_main(void* p) {
   if (h.rlimit_as > 0) {
     rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
     r = sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr);
-    if (r < 0) child_fail(err_fd, STAGE_RLIMIT, -r);
+    if (r < 0) child_fail(c, err_fd, STAGE_RLIMIT, -r);
   }
-  // Dispositions as the caller's child would have them: SIGPIPE (which the keeper
-  // ignores) at its default, the caller's ignored signals ignored; no signal blocked.
-  set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));
+  // Dispositions as the caller's child would have them: every one at its default in the
+  // keeper, the caller's ignored signals ignored; no signal blocked.
   for (int s = 1; s <= 64; ++s)
     if (h.ignored & (1ULL << (s - 1))) set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
   unsigned long none = 0;
   sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
   r = sys(SYS_setsid);
-  if (r < 0) child_fail(err_fd, STAGE_SESSION, -r);
+  if (r < 0) child_fail(c, err_fd, STAGE_SESSION, -r);
   sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
-  child_fail(err_fd, STAGE_EXEC, exec_search(c.execs, c.args, c.envp));
+  child_fail(c, err_fd, STAGE_EXEC, exec_search(c.execs, c.args, c.envp));
 }
 
 // One task's tree, as the keeper sees it.
@@ -271,7 +294,14 @@ long receive() {
 }
 
 void close_task_fds() {
-  for (int i = 0; i < g_nfds; ++i) sys(SYS_close, g_fds[i]);
+  // They usually arrive as one run of numbers (stdin, stdout, stderr): one call for all.
+  int lo = 1 << 30, hi = -1;
+  for (int i = 0; i < g_nfds; ++i) {
+    lo = g_fds[i] < lo ? g_fds[i] : lo;
+    hi = g_fds[i] > hi ? g_fds[i] : hi;
+  }
+  if (g_nfds < 2 || hi - lo + 1 != g_nfds || sys(SYS_close_range, lo, hi, 0) != 0)
+    for (int i = 0; i < g_nfds; ++i) sys(SYS_close, g_fds[i]);
   g_nfds = 0;
 }
 
@@ -294,66 +324,81 @@ void serve(long n, int sigfd, long launcher) {
     t.retire = true;
     tree_done(t);
   }
-  // The child reports a failure before its exec through a close-on-exec pipe, which
-  // reads EOF once the exec has succeeded.
-  int ep[2];
-  long r = sys(SYS_pipe2, ep, O_CLOEXEC);
-  Child c{&h, execs, args, envp, cwd, r == 0 ? ep[1] : -1};
-  long pid = r == 0 ? start_vfork(child_main, &c) : r;
-  if (r == 0) sys(SYS_close, ep[1]);
+  // Vfork-style, the child reports a failure in c (we sleep until it has exec'd or
+  // exited); forked, where clone3 is refused, through a pipe.
+  Child c{&h, execs, args, envp, cwd, -1, g_child_nice, 0, 0};
+  long pid = clone_vfork(child_main, &c);
+  int ep[2] = {-1, -1};
+  if (pid == -ENOSYS) {
+    pid = sys(SYS_pipe2, ep, O_CLOEXEC);
+    if (pid == 0) {
+      c.err_fd = ep[1];
+      pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+      if (pid == 0) leave(child_main(&c));
+      sys(SYS_close, ep[1]);
+      if (pid > 0) {
+        int32_t ce[2] = {0, 0};
+        long got;
+        while ((got = sys(SYS_read, ep[0], ce, sizeof ce)) == -EINTR) {
+        }
+        if (got == static_cast<long>(sizeof ce)) {
+          c.fail_stage = ce[0];
+          c.fail_err = ce[1];
+        }
+      }
+      sys(SYS_close, ep[0]);
+    }
+  }
   close_task_fds();
   if (pid < 0) {
-    if (r == 0) sys(SYS_close, ep[0]);
     ShepherdMsg m{MSG_EXEC_FAILED, STAGE_CLONE, static_cast<int32_t>(-pid), 0, 0, 0, 0};
     send(m);
     t.leader_reported = true;  // nothing ran: the end is a bare TREE_GONE
     tree_done(t);
     return;
   }
-  int32_t ce[2] = {0, 0};
-  long got;
-  while ((got = sys(SYS_read, ep[0], ce, sizeof ce)) == -EINTR) {
-  }
-  sys(SYS_close, ep[0]);
   t.leader = pid;
-  if (got == static_cast<long>(sizeof ce)) {
+  if (c.fail_stage != 0) {
     // It never ran the task: reap it (its rusage is not the task's), report, go on.
     int st;
     while (sys(SYS_wait4, pid, &st, 0, nullptr) == -EINTR) {
     }
-    ShepherdMsg m{MSG_EXEC_FAILED, ce[0], ce[1], 0, 0, 0, 0};
+    ShepherdMsg m{MSG_EXEC_FAILED, c.fail_stage, c.fail_err, 0, 0, 0, 0};
     send(m);
     t.leader_reported = true;
     tree_done(t);
     return;
   }
 
-  const int64_t started_ms = mono_ms();
+  // A task that ends within kQuietStartMs is announced by its end alone (LEADER_EXIT or
+  // DONE carry its pid); a longer one when the first wait ends otherwise: it times out
+  // (no clock is read per task), or something else than the leader's end woke us.
   bool announced = false;
+  auto announce = [&] {
+    if (!announced && !t.leader_reaped) {
+      ShepherdMsg m{MSG_STARTED, static_cast<int32_t>(pid), static_cast<int32_t>(sys(SYS_getpid)),
+                    0, 0, 0, 0};
+      send(m);
+    }
+    announced = true;
+  };
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {kSockFd, POLLIN, 0}};
   while (true) {
-    int timeout = -1;
-    if (!announced) {
-      int64_t left = started_ms + kQuietStartMs - mono_ms();
-      if (left <= 0 || t.leader_reaped) {
-        if (!t.leader_reaped) {
-          ShepherdMsg m{MSG_STARTED, static_cast<int32_t>(pid),
-                        static_cast<int32_t>(sys(SYS_getpid)), 0, 0, 0, 0};
-          send(m);
-        }
-        announced = true;
-      } else {
-        timeout = static_cast<int>(left);
-      }
+    long k = wait_fds(pfd, 2, announced ? -1 : static_cast<int>(kQuietStartMs));
+    if (k == -EINTR) continue;
+    if (k < 0) orphaned_kill(t, sigfd, launcher);
+    if (k == 0) {
+      announce();
+      continue;
     }
-    long k = wait_fds(pfd, 2, timeout);
-    if (k < 0 && k != -EINTR) orphaned_kill(t, sigfd, launcher);
-    if (k <= 0) continue;
     if (pfd[0].revents) {
-      struct signalfd_siginfo si;
+      // One read takes every pending signal (SIGCHLD is one however many children
+      // exited; reap() finds them all).
+      struct signalfd_siginfo si[4];
       bool stop = false;
-      while (sys(SYS_read, sigfd, &si, sizeof si) == static_cast<long>(sizeof si))
-        if (si.ssi_signo != SIGCHLD) stop = true;
+      long got = sys(SYS_read, sigfd, si, sizeof si);
+      for (long i = 0; got > 0 && i < got / static_cast<long>(sizeof si[0]); ++i)
+        if (si[i].ssi_signo != SIGCHLD) stop = true;
       if (stop) orphaned_kill(t, sigfd, launcher);
       bool left = reap(t);
       if (t.leader_reaped && !left) {  // the common case: nothing left to kill
@@ -366,6 +411,7 @@ void serve(long n, int sigfd, long launcher) {
         t.retire = true;  // a lingering tree: its processes will come to us
       }
     }
+    announce();
     if (pfd[1].revents) {
       char c1;
       long got1;
@@ -411,7 +457,9 @@ bool serve_keeper_request(const int* fds, int n, long launcher) {
   sys(SYS_close, 0);
   sys(SYS_dup3, 1, 0, 0);
   if (close_from(kSockFd + 1) < 0) leave(1);
-  // The launcher ignores SIGPIPE and left every other disposition at its default.
+  // Every disposition at its default, as the tasks start with theirs: the launcher left
+  // them so but SIGPIPE, which we need not ignore (we send with MSG_NOSIGNAL).
+  set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));
   long r = sys(SYS_prctl, PR_SET_CHILD_SUBREAPER, 1);
   unsigned long mask = 0;
   for (int s : {SIGCHLD, SIGTERM, SIGHUP, SIGINT, SIGQUIT}) mask |= 1UL << (s - 1);
@@ -432,6 +480,15 @@ bool serve_keeper_request(const int* fds, int n, long launcher) {
   // rule real time out: PARDO_NO_REALTIME).
   long policy = sys(SYS_sched_getscheduler, launcher);
   raise_priority(policy >= 0 && (policy & ~SCHED_RESET_ON_FORK) == SCHED_FIFO);
+  long prio = sys(SYS_getpriority, PRIO_PROCESS, 0);  // the raw call returns 20 - nice
+  int own = prio < 0 ? 0 : static_cast<int>(20 - prio);
+  // Reset on fork gives a child of a raised keeper nice 0; without it, ours. Unknown:
+  // an impossible value, so that the child always sets its own.
+  long pol = sys(SYS_sched_getscheduler, 0);
+  if (prio < 0 || pol < 0)
+    g_child_nice = 100;
+  else
+    g_child_nice = (pol & SCHED_RESET_ON_FORK) && own < 0 ? 0 : own;
 
   struct pollfd pfd[2] = {{sigfd, POLLIN, 0}, {kSockFd, POLLIN, 0}};
   while (true) {

@@ -61,6 +61,8 @@ bool serve_keeper_request(const int* fds, int n, long launcher);
 // Start fn(arg) in a child vfork-style: CLONE_VM | CLONE_VFORK on a stack of its own, so
 // nothing is copied for it; a plain fork where clone3 is refused. Its pid, or -errno.
 long start_vfork(int (*fn)(void*), void* arg);
+// Only the vfork-style start: -ENOSYS where clone3 is refused (asked once a process).
+long clone_vfork(int (*fn)(void*), void* arg);
 // Send sig to every process of the tree below us: the leader's group while the leader is
 // unreaped (it pins the group id), then every descendant found in /proc.
 void signal_descendants(long leader, bool leader_reaped, int sig);
