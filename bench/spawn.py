@@ -181,9 +181,11 @@ def measure(row: str, count: int, inflight: int) -> tuple[float, float, str | No
         cmd = _worker_cmd("pardo", count, inflight)
     else:
         cmd = _worker_cmd("threads", count, inflight)
-    p = subprocess.run(PREFIX + cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=600)
+    p = subprocess.run(PREFIX + cmd, env=env, capture_output=True, text=True, timeout=600)
     if p.returncode:
-        raise RuntimeError(f"{row} exited {p.returncode}")
+        # The last line says why: e.g. a rung this kernel cannot have, refused by pardo.
+        why = (p.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"{row} exited {p.returncode}: {why}")
     r = json.loads(p.stdout)
     if r["bad"]:
         raise RuntimeError(f"{row}: tasks did not exit 0: {r['bad']}")
@@ -251,7 +253,7 @@ def main() -> None:
             rung = rung_of.get(row, asked)
             name = f"pardo ({rung}{', auto' if asked == 'auto' and rung != 'auto' else ''})"
         if row in errors or not times[row]:
-            table.append([name, "failed", "", "", ""])
+            table.append([name, "failed", "", "", "", ""])
             continue
         med = C.median(times[row])
         spread = f"{a.count / max(times[row]):.0f}..{a.count / min(times[row]):.0f}"
