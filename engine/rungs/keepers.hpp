@@ -1,21 +1,33 @@
-// The shepherd rung's tasks, started through pardo's launcher. One launcher per
-// supervisor (pardo-shepherd --launcher,
-// engine/shepherd/launcher.cpp), started at the first task and again after it dies, forks
-// a keeper per task (engine/shepherd/keeper.cpp) that starts the task in a session of its
-// own, reports on a status pipe (shepherd/protocol.hpp) and obeys a control pipe. The
-// keeper is the launcher's child, not ours: the launcher reaps it and says how it ended
-// (KEEPER_EXIT) as the last word on the same pipe.
+// The shepherd rung's tasks, started through pardo's launcher and its keepers. One
+// launcher per supervisor (pardo-shepherd --launcher, engine/shepherd/launcher.cpp),
+// started at the first task and again after it dies, forks keepers: processes that start
+// a task in a session of its own, report on it (shepherd/protocol.hpp) and kill and reap
+// its whole tree. A keeper is the launcher's child, not ours.
+//
+// Kept keepers (rungs/kept_keepers.cpp; engine/shepherd/keeper_pool.cpp) serve task after
+// task, each over a SOCK_SEQPACKET socket of its own that carries the task, its fds, the
+// T/K control bytes and the reports; they are asked of the launcher only when none is
+// idle, and a keeper that had to signal a tree retires rather than be reused:
+//
+//   supervisor ──kKeeperMagic + socket──► launcher ──fork──► kept keeper ──vfork-style──► task
+//        ▲  └──────────── task + fds, T/K ──────────────────►    │
+//        └──────────────── STARTED?, DONE / TREE_GONE ───────────┘
+//
+// A task whose request exceeds what a kept keeper takes (kKeptMaxMessage: a huge
+// environment or argv) gets a keeper of its own (engine/shepherd/keeper.cpp), forked by the
+// launcher for it, which reports on a status pipe and obeys a control pipe; the launcher
+// reaps it and says how it ended (KEEPER_EXIT) as the last word on the same pipe:
 //
 //   supervisor ──request + fds──► launcher ──fork──► keeper ──vfork-style──► task
 //        ▲                                             │
 //        └──────────── status pipe ◄───────────────────┘ ◄── control pipe (T/K bytes)
 //
-// A fork of so small a process is cheap (the keeper was a program exec'd per task), and
-// the task's max_rss is its own: a child of the Python process shares (or copies) its
+// The task's max_rss is its own: a child of the Python process shares (or copies) its
 // address space until its exec, and the kernel carries that space's peak into the task's
-// rusage. The launcher links no libc and its address space is a few pages. (The cgroup
-// and pgroup rungs still clone their tasks from this process: the extra hop through the
-// launcher cost them a fifth of their launch rate; see README, "Measured".)
+// rusage; the launcher and its keepers link no libc and their address space is a few
+// pages. (The cgroup and pgroup rungs still clone their tasks from this process: the
+// extra hop through the launcher cost them a fifth of their launch rate; see README,
+// "Measured".)
 //
 // The launcher's death is seen on its socket (its only other holder): every task in
 // flight then fails with the reason (its keeper, orphaned, kills its tree and says so),

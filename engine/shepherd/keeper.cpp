@@ -1,6 +1,7 @@
-// The per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side): a
-// fork of the launcher (launcher.cpp), never a program of its own, so that it costs a fork
-// of a tiny process rather than a program start.
+// The per-task keeper of the shepherd rung (rungs/keepers.cpp is the supervisor's side): a
+// fork of the launcher (launcher.cpp) for one task, never a program of its own. Most tasks
+// go to kept keepers instead (keeper_pool.cpp), which serve task after task; this one takes
+// a task too big for them, and lends them start_vfork and signal_descendants.
 //
 // Becomes a child subreaper, starts the task in a new session, reports (STARTED,
 // LEADER_EXIT, TREE_GONE; shepherd/protocol.hpp) on its status fd, obeys T/K bytes on its

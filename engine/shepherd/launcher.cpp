@@ -14,6 +14,10 @@
 // ended: so the supervisor learns of a keeper that died without a word, without being its
 // parent.
 //
+// Most tasks skip the launcher: a request with magic kKeeperMagic brings only a socket,
+// and the launcher forks a kept keeper for it (keeper_pool.cpp), which serves task after
+// task on that socket; the launcher only reaps it (its end shows on the socket).
+//
 // It exits at EOF on its socket: the supervisor shut down or died (then each keeper kills
 // its tree: EOF on its control pipe, and its PDEATHSIG once we are gone). If the launcher
 // itself dies, every keeper gets its PDEATHSIG, says it was orphaned, and kills its tree;

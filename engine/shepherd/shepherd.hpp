@@ -31,7 +31,7 @@ inline void set_disposition(int sig, void* handler) {
   for (;;) sys(SYS_exit_group, code);
 }
 
-// pardo-shepherd --launcher: the long-lived launcher that forks each task's keeper
+// pardo-shepherd --launcher: the long-lived launcher that forks the keepers
 // (launcher.cpp).
 int launcher_main(char** envp);
 
