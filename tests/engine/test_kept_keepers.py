@@ -9,6 +9,7 @@ keeper) and looks at the launcher's children in /proc:
 - a keeper that had to signal its task's tree (a deadline), or that was left processes to
   kill (the leader exited before its child), retires: it exits and runs nothing more;
 - a task's max_rss is its own even on a keeper that ran a big task before;
+- a task too big for a kept keeper gets a keeper of its own, forked for it;
 - a keeper SIGKILLed while idle costs nothing: the next task runs on another;
 - SIGKILLing the Python process with tasks running on reused keepers leaves no process
   of theirs, and no keeper, alive.
@@ -115,6 +116,15 @@ CASES = {
         print(json.dumps({"k": k, "big": [big.status.value, int(big.stdout), big.max_rss],
                           "small": [[keeper_of(r), r.max_rss] for r in small]}))
     """,
+    "big": """
+        # A request above what a kept keeper takes (60 KiB) goes to a keeper of its own.
+        k = keeper_of(pardo.run(PPID, timeout=30))
+        arg = "x" * (100 << 10)
+        big = [pardo.run(["sh", "-c", 'echo $PPID ${#1}', "sh", arg], timeout=30) for _ in range(2)]
+        again = keeper_of(pardo.run(PPID, timeout=30))
+        print(json.dumps({"k": k, "again": again,
+                          "big": [[r.status.value] + r.stdout.decode().split() for r in big]}))
+    """,
     "idle-killed": """
         k = keeper_of(pardo.run(PPID, timeout=30))
         reused = keeper_of(pardo.run(PPID, timeout=30)) == k
@@ -205,6 +215,16 @@ def test_max_rss_is_each_tasks_own_on_a_reused_keeper(user, request, zoo):
         # The same keeper ran the big task: its figure is not carried over.
         assert k == out["k"], out
         assert 0 < small < 16 << 20, out
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_a_request_too_big_for_a_kept_keeper_gets_a_keeper_of_its_own(user, request, zoo):
+    out = _run("big", user, request, zoo)
+    (s1, k1, n1), (s2, k2, n2) = out["big"]
+    assert s1 == s2 == "ok" and n1 == n2 == str(100 << 10), out
+    # One keeper each, neither the kept one, which serves the next small task again.
+    assert len({int(k1), int(k2), out["k"]}) == 3, out
+    assert out["again"] == out["k"], out
 
 
 @pytest.mark.parametrize("user", USERS)

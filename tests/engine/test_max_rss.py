@@ -5,9 +5,9 @@ task's rusage: /bin/true started by a Python process holding 300 MiB reported 30
 
 The shepherd rung's tasks are started by keepers forked from pardo's small launcher, so
 their figure is their own. The cgroup and pgroup rungs still clone their tasks from the
-caller (through the launcher they launched a fifth slower): there the figure counts the caller's peak, as
-Result.max_rss and the README say, and the test is marked as the known gap it is (strict:
-it fails the day those rungs get it right, so that the mark goes)."""
+caller (through the launcher they launched a fifth slower): there the figure counts the
+caller's peak, as Result.max_rss and the README say, and the test is marked as the known
+gap it is (strict: it fails the day those rungs get it right, so that the mark goes)."""
 
 import json
 import os
