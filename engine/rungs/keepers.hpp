@@ -45,8 +45,8 @@ namespace pardo {
 
 class KeeperRung : public Rung {
  public:
-  explicit KeeperRung(std::string helper) : path_(std::move(helper)) {}
-  ~KeeperRung() override { stop_launcher(); }
+  explicit KeeperRung(std::string helper);
+  ~KeeperRung() override;
 
   SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override;
   void on_child_exit(Supervisor&, TaskState&) override {}  // no child of ours per task
@@ -65,6 +65,7 @@ class KeeperRung : public Rung {
   };
   bool ensure_launcher(Supervisor& s, SpawnOutcome* fail);
   void encode(TaskState& t, const ChildPlan& plan);
+  uint64_t ignored_signals();
   int send_request(const std::vector<int>& fds);
   void launcher_died(Supervisor& s);
   void orphaned(TaskState& t);
@@ -87,6 +88,7 @@ class KeeperRung : public Rung {
   LaunchRequest req_;
   std::string strings_;
   std::string orphaned_note_;
+  int proc_status_ = -1;  // /proc/self/status, read for SigIgn at each task
   std::unordered_map<uint64_t, TaskState*> live_;  // started, not finished
   // The sockets of idle kept keepers, the most recently used last (its pages are the
   // likeliest still in cache); at most kMaxIdleKept.

@@ -8,7 +8,8 @@ keeper) and looks at the launcher's children in /proc:
 - tasks reuse a few keepers (about as many as ran at once), and the pool stays bounded;
 - a keeper that had to signal its task's tree (a deadline), or that was left processes to
   kill (the leader exited before its child), retires: it exits and runs nothing more;
-- a task's max_rss is its own even on a keeper that ran a big task before;
+- a task's max_rss is its own even on a keeper that ran a big task before, and its
+  ignored signals are the caller's of the moment;
 - a task too big for a kept keeper gets a keeper of its own, forked for it;
 - a keeper SIGKILLed while idle costs nothing: the next task runs on another;
 - SIGKILLing the Python process with tasks running on reused keepers leaves no process
@@ -125,6 +126,21 @@ CASES = {
         print(json.dumps({"k": k, "again": again,
                           "big": [[r.status.value] + r.stdout.decode().split() for r in big]}))
     """,
+    "signals": """
+        # The caller's ignored signals of the moment, and nothing left of the last task's.
+        grep = ["sh", "-c", "echo $PPID; grep SigIgn /proc/self/status"]
+        def ign(r):
+            return [keeper_of(r), r.stdout.decode().split()[-1]]
+        out = {"before": ign(pardo.run(grep, timeout=30))}
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGRTMIN + 3, signal.SIG_IGN)
+        out["ignoring"] = ign(pardo.run(grep, timeout=30))
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGRTMIN + 3, signal.SIG_DFL)
+        out["after"] = ign(pardo.run(grep, timeout=30))
+        out["hup"], out["rt"] = signal.SIGHUP.value, signal.SIGRTMIN + 3
+        print(json.dumps(out))
+    """,
     "idle-killed": """
         k = keeper_of(pardo.run(PPID, timeout=30))
         reused = keeper_of(pardo.run(PPID, timeout=30)) == k
@@ -225,6 +241,17 @@ def test_a_request_too_big_for_a_kept_keeper_gets_a_keeper_of_its_own(user, requ
     # One keeper each, neither the kept one, which serves the next small task again.
     assert len({int(k1), int(k2), out["k"]}) == 3, out
     assert out["again"] == out["k"], out
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_each_task_gets_the_callers_ignored_signals_of_the_moment(user, request, zoo):
+    out = _run("signals", user, request, zoo)
+    mask = (1 << (out["hup"] - 1)) | (1 << (out["rt"] - 1))
+    keepers = {out[k][0] for k in ("before", "ignoring", "after")}
+    assert len(keepers) == 1, out  # one keeper ran all three
+    assert int(out["before"][1], 16) == 0, out
+    assert int(out["ignoring"][1], 16) == mask, out
+    assert int(out["after"][1], 16) == 0, out
 
 
 @pytest.mark.parametrize("user", USERS)
