@@ -82,6 +82,12 @@ bool KeeperRung::start_kept(Supervisor& s, TaskState& t, const ChildPlan& plan, 
       s.watch_fd(t, sock, FD_STATUS, EPOLLIN);
       return true;
     }
+    if (err == EMSGSIZE) {
+      // The socket's buffer is smaller than the message (net.core.wmem_default set low):
+      // the keeper is fine, the task goes to a keeper of its own.
+      idle_.push_back(sock);
+      return false;
+    }
     close(sock);
     // An idle keeper that died while idle: the next one. A new one that cannot take
     // the task: that is the failure to report.
