@@ -56,32 +56,46 @@ def _launcher() -> str:
     return exe
 
 
+def _children(pid: int) -> list[str]:
+    """The children of every thread of ``pid`` (none once it is gone)."""
+    out: list[str] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += f.read().split()
+        except OSError:
+            continue
+    return out
+
+
 def _cpu() -> float:
-    """CPU seconds used so far by this process, the children it reaped, and its children
-    still alive with what they reaped: on the shepherd rung pardo's launcher forks each
-    task's keeper, which reaps the task, so tasks count only in the launcher's figures
-    (which the bench's process gets only when the launcher exits)."""
+    """CPU seconds used so far by this process, the children it reaped, and every live
+    descendant with what it reaped. Live descendants count: on the shepherd rung pardo's
+    launcher and its kept keepers live as long as pardo does, and the keepers reap the
+    tasks, so the tasks' CPU reaches this process only when those exit. Each second is
+    counted once: in the process that used it while that lives, then in the one that
+    reaped it."""
     import resource
 
     me = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     tick = os.sysconf("SC_CLK_TCK")
-    pid = os.getpid()
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    todo = _children(os.getpid())
+    while todo:
+        child = todo.pop()
         try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children = f.read().split()
+            with open(f"/proc/{child}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for child in children:
-            try:
-                with open(f"/proc/{child}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            # utime, stime, cutime, cstime (fields 14-17 of stat; after "(comm)": 12-15)
-            total += sum(int(x) for x in fields[11:15]) / tick
+        # utime, stime, cutime, cstime (fields 14-17 of stat; after "(comm)": 12-15)
+        total += sum(int(x) for x in fields[11:15]) / tick
+        todo += _children(int(child))
     return total
 
 
@@ -167,9 +181,11 @@ def measure(row: str, count: int, inflight: int) -> tuple[float, float, str | No
         cmd = _worker_cmd("pardo", count, inflight)
     else:
         cmd = _worker_cmd("threads", count, inflight)
-    p = subprocess.run(PREFIX + cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=600)
+    p = subprocess.run(PREFIX + cmd, env=env, capture_output=True, text=True, timeout=600)
     if p.returncode:
-        raise RuntimeError(f"{row} exited {p.returncode}")
+        # The last line says why: e.g. a rung this kernel cannot have, refused by pardo.
+        why = (p.stderr.strip().splitlines() or [""])[-1]
+        raise RuntimeError(f"{row} exited {p.returncode}: {why}")
     r = json.loads(p.stdout)
     if r["bad"]:
         raise RuntimeError(f"{row}: tasks did not exit 0: {r['bad']}")
@@ -237,7 +253,7 @@ def main() -> None:
             rung = rung_of.get(row, asked)
             name = f"pardo ({rung}{', auto' if asked == 'auto' and rung != 'auto' else ''})"
         if row in errors or not times[row]:
-            table.append([name, "failed", "", "", ""])
+            table.append([name, "failed", "", "", "", ""])
             continue
         med = C.median(times[row])
         spread = f"{a.count / max(times[row]):.0f}..{a.count / min(times[row]):.0f}"

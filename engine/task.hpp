@@ -71,6 +71,7 @@ struct TaskState {
   std::string status_buf;
   bool events_watched = false;
   bool got_started = false;
+  bool kept_keeper = false;  // shepherd rung: served by a kept keeper (status_fd is its socket)
 
   // What the child reads until its exec. Kept (with the handle it reports into) while
   // an asynchronous start is pending: see Supervisor::settle_launches.

@@ -5,11 +5,11 @@
 //   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;      rungs/cgroup.cpp
 //             gone = cgroup.events "populated 0". A guardian process kills the subtree if
 //             this process dies.
-//   shepherd  a keeper forked per task by our one launcher (pardo-shepherd        rungs/shepherd.cpp
-//             --launcher): a subreaper in its own session that starts the task, reports its
-//             status, and kills/reaps the whole tree (until ECHILD); gone = the keeper says
-//             so as it exits. It kills the tree when we or the launcher die (pipe EOF,
-//             PDEATHSIG).
+//   shepherd  a keeper, forked by our one launcher (pardo-shepherd --launcher)    rungs/shepherd.cpp
+//             and kept for task after task: a subreaper that starts each task in a session
+//             of its own, reports its status, and kills/reaps the whole tree (until
+//             ECHILD); gone = the keeper says so. It kills the tree when we or the launcher
+//             die (socket EOF, PDEATHSIG), and retires after any task it had to signal.
 //   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
 //             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
 //             survive. A guardian process kills the groups still live if this process

@@ -1,6 +1,7 @@
-// The per-task keeper of the shepherd rung (rungs/shepherd.cpp is the supervisor's side): a
-// fork of the launcher (launcher.cpp), never a program of its own, so that it costs a fork
-// of a tiny process rather than a program start.
+// The per-task keeper of the shepherd rung (rungs/keepers.cpp is the supervisor's side): a
+// fork of the launcher (launcher.cpp) for one task, never a program of its own. Most tasks
+// go to kept keepers instead (keeper_pool.cpp), which serve task after task; this one takes
+// a task too big for them, and lends them start_vfork and signal_descendants.
 //
 // Becomes a child subreaper, starts the task in a new session, reports (STARTED,
 // LEADER_EXIT, TREE_GONE; shepherd/protocol.hpp) on its status fd, obeys T/K bytes on its
@@ -76,35 +77,8 @@ bool reap_all(bool* leader_just_exited) {
 // How long a task may run before its start is announced on its own (see run_keeper).
 constexpr int64_t kQuietStartMs = 2;
 
-// Our descendants (find_descendants, raw/rawproc.hpp), in fixed lists: at most 32768 a
-// round, as the kill loop repeats until none is left and orphans of killed processes come
-// to us; the parent links of up to 65536 processes where the kernel has no children files.
-FixedList<long, 32768> g_pids;
-FixedList<PidLink, 65536> g_links;
 
-void signal_tree(int sig) {
-  // The leader's group first (cheap, catches most of a tree at once) while the leader is
-  // unreaped and so pins the group id; then every descendant found in /proc, which
-  // catches setsid/setpgid escapees that still descend from us.
-  bool group_sent = false;
-  if (!g_leader_reaped && g_leader > 1) {
-    group_sent = sys(SYS_kill, -g_leader, sig) == 0;
-    if (sig == SIGTERM) sys(SYS_kill, -g_leader, SIGCONT);
-  }
-  find_descendants(sys(SYS_getpid), g_pids, g_links);
-  for (int i = 0; i < g_pids.size(); ++i) {
-    long p = g_pids[i];
-    // A signal that can be caught goes once to each process: a shell's trap run twice
-    // would do its cleanup twice. SIGKILL may be repeated; it closes the race with a fork.
-    if (sig != SIGKILL && group_sent && sys(SYS_getpgid, p) == g_leader) continue;
-    sys(SYS_kill, p, sig);
-    if (sig == SIGTERM) sys(SYS_kill, p, SIGCONT);  // a stopped process cannot act on TERM
-    // A process with SIGKILL pending can only die; where we may, let it do so before the
-    // busy processes of a saturated machine (it cannot run its own code again). The same,
-    // more gently, for one that SIGTERM will end.
-    if (sig == SIGKILL || sig == SIGTERM) hasten_dying(p, sig);
-  }
-}
+void signal_tree(int sig) { signal_descendants(g_leader, g_leader_reaped, sig); }
 
 void drain(int sigfd) {
   struct signalfd_siginfo si;
@@ -169,6 +143,31 @@ void say_if_orphaned() {
   leave(127);
 }
 
+struct LeaderArgs {
+  char** execs;
+  char** args;
+  char** envp;
+  int err_fd;
+};
+
+int leader_entry(void* p) {
+  auto* a = static_cast<LeaderArgs*>(p);
+  leader_main(a->execs, a->args, a->envp, a->err_fd);
+}
+
+long start_leader(LeaderArgs* a) { return start_vfork(leader_entry, a); }
+
+// Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does,
+// never passed on to children; PARDO_NO_REALTIME=1 in the environment rules out real time.
+void raise_own_priority(char** envp) {
+  bool realtime = true;
+  for (char** e = envp; *e; ++e)
+    if (after(*e, "PARDO_NO_REALTIME=")) realtime = false;
+  raise_priority(realtime);
+}
+
+}  // namespace
+
 // The leader starts vfork-style where it can: it runs on a stack of its own inside our
 // address space until its exec, so nothing is copied for it (no page tables, no
 // copy-on-write faults, no address space to tear down at its exec); we sleep meanwhile.
@@ -182,52 +181,69 @@ constexpr bool kVforkStart = false;
 #endif
 constexpr unsigned long kLeaderStackSize = 64 * 1024;
 alignas(64) char g_leader_stack[kLeaderStackSize];
+bool g_clone3_refused = false;  // a kept keeper starts many tasks: ask once
 
-struct LeaderArgs {
-  char** execs;
-  char** args;
-  char** envp;
-  int err_fd;
-};
-
-int leader_entry(void* p) {
-  auto* a = static_cast<LeaderArgs*>(p);
-  leader_main(a->execs, a->args, a->envp, a->err_fd);
+// Start fn(arg) in a child vfork-style with clone3 (CLONE_VM | CLONE_VFORK), where the
+// kernel and its seccomp profile allow clone3: its pid, -ENOSYS where they do not (refused:
+// ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under others), or
+// another -errno.
+long clone_vfork(int (*fn)(void*), void* arg) {
+  if (!kVforkStart || g_clone3_refused) return -ENOSYS;
+#if defined(__x86_64__) || defined(__aarch64__)
+  struct {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
+  } ca{};
+  ca.flags = CLONE_VM | CLONE_VFORK;
+  ca.exit_signal = SIGCHLD;
+  ca.stack = reinterpret_cast<uint64_t>(g_leader_stack);
+  ca.stack_size = kLeaderStackSize;
+  long pid = pardo_clone3_run(&ca, sizeof ca, fn, arg);
+  if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
+  g_clone3_refused = true;
+#endif
+  (void)fn;
+  (void)arg;
+  return -ENOSYS;
 }
 
-// Start the leader: vfork-style with clone3 (CLONE_VM | CLONE_VFORK) where the kernel
-// and its seccomp profile allow clone3, else a plain fork (clone). Its pid, or -errno.
-long start_leader(LeaderArgs* a) {
-  if (kVforkStart) {
-#if defined(__x86_64__) || defined(__aarch64__)
-    struct {
-      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
-    } ca{};
-    ca.flags = CLONE_VM | CLONE_VFORK;
-    ca.exit_signal = SIGCHLD;
-    ca.stack = reinterpret_cast<uint64_t>(g_leader_stack);
-    ca.stack_size = kLeaderStackSize;
-    long pid = pardo_clone3_run(&ca, sizeof ca, leader_entry, a);
-    // Refused (ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under
-    // others): the fork below does the same, copying our few pages.
-    if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
-#endif
-  }
-  long pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
-  if (pid == 0) leader_main(a->execs, a->args, a->envp, a->err_fd);
+// The same, else a plain fork (clone), which copies our few pages.
+long start_vfork(int (*fn)(void*), void* arg) {
+  long pid = clone_vfork(fn, arg);
+  if (pid != -ENOSYS) return pid;
+  pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+  if (pid == 0) leave(fn(arg));
   return pid;
 }
 
-// Where permitted, wait and kill ahead of busy tasks, as the supervisor thread does,
-// never passed on to children; PARDO_NO_REALTIME=1 in the environment rules out real time.
-void raise_own_priority(char** envp) {
-  bool realtime = true;
-  for (char** e = envp; *e; ++e)
-    if (after(*e, "PARDO_NO_REALTIME=")) realtime = false;
-  raise_priority(realtime);
-}
+// Our descendants (find_descendants, raw/rawproc.hpp), in fixed lists: at most 32768 a
+// round, as the kill loop repeats until none is left and orphans of killed processes come
+// to us; the parent links of up to 65536 processes where the kernel has no children files.
+FixedList<long, 32768> g_pids;
+FixedList<PidLink, 65536> g_links;
 
-}  // namespace
+void signal_descendants(long leader, bool leader_reaped, int sig) {
+  // The leader's group first (cheap, catches most of a tree at once) while the leader is
+  // unreaped and so pins the group id; then every descendant found in /proc, which
+  // catches setsid/setpgid escapees that still descend from us.
+  bool group_sent = false;
+  if (!leader_reaped && leader > 1) {
+    group_sent = sys(SYS_kill, -leader, sig) == 0;
+    if (sig == SIGTERM) sys(SYS_kill, -leader, SIGCONT);
+  }
+  find_descendants(sys(SYS_getpid), g_pids, g_links);
+  for (int i = 0; i < g_pids.size(); ++i) {
+    long p = g_pids[i];
+    // A signal that can be caught goes once to each process: a shell's trap run twice
+    // would do its cleanup twice. SIGKILL may be repeated; it closes the race with a fork.
+    if (sig != SIGKILL && group_sent && sys(SYS_getpgid, p) == leader) continue;
+    sys(SYS_kill, p, sig);
+    if (sig == SIGTERM) sys(SYS_kill, p, SIGCONT);  // a stopped process cannot act on TERM
+    // A process with SIGKILL pending can only die; where we may, let it do so before the
+    // busy processes of a saturated machine (it cannot run its own code again). The same,
+    // more gently, for one that SIGTERM will end.
+    if (sig == SIGKILL || sig == SIGTERM) hasten_dying(p, sig);
+  }
+}
 
 [[noreturn]] void run_keeper(const KeeperArgs& k) {
   g_status_fd = k.status_fd;

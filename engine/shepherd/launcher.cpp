@@ -14,6 +14,10 @@
 // ended: so the supervisor learns of a keeper that died without a word, without being its
 // parent.
 //
+// Most tasks skip the launcher: a request with magic kKeeperMagic brings only a socket,
+// and the launcher forks a kept keeper for it (keeper_pool.cpp), which serves task after
+// task on that socket; the launcher only reaps it (its end shows on the socket).
+//
 // It exits at EOF on its socket: the supervisor shut down or died (then each keeper kills
 // its tree: EOF on its control pipe, and its PDEATHSIG once we are gone). If the launcher
 // itself dies, every keeper gets its PDEATHSIG, says it was orphaned, and kills its tree;
@@ -226,6 +230,8 @@ bool serve_one(long self) {
   }
   bool ok = (mh.msg_flags & MSG_CTRUNC) == 0 &&
             read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n));
+  // A kept keeper for the socket that came with it (keeper_pool.cpp).
+  if (ok && h.magic == kKeeperMagic) return serve_keeper_request(fds, nrecv, self);
   constexpr int specials = 2;  // the status and control pipes
   ok = ok && h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
        h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials &&
@@ -299,6 +305,11 @@ void reap_keepers() {
 }
 
 }  // namespace
+
+bool split_request(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** args,
+                   char*** envp, char** cwd) {
+  return split(h, s, ptrs, execs, args, envp, cwd);
+}
 
 int launcher_main(char** envp) {
   // What the caller ignored when it started us we inherited (an exec keeps SIG_IGN): start

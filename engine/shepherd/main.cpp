@@ -1,8 +1,9 @@
 // pardo-shepherd: one small program, three roles, chosen by its first argument.
 //
 //   pardo-shepherd --launcher
-//     the launcher, one per supervisor: forks a keeper per task, which starts the task
-//     and keeps it as its rung says (launcher.cpp; the keeper: keeper.cpp)
+//     the launcher, one per supervisor: forks the keepers, which start the tasks and keep
+//     them as their rung says (launcher.cpp; kept keepers, which serve task after task:
+//     keeper_pool.cpp; a keeper for one task: keeper.cpp)
 //   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
 //     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
@@ -14,11 +15,11 @@
 // One program rather than two: the engine finds one helper beside itself (one path to
 // configure and to check), and the guardians cost nothing to carry.
 //
-// The launcher forks a keeper per task, and each fork copies the launcher's address space
-// (whose peak the task's max_rss would count): the program is written against the kernel
-// alone (raw/) and, on x86-64, built without libc (PARDO_FREESTANDING: its own _start,
-// below), so that space is a few pages, and its start-up (the guardians', the launcher's)
-// is only the kernel's.
+// The launcher forks the keepers, each fork copies the launcher's address space, and each
+// task starts in its keeper's (whose peak the task's max_rss would count): the program is
+// written against the kernel alone (raw/) and, on x86-64, built without libc
+// (PARDO_FREESTANDING: its own _start, below), so that space is a few pages, and its
+// start-up (the guardians', the launcher's) is only the kernel's.
 // Elsewhere it links libc and uses only main() from it.
 #include <cstddef>
 

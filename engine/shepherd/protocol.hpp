@@ -67,4 +67,28 @@ struct LaunchRequest {
   uint64_t ignored;   // signals the task starts with ignored (bit s-1: signal s)
 };
 
+// Kept keepers (shepherd/keeper_pool.cpp): long-lived keepers that serve task after task.
+// A LaunchRequest with magic kKeeperMagic, no strings and one fd -- one end of a
+// SOCK_SEQPACKET socket pair -- asks the launcher to fork one for that socket. On it,
+// each message is one thing:
+//   supervisor -> keeper: a task, as a LaunchRequest and its strings in one message, the
+//     task's fds with it (no status or control pipe: this socket is both); or one
+//     control byte (CTL_TERM, CTL_KILL), which an idle keeper ignores (it was meant for
+//     a task that ended meanwhile);
+//   keeper -> supervisor: ShepherdMsg, one a message: MSG_STARTED (only for a task that
+//     runs longer than a moment), MSG_EXEC_FAILED, MSG_LEADER_EXIT, MSG_ORPHANED, and
+//     last for each task MSG_DONE or MSG_TREE_GONE, whose `pad` is kKeptRetiring when
+//     the keeper exits after it instead of waiting for the next task.
+// End of file on it: the keeper is gone (to the supervisor), the supervisor is (to the
+// keeper, which then kills its task's tree and exits).
+constexpr uint32_t kKeeperMagic = 0x6b656570;  // "keep"
+// The largest task message a kept keeper takes; a bigger task goes through the launcher's
+// per-task keeper (its strings would grow the kept keeper's memory, and so the max_rss
+// of every task it starts after).
+constexpr uint32_t kKeptMaxMessage = 60 * 1024;
+// The leader exited and its tree is gone with it: a = wait status, b = the task's pid;
+// the rusage of the whole tree (this task's processes only).
+constexpr int32_t MSG_DONE = 16;
+constexpr int32_t kKeptRetiring = 1;
+
 }  // namespace pardo

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "raw/rawproc.hpp"
+#include "shepherd/protocol.hpp"
 
 namespace pardo {
 namespace shepherd {
@@ -30,7 +31,7 @@ inline void set_disposition(int sig, void* handler) {
   for (;;) sys(SYS_exit_group, code);
 }
 
-// pardo-shepherd --launcher: the long-lived launcher that forks each task's keeper
+// pardo-shepherd --launcher: the long-lived launcher that forks the keepers
 // (launcher.cpp).
 int launcher_main(char** envp);
 
@@ -47,6 +48,29 @@ struct KeeperArgs {
 };
 // The per-task keeper of the shepherd rung (keeper.cpp). Never returns.
 [[noreturn]] void run_keeper(const KeeperArgs& k);
+// A kept keeper (keeper_pool.cpp), forked by the launcher (pid `launcher`) for the
+// supervisor holding the other end of `sock`, a SOCK_SEQPACKET socket: serves task after
+// task on it. Never returns.
+[[noreturn]] void run_kept_keeper(int sock, long launcher);
+// The launcher's side of a request for a kept keeper (kKeeperMagic): fork one for the
+// socket it brought (fds, n of them), and close them. False when the stream cannot be
+// read on.
+bool serve_keeper_request(const int* fds, int n, long launcher);
+
+// What the keepers share (keeper.cpp):
+// Start fn(arg) in a child vfork-style: CLONE_VM | CLONE_VFORK on a stack of its own, so
+// nothing is copied for it; a plain fork where clone3 is refused. Its pid, or -errno.
+long start_vfork(int (*fn)(void*), void* arg);
+// Only the vfork-style start: -ENOSYS where clone3 is refused (asked once a process).
+long clone_vfork(int (*fn)(void*), void* arg);
+// Send sig to every process of the tree below us: the leader's group while the leader is
+// unreaped (it pins the group id), then every descendant found in /proc.
+void signal_descendants(long leader, bool leader_reaped, int sig);
+// The launcher's reading of a request's strings (launcher.cpp): pointers into `s` laid out
+// in `ptrs` (nexec + nargv + nenv + 3 of them). False when they do not match the counts.
+bool split_request(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** args,
+                   char*** envp, char** cwd);
+
 // pardo-shepherd --guardian=DIR [--freeze]: the cgroup rung's guardian (guardian.cpp);
 // by_freeze: the kernel has no cgroup.kill, so the subtree is killed by freezing it.
 int guardian_main(const char* dir, bool by_freeze);

@@ -1,5 +1,5 @@
-"""pardo's launcher (pardo-shepherd --launcher): one per supervisor, it forks each
-shepherd-rung task's keeper. Its death must not lose tasks silently: the tasks in flight fail
+"""pardo's launcher (pardo-shepherd --launcher): one per supervisor, it forks the
+shepherd rung's keepers. Its death must not lose tasks silently: the tasks in flight fail
 with the reason, their trees die (setsid escapees included), and the next task gets a new
 launcher."""
 

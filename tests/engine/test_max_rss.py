@@ -3,11 +3,11 @@ process that starts it. A child cloned from a big parent shares (or copies) its 
 space until its exec, and the kernel carries that address space's high-water mark into the
 task's rusage: /bin/true started by a Python process holding 300 MiB reported 300 MiB.
 
-The shepherd rung's tasks are forked by pardo's small launcher, so their figure is their
-own. The cgroup and pgroup rungs still clone their tasks from the caller (through the
-launcher they launched a fifth slower): there the figure counts the caller's peak, as
-Result.max_rss and the README say, and the test is marked as the known gap it is (strict:
-it fails the day those rungs get it right, so that the mark goes)."""
+The shepherd rung's tasks are started by keepers forked from pardo's small launcher, so
+their figure is their own. The cgroup and pgroup rungs still clone their tasks from the
+caller (through the launcher they launched a fifth slower): there the figure counts the
+caller's peak, as Result.max_rss and the README say, and the test is marked as the known
+gap it is (strict: it fails the day those rungs get it right, so that the mark goes)."""
 
 import json
 import os
