@@ -53,9 +53,10 @@ def test_a_busy_writer_commits_at_most_once_per_interval(tmp_path):
 
 def test_an_idle_writer_commits_at_once_a_busy_one_waits_out_the_interval(tmp_path,
                                                                          monkeypatch):
-    # An interval of 2 s makes the three cases tell apart on any machine: at once (well
-    # under 1 s), after the interval (not before 1.5 s), and at once again after idling.
-    monkeypatch.setattr(_writer, "_COMMIT_EVERY", 2.0)
+    # An interval of 3 s makes the three cases tell apart on any machine: at once (under
+    # 1 s), after the interval (not within 1.5 s: the commit before began at most 1 s
+    # earlier), and at once again after idling.
+    monkeypatch.setattr(_writer, "_COMMIT_EVERY", 3.0)
     path = str(tmp_path / "s.db")
     sink = _sink(path)
     con = sqlite3.connect(path)
@@ -65,10 +66,10 @@ def test_an_idle_writer_commits_at_once_a_busy_one_waits_out_the_interval(tmp_pa
         assert first is not None, "an idle writer waited"
         t0 = time.monotonic()
         sink.task_done(2, ("2",), "t 2", 1, make_result())
-        assert _seen_within(con, 2, 1.2) is None  # within the interval: it waits
+        assert _seen_within(con, 2, 1.5) is None  # within the interval: it waits
         seen = _seen_within(con, 2, 3.0)
-        assert seen is not None and time.monotonic() - t0 <= 2.0 + 1.0
-        time.sleep(2.1)  # idle longer than the interval
+        assert seen is not None and time.monotonic() - t0 <= 3.0 + 1.0
+        time.sleep(3.1)  # idle longer than the interval
         sink.task_done(3, ("3",), "t 3", 1, make_result())
         assert _seen_within(con, 3, 1.0) is not None, "an idle writer waited"
         # flush() commits what is pending without waiting for the interval
