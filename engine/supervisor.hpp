@@ -119,6 +119,12 @@ class Supervisor {
   // exec or exited, and then its plan is freed and a failure to exec recorded.
   bool settle_launch(TaskState& t);
   void add_timer(TaskState& t, int64_t when_ns, int kind);
+  // Complete the task if everything about it is known (see the loop's map above).
+  void maybe_complete(TaskState& t);
+  // The loop's epoll set (pardo's launcher adds the pidfds of the tasks it starts to it).
+  int epoll_fd() const { return epfd_; }
+  // True while a Python thread waits in wait_started for a pid not published yet.
+  bool pid_wanted() const { return pid_waiters_.load() > 0; }
 
  private:
   struct Pending {
@@ -155,7 +161,6 @@ class Supervisor {
   static constexpr int64_t kPollNs = 10000000;  // how often an unwatchable task is looked at
   bool timer_live(const Timer& tm);
   void deadline(TaskState& t);
-  void maybe_complete(TaskState& t);
   void complete(TaskState& t);
   void return_permit(TaskState& t);
   TaskState* live_task(uint64_t id);
@@ -186,6 +191,7 @@ class Supervisor {
   std::atomic<bool> stop_{false};   // shutdown() asks the loop to end
   std::atomic<bool> woken_{false};  // a wakeup is pending: notify() need not write again
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<int> pid_waiters_{0};  // threads in wait_started whose pid is not known yet
 
   // mu_ guards what Python threads and the supervisor thread share:
   //   - pending_ and commands_ (queued by submit/command, taken by take_requests);

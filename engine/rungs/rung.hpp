@@ -60,6 +60,8 @@ class Rung {
   virtual bool tree_gone_at_exit(TaskState&) { return false; }
   // The rung's own fd (Supervisor::watch_rung_fd) became ready.
   virtual void on_rung_event(Supervisor&) {}
+  // The loop is about to sleep (end of a round).
+  virtual void before_sleep(Supervisor&) {}
   // Kill everything and remove what the rung created (supervisor shutdown).
   virtual void shutdown() {}
 };
@@ -96,8 +98,9 @@ struct Guardian {
 
 // Start pardo-shepherd (`path`) with `args` after its name, `in` as its stdin and
 // /dev/null as its stdout and stderr; pdeathsig: the signal it gets when this thread dies.
+// `more`: further fds, as (target, source).
 SpawnOutcome start_helper(const std::string& path, const std::vector<std::string>& args, int in,
-                          int pdeathsig);
+                          int pdeathsig, const std::vector<std::pair<int, int>>& more = {});
 
 // Start a guardian: pardo-shepherd with the arguments `args` (its mode first), which waits for EOF on
 // its stdin and then kills what the supervisor left. EOF comes when this process dies,

@@ -388,6 +388,9 @@ def _spawn_error(task, stage, err):
     if name == "launcher":
         return ("pardo's launcher process died while the task ran (killed from outside?), so "
                 "the task's keeper killed it: it did not finish; run it again")
+    if name == "launch":
+        return ("pardo's launcher process died (killed from outside?) before it said whether "
+                "it started the task: it did not run, or was killed; run it again")
     if name == "helper":
         return (f"pardo's shepherd helper {_supervisor.shepherd_path()!r} could not run "
                 f"({reason}); reinstall pardo, or choose another isolation rung")
