@@ -45,7 +45,8 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
 class CgroupRung : public Rung {
  public:
   CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian, const std::string& shepherd_path)
-      : tree_(std::move(tree)), guardian_(guardian), launcher_(shepherd_path, *this) {}
+      : tree_(std::move(tree)), guardian_(guardian), launcher_(shepherd_path, *this),
+        direct_(clone3_into_cgroup_supported()), async_(direct_ && async_spawn_supported()) {}
 
   const char* name() const override { return "cgroup"; }
 
@@ -60,10 +61,20 @@ class CgroupRung : public Rung {
     }
     if (t.req.memory_limit > 0 && tree_->set_memory_max(leaf, t.req.memory_limit) == 0)
       plan.rlimit_as = 0;  // the cgroup caps the whole tree; no per-process limit needed
-    // Cloned by pardo's launcher, so that its max_rss is its own (rungs/direct.hpp), into
-    // its leaf by clone3 itself: it is in reach of cgroup.kill from its first
-    // instruction. The next task starts without waiting for it.
-    o = launcher_.start(s, t, plan, leaf->dir_fd);
+    // Into its leaf by clone3 itself: it is in reach of cgroup.kill from its first
+    // instruction, so the next task starts without waiting for its exec. Cloned by pardo's
+    // launcher, so that its max_rss is its own (rungs/direct.hpp), unless nobody reads it.
+    if (!t.req.rss_unread) {
+      o = launcher_.start(s, t, plan, leaf->dir_fd);
+    } else {
+      plan.pdeathsig = SIGKILL;  // the guardian takes care of the rest
+      if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
+      o = async_ ? spawn_child_async(plan, leaf->dir_fd, &t.handle->launch)
+                 : spawn_child(plan, direct_ ? leaf->dir_fd : -1);
+      t.child_pid = o.pid;
+      t.pidfd = o.pidfd;
+      t.c.pid = o.pid;
+    }
     if (o.stage != STAGE_NONE) {
       tree_->release(leaf);
       return o;
@@ -177,6 +188,8 @@ class CgroupRung : public Rung {
   std::unique_ptr<CgroupTree> tree_;
   Guardian guardian_;
   DirectLauncher launcher_;
+  bool direct_;  // clone3 places a child of ours into its leaf (else it moves itself there)
+  bool async_;   // and so spawn_child_async can be used
 };
 
 }  // namespace

@@ -35,7 +35,7 @@ class PgroupRung : public Rung {
 
   SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override {
     // Through the launcher, the task itself tells the guardian its group before its exec.
-    if (launcher_) return launcher_->start(s, t, plan, -1);
+    if (launcher_ && !t.req.rss_unread) return launcher_->start(s, t, plan, -1);
     plan.pdeathsig = SIGKILL;
     // No need to wait for the exec: until the child has made its group (setsid, before
     // the exec) signal_tree reaches it by pid.
