@@ -6,12 +6,15 @@
 //  submit(req, queue) ─► pending_  ─┐
 //  kill/terminate/watch ► commands_ ┴─► eventfd ─► epoll_wait ─► on_event, per ready fd:
 //                        (under mu_)
-//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► cgroup/pgroup:
-//             apply(commands)         │   (a limiting queue's     clone3(CLONE_VM ...), without
-//                                     │    task takes a permit)   VFORK where they can: returns
-//                                     │                           at once (launch). shepherd: a
-//                                     │                           request to the launcher
-//                                     │                           (rungs/keepers.hpp)
+//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► a request to pardo's
+//             apply(commands)         │   (a limiting queue's     launcher, not waited for.
+//                                     │    task takes a permit)   cgroup/pgroup: it clones the
+//                                     │                           task as our child and adds its
+//                                     │                           pidfd to our epoll set
+//                                     │                           (rungs/direct.hpp); or (rss_unread)
+//                                     │                           clone3(CLONE_VM) here, not waiting
+//                                     │                           for the exec (launch). shepherd:
+//                                     │                           it forks a keeper (keepers.hpp)
 //                                     └─► queue's held_ (no permit free, or others held)
 //    timerfd  fire_timers: deadline (TERM, grace, KILL) · drain end · kill-wait end ·
 //             watch record due · poll of an unwatchable task
@@ -19,7 +22,8 @@
 //             else: reap the leader, kill what is left of its tree
 //    pipes    stdout/stderr captured (bounded) · stdin fed
 //    rung fd  cgroup.events "populated 0" · the keeper's status (started, leader exit,
-//             gone, keeper reaped) · the launcher's socket (closed: it died)
+//             gone, keeper reaped) · the launcher's socket (closed: it died; its replies,
+//             read before each sleep, wake us only while a pid is awaited)
 //        └─► maybe_complete: leader reaped, tree gone, pipes drained
 //                            ─► permit returned, completing_
 //  then, once per round, in this order:
@@ -28,7 +32,8 @@
 //    2 exited_     reaped;  completing_: complete(): last output read, fds closed,
 //                  Rung::finish, Handle.result and .done set under mu_ ─► cv_ ─► wait_done
 //    3 publish     CompletionQueue::push ─► its cv_ / eventfd ─► pop() (get_many)
-//    4 retire      pace_realtime; finished records go; settle_launches; arm_timerfd
+//    4 retire      pace_realtime; finished records go; settle_launches;
+//                  Rung::before_sleep (the launcher's replies); arm_timerfd
 //
 //  wait_started(h): h.pid under mu_, then h.launch, whose word the kernel clears when a
 //  child started without waiting for its exec has exec'd or exited (CLONE_CHILD_CLEARTID).

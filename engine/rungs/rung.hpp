@@ -2,7 +2,8 @@
 // how is a task started inside its unit, how is the whole tree signalled, what happens
 // when our direct child exits, and how do we learn that the tree is gone.
 //
-//   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;      rungs/cgroup.cpp
+//   cgroup    cloned by our launcher (rungs/direct.hpp) with clone3(CLONE_INTO_   rungs/cgroup.cpp
+//             CGROUP) into a leaf, as our child; SIGKILL = cgroup.kill;
 //             gone = cgroup.events "populated 0". A guardian process kills the subtree if
 //             this process dies.
 //   shepherd  a keeper forked per task by our one launcher (pardo-shepherd        rungs/shepherd.cpp
@@ -10,7 +11,8 @@
 //             status, and kills/reaps the whole tree (until ECHILD); gone = the keeper says
 //             so as it exits. It kills the tree when we or the launcher die (pipe EOF,
 //             PDEATHSIG).
-//   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
+//   pgroup    cloned by our launcher as our child (rungs/direct.hpp); the task    rungs/pgroup.cpp
+//             leads its own session; signals go to the process group;
 //             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
 //             survive. A guardian process kills the groups still live if this process
 //             dies.

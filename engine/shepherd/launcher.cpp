@@ -1,6 +1,7 @@
 // pardo-shepherd --launcher: the shepherd rung's launcher, one per supervisor, started once
 // (rungs/shepherd.cpp is the supervisor's side). Its stdin is a stream socket whose other
-// end only the supervisor holds.
+// end only the supervisor holds. The cgroup and pgroup rungs have a launcher of their own,
+// which starts their tasks without keepers (LAUNCH_DIRECT, below; rungs/direct.hpp).
 //
 //   supervisor ──LaunchRequest + fds (SCM_RIGHTS)──► launcher ──fork──► keeper (keeper.cpp)
 //       ▲                                               │                  │ fork+exec

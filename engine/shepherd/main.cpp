@@ -1,8 +1,9 @@
 // pardo-shepherd: one small program, three roles, chosen by its first argument.
 //
 //   pardo-shepherd --launcher
-//     the launcher, one per supervisor: forks a keeper per task, which starts the task
-//     and keeps it as its rung says (launcher.cpp; the keeper: keeper.cpp)
+//     the launcher, one per supervisor and rung: forks a keeper per task, which starts the
+//     task and keeps it as its rung says (launcher.cpp; the keeper: keeper.cpp), or, for
+//     the cgroup and pgroup rungs, clones the task as the supervisor's child itself
 //   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
 //     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having
