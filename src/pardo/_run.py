@@ -290,7 +290,12 @@ class Task:
 
     @property
     def pid(self) -> int | None:
-        """The leader's pid; waits for the process to exist. None if it could not start."""
+        """The leader's pid; waits for the process to exist. None if it could not start.
+
+        A task started by pardo's launcher (the cgroup and pgroup rungs) has its pid as
+        soon as it exists, which may be just before its exec: one whose exec then fails
+        has given its pid here, and its Result says it could not start (``pid`` None).
+        """
         pid = self._sup.wait_started(self._h, -1)
         return pid if pid > 0 else None
 
