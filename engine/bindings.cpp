@@ -171,7 +171,8 @@ PYBIND11_MODULE(_engine, m) {
             r.nice = nice.value_or(0);
           })
       .def_readwrite("memory_limit", &Request::memory_limit)
-      .def_readwrite("linger", &Request::linger);
+      .def_readwrite("linger", &Request::linger)
+      .def_readwrite("rss_unread", &Request::rss_unread);
 
   // What became of a task, read by name (pardo._run._make_result). Strings the task wrote
   // are bytes; the object refers into its Handle, which it keeps alive.

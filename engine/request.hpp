@@ -38,6 +38,11 @@ struct Request {
   int nice = 0;
   long long memory_limit = 0;
   bool linger = false;
+  // Nobody will read the task's max_rss (`pardo run` with no --store or --results): the
+  // cgroup and pgroup rungs may then clone it from this process, which is faster than
+  // through pardo's launcher, at the price of a max_rss that counts this process's peak
+  // (rungs/direct.hpp).
+  bool rss_unread = false;
 };
 
 struct Completion {

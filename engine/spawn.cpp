@@ -196,6 +196,7 @@ const char* stage_name(int stage) {
     case STAGE_HELPER: return "helper";
     case STAGE_SUPERVISE: return "supervise";
     case STAGE_LAUNCHER: return "launcher";
+    case STAGE_LAUNCH: return "launch";
     default: return "none";
   }
 }

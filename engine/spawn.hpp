@@ -30,6 +30,7 @@ enum ChildStage : int {
   STAGE_HELPER = 10,  // pardo's own helper program (the shepherd) could not be started
   STAGE_SUPERVISE = 11,  // started, but the supervisor could not watch it: killed
   STAGE_LAUNCHER = 12,   // started, but pardo's launcher died while it ran: killed
+  STAGE_LAUNCH = 13,     // pardo's launcher died before it said whether it started the task
 };
 
 const char* stage_name(int stage);

@@ -153,7 +153,16 @@ int Supervisor::wait_started(Handle& h, int64_t timeout_ns) {
   int pid;
   {
     std::unique_lock<std::mutex> lk(mu_);
-    if (!wait_on(cv_, lk, timeout_ns, [&] { return h.pid != 0; })) return -2;
+    if (h.pid == 0) {
+      // A rung may learn pids lazily (rungs/direct.hpp): say that one is awaited.
+      ++pid_waiters_;
+      lk.unlock();
+      notify();
+      lk.lock();
+      bool ok = wait_on(cv_, lk, timeout_ns, [&] { return h.pid != 0; });
+      --pid_waiters_;
+      if (!ok) return -2;
+    }
     pid = h.pid;
   }
   // Started without waiting for its exec: the kernel says when it got there (or exited).
@@ -261,6 +270,7 @@ void Supervisor::loop() {
     }
     finished_.clear();
     if (!launching_.empty() || !unsettled_.empty()) settle_launches();
+    rung_->before_sleep(*this);
     arm_timerfd();
   }
   // Whatever is left could not be killed in time: report it, do not hang.

@@ -6,12 +6,15 @@
 //  submit(req, queue) ─► pending_  ─┐
 //  kill/terminate/watch ► commands_ ┴─► eventfd ─► epoll_wait ─► on_event, per ready fd:
 //                        (under mu_)
-//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► cgroup/pgroup:
-//             apply(commands)         │   (a limiting queue's     clone3(CLONE_VM ...), without
-//                                     │    task takes a permit)   VFORK where they can: returns
-//                                     │                           at once (launch). shepherd: a
-//                                     │                           request to the launcher
-//                                     │                           (rungs/keepers.hpp)
+//    eventfd  take_requests ─► admit ─┬─► start_task ─► Rung::start ─► a request to pardo's
+//             apply(commands)         │   (a limiting queue's     launcher, not waited for.
+//                                     │    task takes a permit)   cgroup/pgroup: it clones the
+//                                     │                           task as our child and adds its
+//                                     │                           pidfd to our epoll set
+//                                     │                           (rungs/direct.hpp); or (rss_unread)
+//                                     │                           clone3(CLONE_VM) here, not waiting
+//                                     │                           for the exec (launch). shepherd:
+//                                     │                           it forks a keeper (keepers.hpp)
 //                                     └─► queue's held_ (no permit free, or others held)
 //    timerfd  fire_timers: deadline (TERM, grace, KILL) · drain end · kill-wait end ·
 //             watch record due · poll of an unwatchable task
@@ -19,7 +22,8 @@
 //             else: reap the leader, kill what is left of its tree
 //    pipes    stdout/stderr captured (bounded) · stdin fed
 //    rung fd  cgroup.events "populated 0" · the keeper's status (started, leader exit,
-//             gone, keeper reaped) · the launcher's socket (closed: it died)
+//             gone, keeper reaped) · the launcher's socket (closed: it died; its replies,
+//             read before each sleep, wake us only while a pid is awaited)
 //        └─► maybe_complete: leader reaped, tree gone, pipes drained
 //                            ─► permit returned, completing_
 //  then, once per round, in this order:
@@ -28,7 +32,8 @@
 //    2 exited_     reaped;  completing_: complete(): last output read, fds closed,
 //                  Rung::finish, Handle.result and .done set under mu_ ─► cv_ ─► wait_done
 //    3 publish     CompletionQueue::push ─► its cv_ / eventfd ─► pop() (get_many)
-//    4 retire      pace_realtime; finished records go; settle_launches; arm_timerfd
+//    4 retire      pace_realtime; finished records go; settle_launches;
+//                  Rung::before_sleep (the launcher's replies); arm_timerfd
 //
 //  wait_started(h): h.pid under mu_, then h.launch, whose word the kernel clears when a
 //  child started without waiting for its exec has exec'd or exited (CLONE_CHILD_CLEARTID).
@@ -119,6 +124,12 @@ class Supervisor {
   // exec or exited, and then its plan is freed and a failure to exec recorded.
   bool settle_launch(TaskState& t);
   void add_timer(TaskState& t, int64_t when_ns, int kind);
+  // Complete the task if everything about it is known (see the loop's map above).
+  void maybe_complete(TaskState& t);
+  // The loop's epoll set (pardo's launcher adds the pidfds of the tasks it starts to it).
+  int epoll_fd() const { return epfd_; }
+  // True while a Python thread waits in wait_started for a pid not published yet.
+  bool pid_wanted() const { return pid_waiters_.load() > 0; }
 
  private:
   struct Pending {
@@ -155,7 +166,6 @@ class Supervisor {
   static constexpr int64_t kPollNs = 10000000;  // how often an unwatchable task is looked at
   bool timer_live(const Timer& tm);
   void deadline(TaskState& t);
-  void maybe_complete(TaskState& t);
   void complete(TaskState& t);
   void return_permit(TaskState& t);
   TaskState* live_task(uint64_t id);
@@ -186,6 +196,7 @@ class Supervisor {
   std::atomic<bool> stop_{false};   // shutdown() asks the loop to end
   std::atomic<bool> woken_{false};  // a wakeup is pending: notify() need not write again
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<int> pid_waiters_{0};  // threads in wait_started whose pid is not known yet
 
   // mu_ guards what Python threads and the supervisor thread share:
   //   - pending_ and commands_ (queued by submit/command, taken by take_requests);

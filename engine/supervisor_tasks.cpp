@@ -154,7 +154,11 @@ void Supervisor::child_exit_event(TaskState& t) {
     struct epoll_event ev{};
     ev.events = EPOLLIN | EPOLLONESHOT;
     ev.data.u64 = key_of(t.id, FD_CHILD);
-    if (!t.polled && (fault::hit(fault::EPOLL_MOD) || epoll_ctl(epfd_, EPOLL_CTL_MOD, t.pidfd, &ev) < 0))
+    // A pidfd that pardo's launcher registered (rungs/direct.hpp) is known to epoll by the
+    // launcher's fd number, not ours: re-armed, it is ours from then on.
+    if (!t.polled && (fault::hit(fault::EPOLL_MOD) ||
+                      (epoll_ctl(epfd_, EPOLL_CTL_MOD, t.pidfd, &ev) < 0 &&
+                       (errno != ENOENT || epoll_ctl(epfd_, EPOLL_CTL_ADD, t.pidfd, &ev) < 0))))
       unwatchable(t, errno);
   }
 }

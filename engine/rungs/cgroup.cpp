@@ -14,6 +14,7 @@
 
 #include "proc.hpp"
 #include "rungs/cgroup_tree.hpp"
+#include "rungs/direct.hpp"
 #include "rungs/rung.hpp"
 #include "spawn.hpp"
 #include "supervisor.hpp"
@@ -43,13 +44,13 @@ void hasten_death(const std::string& cgroup_dir, int sig) {
 
 class CgroupRung : public Rung {
  public:
-  CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian)
-      : tree_(std::move(tree)), guardian_(guardian), direct_(clone3_into_cgroup_supported()),
-        async_(direct_ && async_spawn_supported()) {}
+  CgroupRung(std::unique_ptr<CgroupTree> tree, Guardian guardian, const std::string& shepherd_path)
+      : tree_(std::move(tree)), guardian_(guardian), launcher_(shepherd_path, *this),
+        direct_(clone3_into_cgroup_supported()), async_(direct_ && async_spawn_supported()) {}
 
   const char* name() const override { return "cgroup"; }
 
-  SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
+  SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override {
     SpawnOutcome o;
     int err = EIO;
     Leaf* leaf = tree_->acquire(&err);
@@ -60,28 +61,34 @@ class CgroupRung : public Rung {
     }
     if (t.req.memory_limit > 0 && tree_->set_memory_max(leaf, t.req.memory_limit) == 0)
       plan.rlimit_as = 0;  // the cgroup caps the whole tree; no per-process limit needed
-    // The leader dies with the supervisor thread; the guardian takes care of the rest.
-    plan.pdeathsig = SIGKILL;
-    if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
-    // Placed into its leaf by clone3 itself, the child is in reach of cgroup.kill from its
-    // first instruction, so there is no need to wait for its exec: the next task can start.
-    o = async_ ? spawn_child_async(plan, leaf->dir_fd, &t.handle->launch)
-               : spawn_child(plan, direct_ ? leaf->dir_fd : -1);
+    // Into its leaf by clone3 itself: it is in reach of cgroup.kill from its first
+    // instruction, so the next task starts without waiting for its exec. Cloned by pardo's
+    // launcher, so that its max_rss is its own (rungs/direct.hpp), unless nobody reads it.
+    if (!t.req.rss_unread) {
+      o = launcher_.start(s, t, plan, leaf->dir_fd);
+    } else {
+      plan.pdeathsig = SIGKILL;  // the guardian takes care of the rest
+      if (!direct_) plan.cgroup_procs = leaf->path + "/cgroup.procs";
+      o = async_ ? spawn_child_async(plan, leaf->dir_fd, &t.handle->launch)
+                 : spawn_child(plan, direct_ ? leaf->dir_fd : -1);
+      t.child_pid = o.pid;
+      t.pidfd = o.pidfd;
+      t.c.pid = o.pid;
+    }
     if (o.stage != STAGE_NONE) {
       tree_->release(leaf);
       return o;
     }
     t.leaf = leaf;
-    t.child_pid = o.pid;
-    t.pidfd = o.pidfd;
-    t.c.pid = o.pid;
     return o;
   }
 
   void on_child_exit(Supervisor& s, TaskState& t) override {
+    launcher_.await(s, t);  // its pid
     int st;
     struct rusage ru;
     if (!reap_child(s, t, &st, &ru)) return;
+    launcher_.explain_exit(s, st);
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     check_gone(s, t);
   }
@@ -89,6 +96,9 @@ class CgroupRung : public Rung {
   void on_event(Supervisor& s, TaskState& t, int kind) override {
     if (kind == FD_EVENTS) check_gone(s, t);
   }
+
+  void on_rung_event(Supervisor& s) override { launcher_.on_event(s); }
+  void before_sleep(Supervisor& s) override { launcher_.before_sleep(s); }
 
   bool tree_gone_at_exit(TaskState& t) override {
     // The leader is a zombie once its pidfd reports (exit_notify comes after cgroup_exit),
@@ -98,6 +108,11 @@ class CgroupRung : public Rung {
 
   void signal_tree(Supervisor& s, TaskState& t, int sig) override {
     if (!t.leaf) return;
+    // Not cloned yet, perhaps: once its pid is known (an empty leaf is not a gone tree).
+    if (launcher_.awaiting(t)) {
+      launcher_.defer_signal(t, sig);
+      return;
+    }
     if (sig == SIGKILL) {
       if (cgroup_populated(t.leaf->events_fd) == 0) {
         if (t.leader_done) s.tree_gone(t);
@@ -121,6 +136,7 @@ class CgroupRung : public Rung {
 
   void finish(Supervisor& s, TaskState& t) override {
     if (!t.leaf) return;
+    launcher_.settle(s, t);
     if (t.events_watched) {
       s.unwatch_fd(t.leaf->events_fd);
       t.events_watched = false;
@@ -140,6 +156,7 @@ class CgroupRung : public Rung {
   }
 
   void shutdown() override {
+    launcher_.stop();
     tree_->destroy();
     guardian_.stop();  // EOF: the guardian finds nothing left, exits
   }
@@ -170,7 +187,8 @@ class CgroupRung : public Rung {
 
   std::unique_ptr<CgroupTree> tree_;
   Guardian guardian_;
-  bool direct_;  // clone3 places the child into its leaf (else the child moves itself there)
+  DirectLauncher launcher_;
+  bool direct_;  // clone3 places a child of ours into its leaf (else it moves itself there)
   bool async_;   // and so spawn_child_async can be used
 };
 
@@ -189,7 +207,7 @@ std::unique_ptr<Rung> make_cgroup_rung(const std::string& shepherd_path, std::st
     tree->destroy();
     return nullptr;
   }
-  return std::make_unique<CgroupRung>(std::move(tree), g);
+  return std::make_unique<CgroupRung>(std::move(tree), g, shepherd_path);
 }
 
 std::string cgroup_unavailable_reason() {

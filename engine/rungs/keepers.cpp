@@ -224,9 +224,17 @@ void KeeperRung::encode(TaskState& t, const ChildPlan& plan) {
     }
   }
   if (t.req.linger) h.flags |= LAUNCH_LINGER;
+  // The working directory: the task's own, else this process's as it is now -- the
+  // launcher's is the one this process had when the launcher started, and the caller may
+  // have moved since (os.chdir). Without one that can be named (deleted, too long), the
+  // launcher's.
+  char here[4096];
   if (!plan.cwd.empty()) {
     h.flags |= LAUNCH_CWD;
     add(plan.cwd);
+  } else if (getcwd(here, sizeof here) && here[0] == '/') {
+    h.flags |= LAUNCH_CWD;
+    add(here);
   }
   if (plan.has_cpus) {
     h.flags |= LAUNCH_CPUS;

@@ -25,9 +25,8 @@
 // The task's max_rss is its own: a child of the Python process shares (or copies) its
 // address space until its exec, and the kernel carries that space's peak into the task's
 // rusage; the launcher and its keepers link no libc and their address space is a few
-// pages. (The cgroup and pgroup rungs still clone their tasks from this process: the
-// extra hop through the launcher cost them a fifth of their launch rate; see README,
-// "Measured".)
+// pages. (The cgroup and pgroup rungs' tasks are started by the same launcher, without a
+// keeper: rungs/direct.hpp.)
 //
 // The launcher's death is seen on its socket (its only other holder): every task in
 // flight then fails with the reason (its keeper, orphaned, kills its tree and says so),

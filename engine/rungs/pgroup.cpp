@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "proc.hpp"
+#include "rungs/direct.hpp"
 #include "rungs/rung.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
@@ -23,12 +24,18 @@ namespace {
 class PgroupRung : public Rung {
  public:
   // Without a guardian (fd -1) the leaders die with us, by PDEATHSIG, but what they
-  // started does not.
-  explicit PgroupRung(Guardian guardian) : guardian_(guardian) {}
+  // started does not. Without pardo-shepherd (empty path) tasks are cloned from this
+  // process, and their max_rss counts its peak (rungs/direct.hpp says why).
+  PgroupRung(Guardian guardian, const std::string& shepherd_path) : guardian_(guardian) {
+    if (!shepherd_path.empty())
+      launcher_ = std::make_unique<DirectLauncher>(shepherd_path, *this, guardian_.fd);
+  }
 
   const char* name() const override { return "pgroup"; }
 
-  SpawnOutcome start(Supervisor&, TaskState& t, ChildPlan& plan) override {
+  SpawnOutcome start(Supervisor& s, TaskState& t, ChildPlan& plan) override {
+    // Through the launcher, the task itself tells the guardian its group before its exec.
+    if (launcher_ && !t.req.rss_unread) return launcher_->start(s, t, plan, -1);
     plan.pdeathsig = SIGKILL;
     // No need to wait for the exec: until the child has made its group (setsid, before
     // the exec) signal_tree reaches it by pid.
@@ -43,8 +50,16 @@ class PgroupRung : public Rung {
     return o;
   }
 
+  void on_rung_event(Supervisor& s) override {
+    if (launcher_) launcher_->on_event(s);
+  }
+  void before_sleep(Supervisor& s) override {
+    if (launcher_) launcher_->before_sleep(s);
+  }
+
   void on_child_exit(Supervisor& s, TaskState& t) override {
     if (t.child_reaped) return;
+    if (launcher_) launcher_->await(s, t);  // its pid
     // Kill the group while the unreaped leader still pins its id, so the signal cannot
     // reach a new group that reuses the number.
     siginfo_t si;
@@ -57,6 +72,7 @@ class PgroupRung : public Rung {
     int st;
     struct rusage ru;
     if (!reap_child(s, t, &st, &ru)) return;
+    if (launcher_) launcher_->explain_exit(s, st);
     t.kill_sent = true;  // as far as this rung can tell, the tree is dealt with
     s.leader_exited(t, st, tv_us(ru.ru_utime), tv_us(ru.ru_stime), ru.ru_maxrss);
     s.tree_gone(t);
@@ -67,10 +83,17 @@ class PgroupRung : public Rung {
 
   void signal_tree(Supervisor& s, TaskState& t, int sig) override {
     if (t.child_reaped) return;
+    if (launcher_ && launcher_->awaiting(t)) {
+      launcher_->defer_signal(t, sig);  // sent once its pid is known
+      return;
+    }
+    if (t.child_pid <= 0) return;  // never started (its launcher died first)
     // A child not yet past its exec may not have its group yet: signal it by pid too
     // (it has no children of its own before the exec).
-    if (!s.settle_launch(t)) kill(t.child_pid, sig);
-    killpg(t.child_pid, sig);
+    // (Started by the launcher, it may be before its setsid too: no group yet, ESRCH.)
+    bool by_pid = !s.settle_launch(t);
+    if (by_pid) kill(t.child_pid, sig);
+    if (killpg(t.child_pid, sig) < 0 && errno == ESRCH && !by_pid) kill(t.child_pid, sig);
     if (sig == SIGTERM) killpg(t.child_pid, SIGCONT);  // a stopped process cannot act on TERM
     if ((sig == SIGKILL || sig == SIGTERM) && !t.leader_done) {
       // A live tree ended (deadline, cancel): on a saturated machine its processes wait
@@ -80,9 +103,14 @@ class PgroupRung : public Rung {
     }
   }
 
-  void finish(Supervisor&, TaskState&) override {}
+  void finish(Supervisor& s, TaskState& t) override {
+    if (launcher_) launcher_->settle(s, t);
+  }
 
-  void shutdown() override { guardian_.stop(); }  // EOF: it kills what is still listed
+  void shutdown() override {
+    if (launcher_) launcher_->stop();  // it holds the guardian's pipe too
+    guardian_.stop();                  // EOF: it kills what is still listed
+  }
 
   ~PgroupRung() override { shutdown(); }
 
@@ -97,6 +125,7 @@ class PgroupRung : public Rung {
   }
 
   Guardian guardian_;
+  std::unique_ptr<DirectLauncher> launcher_;
 };
 
 }  // namespace
@@ -107,7 +136,7 @@ std::unique_ptr<Rung> make_pgroup_rung(const std::string& shepherd_path, std::st
     why->clear();
     if (!start_guardian(shepherd_path, {"--guardian-pgroups"}, &g, why)) g = Guardian{};
   }
-  return std::make_unique<PgroupRung>(g);
+  return std::make_unique<PgroupRung>(g, shepherd_path);
 }
 
 }  // namespace pardo

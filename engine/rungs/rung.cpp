@@ -45,7 +45,7 @@ void Guardian::stop() {
 }
 
 SpawnOutcome start_helper(const std::string& path, const std::vector<std::string>& args, int in,
-                          int pdeathsig) {
+                          int pdeathsig, const std::vector<std::pair<int, int>>& more) {
   SpawnOutcome o;
   int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
   if (devnull < 0) {
@@ -58,6 +58,7 @@ SpawnOutcome start_helper(const std::string& path, const std::vector<std::string
   plan.argv = {path};
   plan.argv.insert(plan.argv.end(), args.begin(), args.end());
   plan.fds = {{0, in}, {1, devnull}, {2, devnull}};
+  plan.fds.insert(plan.fds.end(), more.begin(), more.end());
   plan.pdeathsig = pdeathsig;
   o = spawn_with_fds(plan, -1);
   close(devnull);

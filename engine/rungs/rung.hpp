@@ -2,7 +2,8 @@
 // how is a task started inside its unit, how is the whole tree signalled, what happens
 // when our direct child exits, and how do we learn that the tree is gone.
 //
-//   cgroup    clone3(CLONE_INTO_CGROUP) into a leaf; SIGKILL = cgroup.kill;      rungs/cgroup.cpp
+//   cgroup    cloned by our launcher (rungs/direct.hpp) with clone3(CLONE_INTO_   rungs/cgroup.cpp
+//             CGROUP) into a leaf, as our child; SIGKILL = cgroup.kill;
 //             gone = cgroup.events "populated 0". A guardian process kills the subtree if
 //             this process dies.
 //   shepherd  a keeper, forked by our one launcher (pardo-shepherd --launcher)    rungs/shepherd.cpp
@@ -10,7 +11,8 @@
 //             of its own, reports its status, and kills/reaps the whole tree (until
 //             ECHILD); gone = the keeper says so. It kills the tree when we or the launcher
 //             die (socket EOF, PDEATHSIG), and retires after any task it had to signal.
-//   pgroup    the task leads its own session; signals go to the process group;    rungs/pgroup.cpp
+//   pgroup    cloned by our launcher as our child (rungs/direct.hpp); the task    rungs/pgroup.cpp
+//             leads its own session; signals go to the process group;
 //             gone is assumed once the group was SIGKILLed. Escapees (setsid, double fork)
 //             survive. A guardian process kills the groups still live if this process
 //             dies.
@@ -60,6 +62,8 @@ class Rung {
   virtual bool tree_gone_at_exit(TaskState&) { return false; }
   // The rung's own fd (Supervisor::watch_rung_fd) became ready.
   virtual void on_rung_event(Supervisor&) {}
+  // The loop is about to sleep (end of a round).
+  virtual void before_sleep(Supervisor&) {}
   // Kill everything and remove what the rung created (supervisor shutdown).
   virtual void shutdown() {}
 };
@@ -96,8 +100,9 @@ struct Guardian {
 
 // Start pardo-shepherd (`path`) with `args` after its name, `in` as its stdin and
 // /dev/null as its stdout and stderr; pdeathsig: the signal it gets when this thread dies.
+// `more`: further fds, as (target, source).
 SpawnOutcome start_helper(const std::string& path, const std::vector<std::string>& args, int in,
-                          int pdeathsig);
+                          int pdeathsig, const std::vector<std::pair<int, int>>& more = {});
 
 // Start a guardian: pardo-shepherd with the arguments `args` (its mode first), which waits for EOF on
 // its stdin and then kills what the supervisor left. EOF comes when this process dies,

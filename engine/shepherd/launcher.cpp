@@ -1,6 +1,7 @@
 // pardo-shepherd --launcher: the shepherd rung's launcher, one per supervisor, started once
 // (rungs/shepherd.cpp is the supervisor's side). Its stdin is a stream socket whose other
-// end only the supervisor holds.
+// end only the supervisor holds. The cgroup and pgroup rungs have a launcher of their own,
+// which starts their tasks without keepers (LAUNCH_DIRECT, below; rungs/direct.hpp).
 //
 //   supervisor ──LaunchRequest + fds (SCM_RIGHTS)──► launcher ──fork──► keeper (keeper.cpp)
 //       ▲                                               │                  │ fork+exec
@@ -25,6 +26,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -200,6 +202,321 @@ bool split(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** 
   return h.nexec > 0 && h.nargv > 0;
 }
 
+// ---- LAUNCH_DIRECT: the cgroup and pgroup rungs' tasks, started without a keeper ----
+//
+// The task is cloned from this process rather than from the supervisor for its max_rss:
+// a child sharing (or copying) the address space of the Python process until its exec has
+// that space's peak RSS carried into its own figure by the exec; ours is a few pages. It
+// is cloned with CLONE_PARENT, so it is the supervisor's own child (the supervisor opens
+// its pidfd, waits for it and reaps it as if it had cloned it).
+//
+// Nobody waits for anybody: the child runs in our memory (CLONE_VM) on a slot of its own
+// (stack, request, strings) until its exec, while we answer at once with its pid (a
+// STARTED reply) and read the next request. The kernel clears the slot's word when the
+// child has exec'd or exited (CLONE_CHILD_CLEARTID), and the slot is free again. A child
+// that cannot exec says why itself, on our socket (a FAILED reply), before it exits 127.
+// Where clone3 is refused the child is a fork-style copy of our few pages instead, and we
+// wait for its exec (CLONE_VFORK).
+
+#ifndef CLONE_PARENT
+#define CLONE_PARENT 0x00008000
+#endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+#ifndef CLONE_CHILD_CLEARTID
+#define CLONE_CHILD_CLEARTID 0x00200000
+#endif
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+// One child between clone and exec: what it reads, and its stack.
+constexpr int kDirectSlots = 32;
+constexpr size_t kDirectStack = 32 * 1024;
+constexpr size_t kDirectStrings = 16 * 1024;  // bigger requests get a mapping of their own
+struct DirectSlot {
+  alignas(4) volatile int32_t word;  // != 0: its child may be before its exec
+  LaunchRequest h;
+  int fds[kLaunchMaxFds + 1];
+  char** execs;
+  char** args;
+  char** envp;
+  const char* cwd;
+  int cgroup_fd;  // -1: none
+  bool placed;    // clone3 put the child into the cgroup already
+  char* mapped;   // the strings' own mapping (else `strings`), unmapped once the slot is free
+  size_t mapped_size;
+  alignas(16) char strings[kDirectStrings];
+  alignas(64) char stack[kDirectStack];
+};
+DirectSlot g_direct[kDirectSlots];
+
+// The task says why it could not exec, on our socket (its copy of it: `sock`), and exits.
+[[noreturn]] void direct_fail(const DirectSlot& d, int sock, int stage, long err) {
+  LaunchReply r{d.h.task, static_cast<int32_t>(sys(SYS_getpid)), stage, static_cast<int32_t>(err),
+                LAUNCH_REPLY_FAILED, 0, 0};
+  const char* p = reinterpret_cast<const char*>(&r);
+  for (size_t left = sizeof r; left;) {
+    long n = sys(SYS_write, sock, p, left);
+    if (n == -EINTR) continue;
+    if (n <= 0) break;
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  leave(127);
+}
+
+// The task, between clone and exec: raw system calls only (it shares our memory).
+int direct_child(void* p) {
+  const DirectSlot& d = *static_cast<const DirectSlot*>(p);
+  const LaunchRequest& h = d.h;
+  int top = 2;
+  for (int i = 0; i < h.nfds; ++i) top = h.targets[i] > top ? h.targets[i] : top;
+  // Our socket, kept above the task's fds until the exec closes it: the way to report.
+  long sock = sys(SYS_fcntl, kSock, F_DUPFD_CLOEXEC, top + 1);
+  if (sock < 0) leave(127);  // no fd left to report with: the supervisor sees exit 127
+  auto check = [&](long r, int stage) {
+    if (r < 0) direct_fail(d, static_cast<int>(sock), stage, -r);
+  };
+  // Dispositions: ours are the defaults but SIGPIPE (launcher_main); the task starts with
+  // what its caller ignored, as a child of the caller's own would across its exec.
+  set_disposition(SIGPIPE, reinterpret_cast<void*>(SIG_DFL));
+  for (int s = 1; s <= 64; ++s)
+    if (h.ignored & (1ULL << (s - 1))) set_disposition(s, reinterpret_cast<void*>(SIG_IGN));
+  unsigned long none = 0;
+  sys(SYS_rt_sigprocmask, SIG_SETMASK, &none, nullptr, sizeof none);
+  if (d.cgroup_fd >= 0 && !d.placed) {
+    // No clone3 into the cgroup here: the child moves itself before anything else.
+    long fd = sys(SYS_openat, d.cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+    check(fd, STAGE_CGROUP);
+    long w = sys(SYS_write, fd, "0", 1);
+    check(w == 0 ? -EIO : w, STAGE_CGROUP);
+    sys(SYS_close, fd);
+  }
+  check(sys(SYS_setsid), STAGE_SESSION);
+  // The PDEATHSIG refers to our parent thread, which CLONE_PARENT made the supervisor's
+  // thread: the task dies with it, as one it cloned itself would.
+  sys(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (h.flags & LAUNCH_TELL_GUARDIAN) {
+    // Before the program runs (and can fork), so that no process of its group is ever
+    // unknown to the guardian; before the fds move, which may reuse that fd number.
+    int32_t pid = static_cast<int32_t>(sys(SYS_getpid));
+    while (sys(SYS_write, kLaunchGuardianFd, &pid, sizeof pid) == -EINTR) {
+    }
+  }
+  // The task's fds: first above every target, then into place; every other fd of ours
+  // (socket, signalfd, other fds received) goes at the exec.
+  int moved[kLaunchMaxFds];
+  for (int i = 0; i < h.nfds; ++i) {
+    long m = sys(SYS_fcntl, d.fds[i], F_DUPFD_CLOEXEC, top + 1);
+    check(m, STAGE_FDS);
+    moved[i] = static_cast<int>(m);
+  }
+  for (int fd = 0; fd <= top; ++fd) sys(SYS_close, fd);
+  for (int i = 0; i < h.nfds; ++i) check(sys(SYS_dup3, moved[i], h.targets[i], 0), STAGE_FDS);
+  check(cloexec_from(top + 1, static_cast<int>(sock)), STAGE_FDS);
+  if (h.flags & LAUNCH_CWD) check(sys(SYS_chdir, d.cwd), STAGE_CHDIR);
+  if (h.flags & LAUNCH_CPUS) check(sys(SYS_sched_setaffinity, 0, sizeof h.cpus, h.cpus), STAGE_AFFINITY);
+  // Our children start at nice 0 (SCHED_RESET_ON_FORK, when we raised ourselves) or at
+  // the supervisor's own base niceness (when we could not): base_nice is right either way.
+  if (h.flags & LAUNCH_NICE)
+    check(sys(SYS_setpriority, PRIO_PROCESS, 0, h.nice), STAGE_NICE);
+  else if (h.base_nice != 0)
+    sys(SYS_setpriority, PRIO_PROCESS, 0, h.base_nice);  // lowering is always allowed
+  struct {
+    uint64_t cur, max;
+  } rl;
+  if (h.flags & LAUNCH_RESTORE_NOFILE) {
+    rl = {h.nofile_cur, h.nofile_max};
+    sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &rl, nullptr);
+  }
+  if (h.rlimit_as > 0) {
+    rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
+    check(sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
+  }
+  direct_fail(d, static_cast<int>(sock), STAGE_EXEC, exec_search(d.execs, d.args, d.envp));
+}
+
+#if defined(__x86_64__) || defined(__aarch64__)
+extern "C" long pardo_clone3_run(void* args, unsigned long size, int (*fn)(void*), void* arg);
+constexpr bool kDirectAsync = true;
+#else
+constexpr bool kDirectAsync = false;
+#endif
+bool g_clone3_refused = false;       // ENOSYS/EPERM: before Linux 5.3, Docker's seccomp profile
+bool g_into_cgroup_refused = false;  // EINVAL/E2BIG: clone3 without CLONE_INTO_CGROUP (5.3-5.6)
+
+bool slot_free(DirectSlot& d) {
+  if (__atomic_load_n(&d.word, __ATOMIC_ACQUIRE) != 0) return false;
+  if (d.mapped) {
+    sys(SYS_munmap, d.mapped, d.mapped_size);
+    d.mapped = nullptr;
+  }
+  return true;
+}
+
+// A free slot: the lowest (so that few pages are ever touched), else wait for the first
+// child to get past its exec.
+DirectSlot& take_slot() {
+  while (true) {
+    for (DirectSlot& d : g_direct)
+      if (slot_free(d)) return d;
+    int32_t w = g_direct[0].word;
+    // Not FUTEX_PRIVATE: the kernel's wake-up at exec or exit uses the shared form.
+    if (w != 0) sys(SYS_futex, &g_direct[0].word, 0 /* FUTEX_WAIT */, w, nullptr, nullptr, 0);
+  }
+}
+
+// Clone the task of slot d as the supervisor's child: its pid, or -errno; *pidfd its
+// pidfd (-1 if none could be had).
+long clone_direct(DirectSlot& d, int* pidfd) {
+  *pidfd = -1;
+  if (kDirectAsync && !g_clone3_refused) {
+    struct {
+      uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+          set_tid, set_tid_size, cgroup;
+    } ca{};
+    // exit_signal stays 0: with CLONE_PARENT the child gets ours (SIGCHLD), as if the
+    // supervisor had cloned it.
+    ca.flags = CLONE_PARENT | CLONE_VM | CLONE_CHILD_CLEARTID | CLONE_PIDFD;
+    ca.child_tid = reinterpret_cast<uint64_t>(&d.word);
+    ca.pidfd = reinterpret_cast<uint64_t>(pidfd);
+    ca.stack = reinterpret_cast<uint64_t>(d.stack);
+    ca.stack_size = sizeof d.stack;
+    d.placed = d.cgroup_fd >= 0 && !g_into_cgroup_refused;
+    if (d.placed) {
+      ca.flags |= CLONE_INTO_CGROUP;
+      ca.cgroup = static_cast<uint64_t>(d.cgroup_fd);
+    }
+    d.word = 1;
+    long pid = pardo_clone3_run(&ca, sizeof ca, direct_child, &d);
+    if (d.placed && (pid == -EINVAL || pid == -E2BIG)) {
+      g_into_cgroup_refused = true;
+      d.placed = false;
+      ca.flags &= ~static_cast<uint64_t>(CLONE_INTO_CGROUP);
+      ca.cgroup = 0;
+      pid = pardo_clone3_run(&ca, sizeof ca, direct_child, &d);
+    }
+    if (pid < 0) d.word = 0;  // no child: nothing will clear it
+    if (pid != -ENOSYS && pid != -EPERM) return pid;
+    g_clone3_refused = true;
+  }
+  // clone3 refused: a fork-style child (it copies our few pages), still the supervisor's
+  // (CLONE_PARENT); we wait for its exec (CLONE_VFORK), so the slot is free after.
+  d.placed = false;
+  long pid = sys(SYS_clone, CLONE_PARENT | CLONE_VFORK, 0, 0, 0, 0);
+  if (pid == 0) direct_child(&d);
+  // Not reused before the supervisor reaps it, which it cannot before our answer.
+  if (pid > 0) {
+    long fd = sys(SYS_pidfd_open, pid, 0);
+    *pidfd = fd >= 0 ? static_cast<int>(fd) : -1;
+  }
+  return pid;
+}
+
+// One STARTED reply, with the task's pidfd (>= 0) as SCM_RIGHTS.
+void reply(uint64_t task, int32_t pid, int32_t stage, int32_t err, int pidfd = -1, int32_t flags = 0) {
+  LaunchReply r{task, pid, stage, err, LAUNCH_REPLY_STARTED, flags | (pidfd >= 0 ? REPLY_PIDFD : 0), 0};
+  struct iovec iov{&r, sizeof r};
+  struct msghdr mh{};
+  mh.msg_iov = &iov;
+  mh.msg_iovlen = 1;
+  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  if (pidfd >= 0) {
+    mh.msg_control = cbuf;
+    mh.msg_controllen = sizeof cbuf;
+    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    *reinterpret_cast<int*>(CMSG_DATA(c)) = pidfd;
+  }
+  // Whole or not at all (a reply split by a signal is resent from where it stopped).
+  size_t sent = 0;
+  while (sent < sizeof r) {
+    long n = sys(SYS_sendmsg, kSock, &mh, MSG_NOSIGNAL);
+    if (n == -EINTR) continue;
+    if (n <= 0) return;  // the supervisor is gone: EOF on the socket ends us next
+    sent += static_cast<size_t>(n);
+    iov.iov_base = reinterpret_cast<char*>(&r) + sent;
+    iov.iov_len = sizeof r - sent;
+    mh.msg_control = nullptr;
+    mh.msg_controllen = 0;
+  }
+}
+
+// A LAUNCH_DIRECT request whose header (and fds) serve_one has read: read its strings,
+// start its task, answer. False when the stream cannot be read on.
+bool serve_direct(const LaunchRequest& h, int* fds, int nrecv) {
+  const int want = h.nfds + ((h.flags & LAUNCH_CGROUP) ? 1 : 0);
+  bool ok = h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
+            h.nfds <= kLaunchMaxFds && nrecv == want && h.nexec >= 0 && h.nargv >= 0 && h.nenv >= 0;
+  if (!ok) {
+    reply(h.task, 0, STAGE_HELPER, EPROTO);
+    for (int i = 0; i < nrecv; ++i) sys(SYS_close, fds[i]);
+    return false;
+  }
+  DirectSlot& d = take_slot();
+  d.h = h;
+  for (int i = 0; i < nrecv; ++i) d.fds[i] = fds[i];
+  d.cgroup_fd = (h.flags & LAUNCH_CGROUP) ? fds[h.nfds] : -1;
+  size_t nptrs = static_cast<size_t>(h.nexec) + h.nargv + h.nenv + 3;
+  size_t need = (h.size + nptrs * sizeof(char*) + 15) & ~size_t{15};
+  char* mem = d.strings;
+  if (need > sizeof d.strings) {
+    long m = sys(SYS_mmap, nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mem = m < 0 && m > -4096 ? nullptr : reinterpret_cast<char*>(m);
+    if (mem) {
+      d.mapped = mem;
+      d.mapped_size = need;
+    }
+  }
+  char** ptrs = reinterpret_cast<char**>(mem);
+  char* strings = mem ? mem + nptrs * sizeof(char*) : nullptr;
+  // Read the strings whatever happens, so that the stream stays in step.
+  bool read_ok = true;
+  if (strings) {
+    read_ok = read_all(strings, h.size);
+  } else {
+    char sink[4096];
+    for (size_t left = h.size; left && read_ok;) {
+      size_t k = left < sizeof sink ? left : sizeof sink;
+      read_ok = read_all(sink, k);
+      left -= k;
+    }
+  }
+  char* cwd = nullptr;
+  if (!read_ok || (strings && !split(d.h, strings, ptrs, &d.execs, &d.args, &d.envp, &cwd))) {
+    reply(h.task, 0, STAGE_HELPER, EPROTO);
+  } else if (!strings) {
+    reply(h.task, 0, STAGE_CLONE, ENOMEM);
+  } else {
+    d.cwd = cwd;
+    int pidfd;
+    long pid = clone_direct(d, &pidfd);
+    if (pid > 0) {
+      int32_t flags = 0;
+      if ((h.flags & LAUNCH_WATCH) && pidfd >= 0) {
+        struct epoll_event ev{};
+        ev.events = EPOLLIN | EPOLLONESHOT;
+        ev.data.u64 = h.watch_key;
+        if (sys(SYS_epoll_ctl, kLaunchEpollFd, EPOLL_CTL_ADD, pidfd, &ev) == 0) flags = REPLY_WATCHED;
+      }
+      reply(h.task, static_cast<int32_t>(pid), 0, 0, pidfd, flags);
+      if (pidfd >= 0) sys(SYS_close, pidfd);  // the supervisor has it now (in flight)
+    } else {
+      reply(h.task, 0, STAGE_CLONE, static_cast<int32_t>(-pid));
+    }
+  }
+  // The child has its own copies of the fds (no CLONE_FILES).
+  for (int i = 0; i < nrecv; ++i) sys(SYS_close, fds[i]);
+  return read_ok;
+}
+
 // One request: read it, fork its keeper, keep its status pipe. False when the socket
 // says the supervisor is gone (or the stream cannot be trusted any more).
 bool serve_one(long self) {
@@ -232,6 +549,7 @@ bool serve_one(long self) {
             read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n));
   // A kept keeper for the socket that came with it (keeper_pool.cpp).
   if (ok && h.magic == kKeeperMagic) return serve_keeper_request(fds, nrecv, self);
+  if (ok && (h.flags & LAUNCH_DIRECT)) return serve_direct(h, fds, nrecv);
   constexpr int specials = 2;  // the status and control pipes
   ok = ok && h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
        h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials &&
@@ -332,7 +650,13 @@ int launcher_main(char** envp) {
   bool realtime = true;
   for (char** e = envp; *e; ++e)
     if (after(*e, "PARDO_NO_REALTIME=")) realtime = false;
-  raise_priority(realtime);
+  int xmode = 0;
+  for (char** e = envp; *e; ++e) {
+    if (after(*e, "PARDO_XL=1")) xmode = 1;
+    if (after(*e, "PARDO_XL=2")) xmode = 2;
+  }
+  if (xmode == 0) raise_priority(realtime);
+  else if (xmode == 1) raise_priority(false);
   long self = sys(SYS_getpid);
   struct pollfd pfd[2] = {{kSock, POLLIN, 0}, {static_cast<int>(sigfd), POLLIN, 0}};
   while (true) {

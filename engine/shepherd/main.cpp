@@ -1,9 +1,10 @@
 // pardo-shepherd: one small program, three roles, chosen by its first argument.
 //
 //   pardo-shepherd --launcher
-//     the launcher, one per supervisor: forks the keepers, which start the tasks and keep
-//     them as their rung says (launcher.cpp; kept keepers, which serve task after task:
-//     keeper_pool.cpp; a keeper for one task: keeper.cpp)
+//     the launcher, one per supervisor and rung: forks the keepers, which start the
+//     shepherd rung's tasks and keep them (launcher.cpp; kept keepers, which serve task
+//     after task: keeper_pool.cpp; a keeper for one task: keeper.cpp), and, for the
+//     cgroup and pgroup rungs, clones each task as the supervisor's child itself
 //   pardo-shepherd --guardian=CGROUP_DIR [--freeze]
 //     the cgroup rung's guardian: kills and removes the supervisor's cgroup subtree once
 //     the supervisor is gone (guardian.cpp); --freeze: by freezing it, the kernel having

@@ -50,6 +50,20 @@ enum LaunchFlags : uint32_t {
   LAUNCH_CPUS = 4,
   LAUNCH_NICE = 8,          // set `nice` (checked); else `base_nice` (unchecked)
   LAUNCH_RESTORE_NOFILE = 16,
+  // LaunchRequest::task is started as the supervisor's own child, with no keeper
+  // (launcher.cpp, start_direct; rungs/direct.hpp). Its fds are the task's `nfds`, then,
+  // with LAUNCH_CGROUP, the cgroup directory it is cloned into; no status or control pipe.
+  // The launcher answers each with a LaunchReply on its socket.
+  LAUNCH_DIRECT = 32,
+  LAUNCH_CGROUP = 64,
+  // The task writes its pid (an int32) into the launcher's guardian pipe (fd kLaunchGuardianFd
+  // of the launcher) before its exec: the pgroup guardian knows its group before the
+  // program can fork.
+  LAUNCH_TELL_GUARDIAN = 128,
+  // The launcher adds the task's pidfd to the supervisor's epoll set (its fd
+  // kLaunchEpollFd) with watch_key as its data (EPOLLIN | EPOLLONESHOT), before it answers:
+  // the task's exit wakes the supervisor whether or not it has read the answer yet.
+  LAUNCH_WATCH = 256,
 };
 
 struct LaunchRequest {
@@ -65,6 +79,8 @@ struct LaunchRequest {
   uint64_t nofile_cur, nofile_max;
   uint64_t cpus[16];  // a cpu_set_t (1024 CPUs)
   uint64_t ignored;   // signals the task starts with ignored (bit s-1: signal s)
+  uint64_t task;      // LAUNCH_DIRECT: the supervisor's task id, echoed in the reply
+  uint64_t watch_key;  // LAUNCH_WATCH: the epoll data of the task's pidfd
 };
 
 // Kept keepers (shepherd/keeper_pool.cpp): long-lived keepers that serve task after task.
@@ -90,5 +106,39 @@ constexpr uint32_t kKeptMaxMessage = 60 * 1024;
 // the rusage of the whole tree (this task's processes only).
 constexpr int32_t MSG_DONE = 16;
 constexpr int32_t kKeptRetiring = 1;
+
+// The answers to a LAUNCH_DIRECT request, on the launcher's socket, each one write (so
+// they never interleave, and a read of whole replies ends on a boundary).
+//   STARTED, from the launcher, at once: pid > 0, the task exists and is the supervisor's
+//     child (CLONE_PARENT), maybe not past its exec yet, and its pidfd comes with this
+//     reply (SCM_RIGHTS; flags REPLY_PIDFD), added to the supervisor's epoll set already
+//     when REPLY_WATCHED; pid 0, no process was made (stage, err say why).
+//   FAILED, from the task itself before it exits 127: it could not get to its exec
+//     (stage, err). Written before its exit, so it is readable once its pidfd says it
+//     exited; it may come before the STARTED of the same task.
+enum LaunchReplyKind : int32_t {
+  LAUNCH_REPLY_STARTED = 1,
+  LAUNCH_REPLY_FAILED = 2,
+};
+enum LaunchReplyFlags : int32_t {
+  REPLY_PIDFD = 1,
+  REPLY_WATCHED = 2,
+};
+
+struct LaunchReply {
+  uint64_t task;
+  int32_t pid;
+  int32_t stage;
+  int32_t err;
+  int32_t kind;
+  int32_t flags;
+  int32_t pad;
+};
+
+// Where the launcher keeps the pgroup guardian's pipe, when it was given one
+// (pardo-shepherd --launcher --guardian-fd).
+constexpr int kLaunchGuardianFd = 3;
+// Where the launcher keeps the supervisor's epoll set, when it was given it.
+constexpr int kLaunchEpollFd = 4;
 
 }  // namespace pardo

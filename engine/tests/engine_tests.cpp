@@ -105,8 +105,10 @@ static void test_refused_watch(Supervisor& s, const std::string& rung) {
     CHECK(!c.exited && c.term_signal == SIGKILL);  // killed, not left to run out
     CHECK(c.duration_ns < 5000000000LL);
   }
-  // cgroup and pgroup: pidfd, stdout, stderr, stdin; shepherd: its status pipe too.
-  CHECK(refused >= 4);
+  // stdout, stderr, stdin; shepherd: its status pipe too. (The pidfd of a cgroup or pgroup
+  // task is put into the set by pardo's launcher, and by the supervisor, through the path
+  // refused here, only where the launcher could not: rungs/direct.hpp.)
+  CHECK(refused >= 3);
 }
 
 // timerfd_settime refused, every time: deadlines still fire (epoll_wait's timeout stands in).

@@ -7,6 +7,7 @@ import typing
 __all__: list[str] = ['Completion', 'CompletionQueue', 'Handle', 'OUT_CAPTURE', 'OUT_DEVNULL', 'OUT_FD', 'OUT_INHERIT', 'OUT_TO_STDOUT', 'Request', 'Supervisor', 'cgroup_unavailable_reason', 'forget', 'probe_features', 'shutdown', 'stage_name', 'supervisor']
 class Request:
     linger: bool
+    rss_unread: bool
     def __init__(self) -> None:
         ...
     @property

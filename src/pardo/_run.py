@@ -290,7 +290,12 @@ class Task:
 
     @property
     def pid(self) -> int | None:
-        """The leader's pid; waits for the process to exist. None if it could not start."""
+        """The leader's pid; waits for the process to exist. None if it could not start.
+
+        A task started by pardo's launcher (the cgroup and pgroup rungs) has its pid as
+        soon as it exists, which may be just before its exec: one whose exec then fails
+        has given its pid here, and its Result says it could not start (``pid`` None).
+        """
         pid = self._sup.wait_started(self._h, -1)
         return pid if pid > 0 else None
 
@@ -388,6 +393,9 @@ def _spawn_error(task, stage, err):
     if name == "launcher":
         return ("pardo's launcher process died while the task ran (killed from outside?), so "
                 "the task's keeper killed it: it did not finish; run it again")
+    if name == "launch":
+        return ("pardo's launcher process died (killed from outside?) before it said whether "
+                "it started the task: it did not run, or was killed; run it again")
     if name == "helper":
         return (f"pardo's shepherd helper {_supervisor.shepherd_path()!r} could not run "
                 f"({reason}); reinstall pardo, or choose another isolation rung")
@@ -523,13 +531,18 @@ class SpawnOptions:
         cwd: the working directory as bytes (b"": ours), for error messages.
         per_task: True when a stream goes to a path, fd or file: the file is opened (and
             flushed) anew for each task, so each task needs its own options.
+
+    ``rss_unread=True`` (internal; ``pardo run`` with no ``--store`` or ``--results``) says
+    nobody will read the tasks' ``max_rss``: the cgroup and pgroup rungs then clone them
+    from this process rather than through pardo's launcher, which is faster, and the
+    figure then counts this process's own peak (README, "Measured").
     """
 
     __slots__ = ("request", "timeout", "cwd", "per_task", "_to_close")
 
     def __init__(self, *, timeout=None, kill_grace=2.0, cwd=None, env=None, input=None,
                  max_output=DEFAULT_MAX_OUTPUT, stdout=None, stderr=None, nice=None,
-                 memory_limit=None, linger=False, pass_fds=None, stdin=None):
+                 memory_limit=None, linger=False, pass_fds=None, stdin=None, rss_unread=False):
         # The engine's Request starts at spawn()'s defaults; only what differs is set
         # (every attribute set is a call into the extension, once per spawn() call).
         r = self.request = _engine.Request()
@@ -563,6 +576,8 @@ class SpawnOptions:
             r.input = input
         if linger:
             r.linger = True
+        if rss_unread:
+            r.rss_unread = True
         if pass_fds or stdin is not None:
             extra = _pass_fds(pass_fds)
             if stdin is not None:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -157,3 +158,26 @@ def test_supervisor_sleeps_about_once_per_task():
     rung, per_task = p.stdout.split()
     assert rung == "cgroup"
     assert float(per_task) < 1.4, f"the supervisor thread slept {per_task} times per task"
+
+
+CWD_SCRIPT = textwrap.dedent("""
+    import json, os, sys, pardo
+    first = pardo.run(["pwd"], timeout=30)  # the launcher (where there is one) starts here
+    os.chdir(sys.argv[1])
+    moved = pardo.run(["pwd"], timeout=30)
+    own = pardo.run(["pwd"], cwd="/", timeout=30)
+    print(json.dumps([r.stdout.decode().strip() for r in (first, moved, own)]))
+""")
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+def test_tasks_start_in_the_callers_directory_of_the_moment(rung, request, zoo):
+    """A task without cwd= runs where the caller is when it starts it, even after an
+    os.chdir(): not where pardo's launcher was started (it has a directory of its own)."""
+    there = tempfile.mkdtemp(prefix="there-", dir=zoo.dir)  # where user nobody may go too
+    try:
+        os.chmod(there, 0o755)
+        out = json.loads(_run_script(CWD_SCRIPT, [there], rung, request, zoo, timeout=60))
+        assert out == [os.path.realpath(zoo.dir), os.path.realpath(there), "/"], out
+    finally:
+        os.rmdir(there)

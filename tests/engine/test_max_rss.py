@@ -3,11 +3,10 @@ process that starts it. A child cloned from a big parent shares (or copies) its 
 space until its exec, and the kernel carries that address space's high-water mark into the
 task's rusage: /bin/true started by a Python process holding 300 MiB reported 300 MiB.
 
-The shepherd rung's tasks are started by keepers forked from pardo's small launcher, so
-their figure is their own. The cgroup and pgroup rungs still clone their tasks from the
-caller (through the launcher they launched a fifth slower): there the figure counts the
-caller's peak, as Result.max_rss and the README say, and the test is marked as the known
-gap it is (strict: it fails the day those rungs get it right, so that the mark goes)."""
+So no rung clones a task from the caller: the shepherd rung's tasks are started by the
+keepers pardo's launcher forks (kept for task after task), the cgroup and pgroup rungs' by
+the launcher itself (as the supervisor's own children, CLONE_PARENT). Run as root and,
+where the rung works for them, as user nobody."""
 
 import json
 import os
@@ -17,7 +16,7 @@ import textwrap
 
 import pytest
 
-from support import cgroup2_writable
+from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
 
 SCRIPT = textwrap.dedent("""
     import json, resource, pardo
@@ -34,22 +33,23 @@ SCRIPT = textwrap.dedent("""
 """).replace("import json,", "import json, sys,")
 
 
-_CLONED_FROM_CALLER = pytest.mark.xfail(
-    strict=True, reason="issue 15: cgroup and pgroup tasks are cloned from the caller, so "
-    "max_rss counts its peak")
-
-
-@pytest.mark.parametrize("rung", [pytest.param("cgroup", marks=_CLONED_FROM_CALLER), "shepherd",
-                                  pytest.param("pgroup", marks=_CLONED_FROM_CALLER)])
-def test_max_rss_is_the_tasks_own_peak(rung):
+# "-nobody": the same rung for an unprivileged user (setpriv to user nobody).
+@pytest.mark.parametrize("rung", ["cgroup", "shepherd", "pgroup", "shepherd-nobody",
+                                  "pgroup-nobody"])
+def test_max_rss_is_the_tasks_own_peak(rung, request, zoo):
     if rung == "cgroup" and not cgroup2_writable():
         pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
-    env = dict(os.environ, PARDO_ISOLATION=rung)
-    p = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                       env=env, timeout=120)
+    base = rung.removesuffix("-nobody")
+    if base == rung:
+        argv, env = [sys.executable, "-c", SCRIPT], dict(os.environ)
+    else:
+        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", SCRIPT])
+        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    env["PARDO_ISOLATION"] = base
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir, timeout=120)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["rung"] == rung
+    assert out["rung"] == base
     assert out["own"] >= 300 << 20, out
     for status, rss in out["small"]:
         assert status == "ok", out

@@ -202,3 +202,29 @@ def test_sigkill_at_random_moments_leaves_exactly_one_record_per_task(tmp_path):
     runs, ended = con.execute("SELECT count(*), count(ended_at) FROM runs").fetchone()
     con.close()
     assert 20 <= runs <= kills + 1 and ended == 1  # most kills hit a run that had started
+
+
+BIG_CLI = """
+import runpy, sys
+big = bytearray(b"x") * (300 << 20)  # a caller that holds 300 MiB, every page resident
+sys.argv = ["pardo"] + sys.argv[1:]
+runpy.run_module("pardo", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("rung", ["cgroup", "pgroup", "shepherd"])
+def test_stored_max_rss_is_the_tasks_own(tmp_path, rung):
+    """A run whose max_rss is kept (--store) starts its tasks so that the figure is theirs,
+    whatever the size of the process running pardo (``pardo run`` with nowhere to keep it
+    takes the faster start that counts the caller's peak: README, "Measured")."""
+    from support import cgroup2_writable
+
+    if rung == "cgroup" and not cgroup2_writable():
+        pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
+    db = str(tmp_path / "s.db")
+    p = subprocess.run([sys.executable, "-c", BIG_CLI, "run", "--store", db, "true", ":::", "1",
+                        "2"], capture_output=True, timeout=120,
+                       env=dict(os.environ, PARDO_ISOLATION=rung))
+    assert p.returncode == 0, p.stderr
+    rss = [a["max_rss"] for a in finals(db).values()]
+    assert len(rss) == 2 and all(0 < r < 16 << 20 for r in rss), rss

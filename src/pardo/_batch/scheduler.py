@@ -143,7 +143,8 @@ class Batch:
                  stderr=None, shell="/bin/sh", results=None, joblog=None, resume=None,
                  line_sink=None, input_may_block=False, total=None, spool=False,
                  job_env=False, blocks=False, window=None, clock=time.monotonic,
-                 store=None, engine=None, results_names=None, results_width=None):
+                 store=None, engine=None, results_names=None, results_width=None,
+                 rss_unread=False):
         self.template = template
         cpus = sorted(os.sched_getaffinity(0))
         self.jobs = job_slots(jobs, engine)
@@ -195,6 +196,8 @@ class Batch:
                      ("stdout", stdout), ("stderr", stderr)):
             if v is not None:
                 kw[k] = v
+        if rss_unread and engine is None:
+            kw["rss_unread"] = True  # see SpawnOptions
         self._spawn_kw = kw
         self._engine = engine
         if engine is not None and (line_sink is not None or pin):

@@ -411,6 +411,8 @@ def _batch_run(opts, command, sources, engine, perl):
             total=total, job_env=True, window=2 if pipe else None,
             blocks="round-robin" if pipe and opts.get("round_robin") else bool(pipe),
             store=store, engine=engine, results_names=header_names, results_width=width,
+            # Nothing of this run keeps a task's max_rss: the faster start will do.
+            rss_unread=store is None and not results,
         )
     except BaseException as e:  # an option refused: the store's run ends before a task
         if store is not None:
