@@ -116,7 +116,8 @@ class Batch:
             templates, retries, halt, ``-k``, output, joblog and store stay this loop's.
         clock: the monotonic clock of ``--delay`` and ``N%`` deadlines (tests pass a fake).
         line_sink: line mode (``--line-buffer``): output comes through our own pipes, whole
-            lines at a time, to ``line_sink(job, stream, data)`` while tasks run.
+            lines at a time, to ``line_sink(job, stream, data)`` while tasks run; ``data``
+            may be a bytearray that is ours again once the sink returns (write it, keep none).
         input_may_block: ``arg_groups`` may wait on another process (a pipe, a terminal):
             it is read on a thread, so that the loop keeps reaping and starting tasks.
         total: the number of jobs when known up front: ``--halt N%`` counts against it, as
@@ -517,8 +518,10 @@ class Batch:
             if cut:
                 pending = entry[1]
                 if pending:
+                    # The sink writes it at once and keeps nothing: hand it the buffer
+                    # itself (a copy would hold a long line twice).
                     pending += data[:cut]
-                    self._line_sink(job, entry[0], bytes(pending))
+                    self._line_sink(job, entry[0], pending)
                 else:
                     self._line_sink(job, entry[0], data[:cut])
                 entry[1] = bytearray(data[cut:])
@@ -526,7 +529,7 @@ class Batch:
                 entry[1] += data
             return
         if entry[1]:
-            self._line_sink(job, entry[0], bytes(entry[1]))
+            self._line_sink(job, entry[0], entry[1])
         self._sel.unregister(fd)
         os.close(fd)
         del job.pipes[fd]
