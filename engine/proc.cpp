@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/resource.h>
 
 
@@ -102,6 +103,31 @@ int64_t wall_ns() {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+}
+
+IgnoredSignals::IgnoredSignals() : fd_(open("/proc/self/status", O_RDONLY | O_CLOEXEC)) {}
+
+IgnoredSignals::~IgnoredSignals() {
+  if (fd_ >= 0) close(fd_);
+}
+
+uint64_t IgnoredSignals::now() const {
+  char buf[4096];
+  ssize_t n = fd_ >= 0 ? pread(fd_, buf, sizeof buf - 1, 0) : -1;
+  if (n > 0) {
+    buf[n] = '\0';
+    if (const char* at = strstr(buf, "\nSigIgn:")) {
+      char* end = nullptr;
+      unsigned long long v = strtoull(at + 8, &end, 16);
+      if (end != at + 8) return v;
+    }
+  }
+  uint64_t ignored = 0;
+  for (int sig = 1; sig <= 64; ++sig) {
+    struct sigaction old;
+    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) ignored |= 1ULL << (sig - 1);
+  }
+  return ignored;
 }
 
 }  // namespace pardo

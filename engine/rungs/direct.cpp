@@ -222,11 +222,8 @@ void DirectLauncher::encode(TaskState& t, const ChildPlan& plan, bool cgroup) {
   h.base_nice = plan.base_nice;
   // The task starts with what this process ignores, as a child of ours would across its
   // exec -- but SIGPIPE and SIGXFSZ, which Python ignores and programs expect at default.
-  for (int sig = 1; sig <= 64; ++sig) {
-    struct sigaction old;
-    if (sig == SIGKILL || sig == SIGSTOP || sig == SIGPIPE || sig == SIGXFSZ) continue;
-    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) h.ignored |= 1ULL << (sig - 1);
-  }
+  h.ignored = ignored_.now();
+  for (int sig : {SIGKILL, SIGSTOP, SIGPIPE, SIGXFSZ}) h.ignored &= ~(1ULL << (sig - 1));
   h.rlimit_as = plan.rlimit_as;
   if (plan.restore_nofile) {
     h.flags |= LAUNCH_RESTORE_NOFILE;

@@ -34,6 +34,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "proc.hpp"
 #include "rungs/rung.hpp"
 #include "shepherd/protocol.hpp"
 
@@ -98,6 +99,7 @@ class DirectLauncher {
   bool dead_ = false;             // EOF seen: the launcher is gone
   bool wake_on_replies_ = false;  // the socket is watched for EPOLLIN too
   LaunchRequest req_;
+  IgnoredSignals ignored_;  // what each task starts with ignored
   std::string strings_;
   std::string in_;       // reply bytes read, not yet handled
   std::deque<int> fds_;  // the pidfds that came with them, in order (-1: lost)

@@ -28,35 +28,10 @@ constexpr int kSendTimeoutSec = 5;
 
 }  // namespace
 
-KeeperRung::KeeperRung(std::string helper) : path_(std::move(helper)) {
-  proc_status_ = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-}
+KeeperRung::KeeperRung(std::string helper) : path_(std::move(helper)) {}
 
 KeeperRung::~KeeperRung() {
   stop_launcher();
-  if (proc_status_ >= 0) close(proc_status_);
-}
-
-// The signals this process ignores (bit s-1: signal s). From SigIgn in /proc/self/status,
-// read afresh on an fd kept open (one pread, about 2 us), else by asking sigaction about
-// each signal (about 60 system calls, 17 us).
-uint64_t KeeperRung::ignored_signals() {
-  char buf[4096];
-  ssize_t n = proc_status_ >= 0 ? pread(proc_status_, buf, sizeof buf - 1, 0) : -1;
-  if (n > 0) {
-    buf[n] = '\0';
-    if (const char* at = strstr(buf, "\nSigIgn:")) {
-      char* end = nullptr;
-      unsigned long long v = strtoull(at + 8, &end, 16);
-      if (end != at + 8) return v;
-    }
-  }
-  uint64_t ignored = 0;
-  for (int sig = 1; sig <= 64; ++sig) {
-    struct sigaction old;
-    if (sigaction(sig, nullptr, &old) == 0 && old.sa_handler == SIG_IGN) ignored |= 1ULL << (sig - 1);
-  }
-  return ignored;
 }
 
 SpawnOutcome KeeperRung::start(Supervisor& s, TaskState& t, ChildPlan& plan) {
@@ -246,7 +221,7 @@ void KeeperRung::encode(TaskState& t, const ChildPlan& plan) {
   h.base_nice = plan.base_nice;
   // The task starts with what this process ignores, as a child of ours would across its
   // exec -- but SIGPIPE and SIGXFSZ, which Python ignores and programs expect at default.
-  h.ignored = ignored_signals();
+  h.ignored = ignored_.now();
   for (int sig : {SIGKILL, SIGSTOP, SIGPIPE, SIGXFSZ}) h.ignored &= ~(1ULL << (sig - 1));
   h.rlimit_as = plan.rlimit_as;
   if (plan.restore_nofile) {

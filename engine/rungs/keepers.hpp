@@ -37,6 +37,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "proc.hpp"
 #include "rungs/rung.hpp"
 #include "shepherd/protocol.hpp"
 
@@ -64,7 +65,6 @@ class KeeperRung : public Rung {
   };
   bool ensure_launcher(Supervisor& s, SpawnOutcome* fail);
   void encode(TaskState& t, const ChildPlan& plan);
-  uint64_t ignored_signals();
   int send_request(const std::vector<int>& fds);
   void launcher_died(Supervisor& s);
   void orphaned(TaskState& t);
@@ -87,7 +87,7 @@ class KeeperRung : public Rung {
   LaunchRequest req_;
   std::string strings_;
   std::string orphaned_note_;
-  int proc_status_ = -1;  // /proc/self/status, read for SigIgn at each task
+  IgnoredSignals ignored_;  // what each task starts with ignored
   std::unordered_map<uint64_t, TaskState*> live_;  // started, not finished
   // The sockets of idle kept keepers, the most recently used last (its pages are the
   // likeliest still in cache); at most kMaxIdleKept.

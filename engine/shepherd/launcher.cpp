@@ -650,13 +650,7 @@ int launcher_main(char** envp) {
   bool realtime = true;
   for (char** e = envp; *e; ++e)
     if (after(*e, "PARDO_NO_REALTIME=")) realtime = false;
-  int xmode = 0;
-  for (char** e = envp; *e; ++e) {
-    if (after(*e, "PARDO_XL=1")) xmode = 1;
-    if (after(*e, "PARDO_XL=2")) xmode = 2;
-  }
-  if (xmode == 0) raise_priority(realtime);
-  else if (xmode == 1) raise_priority(false);
+  raise_priority(realtime);
   long self = sys(SYS_getpid);
   struct pollfd pfd[2] = {{kSock, POLLIN, 0}, {static_cast<int>(sigfd), POLLIN, 0}};
   while (true) {
