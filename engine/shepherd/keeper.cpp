@@ -175,6 +175,8 @@ void raise_own_priority(char** envp) {
 // and mask are its own copies (no CLONE_FILES, no CLONE_SIGHAND).
 #if defined(__x86_64__) || defined(__aarch64__)
 extern "C" long pardo_clone3_run(void* args, unsigned long size, int (*fn)(void*), void* arg);
+extern "C" long pardo_clone_run(unsigned long flags, void* stack_top, int (*fn)(void*), void* arg,
+                                int* child_tid);
 constexpr bool kVforkStart = true;
 #else
 constexpr bool kVforkStart = false;
@@ -182,14 +184,22 @@ constexpr bool kVforkStart = false;
 constexpr unsigned long kLeaderStackSize = 64 * 1024;
 alignas(64) char g_leader_stack[kLeaderStackSize];
 bool g_clone3_refused = false;  // a kept keeper starts many tasks: ask once
+bool g_clone_vm_refused = false;  // and clone() with CLONE_VM | CLONE_VFORK too
 
-// Start fn(arg) in a child vfork-style with clone3 (CLONE_VM | CLONE_VFORK), where the
-// kernel and its seccomp profile allow clone3: its pid, -ENOSYS where they do not (refused:
-// ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under others), or
-// another -errno.
+// Start fn(arg) in a child vfork-style (CLONE_VM | CLONE_VFORK) with clone3, or where it is
+// refused (ENOSYS before Linux 5.3 or under Docker's seccomp profile, EPERM under others)
+// with clone: its pid, -ENOSYS where neither may be used so, or another -errno.
 long clone_vfork(int (*fn)(void*), void* arg) {
-  if (!kVforkStart || g_clone3_refused) return -ENOSYS;
+  if (!kVforkStart) return -ENOSYS;
 #if defined(__x86_64__) || defined(__aarch64__)
+  if (g_clone3_refused) {
+    if (g_clone_vm_refused) return -ENOSYS;
+    long pid = pardo_clone_run(CLONE_VM | CLONE_VFORK | SIGCHLD, g_leader_stack + kLeaderStackSize, fn,
+                               arg, nullptr);
+    if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
+    g_clone_vm_refused = true;
+    return -ENOSYS;
+  }
   struct {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
   } ca{};
@@ -200,6 +210,7 @@ long clone_vfork(int (*fn)(void*), void* arg) {
   long pid = pardo_clone3_run(&ca, sizeof ca, fn, arg);
   if (pid > 0 || (pid != -ENOSYS && pid != -EPERM && pid != -EINVAL)) return pid;
   g_clone3_refused = true;
+  return clone_vfork(fn, arg);
 #endif
   (void)fn;
   (void)arg;

@@ -343,12 +343,15 @@ int direct_child(void* p) {
 
 #if defined(__x86_64__) || defined(__aarch64__)
 extern "C" long pardo_clone3_run(void* args, unsigned long size, int (*fn)(void*), void* arg);
+extern "C" long pardo_clone_run(unsigned long flags, void* stack_top, int (*fn)(void*), void* arg,
+                                int* child_tid);
 constexpr bool kDirectAsync = true;
 #else
 constexpr bool kDirectAsync = false;
 #endif
 bool g_clone3_refused = false;       // ENOSYS/EPERM: before Linux 5.3, Docker's seccomp profile
 bool g_into_cgroup_refused = false;  // EINVAL/E2BIG: clone3 without CLONE_INTO_CGROUP (5.3-5.6)
+bool g_clone_vm_refused = false;     // and clone() sharing our memory too: fork-style children
 
 bool slot_free(DirectSlot& d) {
   if (__atomic_load_n(&d.word, __ATOMIC_ACQUIRE) != 0) return false;
@@ -405,11 +408,27 @@ long clone_direct(DirectSlot& d, int* pidfd) {
     if (pid != -ENOSYS && pid != -EPERM) return pid;
     g_clone3_refused = true;
   }
-  // clone3 refused: a fork-style child (it copies our few pages), still the supervisor's
-  // (CLONE_PARENT); we wait for its exec (CLONE_VFORK), so the slot is free after.
+  // clone3 refused: the same child through clone(), which has no CLONE_INTO_CGROUP (the
+  // child moves itself). Its exit signal is ours whatever we say (CLONE_PARENT).
   d.placed = false;
-  long pid = sys(SYS_clone, CLONE_PARENT | CLONE_VFORK, 0, 0, 0, 0);
-  if (pid == 0) direct_child(&d);
+  long pid = -ENOSYS;
+#if defined(__x86_64__) || defined(__aarch64__)
+  if (!g_clone_vm_refused) {
+    d.word = 1;
+    pid = pardo_clone_run(CLONE_PARENT | CLONE_VM | CLONE_CHILD_CLEARTID, d.stack + sizeof d.stack,
+                          direct_child, &d, const_cast<int32_t*>(&d.word));
+    if (pid < 0) d.word = 0;
+    if (pid == -ENOSYS || pid == -EPERM || pid == -EINVAL) g_clone_vm_refused = true;
+  }
+#else
+  g_clone_vm_refused = true;
+#endif
+  // Else a fork-style child (it copies our few pages), still the supervisor's; we wait for
+  // its exec (CLONE_VFORK), so the slot is free after.
+  if (g_clone_vm_refused) {
+    pid = sys(SYS_clone, CLONE_PARENT | CLONE_VFORK, 0, 0, 0, 0);
+    if (pid == 0) direct_child(&d);
+  }
   // Not reused before the supervisor reaps it, which it cannot before our answer.
   if (pid > 0) {
     long fd = sys(SYS_pidfd_open, pid, 0);
