@@ -16,7 +16,8 @@ pardo_clone3_run:
     syscall
     test %rax, %rax
     jnz 1f
-    xor %ebp, %ebp         /* child: new stack, mark the outermost frame */
+.Lchild:                   /* the child: fn in r8, arg in r9, on its new stack */
+    xor %ebp, %ebp         /* mark the outermost frame */
     mov %r9, %rdi
     call *%r8
     mov %eax, %edi
@@ -47,14 +48,9 @@ pardo_clone_run:
     syscall
     test %rax, %rax
     jnz 2f
-    pop %rax               /* child: fn, arg; the stack is 16-byte aligned again */
-    pop %rdi
-    xor %ebp, %ebp
-    call *%rax
-    mov %eax, %edi
-    mov $60, %eax          /* SYS_exit */
-    syscall
-    hlt
+    pop %r8                /* child: fn, arg; the stack is 16-byte aligned again */
+    pop %r9
+    jmp .Lchild
 2:  ret
     .size pardo_clone_run, .-pardo_clone_run
 #elif defined(__aarch64__)
@@ -67,7 +63,8 @@ pardo_clone3_run:
     mov x8, #435           /* SYS_clone3 */
     svc #0
     cbnz x0, 1f
-    mov x29, xzr           /* child: outermost frame */
+.Lchild:                   /* the child: fn in x9, arg in x10, on its new stack */
+    mov x29, xzr           /* outermost frame */
     mov x30, xzr
     mov x0, x10
     blr x9
@@ -88,13 +85,7 @@ pardo_clone_run:             /* x0 flags, x1 stack top, x2 fn, x3 arg, x4 child_
     svc #0
     cbnz x0, 2f
     ldp x9, x10, [sp], #16 /* child: fn, arg */
-    mov x29, xzr
-    mov x30, xzr
-    mov x0, x10
-    blr x9
-    mov x8, #93            /* SYS_exit */
-    svc #0
-    brk #0
+    b .Lchild
 2:  ret
     .size pardo_clone_run, .-pardo_clone_run
 #endif
