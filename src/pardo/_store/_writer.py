@@ -292,11 +292,15 @@ class StoreSink:
                 owns (and closes) the fds. Each is at offset 0 of the file, which holds
                 nothing but the stream.
         """
+        self.put((seq, inputs, command, attempt, final, result, slot, cpus, host, files))
+
+    def put(self, record) -> None:
+        """:meth:`task_done` with its arguments in a tuple, in its parameters' order:
+        ``(seq, inputs, command, attempt, final, result, slot, cpus, host, files)``."""
         if self.error is not None or self._closed:
-            _close_files(files)
+            _close_files(record[9])
             return  # the store stopped taking records; the runner has been told
-        self._pending.append((seq, inputs, command, attempt, final, result, slot, cpus, host,
-                              files))
+        self._pending.append(record)
         self._queued += 1
         if not self._wake.is_set():
             self._wake.set()
