@@ -334,3 +334,60 @@ def test_local_filesystems_use_wal(store_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert json.loads(con.execute("SELECT options FROM runs").fetchone()[0]) == {"timeout": 5}
     con.close()
+
+
+def _indexes(path):
+    con = sqlite3.connect(path)
+    try:
+        return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                          " AND name LIKE 'attempts_%'")}
+    finally:
+        con.close()
+
+
+def test_the_duration_index_of_a_new_store_is_built_when_its_run_ends(store_path):
+    # Inserted into row by row, the index of random durations cost each commit a WAL frame
+    # for most of its leaf pages: a new store's first run sorts it once, at its end. The
+    # readers' figures are the same either way.
+    sink = _open(store_path)
+    for seq in range(1, 201):
+        sink.task_done(seq, (str(seq),), f"echo {seq}", 1,
+                       make_result(duration=(seq * 7919 % 200) / 1000))
+    assert sink.flush(timeout=10)
+    assert "attempts_duration" not in _indexes(store_path)
+    with StoreReader(store_path) as rd:
+        during = rd.summary()
+    sink.run_ended("completed")
+    assert "attempts_duration" in _indexes(store_path)
+    with StoreReader(store_path) as rd:
+        after = rd.summary()
+    assert during["duration"] == after["duration"] == {"p50": 0.1, "p95": 0.19, "max": 0.199}
+    assert during["slowest"] == after["slowest"]
+    assert [s["duration"] for s in after["slowest"]] == [0.199, 0.198, 0.197, 0.196, 0.195]
+
+
+def test_a_store_that_holds_tasks_keeps_its_duration_index_and_a_killed_run_gets_it_back(
+        store_path):
+    sink = _open(store_path)
+    sink.task_done(1, ("1",), "echo 1", 1, make_result())
+    sink.run_ended("completed")
+    # a run into a store that holds tasks updates the index as it goes
+    sink = StoreSink(store_path)
+    sink.run_started(template="echo {}", supersede=True)
+    assert "attempts_duration" in _indexes(store_path)
+    sink.task_done(2, ("2",), "echo 2", 1, make_result())
+    sink.run_ended("completed")
+    # pardo killed during a new store's first run leaves it without the index; the next
+    # writer to open the store builds it
+    other = store_path + "2"
+    code = textwrap.dedent(f"""
+        import os
+        from pardo._store import StoreSink
+        sink = StoreSink({other!r})
+        sink.run_started(template="t")
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert "attempts_duration" not in _indexes(other)
+    StoreSink(other).close()
+    assert "attempts_duration" in _indexes(other)

@@ -172,7 +172,9 @@ class StoreReader:
     def summary(self, slowest: int = 5, groups: int = 10) -> dict:
         """What ``pardo status`` shows. Counts come from the tallies the writer keeps, and
         percentiles, the slowest tasks and failure groups from partial indexes, so no
-        query scans the table: well under a second at a million tasks."""
+        query scans the table: well under a second at a million tasks. (While the first
+        run into a store is under way its duration index is not there yet: the percentiles
+        and the slowest tasks are then sorted from the table.)"""
         con = self._con
         counts, n_attempts, first, last = {}, 0, None, None
         for st, tasks, attempts, f, l_ in con.execute("SELECT * FROM tallies"):

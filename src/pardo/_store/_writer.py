@@ -48,7 +48,14 @@ import threading
 import time
 
 from .._result import Status
-from ._db import StoreError, WriterLock, create_or_open, describe_write_error, out_dir
+from ._db import (
+    DURATION_INDEX,
+    StoreError,
+    WriterLock,
+    create_or_open,
+    describe_write_error,
+    out_dir,
+)
 
 __all__ = ["INLINE_LIMIT", "StoreSink"]
 
@@ -230,6 +237,7 @@ class StoreSink:
         self._thread = None
         self._closed = False
         self._made: list = []  # output files written for the batch being committed
+        self._index_at_end = False  # the duration index is built by run_ended()
 
     # -- the runner's side ----------------------------------------------------------------
 
@@ -250,6 +258,11 @@ class StoreSink:
         from .. import __version__
 
         try:
+            if self._con.execute("SELECT NOT EXISTS (SELECT 1 FROM attempts)").fetchone()[0]:
+                # no task yet: the duration index is built at the end, in one sort (see
+                # DURATION_INDEX); readers meanwhile sort what they read
+                self._con.execute("DROP INDEX IF EXISTS attempts_duration")
+                self._index_at_end = True
             cur = self._con.execute(
                 "INSERT INTO runs (started_at, template, options, inputs, host, pid, version,"
                 " rung, journal) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -333,6 +346,11 @@ class StoreSink:
                                   (time.time(), how, self.run_id))
         except sqlite3.Error:
             pass  # what is committed is intact; the end time is only informative
+        if self._index_at_end:
+            try:
+                self._con.execute(DURATION_INDEX)
+            except sqlite3.Error:
+                pass  # readers sort without it; the next writer to open the store builds it
         self._abandon()
 
     def close(self) -> None:
