@@ -391,3 +391,41 @@ def test_a_store_that_holds_tasks_keeps_its_duration_index_and_a_killed_run_gets
     assert "attempts_duration" not in _indexes(other)
     StoreSink(other).close()
     assert "attempts_duration" in _indexes(other)
+
+
+def test_quick_and_other_rows_of_one_commit_tally_as_their_rows_say(store_path):
+    # The writer takes the common record (ok, exit 0, small output, here) by a shorter way
+    # than the others; in one transaction, the tallies still sum exactly what the rows hold.
+    sink = StoreSink(store_path, inline_limit=16, max_output=64)
+    sink.run_started(template="t {}", supersede=True)
+    big = b"x" * 40  # ok, but spilled to a file: not a quick row
+    records = [(1, make_result(started_at=10.0, duration=1.0)),
+               (2, make_result(started_at=5.0, duration=20.0, stdout=big)),
+               (3, make_result("failed", 1, started_at=1.0, duration=0.5)),
+               (4, make_result(started_at=12.0, duration=0.25, stderr=b"e")),
+               (5, make_result(started_at=11.0, duration=0.5, stdout=b"y" * 80)),  # cut
+               (6, make_result(started_at=3.0, duration=1.0))]
+    # queued without waking the writer, then woken by the last: one round, one commit
+    for seq, r in records:
+        sink._pending.append((seq, (str(seq),), f"t {seq}", 1, True, r, 1, None, None, None))
+        sink._queued += 1
+    commits = sink.commits
+    sink.task_done(7, ("7",), "t 7", 1, make_result(started_at=2.0), final=False)
+    assert sink.flush(timeout=10) and sink.commits == commits + 1
+    sink.run_ended("completed")
+    con = sqlite3.connect(store_path)
+    try:
+        tallies = {t[0]: t[1:] for t in con.execute("SELECT * FROM tallies")}
+        rows = con.execute("SELECT status, sum(final), count(*), min(started_at),"
+                           " max(started_at + duration) FROM attempts GROUP BY status")
+        assert tallies == {st: tuple(rest) for st, *rest in rows}
+        assert tallies["ok"] == (4, 5, 2.0, 25.0)
+        assert tallies["failed"] == (2, 2, 1.0, 11.5)
+        got = con.execute("SELECT seq, args, command, stdout, stderr, stdout_file, truncated"
+                          " FROM attempts WHERE seq IN (1, 2, 4, 5) ORDER BY seq").fetchall()
+        assert got == [(1, '["1"]', "t 1", None, None, None, None),
+                       (2, '["2"]', "t 2", None, None, "1-2-1.stdout", None),
+                       (4, '["4"]', "t 4", None, b"e", None, None),
+                       (5, '["5"]', "t 5", None, None, "1-5-1.stdout", 1)]
+    finally:
+        con.close()

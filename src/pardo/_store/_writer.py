@@ -384,14 +384,13 @@ class StoreSink:
             # for the next round (and wakes it)
             left = len(pending)
             while left and not closing:
-                batch = []
-                while left and len(batch) < _MAX_BATCH:
-                    item = pending.popleft()
-                    left -= 1
-                    if item is _CLOSE:
-                        closing = True
-                        break
-                    batch.append(item)
+                k = min(left, _MAX_BATCH)
+                left -= k
+                popleft = pending.popleft
+                batch = [popleft() for _ in range(k)]
+                if _CLOSE in batch:  # (last, but then what came after it is not written)
+                    batch = batch[:batch.index(_CLOSE)]
+                    closing = True
                 if batch:
                     self._write(batch)
             if closing:
@@ -410,7 +409,8 @@ class StoreSink:
                         os.unlink(path)
                 self._fail(e)
         for item in batch:
-            _close_files(item[9])
+            if item[9] is not None:
+                _close_files(item[9])
         with self._idle:
             self._written += len(batch)
             self._idle.notify_all()
@@ -432,7 +432,35 @@ class StoreSink:
         rows, quick, finals = [], [], []
         tallies = {}
         limit = self._limit
+        # the most a stream of a quick row holds: kept whole (not cut at max_output) and
+        # in the row (not spilled to a file)
+        small = inline if limit is None else min(inline, limit)
+        add_quick = quick.append
+        q_starts, q_ends = [], []  # of the quick rows, for their tally
+        supersede = self._supersede
         for seq, inputs, command, attempt, final, r, slot, cpus, where, files in batch:
+            # The common record first, with the fewest reads of the Result: a completion
+            # that exited 0, here, with nothing to cut, spill or note. Its row is _QUICK's
+            # (the columns it has fixed are constants there) and its tally is "ok".
+            if (final and files is None and cpus is None and (where is None or where == host)
+                    and r.status == "ok" and r.returncode == 0 and r.signal is None
+                    and r.error is None and not r.output_truncated):
+                so, se = r.stdout or None, r.stderr or None
+                if (so is None or len(so) <= small) and (se is None or len(se) <= small):
+                    if (inputs and len(inputs) == 1 and type(v := inputs[0]) is str
+                            and v.isascii()
+                            and v.isprintable() and '"' not in v and "\\" not in v):
+                        args = '["' + v + '"]'  # (_args_json's shortcut, inline)
+                    else:
+                        args = _args_json(inputs)
+                    start, duration = r.started_at, r.duration
+                    q_starts.append(start)
+                    q_ends.append(start + duration)
+                    add_quick((seq, attempt, args, command, slot, start, duration,
+                               r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
+                    if supersede:
+                        finals.append((seq,))
+                    continue
             so, se = r.stdout or None, r.stderr or None
             so_file = se_file = None
             cut = None
@@ -473,8 +501,9 @@ class StoreSink:
                     and cpus is None and (where is None or where == host) and error is None
                     and (so is None or len(so) <= inline)
                     and (se is None or len(se) <= inline)):
-                # the common row: binding a parameter costs about as much as the rest of
-                # the insert, so the columns this row has fixed are constants in _QUICK
+                # the common row (a spooled stream small enough to read back): binding a
+                # parameter costs about as much as the rest of the insert, so the columns
+                # this row has fixed are constants in _QUICK
                 quick.append((seq, attempt, args, command, slot, start, duration,
                               r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
                 continue
@@ -490,6 +519,17 @@ class StoreSink:
                          where if where and where != host else None, start, duration,
                          deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, error,
                          so, se, so_file, se_file, 1 if cut is not None else None))
+        if q_starts:
+            n = len(q_starts)
+            first, last = min(q_starts), max(q_ends)
+            t = tallies.get("ok")
+            if t is None:
+                tallies["ok"] = ["ok", n, n, first, last]
+            else:
+                t[1] += n
+                t[2] += n
+                t[3] = min(t[3], first)
+                t[4] = max(t[4], last)
         tallies = list(tallies.values())
         con = self._con
         quick_sql = self._quick_sql
