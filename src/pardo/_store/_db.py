@@ -268,7 +268,10 @@ def create_or_open(path: str, *, network: str | None = None) -> tuple[sqlite3.Co
         raise StoreError(f"cannot write store {path}: {'it' if existed else directory} is "
                          "not writable by this user; choose another location")
     try:
-        con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # (the writer's statement cache holds an INSERT per number of rows it takes: see
+        # _writer._insert_many)
+        con = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                              cached_statements=256)
     except sqlite3.Error as e:
         raise StoreError(f"cannot open store {path}: {_one_line(e)}") from None
     try:

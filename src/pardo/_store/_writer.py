@@ -158,25 +158,37 @@ def _copy_range(src, dst, size):
 
 
 def _insert_many(con, one_sql, many, rows):
-    """Insert *rows*: groups of rows with *many* = (statement, rows it takes), the rest
-    with *one_sql*."""
-    many_sql, k = many
+    """Insert *rows*: groups of rows with *many* = (statement, rows it takes, its text up
+    to the rows, one row's values), and the rest in one statement of as many rows.
+
+    Each statement steps once with the GIL released, and taking the GIL back waits for
+    the scheduler thread to let go of it: the rest one row a statement (up to 63 steps a
+    commit) cost the scheduler more than the writer's own work on them.
+    """
+    many_sql, k, head, values = many
     n = len(rows)
     full = n - n % k
+    chain = itertools.chain.from_iterable
     if full:
-        chain = itertools.chain.from_iterable
         con.executemany(many_sql, [tuple(chain(rows[i:i + k])) for i in range(0, full, k)])
-    if full < n:
-        con.executemany(one_sql, rows[full:])
+    rest = n - full
+    if rest == 1:
+        con.execute(one_sql, rows[full])
+    elif rest:
+        # one text per number of rows: SQLite compiles each once (the connection's
+        # statement cache holds them)
+        con.execute(head + ",".join([values] * rest), tuple(chain(rows[full:])))
 
 
 def _many(con, sql, values):
     """(an INSERT of *sql*'s columns with :data:`_ROWS_PER_INSERT` rows of *values*, or
-    fewer where SQLite binds fewer parameters in one statement, and that number)."""
+    fewer where SQLite binds fewer parameters in one statement, that number, the
+    statement's text up to its rows, and *values*)."""
     # SQLite before 3.32 binds at most 999 parameters a statement (RHEL 8 has 3.26)
     k = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // values.count("?")
     k = max(1, min(_ROWS_PER_INSERT, k))
-    return sql[:sql.index("VALUES") + 7] + ",".join([values] * k), k
+    head = sql[:sql.index("VALUES") + 7]
+    return head + ",".join([values] * k), k, head, values
 
 
 def _supersede(con, seqs):
