@@ -109,8 +109,10 @@ class RunStore:
     def checked(self, groups):
         """Pass input groups through, refusing a resume whose task inputs differ."""
         if self.mode not in ("resume", "resume-failed") or self.force:
-            yield from groups
-            return
+            return groups  # nothing to check: no generator between the runner and them
+        return self._checked(groups)
+
+    def _checked(self, groups):
         st = self.state
         for seq, args in enumerate(groups, 1):
             st.check_task(seq, args)
