@@ -12,7 +12,8 @@ lock and who holds it) and ``runs.db.out/`` (task output too large to keep inlin
   and the last end, kept by the writer in the same transactions as the rows, so that
   ``pardo status`` need not count a million rows. Partial indexes on duration (completed
   tasks), on failures and on deadline lateness serve its percentiles, slowest tasks and
-  failure groups without a scan.
+  failure groups without a scan (the one on duration is built when a new store's first
+  run ends: see DURATION_INDEX).
 - ``attempts``: one row per finished task attempt. ``final = 1`` marks the attempt that
   completed its task (the last one, after retries); a partial unique index allows at most
   one such row per seq. A row is only ever written after its attempt ended, in one
