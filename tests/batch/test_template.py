@@ -133,3 +133,20 @@ def test_any_value_arrives_byte_exact_through_the_shell(value):
     assert t.argv([value]) is None
     out = subprocess.run(["/bin/sh", "-c", t.command([value])], capture_output=True).stdout
     assert out == encode(value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(args=st.lists(values | surrogate_bytes, max_size=4),
+       shape=st.sampled_from([["prog"], ["prog", "{}"], ["prog", "-x", "{}", "y z"], ["{}"],
+                              ["prog", " ", "{}"], ["a=1", "prog"], ["prog", "X"], []]),
+       kw=st.sampled_from([{}, {"context": True}, {"quote": False}, {"replace": "X"},
+                           {"append": False}]))
+def test_the_one_input_field_shortcut_renders_as_the_groups_do(args, shape, kw):
+    # command() of literal words around one {} skips the walk over the groups: the same
+    # text, whatever the quoting, context replacement or number of values
+    t = Template(shape, **kw)
+    walk = Template(shape, **kw)
+    walk._around = None
+    assert t.command(args, 3, 1) == walk.command(args, 3, 1)
+    if shape in (["prog"], ["prog", "{}"], ["{}"]) and not kw:
+        assert t._around is not None  # the usual commands take the shortcut

@@ -334,3 +334,98 @@ def test_local_filesystems_use_wal(store_path):
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert json.loads(con.execute("SELECT options FROM runs").fetchone()[0]) == {"timeout": 5}
     con.close()
+
+
+def _indexes(path):
+    con = sqlite3.connect(path)
+    try:
+        return {n for (n,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                          " AND name LIKE 'attempts_%'")}
+    finally:
+        con.close()
+
+
+def test_the_duration_index_of_a_new_store_is_built_when_its_run_ends(store_path):
+    # Inserted into row by row, the index of random durations cost each commit a WAL frame
+    # for most of its leaf pages: a new store's first run sorts it once, at its end. The
+    # readers' figures are the same either way.
+    sink = _open(store_path)
+    for seq in range(1, 201):
+        sink.task_done(seq, (str(seq),), f"echo {seq}", 1,
+                       make_result(duration=(seq * 7919 % 200) / 1000))
+    assert sink.flush(timeout=10)
+    assert "attempts_duration" not in _indexes(store_path)
+    with StoreReader(store_path) as rd:
+        during = rd.summary()
+    sink.run_ended("completed")
+    assert "attempts_duration" in _indexes(store_path)
+    with StoreReader(store_path) as rd:
+        after = rd.summary()
+    assert during["duration"] == after["duration"] == {"p50": 0.1, "p95": 0.19, "max": 0.199}
+    assert during["slowest"] == after["slowest"]
+    assert [s["duration"] for s in after["slowest"]] == [0.199, 0.198, 0.197, 0.196, 0.195]
+
+
+def test_a_store_that_holds_tasks_keeps_its_duration_index_and_a_killed_run_gets_it_back(
+        store_path):
+    sink = _open(store_path)
+    sink.task_done(1, ("1",), "echo 1", 1, make_result())
+    sink.run_ended("completed")
+    # a run into a store that holds tasks updates the index as it goes
+    sink = StoreSink(store_path)
+    sink.run_started(template="echo {}", supersede=True)
+    assert "attempts_duration" in _indexes(store_path)
+    sink.task_done(2, ("2",), "echo 2", 1, make_result())
+    sink.run_ended("completed")
+    # pardo killed during a new store's first run leaves it without the index; the next
+    # writer to open the store builds it
+    other = store_path + "2"
+    code = textwrap.dedent(f"""
+        import os
+        from pardo._store import StoreSink
+        sink = StoreSink({other!r})
+        sink.run_started(template="t")
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert "attempts_duration" not in _indexes(other)
+    StoreSink(other).close()
+    assert "attempts_duration" in _indexes(other)
+
+
+def test_quick_and_other_rows_of_one_commit_tally_as_their_rows_say(store_path):
+    # The writer takes the common record (ok, exit 0, small output, here) by a shorter way
+    # than the others; in one transaction, the tallies still sum exactly what the rows hold.
+    sink = StoreSink(store_path, inline_limit=16, max_output=64)
+    sink.run_started(template="t {}", supersede=True)
+    big = b"x" * 40  # ok, but spilled to a file: not a quick row
+    records = [(1, make_result(started_at=10.0, duration=1.0)),
+               (2, make_result(started_at=5.0, duration=20.0, stdout=big)),
+               (3, make_result("failed", 1, started_at=1.0, duration=0.5)),
+               (4, make_result(started_at=12.0, duration=0.25, stderr=b"e")),
+               (5, make_result(started_at=11.0, duration=0.5, stdout=b"y" * 80)),  # cut
+               (6, make_result(started_at=3.0, duration=1.0))]
+    # queued without waking the writer, then woken by the last: one round, one commit
+    for seq, r in records:
+        sink._pending.append((seq, (str(seq),), f"t {seq}", 1, True, r, 1, None, None, None))
+        sink._queued += 1
+    commits = sink.commits
+    sink.task_done(7, ("7",), "t 7", 1, make_result(started_at=2.0), final=False)
+    assert sink.flush(timeout=10) and sink.commits == commits + 1
+    sink.run_ended("completed")
+    con = sqlite3.connect(store_path)
+    try:
+        tallies = {t[0]: t[1:] for t in con.execute("SELECT * FROM tallies")}
+        rows = con.execute("SELECT status, sum(final), count(*), min(started_at),"
+                           " max(started_at + duration) FROM attempts GROUP BY status")
+        assert tallies == {st: tuple(rest) for st, *rest in rows}
+        assert tallies["ok"] == (4, 5, 2.0, 25.0)
+        assert tallies["failed"] == (2, 2, 1.0, 11.5)
+        got = con.execute("SELECT seq, args, command, stdout, stderr, stdout_file, truncated"
+                          " FROM attempts WHERE seq IN (1, 2, 4, 5) ORDER BY seq").fetchall()
+        assert got == [(1, '["1"]', "t 1", None, None, None, None),
+                       (2, '["2"]', "t 2", None, None, "1-2-1.stdout", None),
+                       (4, '["4"]', "t 4", None, b"e", None, None),
+                       (5, '["5"]', "t 5", None, None, "1-5-1.stdout", 1)]
+    finally:
+        con.close()

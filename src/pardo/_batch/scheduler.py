@@ -679,9 +679,15 @@ class Batch:
         if self._results_dir is not None:
             write_results(self._results_dir, job, r, *self._results_names)
         if self._store is not None:
-            self._store.attempt(job, r, self.command_line(job), final=True,
+            # (once per task: the command line and the spooled files without the calls
+            # of command_line() and _spooled_for_store() when there is nothing to do)
+            line = job.shell_line
+            spool = self._spool
+            self._store.attempt(job, r, self.command_line(job) if line is None else line,
+                                final=True,
                                 cpus=None if self._pin is None else self._pin[job.slot],
-                                files=self._spooled_for_store(r))
+                                files=None if spool is None or not getattr(r, "spool", None)
+                                else spool.hand_over(r))
         self._halt_check(r)
         return job
 

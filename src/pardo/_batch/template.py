@@ -219,6 +219,18 @@ class Template:
                                                   quote=False))
             self.has_perl = any(t.has_perl for t in self._quote_words)
             self.uses_slot = self.uses_slot or any(t.uses_slot for t in self._quote_words)
+        # The usual command, literal words around one plain {} that takes every input:
+        # command() is then the literal text and the values, quoted and joined by spaces
+        # (what the general rendering makes of it, context replacement included), without
+        # walking the groups. A job store renders every task's command line.
+        self._around = None
+        fields = [i for i, g in enumerate(self.groups)
+                  if not isinstance(g, str) and any(isinstance(p, Field) for p in g)]
+        if (self._quote_words is None and not perl_ops and len(fields) == 1
+                and self.groups[fields[0]] == (Field(None, ""),)):
+            i = fields[0]
+            self._around = tuple("".join("".join(g) for g in part)
+                                 for part in (self.groups[:i], self.groups[i + 1:]))
 
     def _mark_perl(self, text, rpl, builtin):
         """Replace ``{=...=}``, ``{=N ...=}`` and every ``--rpl`` string by a mark naming
@@ -400,6 +412,11 @@ class Template:
             seq: the job number (``{#}``); slot: the job slot (``{%}``).
         """
         self.skipped = False
+        if self._around is not None:
+            before, after = self._around
+            if self.quote:
+                return before + " ".join([shell_quote(a) for a in args]) + after
+            return before + " ".join(args) + after
         if self._quote_words is not None:
             line = " ".join(shell_quote(t.command(args, seq, slot)) for t in self._quote_words)
             self.skipped = any(t.skipped for t in self._quote_words)

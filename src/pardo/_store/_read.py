@@ -172,7 +172,9 @@ class StoreReader:
     def summary(self, slowest: int = 5, groups: int = 10) -> dict:
         """What ``pardo status`` shows. Counts come from the tallies the writer keeps, and
         percentiles, the slowest tasks and failure groups from partial indexes, so no
-        query scans the table: well under a second at a million tasks."""
+        query scans the table: well under a second at a million tasks. (While the first
+        run into a store is under way its duration index is not there yet: the percentiles
+        then come from one sorted read of the durations, 0.16 s at 200,000 tasks.)"""
         con = self._con
         counts, n_attempts, first, last = {}, 0, None, None
         for st, tasks, attempts, f, l_ in con.execute("SELECT * FROM tallies"):
@@ -190,6 +192,20 @@ class StoreReader:
 
         by_dur = ("SELECT duration FROM attempts WHERE final = 1 ORDER BY duration"
                   " LIMIT 1 OFFSET ?")
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index'"
+                           " AND name = 'attempts_duration'").fetchone():
+            # a new store's first run, under way: the index comes at its end. One sorted
+            # read gives both percentiles (an OFFSET query sorts all it skips, each time).
+            durations = [d for (d,) in con.execute(
+                "SELECT duration FROM attempts WHERE final = 1 ORDER BY duration")]
+
+            def nth(sql, n, q, _nth=nth):
+                if sql is not by_dur:
+                    return _nth(sql, n, q)
+                if not n:
+                    return None
+                i = min(n - 1, int(q * n))
+                return durations[i] if i < len(durations) else None
         n_late = con.execute("SELECT count(*) FROM attempts WHERE late IS NOT NULL"
                              ).fetchone()[0]
         by_late = "SELECT late FROM attempts WHERE late IS NOT NULL ORDER BY late LIMIT 1 OFFSET ?"

@@ -71,6 +71,7 @@ class RunStore:
         self.state = None
         self.failed = []
         self.sink = StoreSink(path, on_error=on_error, max_output=max_output)
+        self._put = self.sink.put
         try:
             if mode is not None:
                 from ._read import StoreReader
@@ -108,8 +109,10 @@ class RunStore:
     def checked(self, groups):
         """Pass input groups through, refusing a resume whose task inputs differ."""
         if self.mode not in ("resume", "resume-failed") or self.force:
-            yield from groups
-            return
+            return groups  # nothing to check: no generator between the runner and them
+        return self._checked(groups)
+
+    def _checked(self, groups):
         st = self.state
         for seq, args in enumerate(groups, 1):
             st.check_task(seq, args)
@@ -121,14 +124,15 @@ class RunStore:
         from another machine (``pardo run --mpi``) carries where it ran as ``host``.
         *files*: its spooled streams, as :meth:`StoreSink.task_done` takes them (the
         store closes them, recorded or not)."""
-        if final and str(result.status) == "cancelled":
+        # (called once per task by the batch runner: the sink's hand-over is called
+        # directly, with the record as task_done() would make it)
+        if final and result.status == "cancelled":
             for f in files or ():
                 if f is not None:
                     os.close(f[0])
             return
-        self.sink.task_done(job.seq, job.args, command, job.attempts, result, final=final,
-                            slot=job.slot, cpus=cpus, host=getattr(result, "host", None),
-                            files=files)
+        self._put((job.seq, job.args, command, job.attempts, final, result, job.slot, cpus,
+                   getattr(result, "host", None), files))
 
     def stop_on_error(self, stop):
         """Call *stop()* (from the writer thread) if the store fails mid-run: the batch

@@ -48,7 +48,14 @@ import threading
 import time
 
 from .._result import Status
-from ._db import StoreError, WriterLock, create_or_open, describe_write_error, out_dir
+from ._db import (
+    DURATION_INDEX,
+    StoreError,
+    WriterLock,
+    create_or_open,
+    describe_write_error,
+    out_dir,
+)
 
 __all__ = ["INLINE_LIMIT", "StoreSink"]
 
@@ -151,25 +158,37 @@ def _copy_range(src, dst, size):
 
 
 def _insert_many(con, one_sql, many, rows):
-    """Insert *rows*: groups of rows with *many* = (statement, rows it takes), the rest
-    with *one_sql*."""
-    many_sql, k = many
+    """Insert *rows*: groups of rows with *many* = (statement, rows it takes, its text up
+    to the rows, one row's values), and the rest in one statement of as many rows.
+
+    Each statement steps once with the GIL released, and taking the GIL back waits for
+    the scheduler thread to let go of it: the rest one row a statement (up to 63 steps a
+    commit) cost the scheduler more than the writer's own work on them.
+    """
+    many_sql, k, head, values = many
     n = len(rows)
     full = n - n % k
+    chain = itertools.chain.from_iterable
     if full:
-        chain = itertools.chain.from_iterable
         con.executemany(many_sql, [tuple(chain(rows[i:i + k])) for i in range(0, full, k)])
-    if full < n:
-        con.executemany(one_sql, rows[full:])
+    rest = n - full
+    if rest == 1:
+        con.execute(one_sql, rows[full])
+    elif rest:
+        # one text per number of rows: SQLite compiles each once (the connection's
+        # statement cache holds them)
+        con.execute(head + ",".join([values] * rest), tuple(chain(rows[full:])))
 
 
 def _many(con, sql, values):
     """(an INSERT of *sql*'s columns with :data:`_ROWS_PER_INSERT` rows of *values*, or
-    fewer where SQLite binds fewer parameters in one statement, and that number)."""
+    fewer where SQLite binds fewer parameters in one statement, that number, the
+    statement's text up to its rows, and *values*)."""
     # SQLite before 3.32 binds at most 999 parameters a statement (RHEL 8 has 3.26)
     k = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // values.count("?")
     k = max(1, min(_ROWS_PER_INSERT, k))
-    return sql[:sql.index("VALUES") + 7] + ",".join([values] * k), k
+    head = sql[:sql.index("VALUES") + 7]
+    return head + ",".join([values] * k), k, head, values
 
 
 def _supersede(con, seqs):
@@ -230,6 +249,7 @@ class StoreSink:
         self._thread = None
         self._closed = False
         self._made: list = []  # output files written for the batch being committed
+        self._index_at_end = False  # the duration index is built by run_ended()
 
     # -- the runner's side ----------------------------------------------------------------
 
@@ -250,6 +270,11 @@ class StoreSink:
         from .. import __version__
 
         try:
+            if self._con.execute("SELECT NOT EXISTS (SELECT 1 FROM attempts)").fetchone()[0]:
+                # no task yet: the duration index is built at the end, in one sort (see
+                # DURATION_INDEX); readers meanwhile sort what they read
+                self._con.execute("DROP INDEX IF EXISTS attempts_duration")
+                self._index_at_end = True
             cur = self._con.execute(
                 "INSERT INTO runs (started_at, template, options, inputs, host, pid, version,"
                 " rung, journal) VALUES (?,?,?,?,?,?,?,?,?)",
@@ -292,11 +317,15 @@ class StoreSink:
                 owns (and closes) the fds. Each is at offset 0 of the file, which holds
                 nothing but the stream.
         """
+        self.put((seq, inputs, command, attempt, final, result, slot, cpus, host, files))
+
+    def put(self, record) -> None:
+        """:meth:`task_done` with its arguments in a tuple, in its parameters' order:
+        ``(seq, inputs, command, attempt, final, result, slot, cpus, host, files)``."""
         if self.error is not None or self._closed:
-            _close_files(files)
+            _close_files(record[9])
             return  # the store stopped taking records; the runner has been told
-        self._pending.append((seq, inputs, command, attempt, final, result, slot, cpus, host,
-                              files))
+        self._pending.append(record)
         self._queued += 1
         if not self._wake.is_set():
             self._wake.set()
@@ -329,6 +358,11 @@ class StoreSink:
                                   (time.time(), how, self.run_id))
         except sqlite3.Error:
             pass  # what is committed is intact; the end time is only informative
+        if self._index_at_end:
+            try:
+                self._con.execute(DURATION_INDEX)
+            except sqlite3.Error:
+                pass  # readers sort without it; the next writer to open the store builds it
         self._abandon()
 
     def close(self) -> None:
@@ -362,14 +396,13 @@ class StoreSink:
             # for the next round (and wakes it)
             left = len(pending)
             while left and not closing:
-                batch = []
-                while left and len(batch) < _MAX_BATCH:
-                    item = pending.popleft()
-                    left -= 1
-                    if item is _CLOSE:
-                        closing = True
-                        break
-                    batch.append(item)
+                k = min(left, _MAX_BATCH)
+                left -= k
+                popleft = pending.popleft
+                batch = [popleft() for _ in range(k)]
+                if _CLOSE in batch:  # (last, but then what came after it is not written)
+                    batch = batch[:batch.index(_CLOSE)]
+                    closing = True
                 if batch:
                     self._write(batch)
             if closing:
@@ -388,7 +421,8 @@ class StoreSink:
                         os.unlink(path)
                 self._fail(e)
         for item in batch:
-            _close_files(item[9])
+            if item[9] is not None:
+                _close_files(item[9])
         with self._idle:
             self._written += len(batch)
             self._idle.notify_all()
@@ -410,7 +444,35 @@ class StoreSink:
         rows, quick, finals = [], [], []
         tallies = {}
         limit = self._limit
+        # the most a stream of a quick row holds: kept whole (not cut at max_output) and
+        # in the row (not spilled to a file)
+        small = inline if limit is None else min(inline, limit)
+        add_quick = quick.append
+        q_starts, q_ends = [], []  # of the quick rows, for their tally
+        supersede = self._supersede
         for seq, inputs, command, attempt, final, r, slot, cpus, where, files in batch:
+            # The common record first, with the fewest reads of the Result: a completion
+            # that exited 0, here, with nothing to cut, spill or note. Its row is _QUICK's
+            # (the columns it has fixed are constants there) and its tally is "ok".
+            if (final and files is None and cpus is None and (where is None or where == host)
+                    and r.status == "ok" and r.returncode == 0 and r.signal is None
+                    and r.error is None and not r.output_truncated):
+                so, se = r.stdout or None, r.stderr or None
+                if (so is None or len(so) <= small) and (se is None or len(se) <= small):
+                    if (inputs and len(inputs) == 1 and type(v := inputs[0]) is str
+                            and v.isascii()
+                            and v.isprintable() and '"' not in v and "\\" not in v):
+                        args = '["' + v + '"]'  # (_args_json's shortcut, inline)
+                    else:
+                        args = _args_json(inputs)
+                    start, duration = r.started_at, r.duration
+                    q_starts.append(start)
+                    q_ends.append(start + duration)
+                    add_quick((seq, attempt, args, command, slot, start, duration,
+                               r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
+                    if supersede:
+                        finals.append((seq,))
+                    continue
             so, se = r.stdout or None, r.stderr or None
             so_file = se_file = None
             cut = None
@@ -451,8 +513,9 @@ class StoreSink:
                     and cpus is None and (where is None or where == host) and error is None
                     and (so is None or len(so) <= inline)
                     and (se is None or len(se) <= inline)):
-                # the common row: binding a parameter costs about as much as the rest of
-                # the insert, so the columns this row has fixed are constants in _QUICK
+                # the common row (a spooled stream small enough to read back): binding a
+                # parameter costs about as much as the rest of the insert, so the columns
+                # this row has fixed are constants in _QUICK
                 quick.append((seq, attempt, args, command, slot, start, duration,
                               r.deadline, r.cpu_user, r.cpu_sys, r.max_rss, so, se))
                 continue
@@ -468,6 +531,17 @@ class StoreSink:
                          where if where and where != host else None, start, duration,
                          deadline, late, r.cpu_user, r.cpu_sys, r.max_rss, error,
                          so, se, so_file, se_file, 1 if cut is not None else None))
+        if q_starts:
+            n = len(q_starts)
+            first, last = min(q_starts), max(q_ends)
+            t = tallies.get("ok")
+            if t is None:
+                tallies["ok"] = ["ok", n, n, first, last]
+            else:
+                t[1] += n
+                t[2] += n
+                t[3] = min(t[3], first)
+                t[4] = max(t[4], last)
         tallies = list(tallies.values())
         con = self._con
         quick_sql = self._quick_sql
