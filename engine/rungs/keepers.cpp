@@ -1,5 +1,6 @@
 // KeeperRung (rungs/keepers.hpp): tasks started through the launcher and its keepers.
 #include "rungs/keepers.hpp"
+#include "rungs/launch_request.hpp"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +18,6 @@
 #include "supervisor.hpp"
 #include "task.hpp"
 
-extern char** environ;
 
 namespace pardo {
 namespace {
@@ -174,62 +174,8 @@ bool KeeperRung::ensure_launcher(Supervisor& s, SpawnOutcome* fail) {
 
 // The request's header and strings, in req_ and strings_.
 void KeeperRung::encode(TaskState& t, const ChildPlan& plan) {
-  LaunchRequest& h = req_;
-  memset(&h, 0, sizeof h);
-  h.magic = kLaunchMagic;
-  h.nfds = static_cast<int32_t>(plan.fds.size());
-  for (size_t i = 0; i < plan.fds.size(); ++i) h.targets[i] = plan.fds[i].first;
-  strings_.clear();
-  auto add = [this](const std::string& v) {
-    strings_.append(v);
-    strings_.push_back('\0');
-  };
-  for (auto& p : plan.exec_paths) add(p);
-  h.nexec = static_cast<int32_t>(plan.exec_paths.size());
-  for (auto& a : plan.argv) add(a);
-  h.nargv = static_cast<int32_t>(plan.argv.size());
-  // Without an environment of its own the task gets this process's, as it is now.
-  if (plan.has_env) {
-    for (auto& e : plan.env) add(e);
-    h.nenv = static_cast<int32_t>(plan.env.size());
-  } else {
-    for (char** e = environ; e && *e; ++e, ++h.nenv) {
-      strings_.append(*e);
-      strings_.push_back('\0');
-    }
-  }
-  if (t.req.linger) h.flags |= LAUNCH_LINGER;
-  // The working directory: the task's own, else this process's as it is now -- the
-  // launcher's is the one this process had when the launcher started, and the caller may
-  // have moved since (os.chdir). Without one that can be named (deleted, too long), the
-  // launcher's.
-  char here[4096];
-  if (!plan.cwd.empty()) {
-    h.flags |= LAUNCH_CWD;
-    add(plan.cwd);
-  } else if (getcwd(here, sizeof here) && here[0] == '/') {
-    h.flags |= LAUNCH_CWD;
-    add(here);
-  }
-  if (plan.has_cpus) {
-    h.flags |= LAUNCH_CPUS;
-    static_assert(sizeof(cpu_set_t) == sizeof h.cpus, "cpu_set_t is 1024 bits");
-    memcpy(h.cpus, &plan.cpus, sizeof h.cpus);
-  }
-  if (plan.has_nice) h.flags |= LAUNCH_NICE;
-  h.nice = plan.nice;
-  h.base_nice = plan.base_nice;
-  // The task starts with what this process ignores, as a child of ours would across its
-  // exec -- but SIGPIPE and SIGXFSZ, which Python ignores and programs expect at default.
-  h.ignored = ignored_.now();
-  for (int sig : {SIGKILL, SIGSTOP, SIGPIPE, SIGXFSZ}) h.ignored &= ~(1ULL << (sig - 1));
-  h.rlimit_as = plan.rlimit_as;
-  if (plan.restore_nofile) {
-    h.flags |= LAUNCH_RESTORE_NOFILE;
-    h.nofile_cur = plan.nofile.rlim_cur;
-    h.nofile_max = plan.nofile.rlim_max;
-  }
-  h.size = static_cast<uint32_t>(strings_.size());
+  encode_launch(plan, ignored_, &req_, &strings_);
+  if (t.req.linger) req_.flags |= LAUNCH_LINGER;
 }
 
 // Send req_ and strings_ with `fds`; 0 or the errno. Anything but 0 leaves the stream
