@@ -313,29 +313,8 @@ void KeeperRung::read_status(Supervisor& s, TaskState& t) {
     ShepherdMsg m;
     memcpy(&m, t.status_buf.data(), sizeof m);
     t.status_buf.erase(0, sizeof m);
+    if (task_message(s, t, m)) continue;
     switch (m.type) {
-      case MSG_STARTED:
-        t.got_started = true;
-        t.c.pid = m.a;
-        t.child_pid = m.b;
-        s.publish_pid(t);
-        break;
-      case MSG_EXEC_FAILED:
-        t.got_started = true;
-        t.c.spawn_stage = m.a;
-        t.c.spawn_errno = m.b;
-        t.c.pid = -1;
-        t.leader_done = true;
-        s.publish_pid(t);
-        break;
-      case MSG_LEADER_EXIT:
-        if (!t.got_started) {  // a short task: its exit is its start's only announcement
-          t.got_started = true;
-          t.c.pid = m.b;
-          s.publish_pid(t);
-        }
-        s.leader_exited(t, m.a, m.utime_us, m.stime_us, m.maxrss_kb);
-        break;
       case MSG_TREE_GONE:
         t.c.cpu_user_us = m.utime_us;
         t.c.cpu_sys_us = m.stime_us;
@@ -345,12 +324,47 @@ void KeeperRung::read_status(Supervisor& s, TaskState& t) {
       case MSG_KEEPER_EXIT:
         keeper_done(s, t, true, m.a);
         break;
-      case MSG_ORPHANED:
-        orphaned(t);
-        break;
     }
   }
   if (eof) keeper_done(s, t, false, 0);
+}
+
+// A short task's exit (or its tree's end) is its start's only announcement.
+void KeeperRung::announce_start(Supervisor& s, TaskState& t, int32_t pid) {
+  if (t.got_started) return;
+  t.got_started = true;
+  t.c.pid = pid;
+  s.publish_pid(t);
+}
+
+// What a per-task keeper and a kept keeper both say of their task as it goes: true when
+// m was one of those messages (started, could not start, leader exited, orphaned).
+bool KeeperRung::task_message(Supervisor& s, TaskState& t, const ShepherdMsg& m) {
+  switch (m.type) {
+    case MSG_STARTED:
+      t.got_started = true;
+      t.c.pid = m.a;
+      t.child_pid = m.b;
+      s.publish_pid(t);
+      return true;
+    case MSG_EXEC_FAILED:
+      t.got_started = true;
+      t.c.spawn_stage = m.a;
+      t.c.spawn_errno = m.b;
+      t.c.pid = -1;
+      t.leader_done = true;
+      s.publish_pid(t);
+      return true;
+    case MSG_LEADER_EXIT:
+      announce_start(s, t, m.b);
+      s.leader_exited(t, m.a, m.utime_us, m.stime_us, m.maxrss_kb);
+      return true;
+    case MSG_ORPHANED:
+      orphaned(t);
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace pardo

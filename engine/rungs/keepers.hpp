@@ -70,6 +70,8 @@ class KeeperRung : public Rung {
   void orphaned(TaskState& t);
   void stop_launcher();
   void keeper_done(Supervisor& s, TaskState& t, bool have_status, int st);
+  void announce_start(Supervisor& s, TaskState& t, int32_t pid);
+  bool task_message(Supervisor& s, TaskState& t, const ShepherdMsg& m);
   void read_status(Supervisor& s, TaskState& t);
 
   // Kept keepers (rungs/kept_keepers.cpp): keepers that serve task after task, each over

@@ -204,37 +204,12 @@ void KeeperRung::read_kept(Supervisor& s, TaskState& t) {
       keeper_done(s, t, false, 0);
       return;
     }
+    if (task_message(s, t, m)) continue;
     switch (m.type) {
-      case MSG_STARTED:
-        t.got_started = true;
-        t.c.pid = m.a;
-        t.child_pid = m.b;
-        s.publish_pid(t);
-        break;
-      case MSG_EXEC_FAILED:
-        t.got_started = true;
-        t.c.spawn_stage = m.a;
-        t.c.spawn_errno = m.b;
-        t.c.pid = -1;
-        t.leader_done = true;
-        s.publish_pid(t);
-        break;
-      case MSG_LEADER_EXIT:
-        if (!t.got_started) {  // a short task: its exit is its start's only announcement
-          t.got_started = true;
-          t.c.pid = m.b;
-          s.publish_pid(t);
-        }
-        s.leader_exited(t, m.a, m.utime_us, m.stime_us, m.maxrss_kb);
-        break;
       case MSG_DONE:
         // The leader's exit and the tree's end at once; the figures are the tree's. The
         // tree is gone first, so that the leader's exit asks no kill of it.
-        if (!t.got_started) {
-          t.got_started = true;
-          t.c.pid = m.b;
-          s.publish_pid(t);
-        }
+        announce_start(s, t, m.b);
         release_kept(s, t, m.pad != kKeptRetiring);
         t.child_reaped = true;
         s.tree_gone(t);
@@ -247,9 +222,6 @@ void KeeperRung::read_kept(Supervisor& s, TaskState& t) {
         release_kept(s, t, m.pad != kKeptRetiring);
         keeper_done(s, t, true, 0);
         return;
-      case MSG_ORPHANED:
-        orphaned(t);
-        break;
     }
   }
 }
