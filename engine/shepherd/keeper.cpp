@@ -226,6 +226,34 @@ long start_vfork(int (*fn)(void*), void* arg) {
   return pid;
 }
 
+int apply_task_settings(const LaunchRequest& h, const char* cwd, int current_nice, long* err) {
+  long r = 0;
+  int stage = 0;
+  if ((h.flags & LAUNCH_CWD) && (r = sys(SYS_chdir, cwd)) < 0) {
+    stage = STAGE_CHDIR;
+  } else if ((h.flags & LAUNCH_CPUS) && (r = sys(SYS_sched_setaffinity, 0, sizeof h.cpus, h.cpus)) < 0) {
+    stage = STAGE_AFFINITY;
+  } else if ((h.flags & LAUNCH_NICE) && (r = sys(SYS_setpriority, PRIO_PROCESS, 0, h.nice)) < 0) {
+    stage = STAGE_NICE;
+  } else {
+    if (!(h.flags & LAUNCH_NICE) && h.base_nice != current_nice)
+      sys(SYS_setpriority, PRIO_PROCESS, 0, h.base_nice);
+    struct {
+      uint64_t cur, max;
+    } rl;
+    if (h.flags & LAUNCH_RESTORE_NOFILE) {
+      rl = {h.nofile_cur, h.nofile_max};
+      sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &rl, nullptr);
+    }
+    if (h.rlimit_as > 0) {
+      rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
+      if ((r = sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr)) < 0) stage = STAGE_RLIMIT;
+    }
+  }
+  *err = stage ? -r : 0;
+  return stage;
+}
+
 // Our descendants (find_descendants, raw/rawproc.hpp), in fixed lists: at most 32768 a
 // round, as the kill loop repeats until none is left and orphans of killed processes come
 // to us; the parent links of up to 65536 processes where the kernel has no children files.

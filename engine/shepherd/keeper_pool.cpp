@@ -150,33 +150,8 @@ int child_main(void* p) {
   long r = cloexec_from(top + 1, err_fd);
   if (r < 0) child_fail(c, err_fd, STAGE_FDS, -r);
 
-  if (h.flags & LAUNCH_CWD) {
-    r = sys(SYS_chdir, c.cwd);
-    if (r < 0) child_fail(c, err_fd, STAGE_CHDIR, -r);
-  }
-  if (h.flags & LAUNCH_CPUS) {
-    r = sys(SYS_sched_setaffinity, 0, sizeof h.cpus, h.cpus);
-    if (r < 0) child_fail(c, err_fd, STAGE_AFFINITY, -r);
-  }
-  if (h.flags & LAUNCH_NICE) {
-    r = sys(SYS_setpriority, PRIO_PROCESS, 0, h.nice);
-    if (r < 0) child_fail(c, err_fd, STAGE_NICE, -r);
-  } else if (h.base_nice != c.child_nice) {
-    sys(SYS_setpriority, PRIO_PROCESS, 0, h.base_nice);  // lowering is always allowed
-  }
-  struct {
-    uint64_t cur, max;
-  } rl;
-  if (h.flags & LAUNCH_RESTORE_NOFILE) {
-    // Unchecked: only the soft limit was raised, so putting it back is always permitted.
-    rl = {h.nofile_cur, h.nofile_max};
-    sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &rl, nullptr);
-  }
-  if (h.rlimit_as > 0) {
-    rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
-    r = sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr);
-    if (r < 0) child_fail(c, err_fd, STAGE_RLIMIT, -r);
-  }
+  long err;
+  if (int stage = apply_task_settings(h, c.cwd, c.child_nice, &err)) child_fail(c, err_fd, stage, err);
   // Dispositions as the caller's child would have them: every one at its default in the
   // keeper, the caller's ignored signals ignored; no signal blocked.
   for (int s = 1; s <= 64; ++s)
@@ -501,7 +476,7 @@ bool serve_keeper_request(const int* fds, int n, long launcher) {
   // an impossible value, so that the child always sets its own.
   long pol = sys(SYS_sched_getscheduler, 0);
   if (prio < 0 || pol < 0)
-    g_child_nice = 100;
+    g_child_nice = kNiceUnknown;
   else
     g_child_nice = (pol & SCHED_RESET_ON_FORK) && own < 0 ? 0 : own;
 

@@ -152,24 +152,8 @@ inline void check(long r, int stage) {
   check(sys(SYS_dup3, dups[nfds + 1], ctl_fd, 0), STAGE_FDS);
   check(close_from(base), STAGE_FDS);
 
-  if (h.flags & LAUNCH_CWD) check(sys(SYS_chdir, cwd), STAGE_CHDIR);
-  if (h.flags & LAUNCH_CPUS) check(sys(SYS_sched_setaffinity, 0, sizeof h.cpus, h.cpus), STAGE_AFFINITY);
-  if (h.flags & LAUNCH_NICE)
-    check(sys(SYS_setpriority, PRIO_PROCESS, 0, h.nice), STAGE_NICE);
-  else
-    sys(SYS_setpriority, PRIO_PROCESS, 0, h.base_nice);  // lowering is always allowed
-  struct {
-    uint64_t cur, max;
-  } rl;
-  if (h.flags & LAUNCH_RESTORE_NOFILE) {
-    // Unchecked: only the soft limit was raised, so putting it back is always permitted.
-    rl = {h.nofile_cur, h.nofile_max};
-    sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &rl, nullptr);
-  }
-  if (h.rlimit_as > 0) {
-    rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
-    check(sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
-  }
+  long err;
+  if (int stage = apply_task_settings(h, cwd, kNiceUnknown, &err)) keeper_fail(stage, err);
   KeeperArgs k{status_fd, ctl_fd, (h.flags & LAUNCH_LINGER) != 0, h.ignored,
                parent, execs, args, envp};
   run_keeper(k);
@@ -319,25 +303,10 @@ int direct_child(void* p) {
   for (int fd = 0; fd <= top; ++fd) sys(SYS_close, fd);
   for (int i = 0; i < h.nfds; ++i) check(sys(SYS_dup3, moved[i], h.targets[i], 0), STAGE_FDS);
   check(cloexec_from(top + 1, static_cast<int>(sock)), STAGE_FDS);
-  if (h.flags & LAUNCH_CWD) check(sys(SYS_chdir, d.cwd), STAGE_CHDIR);
-  if (h.flags & LAUNCH_CPUS) check(sys(SYS_sched_setaffinity, 0, sizeof h.cpus, h.cpus), STAGE_AFFINITY);
   // Our children start at nice 0 (SCHED_RESET_ON_FORK, when we raised ourselves) or at
   // the supervisor's own base niceness (when we could not): base_nice is right either way.
-  if (h.flags & LAUNCH_NICE)
-    check(sys(SYS_setpriority, PRIO_PROCESS, 0, h.nice), STAGE_NICE);
-  else if (h.base_nice != 0)
-    sys(SYS_setpriority, PRIO_PROCESS, 0, h.base_nice);  // lowering is always allowed
-  struct {
-    uint64_t cur, max;
-  } rl;
-  if (h.flags & LAUNCH_RESTORE_NOFILE) {
-    rl = {h.nofile_cur, h.nofile_max};
-    sys(SYS_prlimit64, 0, RLIMIT_NOFILE, &rl, nullptr);
-  }
-  if (h.rlimit_as > 0) {
-    rl.cur = rl.max = static_cast<uint64_t>(h.rlimit_as);
-    check(sys(SYS_prlimit64, 0, RLIMIT_AS, &rl, nullptr), STAGE_RLIMIT);
-  }
+  long err;
+  if (int stage = apply_task_settings(h, d.cwd, 0, &err)) direct_fail(d, static_cast<int>(sock), stage, err);
   direct_fail(d, static_cast<int>(sock), STAGE_EXEC, exec_search(d.execs, d.args, d.envp));
 }
 

@@ -71,6 +71,15 @@ void signal_descendants(long leader, bool leader_reaped, int sig);
 bool split_request(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** args,
                    char*** envp, char** cwd);
 
+// A task's settings from its request, applied to this process before the task's exec:
+// working directory, CPUs, niceness (`nice` when asked for, checked; else `base_nice`
+// unless it is `current_nice` already, unchecked: lowering is always allowed; any
+// current_nice outside -20..19 means unknown), the open files limit put back (unchecked:
+// only its soft limit was ever raised) and the address space limit. 0, or the stage that
+// failed with its errno in *err.
+constexpr int kNiceUnknown = 100;
+int apply_task_settings(const LaunchRequest& h, const char* cwd, int current_nice, long* err);
+
 // pardo-shepherd --guardian=DIR [--freeze]: the cgroup rung's guardian (guardian.cpp);
 // by_freeze: the kernel has no cgroup.kill, so the subtree is killed by freezing it.
 int guardian_main(const char* dir, bool by_freeze);
