@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -108,6 +109,14 @@ int KeeperRung::new_kept(Supervisor& s, SpawnOutcome* o) {
     o->err = errno;
     return -1;
   }
+  // PARDO_TEST_KEPT_SNDBUF: the tests' stand-in for a host whose net.core.wmem_default is
+  // low (a system-wide setting they may not change), so that a task message can be
+  // refused with EMSGSIZE (start_kept).
+  static const int test_sndbuf = [] {
+    const char* v = getenv("PARDO_TEST_KEPT_SNDBUF");
+    return v ? atoi(v) : 0;
+  }();
+  if (test_sndbuf > 0) setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &test_sndbuf, sizeof test_sndbuf);
   // Our end never blocks this thread; the keeper's stays blocking (it must not drop a
   // message when we are slow to read).
   if (fcntl(sv[0], F_SETFL, O_NONBLOCK) < 0) {
