@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "proc.hpp"
+#include "raw/rawmsg.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
 
@@ -186,18 +187,12 @@ void DirectLauncher::encode(TaskState& t, const ChildPlan& plan, bool cgroup) {
 // it is full, the launcher's replies are read meanwhile (it may be waiting to write one).
 int DirectLauncher::send_request(const int* fds, int nfds) {
   if (strings_.size() > kLaunchMaxSize) return E2BIG;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * (kLaunchMaxFds + 1))];
+  alignas(struct cmsghdr) char cbuf[fds_space(kLaunchMaxFds + 1)];
   struct iovec iov[2] = {{&req_, sizeof req_}, {&strings_[0], strings_.size()}};
   struct msghdr mh{};
   mh.msg_iov = iov;
   mh.msg_iovlen = 2;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-  memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  attach_fds(&mh, cbuf, fds, static_cast<size_t>(nfds));
   size_t total = sizeof req_ + strings_.size(), sent = 0;
   int64_t until = 0;
   while (sent < total) {
@@ -214,19 +209,7 @@ int DirectLauncher::send_request(const int* fds, int nfds) {
     }
     if (n < 0) return errno;
     sent += static_cast<size_t>(n);
-    // The rest, without the fds (they went with the first byte).
-    mh.msg_control = nullptr;
-    mh.msg_controllen = 0;
-    size_t skip = static_cast<size_t>(n);
-    while (mh.msg_iovlen && skip >= mh.msg_iov[0].iov_len) {
-      skip -= mh.msg_iov[0].iov_len;
-      ++mh.msg_iov;
-      --mh.msg_iovlen;
-    }
-    if (mh.msg_iovlen) {
-      mh.msg_iov[0].iov_base = static_cast<char*>(mh.msg_iov[0].iov_base) + skip;
-      mh.msg_iov[0].iov_len -= skip;
-    }
+    advance_sent(&mh, static_cast<size_t>(n));
   }
   return 0;
 }
@@ -236,7 +219,7 @@ int DirectLauncher::send_request(const int* fds, int nfds) {
 bool DirectLauncher::read_replies() {
   if (sock_ < 0 || dead_) return false;
   alignas(LaunchReply) char buf[64 * sizeof(LaunchReply)];
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  alignas(struct cmsghdr) char cbuf[fds_space(1)];
   while (true) {
     struct iovec iov{buf, sizeof buf};
     struct msghdr mh{};
@@ -247,11 +230,9 @@ bool DirectLauncher::read_replies() {
     ssize_t n = recvmsg(sock_, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n > 0) {
       in_.append(buf, static_cast<size_t>(n));
-      struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-      if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        int fd;
-        memcpy(&fd, CMSG_DATA(c), sizeof fd);
-        fds_.push_back(fd);
+      const int* got;
+      if (received_fds(&mh, &got) > 0) {
+        fds_.push_back(got[0]);
       } else if (mh.msg_flags & MSG_CTRUNC) {
         fds_.push_back(-1);  // no fd left for it here: the reply's pidfd is lost
       }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "proc.hpp"
+#include "raw/rawmsg.hpp"
 #include "shepherd/shepherd.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
@@ -182,37 +183,19 @@ void KeeperRung::encode(TaskState& t, const ChildPlan& plan) {
 // unusable (part of a request may have gone): the caller replaces the launcher.
 int KeeperRung::send_request(const std::vector<int>& fds) {
   if (strings_.size() > kLaunchMaxSize) return E2BIG;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * (kLaunchMaxFds + 3))];
+  alignas(struct cmsghdr) char cbuf[fds_space(kLaunchMaxFds + 3)];
   struct iovec iov[2] = {{&req_, sizeof req_}, {strings_.data(), strings_.size()}};
   struct msghdr mh{};
   mh.msg_iov = iov;
   mh.msg_iovlen = 2;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  attach_fds(&mh, cbuf, fds.data(), fds.size());
   size_t total = sizeof req_ + strings_.size(), sent = 0;
   while (sent < total) {
     ssize_t n = sendmsg(launcher_.sock, &mh, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno == EAGAIN ? ETIMEDOUT : errno;
     sent += static_cast<size_t>(n);
-    // The rest, without the fds (they went with the first byte).
-    mh.msg_control = nullptr;
-    mh.msg_controllen = 0;
-    size_t skip = static_cast<size_t>(n);
-    while (mh.msg_iovlen && skip >= mh.msg_iov[0].iov_len) {
-      skip -= mh.msg_iov[0].iov_len;
-      ++mh.msg_iov;
-      --mh.msg_iovlen;
-    }
-    if (mh.msg_iovlen) {
-      mh.msg_iov[0].iov_base = static_cast<char*>(mh.msg_iov[0].iov_base) + skip;
-      mh.msg_iov[0].iov_len -= skip;
-    }
+    advance_sent(&mh, static_cast<size_t>(n));
   }
   return 0;
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "rungs/keepers.hpp"
+#include "raw/rawmsg.hpp"
 #include "supervisor.hpp"
 #include "task.hpp"
 
@@ -33,19 +34,11 @@ constexpr size_t kMaxIdleKept = 256;
 // Send one message on a keeper's socket, with fds (SCM_RIGHTS). 0 or the errno; never
 // blocks (an idle keeper's socket has room: nothing else is queued on it).
 int send_message(int sock, const struct iovec* iov, int niov, const std::vector<int>& fds) {
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * (kLaunchMaxFds + 3))];
+  alignas(struct cmsghdr) char cbuf[fds_space(kLaunchMaxFds + 3)];
   struct msghdr mh{};
   mh.msg_iov = const_cast<struct iovec*>(iov);
   mh.msg_iovlen = static_cast<size_t>(niov);
-  if (!fds.empty()) {
-    mh.msg_control = cbuf;
-    mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  attach_fds(&mh, cbuf, fds.data(), fds.size());
   ssize_t n;
   do {
     n = sendmsg(sock, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -131,16 +124,10 @@ int KeeperRung::new_kept(Supervisor& s, SpawnOutcome* o) {
   h.magic = kKeeperMagic;
   struct iovec iov{&h, sizeof h};
   struct msghdr mh{};
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  alignas(struct cmsghdr) char cbuf[fds_space(1)];
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
-  mh.msg_control = cbuf;
-  mh.msg_controllen = sizeof cbuf;
-  struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &sv[1], sizeof(int));
+  attach_fds(&mh, cbuf, &sv[1], 1);
   // A launcher that died since the last request is replaced, once.
   for (int attempt = 0; attempt < 2; ++attempt) {
     o->stage = STAGE_NONE;

@@ -45,6 +45,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "raw/rawmsg.hpp"
 #include "shepherd/protocol.hpp"
 #include "shepherd/shepherd.hpp"
 #include "spawn.hpp"
@@ -259,7 +260,7 @@ void drain(int sigfd) {
 
 // Receive one message into g_msg (a task's fds into g_fds). Its length, 0 at EOF, or -errno.
 long receive() {
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * kLaunchMaxFds)];
+  alignas(struct cmsghdr) char cbuf[fds_space(kLaunchMaxFds)];
   struct iovec iov{g_msg, sizeof g_msg};
   struct msghdr mh{};
   mh.msg_iov = &iov;
@@ -271,12 +272,8 @@ long receive() {
   }
   g_nfds = 0;
   if (n < 0) return n;
-  // One SCM_RIGHTS message is all the supervisor sends (CMSG_NXTHDR would be a libc call).
-  if (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-    int k = static_cast<int>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    const int* p = reinterpret_cast<const int*>(CMSG_DATA(c));
-    for (int i = 0; i < k && i < kLaunchMaxFds; ++i) g_fds[g_nfds++] = p[i];
-  }
+  const int* p;
+  for (int i = 0, k = received_fds(&mh, &p); i < k && i < kLaunchMaxFds; ++i) g_fds[g_nfds++] = p[i];
   if (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) return -EPROTO;
   return n;
 }

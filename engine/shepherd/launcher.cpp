@@ -37,6 +37,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "raw/rawmsg.hpp"
 #include "shepherd/protocol.hpp"
 #include "shepherd/shepherd.hpp"
 #include "spawn.hpp"
@@ -184,6 +185,47 @@ bool split(const LaunchRequest& h, char* s, char** ptrs, char*** execs, char*** 
     *cwd = s;
   }
   return h.nexec > 0 && h.nargv > 0;
+}
+
+// A request's strings, read after its header: in the room given when they fit there with
+// the pointers split() lays out before them, else in a mapping of their own.
+struct Strings {
+  char** ptrs = nullptr;  // room for the pointers
+  char* text = nullptr;   // the strings; nullptr: no memory for them (read and dropped)
+  char* mapped = nullptr;  // their own mapping (to unmap), of mapped_size bytes
+  size_t mapped_size = 0;
+};
+
+// Read h's strings into *s, whatever happens, so that the stream stays in step: false
+// when it could not be read on.
+bool read_strings(const LaunchRequest& h, char* room, size_t room_size, Strings* s) {
+  size_t nptrs = static_cast<size_t>(h.nexec) + h.nargv + h.nenv + 3;
+  size_t need = (h.size + nptrs * sizeof(char*) + 15) & ~size_t{15};
+  char* mem = room;
+  if (need > room_size) {
+    long m = sys(SYS_mmap, nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mem = m < 0 && m > -4096 ? nullptr : reinterpret_cast<char*>(m);
+    if (mem) {
+      s->mapped = mem;
+      s->mapped_size = need;
+    }
+  }
+  s->ptrs = reinterpret_cast<char**>(mem);
+  s->text = mem ? mem + nptrs * sizeof(char*) : nullptr;
+  if (s->text) return read_all(s->text, h.size);
+  char sink[4096];
+  for (size_t left = h.size; left;) {
+    size_t k = left < sizeof sink ? left : sizeof sink;
+    if (!read_all(sink, k)) return false;
+    left -= k;
+  }
+  return true;
+}
+
+// What every request's header must say (the fds it came with are checked by each kind).
+bool header_sane(const LaunchRequest& h) {
+  return h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 && h.nfds <= kLaunchMaxFds &&
+         h.nexec >= 0 && h.nargv >= 0 && h.nenv >= 0;
 }
 
 // ---- LAUNCH_DIRECT: the cgroup and pgroup rungs' tasks, started without a keeper ----
@@ -413,16 +455,8 @@ void reply(uint64_t task, int32_t pid, int32_t stage, int32_t err, int pidfd = -
   struct msghdr mh{};
   mh.msg_iov = &iov;
   mh.msg_iovlen = 1;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
-  if (pidfd >= 0) {
-    mh.msg_control = cbuf;
-    mh.msg_controllen = sizeof cbuf;
-    struct cmsghdr* c = CMSG_FIRSTHDR(&mh);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    *reinterpret_cast<int*>(CMSG_DATA(c)) = pidfd;
-  }
+  alignas(struct cmsghdr) char cbuf[fds_space(1)];
+  attach_fds(&mh, cbuf, &pidfd, pidfd >= 0 ? 1 : 0);
   // Whole or not at all (a reply split by a signal is resent from where it stopped).
   size_t sent = 0;
   while (sent < sizeof r) {
@@ -441,8 +475,7 @@ void reply(uint64_t task, int32_t pid, int32_t stage, int32_t err, int pidfd = -
 // start its task, answer. False when the stream cannot be read on.
 bool serve_direct(const LaunchRequest& h, int* fds, int nrecv) {
   const int want = h.nfds + ((h.flags & LAUNCH_CGROUP) ? 1 : 0);
-  bool ok = h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
-            h.nfds <= kLaunchMaxFds && nrecv == want && h.nexec >= 0 && h.nargv >= 0 && h.nenv >= 0;
+  bool ok = header_sane(h) && nrecv == want;
   if (!ok) {
     reply(h.task, 0, STAGE_HELPER, EPROTO);
     for (int i = 0; i < nrecv; ++i) sys(SYS_close, fds[i]);
@@ -452,35 +485,14 @@ bool serve_direct(const LaunchRequest& h, int* fds, int nrecv) {
   d.h = h;
   for (int i = 0; i < nrecv; ++i) d.fds[i] = fds[i];
   d.cgroup_fd = (h.flags & LAUNCH_CGROUP) ? fds[h.nfds] : -1;
-  size_t nptrs = static_cast<size_t>(h.nexec) + h.nargv + h.nenv + 3;
-  size_t need = (h.size + nptrs * sizeof(char*) + 15) & ~size_t{15};
-  char* mem = d.strings;
-  if (need > sizeof d.strings) {
-    long m = sys(SYS_mmap, nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    mem = m < 0 && m > -4096 ? nullptr : reinterpret_cast<char*>(m);
-    if (mem) {
-      d.mapped = mem;
-      d.mapped_size = need;
-    }
-  }
-  char** ptrs = reinterpret_cast<char**>(mem);
-  char* strings = mem ? mem + nptrs * sizeof(char*) : nullptr;
-  // Read the strings whatever happens, so that the stream stays in step.
-  bool read_ok = true;
-  if (strings) {
-    read_ok = read_all(strings, h.size);
-  } else {
-    char sink[4096];
-    for (size_t left = h.size; left && read_ok;) {
-      size_t k = left < sizeof sink ? left : sizeof sink;
-      read_ok = read_all(sink, k);
-      left -= k;
-    }
-  }
+  Strings st;
+  bool read_ok = read_strings(h, d.strings, sizeof d.strings, &st);
+  d.mapped = st.mapped;
+  d.mapped_size = st.mapped_size;
   char* cwd = nullptr;
-  if (!read_ok || (strings && !split(d.h, strings, ptrs, &d.execs, &d.args, &d.envp, &cwd))) {
+  if (!read_ok || (st.text && !split(d.h, st.text, st.ptrs, &d.execs, &d.args, &d.envp, &cwd))) {
     reply(h.task, 0, STAGE_HELPER, EPROTO);
-  } else if (!strings) {
+  } else if (!st.text) {
     reply(h.task, 0, STAGE_CLONE, ENOMEM);
   } else {
     d.cwd = cwd;
@@ -509,7 +521,7 @@ bool serve_direct(const LaunchRequest& h, int* fds, int nrecv) {
 // says the supervisor is gone (or the stream cannot be trusted any more).
 bool serve_one(long self) {
   LaunchRequest h;
-  alignas(struct cmsghdr) char cbuf[CMSG_SPACE(sizeof(int) * (kLaunchMaxFds + 3))];
+  alignas(struct cmsghdr) char cbuf[fds_space(kLaunchMaxFds + 3)];
   struct iovec iov{&h, sizeof h};
   struct msghdr mh{};
   mh.msg_iov = &iov;
@@ -522,16 +534,12 @@ bool serve_one(long self) {
   if (n <= 0) return false;
   int fds[kLaunchMaxFds + 3];
   int nrecv = 0;
-  // One SCM_RIGHTS message is all the supervisor sends (CMSG_NXTHDR would be a libc call).
-  if (struct cmsghdr* c = CMSG_FIRSTHDR(&mh); c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-    int k = static_cast<int>((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    const int* p = reinterpret_cast<const int*>(CMSG_DATA(c));
-    for (int i = 0; i < k; ++i) {
-      if (nrecv < kLaunchMaxFds + 3)
-        fds[nrecv++] = p[i];
-      else
-        sys(SYS_close, p[i]);
-    }
+  const int* p;
+  for (int i = 0, k = received_fds(&mh, &p); i < k; ++i) {
+    if (nrecv < kLaunchMaxFds + 3)
+      fds[nrecv++] = p[i];
+    else
+      sys(SYS_close, p[i]);
   }
   bool ok = (mh.msg_flags & MSG_CTRUNC) == 0 &&
             read_all(reinterpret_cast<char*>(&h) + n, sizeof h - static_cast<size_t>(n));
@@ -539,9 +547,7 @@ bool serve_one(long self) {
   if (ok && h.magic == kKeeperMagic) return serve_keeper_request(fds, nrecv, self);
   if (ok && (h.flags & LAUNCH_DIRECT)) return serve_direct(h, fds, nrecv);
   constexpr int specials = 2;  // the status and control pipes
-  ok = ok && h.magic == kLaunchMagic && h.size <= kLaunchMaxSize && h.nfds >= 0 &&
-       h.nfds <= kLaunchMaxFds && nrecv == h.nfds + specials &&
-       h.nexec >= 0 && h.nargv >= 0 && h.nenv >= 0;
+  ok = ok && header_sane(h) && nrecv == h.nfds + specials;
   if (!ok) {
     // A stream out of step cannot be read on: say so to this task if we can, and stop.
     if (nrecv > h.nfds && h.nfds >= 0 && h.nfds <= kLaunchMaxFds) keeper_report(fds[h.nfds], EPROTO);
@@ -549,40 +555,19 @@ bool serve_one(long self) {
     return false;
   }
   int status_w = fds[h.nfds];
-  size_t nptrs = static_cast<size_t>(h.nexec) + h.nargv + h.nenv + 3;
-  size_t need = h.size + nptrs * sizeof(char*);
-  need = (need + 15) & ~size_t{15};
-  char* mem = g_small;
-  bool mapped = need > sizeof g_small;
-  if (mapped) {
-    long m = sys(SYS_mmap, nullptr, need, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    mem = m < 0 && m > -4096 ? nullptr : reinterpret_cast<char*>(m);
-  }
-  char** ptrs = reinterpret_cast<char**>(mem);
-  char* strings = mem ? mem + nptrs * sizeof(char*) : nullptr;
-  // Read the strings whatever happens, so that the stream stays in step.
-  bool read_ok = true;
-  if (strings) {
-    read_ok = read_all(strings, h.size);
-  } else {
-    char sink[4096];
-    for (size_t left = h.size; left && read_ok;) {
-      size_t k = left < sizeof sink ? left : sizeof sink;
-      read_ok = read_all(sink, k);
-      left -= k;
-    }
-  }
+  Strings st;
+  bool read_ok = read_strings(h, g_small, sizeof g_small, &st);
   char **execs, **args, **envp, *cwd;
   long pid = -ENOMEM;
   if (!read_ok) {
     pid = -EPROTO;
-  } else if (strings && !split(h, strings, ptrs, &execs, &args, &envp, &cwd)) {
+  } else if (st.text && !split(h, st.text, st.ptrs, &execs, &args, &envp, &cwd)) {
     pid = -EPROTO;
-  } else if (strings) {
+  } else if (st.text) {
     pid = sys(SYS_clone, SIGCHLD, 0, 0, 0, 0);
     if (pid == 0) become_keeper(h, fds, self, execs, args, envp, cwd);
   }
-  if (mapped && mem) sys(SYS_munmap, mem, need);
+  if (st.mapped) sys(SYS_munmap, st.mapped, st.mapped_size);
   for (int i = 0; i < nrecv; ++i)
     if (fds[i] != status_w) sys(SYS_close, fds[i]);
   if (pid < 0) {

@@ -18,7 +18,7 @@ import pytest
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
+from support import cgroup2_writable, python_script
 
 # "-nobody": the same rung for an unprivileged user (setpriv to user nobody).
 RUNGS = ["cgroup", "shepherd", "pgroup", "shepherd-nobody", "pgroup-nobody"]
@@ -29,11 +29,7 @@ def _run_script(script, args, rung, request, zoo, timeout):
     if rung == "cgroup" and not cgroup2_writable():
         pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
     base = rung.removesuffix("-nobody")
-    if base == rung:
-        argv, env = [sys.executable, "-c", script, *args], dict(os.environ)
-    else:
-        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", script, *args])
-        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    argv, env = python_script(script, args, nobody=base != rung, request=request, zoo=zoo)
     env["PARDO_ISOLATION"] = base
     p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir,
                        timeout=timeout)

@@ -17,11 +17,9 @@ keeper) and looks at the launcher's children in /proc:
 """
 
 import json
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -29,7 +27,7 @@ import pytest
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env, wait_for_processes
+from support import python_script, wait_for_processes
 
 COMMON = textwrap.dedent("""
     import json, os, signal, sys, time, pardo
@@ -186,13 +184,8 @@ CASES = {
 
 def _command(case, user, request, zoo, token):
     script = COMMON + textwrap.dedent(CASES[case])
-    if user == "root":
-        argv, env = [sys.executable, "-c", script], dict(os.environ)
-        cwd = None
-    else:
-        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", script])
-        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
-        cwd = zoo.dir
+    argv, env = python_script(script, nobody=user == "nobody", request=request, zoo=zoo)
+    cwd = zoo.dir if user == "nobody" else None
     env.update(PARDO_ISOLATION="shepherd", PARDO_ZOO_TOKEN=token)
     if case == "refused":
         env["PARDO_TEST_KEPT_SNDBUF"] = "4096"  # the kernel doubles it: 8 KiB messages

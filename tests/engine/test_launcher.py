@@ -4,19 +4,18 @@ with the reason, their trees die (setsid escapees included), and the next task g
 launcher."""
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 # tests/zoo is on sys.path (conftest.py puts it there)
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
+from support import python_script
 
-SCRIPT = textwrap.dedent("""
+# Both scripts: our children that are pardo's launcher (pardo-shepherd --launcher).
+PROLOGUE = textwrap.dedent("""
     import json, os, signal, sys, time, pardo
 
     def launchers():
@@ -32,6 +31,9 @@ SCRIPT = textwrap.dedent("""
                     except OSError:
                         pass
         return found
+""")
+
+SCRIPT = PROLOGUE + textwrap.dedent("""
 
     token = os.environ["PARDO_ZOO_TOKEN"]
     first = pardo.run(["true"], timeout=30)
@@ -75,11 +77,7 @@ SCRIPT = textwrap.dedent("""
 def test_killing_the_launcher_fails_its_tasks_and_a_new_one_takes_over(rung, request, zoo):
     token = f"pardo-launcher-{secrets.token_hex(4)}"
     base = rung.removesuffix("-nobody")
-    if base == rung:
-        argv, env = [sys.executable, "-c", SCRIPT], dict(os.environ)
-    else:
-        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", SCRIPT])
-        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    argv, env = python_script(SCRIPT, nobody=base != rung, request=request, zoo=zoo)
     env.update(PARDO_ISOLATION=base, PARDO_ZOO_TOKEN=token)
     try:
         p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir, timeout=120)
@@ -102,22 +100,7 @@ def test_killing_the_launcher_fails_its_tasks_and_a_new_one_takes_over(rung, req
         audit.kill_all(audit.token_processes(token))
 
 
-DIRECT_SCRIPT = textwrap.dedent("""
-    import json, os, signal, sys, time, pardo
-
-    def launchers():
-        me = os.getpid()
-        found = []
-        for tid in os.listdir(f"/proc/{me}/task"):
-            with open(f"/proc/{me}/task/{tid}/children") as f:
-                for pid in f.read().split():
-                    try:
-                        with open(f"/proc/{pid}/cmdline", "rb") as g:
-                            if b"--launcher" in g.read():
-                                found.append(int(pid))
-                    except OSError:
-                        pass
-        return found
+DIRECT_SCRIPT = PROLOGUE + textwrap.dedent("""
 
     token = os.environ["PARDO_ZOO_TOKEN"]
     first = pardo.run(["true"], timeout=30)
@@ -155,11 +138,7 @@ def test_cgroup_and_pgroup_tasks_outlive_their_launcher(rung, request, zoo):
         pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
     token = f"pardo-launcher-{secrets.token_hex(4)}"
     base = rung.removesuffix("-nobody")
-    if base == rung:
-        argv, env = [sys.executable, "-c", DIRECT_SCRIPT], dict(os.environ)
-    else:
-        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", DIRECT_SCRIPT])
-        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    argv, env = python_script(DIRECT_SCRIPT, nobody=base != rung, request=request, zoo=zoo)
     env.update(PARDO_ISOLATION=base, PARDO_ZOO_TOKEN=token)
     try:
         p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir, timeout=120)

@@ -9,14 +9,12 @@ the launcher itself (as the supervisor's own children, CLONE_PARENT). Run as roo
 where the rung works for them, as user nobody."""
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from support import SYSTEM_PYTHON, as_nobody_argv, cgroup2_writable, nobody_env
+from support import cgroup2_writable, python_script
 
 SCRIPT = textwrap.dedent("""
     import json, resource, pardo
@@ -40,11 +38,7 @@ def test_max_rss_is_the_tasks_own_peak(rung, request, zoo):
     if rung == "cgroup" and not cgroup2_writable():
         pytest.skip("no writable cgroup2 here (not root, or read-only cgroupfs)")
     base = rung.removesuffix("-nobody")
-    if base == rung:
-        argv, env = [sys.executable, "-c", SCRIPT], dict(os.environ)
-    else:
-        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", SCRIPT])
-        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    argv, env = python_script(SCRIPT, nobody=base != rung, request=request, zoo=zoo)
     env["PARDO_ISOLATION"] = base
     p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir, timeout=120)
     assert p.returncode == 0, p.stderr

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import audit
-from support import SYSTEM_PYTHON, as_nobody_argv, nobody_env
+from support import python_script
 
 SCRIPT = textwrap.dedent("""
     import json, os, pardo
@@ -50,11 +50,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("who", ["root", "nobody"])
 def test_the_pgroup_guardian_reads_records_in_batches(who, request, zoo):
-    if who == "root":
-        argv, env = [sys.executable, "-c", SCRIPT], dict(os.environ)
-    else:
-        argv = as_nobody_argv([SYSTEM_PYTHON, "-c", SCRIPT])
-        env = nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir)
+    argv, env = python_script(SCRIPT, nobody=who == "nobody", request=request, zoo=zoo)
     env["PARDO_ISOLATION"] = "pgroup"
     p = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=zoo.dir, timeout=120)
     assert p.returncode == 0, p.stderr

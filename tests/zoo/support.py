@@ -213,6 +213,15 @@ def as_nobody_argv(argv: list) -> list:
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
 
 
+def python_script(script: str, args=(), *, nobody: bool, request, zoo) -> tuple[list, dict]:
+    """(argv, env) running ``script`` in a fresh Python: this one with our environment, or
+    (``nobody``) the system's as user nobody, with pardo importable from the zoo's copy."""
+    if not nobody:
+        return [sys.executable, "-c", script, *args], dict(os.environ)
+    return (as_nobody_argv([SYSTEM_PYTHON, "-c", script, *args]),
+            nobody_env(request.getfixturevalue("nobody_pythonpath"), zoo.dir))
+
+
 def _as_nobody(argv, pythonpath, cwd):
     return subprocess.run(as_nobody_argv(argv), env=nobody_env(pythonpath, cwd), cwd=cwd,
                           capture_output=True, text=True)
