@@ -3,7 +3,6 @@
 import os
 import secrets
 import subprocess
-import time
 
 import pytest
 
@@ -29,13 +28,8 @@ def test_sigkill_of_pardo_leaves_no_task_process(rung):
                                         ":::", "1", "2", "3", "4"],
                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            sleeps = [q for q in audit.token_processes(token) if q["comm"] == "sleep"]
-            if len(sleeps) >= 6:
-                break
-            time.sleep(0.05)
-        assert len(sleeps) >= 6, "the tasks did not start"
+        audit.wait_for_token_processes(token, 6, limit=20, comm="sleep",
+                                       what="the tasks did not start")
         p.kill()
         p.wait(timeout=10)
         left = audit.survivors(token, settle=5.0)

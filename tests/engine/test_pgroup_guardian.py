@@ -81,13 +81,8 @@ def test_a_guardian_gathering_records_still_kills_every_group_when_pardo_dies(zo
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert p.stdout.readline().strip() == "started"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            sleeps = [q for q in audit.token_processes(token) if q["comm"] == "sleep"]
-            if len(sleeps) >= 4:
-                break
-            time.sleep(0.02)
-        assert len(sleeps) >= 4, "the tasks did not start"
+        audit.wait_for_token_processes(token, 4, limit=20, comm="sleep",
+                                       what="the tasks did not start")
         time.sleep(0.2)  # records are coming in: the guardian is gathering them
         p.kill()
         p.wait(timeout=10)

@@ -68,11 +68,15 @@ def token_processes(token):
     return found
 
 
-def wait_for_token_processes(token, n, limit=5.0):
-    """Wait until at least ``n`` processes carry ``token``; fail after ``limit`` seconds."""
+def wait_for_token_processes(token, n, limit=5.0, comm=None, what=None):
+    """Wait until at least ``n`` processes carry ``token`` (only those named ``comm``,
+    if given) and return them; fail after ``limit`` seconds, saying ``what`` if given."""
     end = time.monotonic() + limit
-    while len(token_processes(token)) < n:
-        assert time.monotonic() < end, f"fewer than {n} processes with {token}"
+    while True:
+        found = [q for q in token_processes(token) if comm is None or q["comm"] == comm]
+        if len(found) >= n:
+            return found
+        assert time.monotonic() < end, what or f"fewer than {n} processes with {token}"
         time.sleep(0.01)
 
 

@@ -190,21 +190,21 @@ class StoreReader:
                 return None
             return con.execute(sql, (min(n - 1, int(q * n)),)).fetchone()[0]
 
-        by_dur = ("SELECT duration FROM attempts WHERE final = 1 ORDER BY duration"
-                  " LIMIT 1 OFFSET ?")
-        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index'"
-                           " AND name = 'attempts_duration'").fetchone():
+        if con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index'"
+                       " AND name = 'attempts_duration'").fetchone():
+            def duration_at(q):
+                return nth("SELECT duration FROM attempts WHERE final = 1 ORDER BY duration"
+                           " LIMIT 1 OFFSET ?", total, q)
+        else:
             # a new store's first run, under way: the index comes at its end. One sorted
             # read gives both percentiles (an OFFSET query sorts all it skips, each time).
             durations = [d for (d,) in con.execute(
                 "SELECT duration FROM attempts WHERE final = 1 ORDER BY duration")]
 
-            def nth(sql, n, q, _nth=nth):
-                if sql is not by_dur:
-                    return _nth(sql, n, q)
-                if not n:
+            def duration_at(q):
+                if not total:
                     return None
-                i = min(n - 1, int(q * n))
+                i = min(total - 1, int(q * total))
                 return durations[i] if i < len(durations) else None
         n_late = con.execute("SELECT count(*) FROM attempts WHERE late IS NOT NULL"
                              ).fetchone()[0]
@@ -228,7 +228,7 @@ class StoreReader:
             "tasks": total,
             "attempts": n_attempts,
             "counts": counts,
-            "duration": {"p50": nth(by_dur, total, 0.5), "p95": nth(by_dur, total, 0.95),
+            "duration": {"p50": duration_at(0.5), "p95": duration_at(0.95),
                          "max": slow[0][1] if slow else None},
             "wall": wall,
             "throughput": total / wall if wall > 0 else None,

@@ -459,12 +459,7 @@ class StoreSink:
                     and r.error is None and not r.output_truncated):
                 so, se = r.stdout or None, r.stderr or None
                 if (so is None or len(so) <= small) and (se is None or len(se) <= small):
-                    if (inputs and len(inputs) == 1 and type(v := inputs[0]) is str
-                            and v.isascii()
-                            and v.isprintable() and '"' not in v and "\\" not in v):
-                        args = '["' + v + '"]'  # (_args_json's shortcut, inline)
-                    else:
-                        args = _args_json(inputs)
+                    args = _args_json(inputs)
                     start, duration = r.started_at, r.duration
                     q_starts.append(start)
                     q_ends.append(start + duration)
